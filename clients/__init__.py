@@ -1,0 +1,1 @@
+"""Flower ClientApp of fedrisk: one per institution."""

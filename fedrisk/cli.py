@@ -1,0 +1,90 @@
+"""`fedrisk` command line. Input errors print one line and exit 2; no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from fedrisk.config import load_config
+from fedrisk.errors import INPUT_ERROR_EXIT_CODE, FedriskInputError
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("rounds", "institutions", "epsilon", "seed", "tracking_uri"):
+        value = getattr(args, key)
+        if value is not None:
+            out[key] = value
+    if args.no_dp:
+        out["privacy.enabled"] = False
+    for item in args.set or []:
+        if "=" not in item:
+            raise FedriskInputError(f"--set expects KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        import yaml
+
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    config = load_config(args.config, _overrides(args))
+    if args.institutions is not None and config.data.source != "synthetic":
+        raise FedriskInputError("--institutions applies to the built-in generator only")
+    from fedrisk.launcher import simulate
+
+    dp = "on" if config.privacy.enabled else "off"
+    print(
+        f"fedrisk: {config.task} campaign, {config.institution_count_hint() or '?'} institutions, "
+        f"{config.training.rounds} rounds, {config.model.kind}, DP {dp}",
+        file=sys.stderr,
+    )
+    outcome = simulate(config, verbose=args.verbose)
+    m = outcome.metrics
+    print(f"campaign     {outcome.campaign} ({outcome.status})")
+    if "fedrisk.stop_reason" in outcome.tags:
+        print(f"stopped      {outcome.tags['fedrisk.stop_reason']}")
+    if "fedrisk.excluded" in outcome.tags:
+        print(f"excluded     {outcome.tags['fedrisk.excluded']}")
+    if "val_auc" in m:
+        print(f"AUC          validation {m['val_auc']:.4f}, test {m.get('test_auc', float('nan')):.4f}")
+    if "epsilon_final_max" in m:
+        print(f"epsilon      {outcome.tags.get('fedrisk.epsilon')}")
+    print(f"MLflow run   {outcome.run_id} (experiment '{config.tracking.experiment}')")
+    print(f"model        {outcome.tags.get('fedrisk.model_uri', '-')}")
+    print(f"open the UI  mlflow ui --backend-store-uri {config.tracking.uri}")
+    return 0 if outcome.status == "completed" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedrisk", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="run a campaign on Flower's simulation engine")
+    sim.add_argument("config", nargs="?", help="campaign YAML (default: built-in credit campaign)")
+    sim.add_argument("--rounds", type=int)
+    sim.add_argument("--institutions", type=int, help="institutions of the built-in generator")
+    sim.add_argument("--epsilon", type=float, help="privacy.target_epsilon per institution")
+    sim.add_argument("--seed", type=int)
+    sim.add_argument("--tracking-uri", dest="tracking_uri")
+    sim.add_argument("--no-dp", action="store_true", help="non-private baseline")
+    sim.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override any config key, e.g. --set model.kind=logistic")
+    sim.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
+    sim.set_defaults(func=_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FedriskInputError as err:
+        print(f"fedrisk: error: {err.one_line()}", file=sys.stderr)
+        return INPUT_ERROR_EXIT_CODE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

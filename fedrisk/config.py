@@ -1,0 +1,267 @@
+"""Campaign configuration: one YAML file, validated on load, with dotted overrides.
+
+Pydantic does the validation (unknown keys are rejected, bad values named); this module only
+turns its errors into one line and resolves relative paths, so every process of a federation
+sees absolute paths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedrisk.errors import FedriskInputError
+
+DEFAULT_CONFIG_NAME = "credit.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticData(_Strict):
+    """The built-in credit consortium generator (fedrisk.generators.credit)."""
+
+    institutions: int = Field(5, ge=1, le=1000)
+    rows: int = Field(60_000, ge=100, description="rows over all institutions")
+    group_bias: float = Field(0.0, ge=0.0, le=5.0)
+
+
+class Partition(_Strict):
+    """How one file is cut into institutions for a simulation."""
+
+    institutions: int = Field(ge=1, le=1000)
+    method: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(1.0, gt=0.0, description="Dirichlet concentration; small = skewed")
+
+
+class DataSpec(_Strict):
+    """Where each institution's rows are and what the columns mean."""
+
+    source: Literal["synthetic", "files"] = "synthetic"
+    synthetic: SyntheticData = SyntheticData()
+    files: dict[str, str] | None = Field(None, description="institution -> CSV/Parquet file")
+    path: str | None = Field(None, description="one CSV/Parquet file for all institutions")
+    institution_column: str | None = None
+    partition: Partition | None = None
+    target: str = "default"
+    features: list[str] | None = Field(None, description="None: every column not excluded")
+    categorical: list[str] | None = Field(None, description="None: non-numeric columns")
+    protected: list[str] = ["sex", "age_band"]
+    drop: list[str] = ["customer_id", "name", "national_id", "phone", "card_number"]
+    validation_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> DataSpec:
+        if self.source == "synthetic":
+            return self
+        layouts = [
+            self.files is not None,
+            self.path is not None and self.institution_column is not None,
+            self.path is not None and self.partition is not None,
+        ]
+        if sum(layouts) != 1:
+            raise ValueError(
+                "data.source 'files' needs exactly one of: data.files (one file per "
+                "institution), data.path + data.institution_column, "
+                "or data.path + data.partition"
+            )
+        return self
+
+
+class ModelSpec(_Strict):
+    kind: Literal["logistic", "mlp"] = "mlp"
+    hidden: list[int] = Field([32], description="hidden layer widths of the MLP")
+
+
+class Training(_Strict):
+    rounds: int = Field(8, ge=1, le=10_000)
+    local_epochs: int = Field(1, ge=1, le=1000)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(0.5, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    proximal_mu: float = Field(0.1, ge=0.0)
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="institutions sampled per round")
+    min_institutions: int = Field(2, ge=1)
+
+
+class Privacy(_Strict):
+    enabled: bool = True
+    target_epsilon: float = Field(3.0, gt=0.0, description="lifetime budget per institution")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    accountant: Literal["rdp"] = "rdp"
+    ledger_dir: str = ".fedrisk/ledger"
+
+
+class Evaluation(_Strict):
+    bins: int = Field(1000, ge=10, le=100_000, description="score histogram bins on [0, 1]")
+
+
+class Tracking(_Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "fedrisk-credit"
+
+
+class CampaignConfig(_Strict):
+    task: Literal["credit"] = "credit"
+    seed: int = 42
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    training: Training = Training()
+    privacy: Privacy = Privacy()
+    evaluation: Evaluation = Evaluation()
+    tracking: Tracking = Tracking()
+
+    def institution_count_hint(self) -> int | None:
+        """Number of institutions when the config alone fixes it."""
+        if self.data.source == "synthetic":
+            return self.data.synthetic.institutions
+        if self.data.files is not None:
+            return len(self.data.files)
+        if self.data.partition is not None:
+            return self.data.partition.institutions
+        return None
+
+
+# Short command-line names for the keys users override most.
+OVERRIDE_ALIASES = {
+    "rounds": "training.rounds",
+    "institutions": "data.synthetic.institutions",
+    "epsilon": "privacy.target_epsilon",
+    "seed": "seed",
+    "tracking_uri": "tracking.uri",
+}
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise FedriskInputError(f"override '{dotted}': '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: key '{key}': {msg}{more}"
+
+
+def _resolve_paths(raw: dict[str, Any], config_dir: Path, work_dir: Path) -> None:
+    """Data paths are relative to the config file; outputs to the working directory."""
+    data = raw.get("data") or {}
+    if isinstance(data.get("files"), dict):
+        data["files"] = {k: str((config_dir / v).resolve()) for k, v in data["files"].items()}
+    if isinstance(data.get("path"), str):
+        data["path"] = str((config_dir / data["path"]).resolve())
+    privacy = raw.setdefault("privacy", {})
+    if isinstance(privacy, dict):
+        ledger = privacy.get("ledger_dir", Privacy.model_fields["ledger_dir"].default)
+        privacy["ledger_dir"] = str((work_dir / ledger).resolve())
+    tracking = raw.setdefault("tracking", {})
+    if isinstance(tracking, dict):
+        uri = tracking.get("uri", Tracking.model_fields["uri"].default)
+        if isinstance(uri, str):
+            tracking["uri"] = absolute_tracking_uri(uri, work_dir)
+
+
+def absolute_tracking_uri(uri: str, work_dir: Path) -> str:
+    """Make a sqlite or file store absolute; leave server URIs alone."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((work_dir / uri[len("sqlite:///") :]).resolve())
+    if "://" not in uri:
+        return str((work_dir / uri).resolve())
+    return uri
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    work_dir: str | Path | None = None,
+) -> CampaignConfig:
+    """Load and validate a campaign; `overrides` maps dotted keys (or aliases) to values.
+
+    With no path the built-in defaults are used (they equal configs/credit.yaml).
+    """
+    work = Path(work_dir or Path.cwd()).resolve()
+    raw: dict[str, Any] = {}
+    source = "built-in default config"
+    config_dir = work
+    if path:
+        file = Path(path)
+        if not file.is_absolute():
+            file = work / file
+        source = str(file)
+        if not file.is_file():
+            raise FedriskInputError("config file not found", file=str(file))
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise FedriskInputError(f"not valid YAML{where}", file=str(file)) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise FedriskInputError("a config must be a mapping of keys", file=str(file))
+        raw = loaded
+        config_dir = file.parent.resolve()
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, OVERRIDE_ALIASES.get(key, key), value)
+    if isinstance(raw.get("data"), dict) or "data" not in raw:
+        _resolve_paths(raw, config_dir, work)
+    try:
+        return CampaignConfig.model_validate(raw)
+    except ValidationError as err:
+        raise FedriskInputError(_format_validation_error(err, source)) from None
+
+
+def config_to_json(config: CampaignConfig) -> str:
+    return json.dumps(config.model_dump(mode="json"), sort_keys=True)
+
+
+def config_from_json(text: str) -> CampaignConfig:
+    try:
+        return CampaignConfig.model_validate(json.loads(text))
+    except ValidationError as err:
+        raise FedriskInputError(_format_validation_error(err, "campaign config")) from None
+
+
+def flatten(config: CampaignConfig) -> dict[str, str]:
+    """Dotted key -> value strings, for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else key, value)
+        else:
+            out[prefix] = json.dumps(node) if isinstance(node, (list, dict)) else str(node)
+
+    walk("", config.model_dump(mode="json"))
+    return out
+
+
+def from_run_config(run_config: dict[str, Any]) -> CampaignConfig:
+    """The campaign named by a Flower run config (`config-path`, `overrides` as JSON)."""
+    path = str(run_config.get("config-path", "") or "") or None
+    text = str(run_config.get("overrides", "") or "").strip()
+    try:
+        overrides = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        raise FedriskInputError("run config 'overrides' is not valid JSON") from None
+    return load_config(path, overrides)

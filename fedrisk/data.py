@@ -1,0 +1,273 @@
+"""Each institution's own rows: load, check, split. Nothing here looks at another's data.
+
+Institutions come from the built-in generator, one file each, a column naming the
+institution, or (for simulation) a seeded IID or Dirichlet split of one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedrisk.config import DataSpec
+from fedrisk.errors import FedriskInputError
+from fedrisk.generators import credit
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The model's inputs, split by kind, plus what is kept for measurement only."""
+
+    numeric: list[str]
+    categorical: list[str]
+    protected: list[str]
+    target: str
+
+    @property
+    def features(self) -> list[str]:
+        return self.numeric + self.categorical
+
+
+@dataclass(frozen=True)
+class InstitutionData:
+    name: str
+    source: str  # file path, or a description of the generator call
+    fingerprint: str  # identifies this institution's data for the privacy ledger
+    frame: pd.DataFrame  # features + target + protected, identifiers already dropped
+    columns: Columns
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_table(path: str | Path, institution: str | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file, failing with the institution and file named."""
+    file = Path(path)
+    if not file.is_file():
+        raise FedriskInputError("data file not found", institution=institution, file=str(file))
+    suffix = file.suffix.lower()
+    try:
+        if suffix in {".csv", ".txt"}:
+            return pd.read_csv(file)
+        if suffix in {".parquet", ".pq"}:
+            return pd.read_parquet(file)
+    except Exception as exc:  # pandas raises many types for unreadable files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FedriskInputError(
+            f"cannot read file: {reason}", institution=institution, file=str(file)
+        ) from None
+    raise FedriskInputError(
+        f"unsupported file type '{suffix}' (use .csv or .parquet)",
+        institution=institution,
+        file=str(file),
+    )
+
+
+def institution_names(spec: DataSpec, seed: int) -> list[str]:
+    """The consortium's members, in the order that maps them to simulation partitions."""
+    if spec.source == "synthetic":
+        return credit.institution_names(spec.synthetic.institutions)
+    if spec.files is not None:
+        return sorted(spec.files)
+    if spec.partition is not None:
+        return credit.institution_names(spec.partition.institutions)
+    assert spec.path is not None and spec.institution_column is not None
+    frame = read_table(spec.path)
+    if spec.institution_column not in frame.columns:
+        raise FedriskInputError(
+            "institution column missing", file=spec.path, column=spec.institution_column
+        )
+    values = frame[spec.institution_column]
+    if values.isna().any():
+        raise FedriskInputError(
+            f"{int(values.isna().sum())} rows name no institution",
+            file=spec.path,
+            column=spec.institution_column,
+        )
+    return sorted(values.astype(str).unique())
+
+
+def _partition_rows(frame: pd.DataFrame, spec: DataSpec, seed: int) -> np.ndarray:
+    """Partition index of each row; Dirichlet per class gives size and label skew."""
+    assert spec.partition is not None
+    k = spec.partition.institutions
+    rng = np.random.default_rng([seed, 30_011])
+    owner = np.empty(len(frame), dtype=int)
+    if spec.partition.method == "iid":
+        order = rng.permutation(len(frame))
+        owner[order] = np.arange(len(frame)) % k
+        return owner
+    labels = frame[spec.target].to_numpy()
+    for value in pd.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == value))
+        shares = rng.dirichlet(np.full(k, spec.partition.alpha))
+        cuts = (np.cumsum(shares)[:-1] * len(rows)).astype(int)
+        for part, chunk in enumerate(np.split(rows, cuts)):
+            owner[chunk] = part
+    return owner
+
+
+def _raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[pd.DataFrame, str, str]:
+    """(rows, source description, fingerprint) of one institution, before checks."""
+    if spec.source == "synthetic":
+        syn = spec.synthetic
+        index = names.index(name)
+        params = {
+            "generator": "credit",
+            "index": index,
+            "institutions": syn.institutions,
+            "rows": syn.rows,
+            "seed": seed,
+            "group_bias": syn.group_bias,
+        }
+        frame = credit.generate_institution(index, syn.institutions, syn.rows, seed, syn.group_bias)
+        fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        return frame, f"built-in credit generator ({name})", fingerprint
+    if spec.files is not None:
+        path = spec.files[name]
+        return read_table(path, name), path, _sha256_file(Path(path))
+    assert spec.path is not None
+    frame = read_table(spec.path, name)
+    base = _sha256_file(Path(spec.path))
+    if spec.institution_column is not None:
+        if spec.institution_column not in frame.columns:
+            raise FedriskInputError(
+                "institution column missing", institution=name, file=spec.path,
+                column=spec.institution_column,
+            )
+        mine = frame[frame[spec.institution_column].astype(str) == name]
+        mine = mine.drop(columns=[spec.institution_column])
+        fingerprint = hashlib.sha256(f"{base}:{name}".encode()).hexdigest()
+        return mine.reset_index(drop=True), spec.path, fingerprint
+    assert spec.partition is not None
+    if spec.target not in frame.columns:
+        raise FedriskInputError("target column missing", institution=name, file=spec.path,
+                                column=spec.target)
+    owner = _partition_rows(frame, spec, seed)
+    mine = frame[owner == names.index(name)].reset_index(drop=True)
+    part = spec.partition.model_dump_json()
+    fingerprint = hashlib.sha256(f"{base}:{name}:{part}:{seed}".encode()).hexdigest()
+    return mine, spec.path, fingerprint
+
+
+def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file: str) -> Columns:
+    """Which columns are inputs, and of which kind; personal identifiers never are."""
+    excluded = {spec.target, *spec.drop, *spec.protected}
+    if spec.institution_column:
+        excluded.add(spec.institution_column)
+    if spec.features is not None:
+        features = list(spec.features)
+        for column in features:
+            if column in spec.drop or column == spec.target:
+                raise FedriskInputError(
+                    "listed both as a feature and as target or dropped column",
+                    institution=institution, file=file, column=column,
+                )
+    else:
+        features = [c for c in frame.columns if c not in excluded]
+    required = [spec.target, *features, *spec.protected]
+    for column in required:
+        if column not in frame.columns:
+            kind = "target" if column == spec.target else (
+                "protected attribute" if column in spec.protected else "feature"
+            )
+            raise FedriskInputError(f"{kind} column missing", institution=institution,
+                                    file=file, column=column)
+    if spec.categorical is not None:
+        unknown = [c for c in spec.categorical if c not in features]
+        if unknown:
+            raise FedriskInputError("categorical column is not a feature",
+                                    institution=institution, file=file, column=unknown[0])
+        categorical = [c for c in features if c in spec.categorical]
+    else:
+        categorical = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
+    numeric = [c for c in features if c not in categorical]
+    for column in numeric:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            bad = pd.to_numeric(frame[column], errors="coerce").isna() & frame[column].notna()
+            raise FedriskInputError(
+                f"numeric column has {int(bad.sum())} non-numeric values",
+                institution=institution, file=file, column=column,
+            )
+    return Columns(numeric, categorical, list(spec.protected), spec.target)
+
+
+def _check_target(frame: pd.DataFrame, target: str, institution: str, file: str) -> pd.Series:
+    values = frame[target]
+    if values.isna().any():
+        raise FedriskInputError(f"target has {int(values.isna().sum())} missing values",
+                                institution=institution, file=file, column=target)
+    if pd.api.types.is_bool_dtype(values):
+        values = values.astype(int)
+    allowed = {0, 1}
+    seen = set(pd.unique(values).tolist())
+    if not pd.api.types.is_numeric_dtype(values) or not seen <= allowed:
+        shown = sorted(map(str, seen - allowed))[:3]
+        raise FedriskInputError(
+            f"target is not binary 0/1 (found {', '.join(shown)})",
+            institution=institution, file=file, column=target,
+        )
+    if len(seen) < 2:
+        raise FedriskInputError(
+            f"target has a single class ({seen.pop()}): cannot train or evaluate",
+            institution=institution, file=file, column=target,
+        )
+    return values.astype(np.int64)
+
+
+def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
+    """Load and check one institution's rows; the only data a client ever reads."""
+    names = institution_names(spec, seed)
+    if name not in names:
+        raise FedriskInputError(f"unknown institution (known: {', '.join(names)})",
+                                institution=name)
+    frame, source, fingerprint = _raw_frame(spec, name, names, seed)
+    if len(frame) == 0:
+        raise FedriskInputError("no rows", institution=name, file=source)
+    columns = resolve_columns(frame, spec, name, source)
+    target = _check_target(frame, columns.target, name, source)
+    kept = frame[columns.features + columns.protected].copy()
+    kept[columns.target] = target.to_numpy()
+    return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns)
+
+
+def split_institution(data: InstitutionData, spec: DataSpec, seed: int) -> Split:
+    """Seeded, stratified train/validation/test split inside one institution."""
+    frame = data.frame
+    y = frame[data.columns.target].to_numpy()
+    rng = np.random.default_rng([seed, 40_009, int(data.fingerprint[:8], 16)])
+    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+    for value in (0, 1):
+        rows = rng.permutation(np.flatnonzero(y == value))
+        n_val = int(round(len(rows) * spec.validation_fraction))
+        n_test = int(round(len(rows) * spec.test_fraction))
+        parts["validation"].append(rows[:n_val])
+        parts["test"].append(rows[n_val : n_val + n_test])
+        parts["train"].append(rows[n_val + n_test :])
+    out = {}
+    for key, chunks in parts.items():
+        index = np.sort(np.concatenate(chunks))
+        if len(index) == 0 or len(np.unique(y[index])) < 2:
+            raise FedriskInputError(
+                f"too few rows ({len(frame)}) for a {key} split holding both classes",
+                institution=data.name, file=data.source, column=data.columns.target,
+            )
+        out[key] = frame.iloc[index].reset_index(drop=True)
+    return Split(**out)

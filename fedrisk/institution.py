@@ -1,0 +1,142 @@
+"""What one institution does in a campaign: statistics, a DP training round, an evaluation.
+
+The ClientApp calls these with plain values and wraps the results in Flower records. Data
+are loaded once per process and institution and kept in memory across rounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrisk.config import CampaignConfig, config_from_json
+from fedrisk.data import InstitutionData, Split, institution_names, load_institution, split_institution
+from fedrisk.errors import FedriskInputError
+from fedrisk.models import build_model
+from fedrisk.preprocessing import Preprocessor, local_statistics
+from fedrisk.privacy import PrivacyLedger
+from fedrisk.training import DPSettings, EvalStats, evaluate_local, steps_per_epoch, train_local
+
+
+@dataclass(frozen=True)
+class LocalData:
+    data: InstitutionData
+    split: Split
+
+
+@lru_cache(maxsize=8)
+def _local_data(config_json: str, name: str) -> LocalData:
+    config = config_from_json(config_json)
+    data = load_institution(config.data, name, config.seed)
+    return LocalData(data, split_institution(data, config.data, config.seed))
+
+
+@lru_cache(maxsize=8)
+def _matrices(config_json: str, name: str, preprocessor_json: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+    local = _local_data(config_json, name)
+    frame = getattr(local.split, part)
+    x = Preprocessor.from_json(preprocessor_json).transform(frame)
+    y = frame[local.data.columns.target].to_numpy(dtype=np.float32)
+    return x, y
+
+
+def resolve_institution(config: CampaignConfig, node_config: dict[str, Any]) -> str:
+    """This node's institution: named in its node config, else its simulation partition."""
+    if "institution" in node_config:
+        return str(node_config["institution"])
+    names = institution_names(config.data, config.seed)
+    partition = int(node_config.get("partition-id", 0))
+    if partition >= len(names):
+        raise FedriskInputError(
+            f"simulation partition {partition} has no institution ({len(names)} configured)"
+        )
+    return names[partition]
+
+
+def statistics(config_json: str, name: str) -> dict[str, Any]:
+    """Preprocessing statistics of the institution's training rows."""
+    local = _local_data(config_json, name)
+    stats = local_statistics(local.split.train, local.data.columns)
+    stats["split_rows"] = {
+        "train": len(local.split.train),
+        "validation": len(local.split.validation),
+        "test": len(local.split.test),
+    }
+    return stats
+
+
+def check_delta(config: CampaignConfig, name: str, rows: int) -> None:
+    if config.privacy.enabled and config.privacy.delta >= 1.0 / rows:
+        raise FedriskInputError(
+            f"privacy.delta {config.privacy.delta:g} is not below 1/rows = {1.0 / rows:.3g}; "
+            "lower it",
+            institution=name,
+        )
+
+
+def train_round(
+    config_json: str,
+    name: str,
+    preprocessor_json: str,
+    state: dict[str, torch.Tensor],
+    server_round: int,
+    campaign: str,
+    proximal_mu: float,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One round of local training from the global weights; DP spend goes to the ledger."""
+    config = config_from_json(config_json)
+    x, y = _matrices(config_json, name, preprocessor_json, "train")
+    check_delta(config, name, len(x))
+    model = build_model(config.model, x.shape[1], config.seed)
+    model.load_state_dict(state)
+    tr = config.training
+    seed = config.seed * 100_003 + server_round * 101 + len(x)
+    dp = None
+    ledger = None
+    metrics: dict[str, float] = {}
+    if config.privacy.enabled:
+        pv = config.privacy
+        local = _local_data(config_json, name)
+        ledger = PrivacyLedger.open(pv.ledger_dir, name, local.data.fingerprint)
+        per_round = steps_per_epoch(len(x), tr.batch_size) * tr.local_epochs
+        rate = 1.0 / steps_per_epoch(len(x), tr.batch_size)
+        sigma = ledger.plan(campaign, pv.target_epsilon, pv.delta, rate, per_round, tr.rounds)
+        ledger.authorise(campaign, server_round, sigma, rate, per_round, pv.target_epsilon, pv.delta)
+        dp = DPSettings(sigma, pv.max_grad_norm, list(ledger.history))
+        metrics.update({"noise-multiplier": sigma, "sample-rate": rate})
+    result = train_local(
+        model, x, y,
+        epochs=tr.local_epochs,
+        batch_size=tr.batch_size,
+        learning_rate=tr.learning_rate,
+        momentum=tr.momentum,
+        dp=dp,
+        proximal_mu=proximal_mu,
+        seed=seed,
+    )
+    metrics.update(
+        {
+            "num-examples": float(result.examples),
+            "train-loss": result.mean_loss,
+            "steps": float(result.steps),
+            "train-seconds": result.seconds,
+        }
+    )
+    if ledger is not None:
+        epsilon = ledger.record(campaign, server_round, result.history, config.privacy.delta)
+        metrics.update({"epsilon": epsilon, "delta": config.privacy.delta})
+    return result.state, metrics
+
+
+def evaluate_round(
+    config_json: str, name: str, preprocessor_json: str, state: dict[str, torch.Tensor], part: str = "validation"
+) -> EvalStats:
+    config = config_from_json(config_json)
+    x, y = _matrices(config_json, name, preprocessor_json, part)
+    model = build_model(config.model, x.shape[1], config.seed)
+    model.load_state_dict(state)
+    return evaluate_local(model, x, y, config.evaluation.bins)

@@ -1,0 +1,125 @@
+"""Runs a campaign on Flower's simulation engine: the only fedrisk module importing flwr.
+
+Before Ray starts, every institution's data, split and privacy budget is checked locally
+(in a simulation all data sit on this machine), so input errors fail fast with one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fedrisk.config import CampaignConfig
+from fedrisk.data import institution_names, load_institution, split_institution
+from fedrisk.errors import BudgetExhaustedError, FedriskInputError
+from fedrisk.privacy import PrivacyLedger
+from fedrisk.tracking import find_campaign_run
+
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    campaign: str
+    run_id: str
+    experiment_id: str
+    status: str
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def preflight(config: CampaignConfig) -> list[str]:
+    """Check each institution's data and budget locally; returns the institutions."""
+    names = institution_names(config.data, config.seed)
+    if len(names) < config.training.min_institutions:
+        raise FedriskInputError(
+            f"{len(names)} institution(s) configured, training.min_institutions is "
+            f"{config.training.min_institutions}"
+        )
+    pv = config.privacy
+    for name in names:
+        data = load_institution(config.data, name, config.seed)
+        split = split_institution(data, config.data, config.seed)
+        if pv.enabled:
+            if pv.delta >= 1.0 / len(split.train):
+                raise FedriskInputError(
+                    f"privacy.delta {pv.delta:g} is not below 1/rows = {1 / len(split.train):.3g}",
+                    institution=name, file=data.source,
+                )
+            spent = PrivacyLedger.open(pv.ledger_dir, name, data.fingerprint).spent(pv.delta)
+            if spent >= pv.target_epsilon:
+                raise BudgetExhaustedError(
+                    f"privacy budget spent: epsilon {spent:.3f} of {pv.target_epsilon:g} at "
+                    f"delta {pv.delta:g} (ledger in {pv.ledger_dir})",
+                    institution=name, file=data.source,
+                )
+    return names
+
+
+def simulate(
+    config: CampaignConfig,
+    *,
+    campaign: str | None = None,
+    check_inputs: bool = True,
+    verbose: bool = False,
+    num_supernodes: int | None = None,
+) -> Outcome:
+    """Run one campaign on Flower's simulation engine; returns its MLflow run."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    names = preflight(config) if check_inputs else institution_names(config.data, config.seed)
+    campaign = campaign or uuid.uuid4().hex
+
+    from flwr.simulation import run_simulation
+
+    from clients.client_app import app as client_app
+    from server.server_app import app_for
+
+    backend: dict[str, Any] = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": os.cpu_count() or 2,
+            "include_dashboard": False,
+            "logging_level": logging.INFO if verbose else logging.ERROR,
+            "log_to_driver": verbose,
+        },
+    }
+    flwr_logger = logging.getLogger("flwr")
+    previous = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        run_simulation(
+            server_app=app_for(config, campaign),
+            client_app=client_app,
+            num_supernodes=num_supernodes or len(names),
+            backend_config=backend,
+            verbose_logging=verbose,
+        )
+    except RuntimeError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, FedriskInputError):
+            raise cause from None
+        raise
+    finally:
+        flwr_logger.setLevel(previous)
+    run = find_campaign_run(config.tracking.uri, config.tracking.experiment, campaign)
+    if run is None:
+        raise RuntimeError(f"campaign {campaign} left no MLflow run")
+    return Outcome(
+        campaign=campaign,
+        run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        status=run.data.tags.get("fedrisk.status", "unknown"),
+        metrics=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+    )

@@ -1,0 +1,197 @@
+"""Privacy accounting: noise calibration and a per-institution ledger persisted on disk.
+
+One accountant (Opacus's RDP accountant) both calibrates the noise and reports epsilon. Its
+history, a list of (noise multiplier, sample rate, steps), is what the ledger stores, so a new
+`PrivacyEngine` each round, or a new campaign on the same data, starts from what was spent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from opacus.accountants import RDPAccountant
+
+from fedrisk.errors import BudgetExhaustedError
+
+History = list[tuple[float, float, int]]
+MAX_NOISE_MULTIPLIER = 1_000.0
+
+
+def epsilon_spent(history: Sequence[Sequence[float]], delta: float) -> float:
+    """Epsilon of a whole history under the RDP accountant, at `delta`."""
+    if not history:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return float(accountant.get_epsilon(delta))
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior_history: Sequence[Sequence[float]] = (),
+    epsilon_tolerance: float = 0.01,
+) -> float:
+    """Smallest noise (to the tolerance) such that prior spend + `steps` stays <= target.
+
+    Same bisection as `opacus.accountants.utils.get_noise_multiplier`, but composed with what
+    the institution already spent.
+    """
+    prior = list(prior_history)
+    spent = epsilon_spent(prior, delta)
+    if spent >= target_epsilon:
+        raise BudgetExhaustedError(
+            f"privacy budget spent: epsilon {spent:.3f} of {target_epsilon:g} at delta {delta:g}"
+        )
+
+    def eps(sigma: float) -> float:
+        return epsilon_spent(prior + [(sigma, sample_rate, steps)], delta)
+
+    low, high = 0.0, 10.0
+    while eps(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > MAX_NOISE_MULTIPLIER:
+            raise BudgetExhaustedError(
+                f"privacy budget left ({target_epsilon - spent:.3g} of {target_epsilon:g}) "
+                f"cannot pay for {steps} more steps at sample rate {sample_rate:.4g}"
+            )
+    while target_epsilon - eps(high) > epsilon_tolerance:
+        mid = (low + high) / 2
+        if eps(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class PrivacyLedger:
+    """What one institution's data has spent, across rounds and campaigns."""
+
+    path: Path
+    institution: str
+    fingerprint: str
+    accountant: str = "rdp"
+    history: History = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, ledger_dir: str | Path, institution: str, fingerprint: str) -> PrivacyLedger:
+        path = Path(ledger_dir) / f"{institution}-{fingerprint[:16]}.json"
+        ledger = cls(path=path, institution=institution, fingerprint=fingerprint)
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            ledger.history = [tuple(h) for h in saved["history"]]  # type: ignore[misc]
+            ledger.rounds = saved["rounds"]
+            ledger.refusals = saved["refusals"]
+            ledger.plans = saved["plans"]
+            ledger.accountant = saved["accountant"]
+        return ledger
+
+    def spent(self, delta: float) -> float:
+        return epsilon_spent(self.history, delta)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "institution": self.institution,
+            "fingerprint": self.fingerprint,
+            "accountant": self.accountant,
+            "history": [list(h) for h in self.history],
+            "rounds": self.rounds,
+            "refusals": self.refusals,
+            "plans": self.plans,
+        }
+
+    def save(self) -> None:
+        with _locked(self.path):
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.to_dict(), indent=1))
+            os.replace(tmp, self.path)
+
+    def plan(
+        self,
+        campaign: str,
+        target_epsilon: float,
+        delta: float,
+        sample_rate: float,
+        steps_per_round: int,
+        rounds: int,
+    ) -> float:
+        """Noise multiplier of this campaign, calibrated once on the budget left."""
+        if campaign in self.plans:
+            return float(self.plans[campaign]["noise_multiplier"])
+        prior = [h for h in self.history]
+        try:
+            sigma = calibrate_noise_multiplier(
+                target_epsilon, delta, sample_rate, steps_per_round * rounds, prior
+            )
+        except BudgetExhaustedError as err:
+            self.refuse(campaign, 0, err.detail)
+            raise BudgetExhaustedError(err.detail, institution=self.institution) from None
+        self.plans[campaign] = {
+            "noise_multiplier": sigma,
+            "sample_rate": sample_rate,
+            "steps_per_round": steps_per_round,
+            "rounds": rounds,
+            "target_epsilon": target_epsilon,
+            "delta": delta,
+            "epsilon_before": epsilon_spent(prior, delta),
+        }
+        self.save()
+        return sigma
+
+    def authorise(
+        self, campaign: str, server_round: int, sigma: float, sample_rate: float, steps: int,
+        target_epsilon: float, delta: float,
+    ) -> float:
+        """Epsilon after this round, or a recorded refusal if it would exceed the budget."""
+        after = epsilon_spent(self.history + [(sigma, sample_rate, steps)], delta)
+        if after > target_epsilon * (1 + 1e-9):
+            reason = (
+                f"round would exceed the privacy budget: epsilon {after:.3f} > "
+                f"{target_epsilon:g} at delta {delta:g} (spent {self.spent(delta):.3f})"
+            )
+            self.refuse(campaign, server_round, reason)
+            raise BudgetExhaustedError(reason, institution=self.institution)
+        return after
+
+    def refuse(self, campaign: str, server_round: int, reason: str) -> None:
+        self.refusals.append(
+            {"campaign": campaign, "round": server_round, "reason": reason, "time": time.time()}
+        )
+        self.save()
+
+    def record(
+        self, campaign: str, server_round: int, history: History, delta: float
+    ) -> float:
+        """Adopt the accountant's history after a round; return epsilon spent so far."""
+        self.history = [(float(s), float(q), int(n)) for s, q, n in history]
+        epsilon = self.spent(delta)
+        self.rounds.append(
+            {"campaign": campaign, "round": server_round, "epsilon": epsilon, "delta": delta,
+             "time": time.time()}
+        )
+        self.save()
+        return epsilon

@@ -1,0 +1,61 @@
+"""The global model as an MLflow pyfunc: raw feature columns in, probability of default out.
+
+The preprocessing travels with the weights, so a validator can score a DataFrame of raw
+columns with `mlflow.pyfunc.load_model(uri).predict(frame)`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+from fedrisk.config import ModelSpec
+from fedrisk.models import build_model, predict_proba
+from fedrisk.preprocessing import Preprocessor
+
+
+class RiskModel(mlflow.pyfunc.PythonModel):
+    """Loads preprocessing + torch weights saved by `save_model_files`."""
+
+    def load_context(self, context: Any) -> None:
+        meta = json.loads(Path(context.artifacts["model_spec"]).read_text())
+        self.preprocessor = Preprocessor.from_json(
+            Path(context.artifacts["preprocessor"]).read_text()
+        )
+        self.model = build_model(ModelSpec(**meta["model"]), self.preprocessor.width, 0)
+        self.model.load_state_dict(torch.load(context.artifacts["weights"], weights_only=True))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
+        try:
+            x = self.preprocessor.transform(model_input)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        return predict_proba(self.model, torch.as_tensor(x)).numpy()
+
+
+def save_model_files(
+    folder: Path, state: dict[str, torch.Tensor], preprocessor: Preprocessor, spec: ModelSpec
+) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "weights": folder / "weights.pt",
+        "preprocessor": folder / "preprocessor.json",
+        "model_spec": folder / "model_spec.json",
+    }
+    torch.save(state, paths["weights"])
+    paths["preprocessor"].write_text(preprocessor.to_json())
+    paths["model_spec"].write_text(json.dumps({"model": spec.model_dump()}))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def schema_frame(preprocessor: Preprocessor) -> pd.DataFrame:
+    """One made-up row (means and modes) that fixes the input schema; no customer data."""
+    row: dict[str, Any] = dict(zip(preprocessor.numeric, map(float, preprocessor.means)))
+    row.update(zip(preprocessor.categorical, preprocessor.modes))
+    return pd.DataFrame([row])

@@ -1,0 +1,114 @@
+"""MLflow tracking of a campaign: one run, per-round metrics, the model and its evidence.
+
+Only the server writes here. Nothing row-level is logged: parameters, aggregate metrics,
+the config, the privacy ledger snapshot and the model.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+import fedrisk
+from fedrisk.config import CampaignConfig, flatten
+from fedrisk.preprocessing import Preprocessor
+from fedrisk.serving import RiskModel, save_model_files, schema_frame
+
+CAMPAIGN_TAG = "fedrisk.campaign"
+PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "pydantic", "pyyaml", "opacus==1.6.0"]
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Keep a SQLite store's artifacts next to its database file."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).parent.joinpath("mlartifacts").as_uri()
+    return None
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id  # type: ignore[union-attr]
+
+
+class CampaignRun:
+    """The MLflow run of one campaign; state is the run id and a batch of pending metrics."""
+
+    def __init__(self, config: CampaignConfig, campaign: str) -> None:
+        self.config = config
+        self.uri = config.tracking.uri
+        self.client = MlflowClient(self.uri)
+        exp = experiment_id(self.client, config.tracking.experiment, self.uri)
+        tags = {
+            CAMPAIGN_TAG: campaign,
+            "fedrisk.task": config.task,
+            "fedrisk.version": fedrisk.__version__,
+            "fedrisk.privacy": "dp" if config.privacy.enabled else "none",
+            "fedrisk.accountant": config.privacy.accountant,
+            "mlflow.runName": f"{config.task}-{campaign[:8]}",
+        }
+        self.run_id = self.client.create_run(exp, tags=tags).info.run_id
+        params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        self.log_dict(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dict(self, content: Any, artifact_file: str) -> None:
+        if isinstance(content, str):
+            self.client.log_text(self.run_id, content, artifact_file)
+        else:
+            self.client.log_text(self.run_id, json.dumps(content, indent=1, sort_keys=True), artifact_file)
+
+    def log_model(self, state: dict[str, Any], preprocessor: Preprocessor) -> str:
+        """Log the global model with its preprocessing; returns the model URI."""
+        with tempfile.TemporaryDirectory() as tmp:
+            files = save_model_files(Path(tmp), state, preprocessor, self.config.model)
+            sample = schema_frame(preprocessor)
+            signature = infer_signature(sample, np.array([0.2]))
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=self.run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=RiskModel(),
+                    artifacts=files,
+                    code_paths=[str(Path(fedrisk.__file__).parent)],
+                    signature=signature,
+                    pip_requirements=PIP_REQUIREMENTS,
+                )
+        return info.model_uri
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def find_campaign_run(uri: str, experiment: str, campaign: str) -> Any:
+    """The MLflow run of a campaign id, or None."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"tags.`{CAMPAIGN_TAG}` = '{campaign}'")
+    return runs[0] if runs else None

@@ -1,0 +1,1 @@
+"""Flower ServerApp of fedrisk: coordinates a campaign."""

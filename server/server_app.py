@@ -1,0 +1,228 @@
+"""fedrisk ServerApp: one campaign, from federated preprocessing to a model in MLflow.
+
+Run config keys: `config-path` (campaign YAML, absolute), `overrides` (JSON of dotted keys),
+`campaign-id` (optional; the CLI sets it to find the MLflow run afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections import Counter
+from logging import INFO, WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+from tqdm import tqdm
+
+from fedrisk.config import CampaignConfig, config_to_json, from_run_config
+from fedrisk.errors import FedriskInputError
+from fedrisk.metrics import evaluation_summary
+from fedrisk.models import build_model
+from fedrisk.preprocessing import fit_preprocessor, merge_statistics, missing_counts
+from fedrisk.tracking import CampaignRun
+from server.strategy import CampaignFedAvg, CampaignFedProx, CampaignStopped, evaluation_parts
+
+NODE_WAIT_SECONDS = 120.0
+REPLY_TIMEOUT_SECONDS = 3600.0
+
+app = ServerApp()
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    """Wait until `expected` nodes are connected or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        nodes = list(grid.get_node_ids())
+    return sorted(nodes)
+
+
+def _query(grid: Grid, nodes: list[int], message_type: str, content: RecordDict) -> list[Message]:
+    messages = [Message(content, dst_node_id=n, message_type=message_type) for n in nodes]
+    return list(grid.send_and_receive(messages, timeout=REPLY_TIMEOUT_SECONDS))
+
+
+def collect_statistics(
+    grid: Grid, nodes: list[int], base: ConfigRecord
+) -> tuple[dict[int, str], dict[str, dict], dict[str, str]]:
+    """Ask every node for its preprocessing statistics; returns names, stats, errors."""
+    replies = _query(grid, nodes, "query.statistics", RecordDict({"config": base}))
+    names: dict[int, str] = {}
+    stats: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            errors[f"node-{node}"] = str(msg.error.reason).strip().splitlines()[-1]
+            continue
+        name = str(msg.content["who"]["institution"])
+        names[node] = name
+        stats[name] = json.loads(str(msg.content["statistics"]["json"]))
+    # Institutions must share one column schema; the majority's is the consortium's.
+    if stats:
+        schemas = Counter(json.dumps(s["schema"], sort_keys=True) for s in stats.values())
+        consortium = schemas.most_common(1)[0][0]
+        for name in [n for n, s in stats.items() if json.dumps(s["schema"], sort_keys=True) != consortium]:
+            mine = stats.pop(name)["schema"]
+            column = schema_difference(mine, json.loads(consortium))
+            errors[name] = f"institution {name}, column '{column}': not of the consortium's schema"
+    return names, stats, errors
+
+
+def schema_difference(mine: dict, theirs: dict) -> str:
+    """First column whose presence or kind differs between two schemas."""
+    for kind in ("numeric", "categorical"):
+        for column in sorted(set(mine[kind]) ^ set(theirs[kind])):
+            return column
+    return "(column order)"
+
+
+def _progress_callback(bar: tqdm) -> callable:
+    def on_round(server_round: int, metrics: dict[str, float]) -> None:
+        postfix = {"auc": f"{metrics.get('val_auc', float('nan')):.4f}"}
+        if "epsilon_max" in metrics:
+            postfix["eps_max"] = f"{metrics['epsilon_max']:.3f}"
+        postfix["s/round"] = f"{metrics['round_seconds']:.1f}"
+        bar.set_postfix(postfix)
+        bar.update(1)
+
+    return on_round
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point under `flwr run` and SuperLink: the campaign comes from the run config."""
+    config = from_run_config(dict(context.run_config))
+    campaign = str(context.run_config.get("campaign-id", "") or "") or uuid.uuid4().hex
+    run_campaign(grid, config, campaign)
+
+
+def app_for(config: CampaignConfig, campaign: str) -> ServerApp:
+    """The same ServerApp with an already validated campaign (used by `fedrisk simulate`)."""
+    bound = ServerApp()
+
+    @bound.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_campaign(grid, config, campaign)
+
+    return bound
+
+
+def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
+    run = CampaignRun(config, campaign)
+    log(INFO, "fedrisk campaign %s: MLflow run %s at %s", campaign, run.run_id, config.tracking.uri)
+    status = "FINISHED"
+    try:
+        _campaign_body(grid, config, campaign, run)
+    except Exception as exc:
+        status = "FAILED"
+        run.set_tags({"fedrisk.status": "failed", "fedrisk.error": str(exc)[:4000]})
+        raise
+    finally:
+        run.finish(status)
+
+
+def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -> None:
+    tr = config.training
+    expected = config.institution_count_hint() or tr.min_institutions
+    nodes = wait_for_nodes(grid, expected, NODE_WAIT_SECONDS)
+    base = ConfigRecord({"campaign-config": config_to_json(config), "campaign": campaign})
+    names, stats, errors = collect_statistics(grid, nodes, base)
+    for name, reason in sorted(errors.items()):
+        log(WARNING, "excluded %s", reason)
+    run.set_tags({"fedrisk.institutions": ",".join(sorted(stats))})
+    run.log_dict({"excluded": errors}, "institutions/excluded.json")
+    if len(stats) < tr.min_institutions:
+        run.set_tags({"fedrisk.status": "stopped", "fedrisk.stop_reason": "too few institutions"})
+        raise FedriskInputError(
+            f"only {len(stats)} institution(s) with usable data, minimum is {tr.min_institutions}: "
+            + "; ".join(errors.values())
+        )
+    preprocessor = fit_preprocessor(merge_statistics(list(stats.values())))
+    data_summary = {
+        name: {"rows": s["split_rows"], "imputed": missing_counts(s)} for name, s in stats.items()
+    }
+    run.log_dict({"institutions": data_summary, "features": preprocessor.output_names},
+                 "institutions/data_summary.json")
+    for name, s in stats.items():
+        run.log_metrics({f"rows_train.{name}": s["split_rows"]["train"],
+                         f"imputed_values.{name}": sum(missing_counts(s).values())}, step=0)
+
+    model = build_model(config.model, preprocessor.width, config.seed)
+    initial = ArrayRecord(model.state_dict())
+    strategy_cls = CampaignFedProx if tr.strategy == "fedprox" else CampaignFedAvg
+    kwargs = {"proximal_mu": tr.proximal_mu} if tr.strategy == "fedprox" else {}
+    strategy = strategy_cls(
+        fraction_train=tr.fraction,
+        min_train_nodes=tr.min_institutions,
+        min_evaluate_nodes=tr.min_institutions,
+        min_available_nodes=tr.min_institutions,
+        **kwargs,
+    )
+    bar = tqdm(total=tr.rounds, desc="fedrisk", unit="round", file=sys.stderr, dynamic_ncols=True)
+    strategy.setup(
+        names=names, min_institutions=tr.min_institutions, seed=config.seed, run=run,
+        on_round=_progress_callback(bar),
+    )
+    for name, reason in errors.items():
+        strategy.exclude(name, reason, 0, "input")
+    shared = {"campaign-config": config_to_json(config), "campaign": campaign,
+              "preprocessor": preprocessor.to_json()}
+    stop_reason = ""
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=tr.rounds,
+            timeout=REPLY_TIMEOUT_SECONDS,
+            train_config=ConfigRecord(dict(shared)),
+            evaluate_config=ConfigRecord(dict(shared)),
+        )
+    except CampaignStopped as stop:
+        stop_reason = str(stop)
+        log(WARNING, "campaign stopped: %s", stop_reason)
+    finally:
+        bar.close()
+
+    final = strategy.latest_arrays or initial
+    test_replies = _query(
+        grid, strategy.active_nodes(grid), "evaluate",
+        RecordDict({"arrays": final, "config": ConfigRecord({**shared, "split": "test"})}),
+    )
+    test = evaluation_summary(evaluation_parts([m for m in test_replies if not m.has_error()]))
+    run.log_metrics({k.replace("val_", "test_", 1): v for k, v in test.items()}, step=strategy.rounds_done)
+    if strategy.epsilon:
+        run.log_metrics({"epsilon_final_max": max(strategy.epsilon.values())}, step=strategy.rounds_done)
+    run.log_dict(
+        {
+            "accountant": config.privacy.accountant,
+            "delta": config.privacy.delta,
+            "target_epsilon": config.privacy.target_epsilon,
+            "federation_epsilon": max(strategy.epsilon.values()) if strategy.epsilon else None,
+            "institutions": strategy.privacy,
+            "refused": {n: e for n, e in strategy.excluded.items() if e["kind"] == "budget"},
+        },
+        "privacy/ledger_snapshot.json",
+    )
+    run.log_dict({"excluded": strategy.excluded}, "institutions/excluded.json")
+    model_uri = run.log_model(final.to_torch_state_dict(), preprocessor)
+    tags = {
+        "fedrisk.rounds_completed": str(strategy.rounds_done),
+        "fedrisk.model_uri": model_uri,
+        "fedrisk.status": "stopped" if stop_reason else "completed",
+    }
+    if strategy.epsilon:
+        tags["fedrisk.epsilon"] = (
+            f"{max(strategy.epsilon.values()):.4f} (max over institutions, delta="
+            f"{config.privacy.delta:g}, accountant={config.privacy.accountant})"
+        )
+    if stop_reason:
+        tags["fedrisk.stop_reason"] = stop_reason
+    if strategy.excluded:
+        tags["fedrisk.excluded"] = "; ".join(f"{e['reason']}" for e in strategy.excluded.values())[:4000]
+    run.set_tags(tags)
