@@ -96,6 +96,9 @@ class Privacy(_Strict):
     target_epsilon: float = Field(3.0, gt=0.0, description="lifetime budget per institution")
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
+    max_noise_multiplier: float = Field(
+        20.0, gt=0.0, description="more noise than this means the budget left is too small"
+    )
     accountant: Literal["rdp"] = "rdp"
     ledger_dir: str = ".fedrisk/ledger"
 

@@ -139,7 +139,7 @@ def _raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[
         }
         frame = credit.generate_institution(index, syn.institutions, syn.rows, seed, syn.group_bias)
         fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-        return frame, f"built-in credit generator ({name})", fingerprint
+        return frame, "built-in generator", fingerprint
     if spec.files is not None:
         path = spec.files[name]
         return read_table(path, name), path, _sha256_file(Path(path))

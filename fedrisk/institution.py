@@ -69,6 +69,12 @@ def statistics(config_json: str, name: str) -> dict[str, Any]:
     return stats
 
 
+def sampling_plan(config: CampaignConfig, rows: int) -> tuple[float, int]:
+    """(Poisson sample rate, DP steps per round) of an institution with `rows` training rows."""
+    per_epoch = steps_per_epoch(rows, config.training.batch_size)
+    return 1.0 / per_epoch, per_epoch * config.training.local_epochs
+
+
 def check_delta(config: CampaignConfig, name: str, rows: int) -> None:
     if config.privacy.enabled and config.privacy.delta >= 1.0 / rows:
         raise FedriskInputError(
@@ -102,9 +108,10 @@ def train_round(
         pv = config.privacy
         local = _local_data(config_json, name)
         ledger = PrivacyLedger.open(pv.ledger_dir, name, local.data.fingerprint)
-        per_round = steps_per_epoch(len(x), tr.batch_size) * tr.local_epochs
-        rate = 1.0 / steps_per_epoch(len(x), tr.batch_size)
-        sigma = ledger.plan(campaign, pv.target_epsilon, pv.delta, rate, per_round, tr.rounds)
+        rate, per_round = sampling_plan(config, len(x))
+        sigma = ledger.plan(
+            campaign, pv.target_epsilon, pv.delta, rate, per_round, tr.rounds, pv.max_noise_multiplier
+        )
         ledger.authorise(campaign, server_round, sigma, rate, per_round, pv.target_epsilon, pv.delta)
         dp = DPSettings(sigma, pv.max_grad_norm, list(ledger.history))
         metrics.update({"noise-multiplier": sigma, "sample-rate": rate})

@@ -15,7 +15,8 @@ from typing import Any
 from fedrisk.config import CampaignConfig
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
-from fedrisk.privacy import PrivacyLedger
+from fedrisk.institution import sampling_plan
+from fedrisk.privacy import PrivacyLedger, calibrate_noise_multiplier
 from fedrisk.tracking import find_campaign_run
 
 QUIET_ENV = {
@@ -55,13 +56,17 @@ def preflight(config: CampaignConfig) -> list[str]:
                     f"privacy.delta {pv.delta:g} is not below 1/rows = {1 / len(split.train):.3g}",
                     institution=name, file=data.source,
                 )
-            spent = PrivacyLedger.open(pv.ledger_dir, name, data.fingerprint).spent(pv.delta)
-            if spent >= pv.target_epsilon:
-                raise BudgetExhaustedError(
-                    f"privacy budget spent: epsilon {spent:.3f} of {pv.target_epsilon:g} at "
-                    f"delta {pv.delta:g} (ledger in {pv.ledger_dir})",
-                    institution=name, file=data.source,
+            ledger = PrivacyLedger.open(pv.ledger_dir, name, data.fingerprint)
+            rate, per_round = sampling_plan(config, len(split.train))
+            try:
+                calibrate_noise_multiplier(
+                    pv.target_epsilon, pv.delta, rate, per_round * config.training.rounds,
+                    ledger.history, max_noise_multiplier=pv.max_noise_multiplier,
                 )
+            except BudgetExhaustedError as err:
+                raise BudgetExhaustedError(
+                    f"{err.detail} (ledger {ledger.path})", institution=name, file=data.source
+                ) from None
     return names
 
 

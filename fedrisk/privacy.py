@@ -21,7 +21,7 @@ from opacus.accountants import RDPAccountant
 from fedrisk.errors import BudgetExhaustedError
 
 History = list[tuple[float, float, int]]
-MAX_NOISE_MULTIPLIER = 1_000.0
+DEFAULT_MAX_NOISE_MULTIPLIER = 20.0
 
 
 def epsilon_spent(history: Sequence[Sequence[float]], delta: float) -> float:
@@ -40,11 +40,13 @@ def calibrate_noise_multiplier(
     steps: int,
     prior_history: Sequence[Sequence[float]] = (),
     epsilon_tolerance: float = 0.01,
+    max_noise_multiplier: float = DEFAULT_MAX_NOISE_MULTIPLIER,
 ) -> float:
     """Smallest noise (to the tolerance) such that prior spend + `steps` stays <= target.
 
     Same bisection as `opacus.accountants.utils.get_noise_multiplier`, but composed with what
-    the institution already spent.
+    the institution already spent. Needing more noise than `max_noise_multiplier` means the
+    budget left is too small to learn anything, and counts as spent.
     """
     prior = list(prior_history)
     spent = epsilon_spent(prior, delta)
@@ -56,13 +58,14 @@ def calibrate_noise_multiplier(
     def eps(sigma: float) -> float:
         return epsilon_spent(prior + [(sigma, sample_rate, steps)], delta)
 
-    low, high = 0.0, 10.0
+    low, high = 0.0, min(10.0, max_noise_multiplier)
     while eps(high) > target_epsilon:
-        low, high = high, 2 * high
-        if high > MAX_NOISE_MULTIPLIER:
+        low, high = high, min(2 * high, max_noise_multiplier)
+        if low >= max_noise_multiplier:
             raise BudgetExhaustedError(
                 f"privacy budget left ({target_epsilon - spent:.3g} of {target_epsilon:g}) "
-                f"cannot pay for {steps} more steps at sample rate {sample_rate:.4g}"
+                f"cannot pay for {steps} more steps at sample rate {sample_rate:.4g} with a noise "
+                f"multiplier up to {max_noise_multiplier:g}"
             )
     while target_epsilon - eps(high) > epsilon_tolerance:
         mid = (low + high) / 2
@@ -138,6 +141,7 @@ class PrivacyLedger:
         sample_rate: float,
         steps_per_round: int,
         rounds: int,
+        max_noise_multiplier: float = DEFAULT_MAX_NOISE_MULTIPLIER,
     ) -> float:
         """Noise multiplier of this campaign, calibrated once on the budget left."""
         if campaign in self.plans:
@@ -145,7 +149,8 @@ class PrivacyLedger:
         prior = [h for h in self.history]
         try:
             sigma = calibrate_noise_multiplier(
-                target_epsilon, delta, sample_rate, steps_per_round * rounds, prior
+                target_epsilon, delta, sample_rate, steps_per_round * rounds, prior,
+                max_noise_multiplier=max_noise_multiplier,
             )
         except BudgetExhaustedError as err:
             self.refuse(campaign, 0, err.detail)

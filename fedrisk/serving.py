@@ -52,10 +52,3 @@ def save_model_files(
     paths["preprocessor"].write_text(preprocessor.to_json())
     paths["model_spec"].write_text(json.dumps({"model": spec.model_dump()}))
     return {k: str(v) for k, v in paths.items()}
-
-
-def schema_frame(preprocessor: Preprocessor) -> pd.DataFrame:
-    """One made-up row (means and modes) that fixes the input schema; no customer data."""
-    row: dict[str, Any] = dict(zip(preprocessor.numeric, map(float, preprocessor.means)))
-    row.update(zip(preprocessor.categorical, preprocessor.modes))
-    return pd.DataFrame([row])

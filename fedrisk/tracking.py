@@ -13,16 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import yaml
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 import fedrisk
 from fedrisk.config import CampaignConfig, flatten
 from fedrisk.preprocessing import Preprocessor
-from fedrisk.serving import RiskModel, save_model_files, schema_frame
+from fedrisk.serving import RiskModel, save_model_files
 
 CAMPAIGN_TAG = "fedrisk.campaign"
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "pydantic", "pyyaml", "opacus==1.6.0"]
@@ -86,8 +84,6 @@ class CampaignRun:
         """Log the global model with its preprocessing; returns the model URI."""
         with tempfile.TemporaryDirectory() as tmp:
             files = save_model_files(Path(tmp), state, preprocessor, self.config.model)
-            sample = schema_frame(preprocessor)
-            signature = infer_signature(sample, np.array([0.2]))
             mlflow.set_tracking_uri(self.uri)
             with mlflow.start_run(run_id=self.run_id):
                 info = mlflow.pyfunc.log_model(
@@ -95,7 +91,10 @@ class CampaignRun:
                     python_model=RiskModel(),
                     artifacts=files,
                     code_paths=[str(Path(fedrisk.__file__).parent)],
-                    signature=signature,
+                    # No signature: MLflow's schema check refuses int for float columns and
+                    # echoes the rows it refused; the model checks its columns itself.
+                    metadata={"input_columns": preprocessor.input_columns,
+                              "output": "probability of the positive class (default)"},
                     pip_requirements=PIP_REQUIREMENTS,
                 )
         return info.model_uri

@@ -117,8 +117,35 @@ def train_local(
             )
     criterion = nn.BCEWithLogitsLoss()
     trained.train()
-    steps, loss_total = 0, 0.0
     start = time.perf_counter()
+    with warnings.catch_warnings():
+        # Opacus' backward hooks fire on module outputs because inputs need no gradient.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        steps, loss_total = _epochs(trained, model, optimizer, loader, criterion, epochs,
+                                    learning_rate, proximal_mu, global_params)
+    seconds = time.perf_counter() - start
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    result = TrainResult(state, len(x), steps, loss_total / max(steps, 1), seconds)
+    if engine is not None:
+        result.history = [tuple(h) for h in engine.accountant.history]  # type: ignore[misc]
+        result.sample_rate = 1.0 / len(loader)
+        if hasattr(trained, "_close"):
+            trained._close()
+    return result
+
+
+def _epochs(
+    trained: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    criterion: nn.Module,
+    epochs: int,
+    learning_rate: float,
+    proximal_mu: float,
+    anchors: list[torch.Tensor],
+) -> tuple[int, float]:
+    steps, loss_total = 0, 0.0
     for _ in range(epochs):
         for xb, yb in loader:
             optimizer.zero_grad(set_to_none=True)
@@ -130,19 +157,11 @@ def train_local(
             optimizer.step()
             if proximal_mu > 0:
                 with torch.no_grad():
-                    for param, anchor in zip(model.parameters(), global_params):
+                    for param, anchor in zip(model.parameters(), anchors):
                         param.sub_(learning_rate * proximal_mu * (param - anchor))
             steps += 1
             loss_total += float(loss.detach())
-    seconds = time.perf_counter() - start
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    result = TrainResult(state, len(x), steps, loss_total / max(steps, 1), seconds)
-    if engine is not None:
-        result.history = [tuple(h) for h in engine.accountant.history]  # type: ignore[misc]
-        result.sample_rate = 1.0 / len(loader)
-        if hasattr(trained, "_close"):
-            trained._close()
-    return result
+    return steps, loss_total
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,169 @@
+"""End to end on the real Flower simulation engine, a real MLflow store and Opacus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import roc_auc_score
+
+from fedrisk.config import load_config
+from fedrisk.errors import BudgetExhaustedError
+from fedrisk.generators.credit import generate_consortium
+from fedrisk.launcher import simulate
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "institutions": 3,
+    "rounds": 2,
+    "data.synthetic.rows": 9000,
+    "epsilon": 2.0,
+    "training.batch_size": 128,
+}
+
+
+def _config(tmp_path: Path, **extra):
+    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                 "privacy.ledger_dir": str(tmp_path / "ledger"), **extra}
+    return load_config(None, overrides, work_dir=tmp_path)
+
+
+def _artifact_files(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _artifact_files(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_three_institutions_two_rounds(tmp_path):
+    config = _config(tmp_path)
+    outcome = simulate(config)
+    assert outcome.status == "completed"
+    client = MlflowClient(config.tracking.uri)
+    run = client.get_run(outcome.run_id)
+    assert run.data.params["training.rounds"] == "2"
+    assert run.data.params["privacy.target_epsilon"] == "2.0"
+    auc_history = client.get_metric_history(outcome.run_id, "val_auc")
+    assert [m.step for m in auc_history] == [1, 2]
+    assert all(0.6 < m.value < 0.9 for m in auc_history)
+    names = ["inst01", "inst02", "inst03"]
+    for name in names:
+        assert [m.step for m in client.get_metric_history(outcome.run_id, f"val_auc.{name}")] == [1, 2]
+        eps = client.get_metric_history(outcome.run_id, f"epsilon.{name}")
+        assert eps[-1].value <= 2.0
+        assert eps[0].value < eps[-1].value  # spend accumulates over rounds
+    eps_max = run.data.metrics["epsilon_max"]
+    assert eps_max == max(run.data.metrics[f"epsilon.{n}"] for n in names)
+    assert 1.9 < eps_max <= 2.0
+    assert len(client.get_metric_history(outcome.run_id, "round_seconds")) == 2
+    assert "delta=1e-05" in run.data.tags["fedrisk.epsilon"]
+
+    # The model loads from MLflow alone and scores raw feature columns.
+    model = mlflow.pyfunc.load_model(run.data.tags["fedrisk.model_uri"])
+    raw = pd.concat(generate_consortium(3, 9000, seed=7).values())
+    features = raw.drop(columns=["default", "customer_id", "sex", "age_band"])
+    scores = np.asarray(model.predict(features))
+    assert scores.shape == (len(raw),)
+    assert ((scores > 0) & (scores < 1)).all()
+    assert roc_auc_score(raw["default"], scores) > 0.65
+
+    # The ledger snapshot states accountant and delta; epsilons equal the run's.
+    ledger = json.loads(Path(client.download_artifacts(outcome.run_id, "privacy/ledger_snapshot.json", str(tmp_path))).read_text())
+    assert ledger["accountant"] == "rdp" and ledger["delta"] == 1e-5
+    assert ledger["federation_epsilon"] == pytest.approx(eps_max)
+
+    # No row-level data among the artifacts.
+    files = _artifact_files(client, outcome.run_id)
+    assert "config.yaml" in files and any(f.startswith("institutions/") for f in files)
+    download = Path(client.download_artifacts(outcome.run_id, "", str(tmp_path / "all")))
+    ids = set(pd.concat(generate_consortium(3, 9000, seed=42).values())["customer_id"].head(50))
+    for file in download.rglob("*"):
+        if file.is_file() and file.suffix in {".json", ".yaml", ".txt", ".csv", ".MLmodel", ""}:
+            text = file.read_text(errors="ignore")
+            assert not any(cid in text for cid in ids), file
+        assert file.suffix not in {".csv", ".parquet"}, file
+
+
+def test_spent_budget_stops_the_next_campaign(tmp_path):
+    config = _config(tmp_path, rounds=1)
+    first = simulate(config)
+    assert first.status == "completed"
+    # The same data under a lifetime budget of 1.5: the ~2.0 already spent exceeds it.
+    config = _config(tmp_path, rounds=1, epsilon=1.5)
+    # The CLI's local check refuses at once, naming the institution.
+    with pytest.raises(BudgetExhaustedError, match=r"institution inst01.*budget spent"):
+        simulate(config)
+    # Through Flower: every institution refuses, the campaign stops cleanly and says why.
+    second = simulate(config, check_inputs=False)
+    assert second.status == "stopped"
+    assert "minimum is 2" in second.tags["fedrisk.stop_reason"]
+    assert "budget" in second.tags["fedrisk.excluded"]
+    assert "inst01" in second.tags["fedrisk.excluded"]
+
+
+def test_faulty_institution_is_excluded_and_others_go_on(tmp_path):
+    frames = generate_consortium(3, 9000, seed=3)
+    files = {}
+    for name, frame in frames.items():
+        if name == "inst02":
+            frame = frame.drop(columns=["debt_to_income"])
+        path = tmp_path / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        files[name] = str(path)
+    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                 "privacy.ledger_dir": str(tmp_path / "ledger"), "data.source": "files",
+                 "data.files": files, "data.features": [c for c in frames["inst01"].columns
+                                                       if c not in {"default", "customer_id", "sex", "age_band"}]}
+    overrides.pop("institutions")
+    config = load_config(None, overrides, work_dir=tmp_path)
+    outcome = simulate(config, check_inputs=False)
+    assert outcome.status == "completed"
+    excluded = outcome.tags["fedrisk.excluded"]
+    assert "inst02" in excluded and "debt_to_income" in excluded and "inst02.csv" in excluded
+    assert "val_auc.inst02" not in outcome.metrics
+    assert "val_auc.inst01" in outcome.metrics and "val_auc.inst03" in outcome.metrics
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedrisk.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "yaml_text,expected",
+    [
+        ("data: {source: files, files: {bankA: nope.csv, bankB: b.csv}}\n", "institution bankA, file"),
+        ("training: {roundz: 2}\n", "key 'training.roundz': unknown key"),
+        ("privacy: {delta: 0.01}\ndata: {synthetic: {institutions: 3, rows: 3000}}\n", "privacy.delta"),
+    ],
+)
+def test_cli_input_errors_are_one_line_exit_2(tmp_path, yaml_text, expected):
+    (tmp_path / "c.yaml").write_text(yaml_text)
+    result = _cli("simulate", "c.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("fedrisk: error:")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_cli_bad_data_names_institution_file_and_column(tmp_path):
+    frames = generate_consortium(2, 4000, seed=1)
+    frames["inst02"]["default"] = frames["inst02"]["default"] * 2  # values 0 and 2
+    for name, frame in frames.items():
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    (tmp_path / "c.yaml").write_text(
+        "data:\n  source: files\n  files: {inst01: inst01.csv, inst02: inst02.csv}\n"
+    )
+    result = _cli("simulate", "c.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "institution inst02" in line and "inst02.csv" in line and "column 'default'" in line
+    assert "not binary" in line

@@ -1,0 +1,135 @@
+"""DP calibration and the privacy ledger, against Opacus's own accountant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from fedrisk.config import ModelSpec
+from fedrisk.errors import BudgetExhaustedError
+from fedrisk.models import build_model
+from fedrisk.privacy import PrivacyLedger, calibrate_noise_multiplier, epsilon_spent
+from fedrisk.training import DPSettings, steps_per_epoch, train_local
+
+
+def test_published_vector_rdp():
+    # q = 0.04, sigma = 1.5, 2250 steps, delta = 1e-5 -> epsilon 7.329 under RDP.
+    assert epsilon_spent([(1.5, 0.04, 2250)], 1e-5) == pytest.approx(7.329, abs=5e-4)
+
+
+@pytest.mark.parametrize("target,q,steps", [(1.0, 0.01, 1000), (3.0, 0.02, 300), (8.0, 0.1, 50)])
+def test_calibration_matches_opacus_and_stays_below_target(target, q, steps):
+    ours = calibrate_noise_multiplier(target, 1e-5, q, steps)
+    theirs = get_noise_multiplier(
+        target_epsilon=target, target_delta=1e-5, sample_rate=q, steps=steps, accountant="rdp"
+    )
+    assert ours == pytest.approx(theirs, rel=0.02)
+    reached = epsilon_spent([(ours, q, steps)], 1e-5)
+    assert reached <= target
+    assert reached > target - 0.02
+
+
+def test_calibration_composes_with_prior_spend():
+    prior = [(1.2, 0.05, 200)]
+    before = epsilon_spent(prior, 1e-5)
+    sigma = calibrate_noise_multiplier(4.0, 1e-5, 0.05, 200, prior)
+    after = epsilon_spent(prior + [(sigma, 0.05, 200)], 1e-5)
+    assert before < after <= 4.0
+    fresh = calibrate_noise_multiplier(4.0, 1e-5, 0.05, 200)
+    assert sigma > fresh  # less budget left -> more noise
+
+
+def test_calibration_refuses_spent_budget():
+    with pytest.raises(BudgetExhaustedError, match="budget spent"):
+        calibrate_noise_multiplier(1.0, 1e-5, 0.1, 10, [(0.5, 0.1, 1000)])
+
+
+def _xy(n=2000, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (rng.random(n) < 1 / (1 + np.exp(-x[:, 0]))).astype(np.float32)
+    return x, y
+
+
+def test_training_epsilon_equals_opacus_accountant():
+    x, y = _xy()
+    model = build_model(ModelSpec(kind="mlp", hidden=[8]), x.shape[1], 0)
+    rate = 1 / steps_per_epoch(len(x), 100)
+    sigma = calibrate_noise_multiplier(2.0, 1e-5, rate, 2 * steps_per_epoch(len(x), 100))
+    res = train_local(model, x, y, epochs=2, batch_size=100, learning_rate=0.1,
+                      dp=DPSettings(sigma, 1.0))
+    assert res.steps == 2 * steps_per_epoch(len(x), 100)
+    assert res.sample_rate == pytest.approx(rate)
+    reference = RDPAccountant()
+    for _ in range(res.steps):
+        reference.step(noise_multiplier=sigma, sample_rate=rate)
+    assert epsilon_spent(res.history, 1e-5) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert epsilon_spent(res.history, 1e-5) <= 2.0
+
+
+def test_history_is_carried_across_rounds():
+    """A fresh PrivacyEngine per round would forget round 1; the carried history does not."""
+    x, y = _xy()
+    model = build_model(ModelSpec(kind="logistic"), x.shape[1], 0)
+    first = train_local(model, x, y, epochs=1, batch_size=200, learning_rate=0.1,
+                        dp=DPSettings(1.0, 1.0))
+    second = train_local(model, x, y, epochs=1, batch_size=200, learning_rate=0.1,
+                         dp=DPSettings(1.0, 1.0, first.history))
+    one = epsilon_spent(first.history, 1e-5)
+    two = epsilon_spent(second.history, 1e-5)
+    assert two > one
+    assert two == pytest.approx(epsilon_spent([(1.0, 0.1, 20)], 1e-5), rel=1e-9)
+
+
+def test_dp_clips_and_adds_noise():
+    """With huge noise the DP update is far from the non-private one; with none, close."""
+    x, y = _xy()
+    start = build_model(ModelSpec(kind="logistic"), x.shape[1], 0).state_dict()
+
+    def run(dp):
+        model = build_model(ModelSpec(kind="logistic"), x.shape[1], 0)
+        model.load_state_dict(start)
+        return train_local(model, x, y, epochs=1, batch_size=200, learning_rate=0.1, dp=dp, seed=1).state
+
+    plain = run(None)
+    noisy = run(DPSettings(500.0, 1.0))
+    quiet = run(DPSettings(1e-6, 100.0))
+    gap_noisy = torch.norm(noisy["0.weight"] - plain["0.weight"])
+    gap_quiet = torch.norm(quiet["0.weight"] - plain["0.weight"])
+    assert gap_noisy > 10 * gap_quiet
+
+
+def test_ledger_persists_and_refuses(tmp_path):
+    ledger = PrivacyLedger.open(tmp_path, "inst01", "f" * 64)
+    sigma = ledger.plan("c1", 2.0, 1e-5, 0.05, 100, 2)
+    assert ledger.plan("c1", 2.0, 1e-5, 0.05, 100, 2) == sigma  # calibrated once per campaign
+    for rnd in (1, 2):
+        ledger.authorise("c1", rnd, sigma, 0.05, 100, 2.0, 1e-5)
+        hist = ledger.history + [(sigma, 0.05, 100)]
+        ledger.record("c1", rnd, hist, 1e-5)
+    reopened = PrivacyLedger.open(tmp_path, "inst01", "f" * 64)
+    spent = reopened.spent(1e-5)
+    assert spent == pytest.approx(epsilon_spent([(sigma, 0.05, 200)], 1e-5))
+    assert 1.9 < spent <= 2.0
+    # A third round of the same campaign would exceed the budget: refused and recorded.
+    with pytest.raises(BudgetExhaustedError, match="exceed"):
+        reopened.authorise("c1", 3, sigma, 0.05, 100, 2.0, 1e-5)
+    # A second campaign on the same data starts from what was spent: nothing left.
+    with pytest.raises(BudgetExhaustedError):
+        reopened.plan("c2", 2.0, 1e-5, 0.05, 100, 2)
+    again = PrivacyLedger.open(tmp_path, "inst01", "f" * 64)
+    assert [r["round"] for r in again.refusals] == [3, 0]
+    assert again.refusals[0]["campaign"] == "c1"
+
+
+def test_second_campaign_gets_the_budget_left(tmp_path):
+    ledger = PrivacyLedger.open(tmp_path, "inst02", "a" * 64)
+    sigma = ledger.plan("c1", 2.0, 1e-5, 0.05, 100, 1)
+    ledger.record("c1", 1, [(sigma, 0.05, 100)], 1e-5)  # spends 2.0 of a 4.0 budget below
+    second = ledger.plan("c2", 4.0, 1e-5, 0.05, 100, 1)
+    total = epsilon_spent([(sigma, 0.05, 100), (second, 0.05, 100)], 1e-5)
+    assert total <= 4.0
+    assert ledger.plans["c2"]["epsilon_before"] == pytest.approx(ledger.spent(1e-5))
