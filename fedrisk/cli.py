@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
+
+import yaml
 
 from fedrisk.config import load_config
 from fedrisk.errors import INPUT_ERROR_EXIT_CODE, FedriskInputError
@@ -22,8 +25,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if "=" not in item:
             raise FedriskInputError(f"--set expects KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
-        import yaml
-
         out[key] = yaml.safe_load(value)
     return out
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -114,7 +114,7 @@ class Tracking(_Strict):
 
 class CampaignConfig(_Strict):
     task: Literal["credit"] = "credit"
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
     training: Training = Training()
@@ -168,13 +168,17 @@ def _resolve_paths(raw: dict[str, Any], config_dir: Path, work_dir: Path) -> Non
     """Data paths are relative to the config file; outputs to the working directory."""
     data = raw.get("data") or {}
     if isinstance(data.get("files"), dict):
-        data["files"] = {k: str((config_dir / v).resolve()) for k, v in data["files"].items()}
+        data["files"] = {
+            k: str((config_dir / v).resolve()) if isinstance(v, str) else v
+            for k, v in data["files"].items()
+        }
     if isinstance(data.get("path"), str):
         data["path"] = str((config_dir / data["path"]).resolve())
     privacy = raw.setdefault("privacy", {})
     if isinstance(privacy, dict):
         ledger = privacy.get("ledger_dir", Privacy.model_fields["ledger_dir"].default)
-        privacy["ledger_dir"] = str((work_dir / ledger).resolve())
+        if isinstance(ledger, str):
+            privacy["ledger_dir"] = str((work_dir / ledger).resolve())
     tracking = raw.setdefault("tracking", {})
     if isinstance(tracking, dict):
         uri = tracking.get("uri", Tracking.model_fields["uri"].default)

@@ -160,6 +160,11 @@ def _raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[
     if spec.target not in frame.columns:
         raise FedriskInputError("target column missing", institution=name, file=spec.path,
                                 column=spec.target)
+    if frame[spec.target].isna().any():  # rows without a label cannot be dealt to anyone
+        raise FedriskInputError(
+            f"target has {int(frame[spec.target].isna().sum())} missing values",
+            institution=name, file=spec.path, column=spec.target,
+        )
     owner = _partition_rows(frame, spec, seed)
     mine = frame[owner == names.index(name)].reset_index(drop=True)
     part = spec.partition.model_dump_json()
@@ -243,7 +248,8 @@ def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
         raise FedriskInputError("no rows", institution=name, file=source)
     columns = resolve_columns(frame, spec, name, source)
     target = _check_target(frame, columns.target, name, source)
-    kept = frame[columns.features + columns.protected].copy()
+    measured = [c for c in columns.protected if c not in columns.features]
+    kept = frame[columns.features + measured].copy()
     kept[columns.target] = target.to_numpy()
     return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns)
 

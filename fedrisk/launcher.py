@@ -25,6 +25,7 @@ QUIET_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_DEDUP_LOGS": "0",
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
@@ -100,8 +101,9 @@ def simulate(
     }
     flwr_logger = logging.getLogger("flwr")
     previous = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.WARNING)
+    if not verbose:  # the progress bar and the closing summary say what matters
+        flwr_logger.setLevel(logging.ERROR)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         run_simulation(
             server_app=app_for(config, campaign),

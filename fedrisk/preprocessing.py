@@ -19,6 +19,17 @@ from fedrisk.data import Columns
 MISSING = "__missing__"
 
 
+def category_labels(series: pd.Series) -> pd.Series:
+    """Categories as text, the same at every institution: a code read as 2.0 is '2'."""
+    present = series.dropna()
+    if pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present):
+        values = present.astype(float)
+        if (values == values.round()).all():
+            return values.astype(np.int64).astype(str)
+        return values.astype(str)
+    return present.astype(str)
+
+
 def local_statistics(frame: pd.DataFrame, columns: Columns) -> dict[str, Any]:
     """Counts, sums and category counts: the only thing preprocessing lets leave."""
     numeric = {}
@@ -34,7 +45,7 @@ def local_statistics(frame: pd.DataFrame, columns: Columns) -> dict[str, Any]:
     categorical = {}
     for column in columns.categorical:
         series = frame[column]
-        counts = series.dropna().astype(str).value_counts()
+        counts = category_labels(series).value_counts()
         categorical[column] = {
             "counts": {str(k): int(v) for k, v in counts.items()},
             "missing": int(series.isna().sum()),
@@ -120,8 +131,8 @@ class Preprocessor:
             values = np.where(np.isnan(values), means, values)
             blocks.append((values - means) / np.asarray(self.scales))
         for column, vocab, mode in zip(self.categorical, self.vocabularies, self.modes):
-            series = frame[column].astype(object).where(frame[column].notna(), mode)
-            codes = pd.Categorical(series.astype(str), categories=vocab).codes
+            labels = category_labels(frame[column]).reindex(frame.index, fill_value=mode)
+            codes = pd.Categorical(labels, categories=vocab).codes
             onehot = np.zeros((len(frame), len(vocab)))
             known = codes >= 0
             onehot[np.flatnonzero(known), codes[known]] = 1.0

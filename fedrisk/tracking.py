@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 import fedrisk
 from fedrisk.config import CampaignConfig, flatten
 from fedrisk.preprocessing import Preprocessor
-from fedrisk.serving import RiskModel, save_model_files
+from fedrisk.serving import save_model_files
 
 CAMPAIGN_TAG = "fedrisk.campaign"
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "pydantic", "pyyaml", "opacus==1.6.0"]
@@ -88,7 +88,7 @@ class CampaignRun:
             with mlflow.start_run(run_id=self.run_id):
                 info = mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=RiskModel(),
+                    python_model=str(Path(fedrisk.__file__).parent / "mlflow_entry.py"),
                     artifacts=files,
                     code_paths=[str(Path(fedrisk.__file__).parent)],
                     # No signature: MLflow's schema check refuses int for float columns and

@@ -36,9 +36,15 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     """Wait until `expected` nodes are connected or the timeout passes."""
     deadline = time.monotonic() + timeout
     nodes = list(grid.get_node_ids())
+    last_report = time.monotonic()
     while len(nodes) < expected and time.monotonic() < deadline:
+        if time.monotonic() - last_report > 10:
+            log(WARNING, "waiting for institutions: %d of %d connected", len(nodes), expected)
+            last_report = time.monotonic()
         time.sleep(0.5)
         nodes = list(grid.get_node_ids())
+    if len(nodes) < expected:
+        log(WARNING, "going on with %d of %d institutions connected", len(nodes), expected)
     return sorted(nodes)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -167,3 +170,59 @@ def test_cli_bad_data_names_institution_file_and_column(tmp_path):
     line = result.stderr.strip().splitlines()[-1]
     assert "institution inst02" in line and "inst02.csv" in line and "column 'default'" in line
     assert "not binary" in line
+
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _pids_started_under(home: Path) -> list[int]:
+    """Processes whose command line names `home` (the local SuperLink `flwr run` started)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(home) in cmdline and "flower-superlink" in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+def _stop(pids: list[int]) -> None:
+    """Stop what `flwr run` left running, by process id: TERM, then KILL after 15 s."""
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_flwr_run_runs_the_same_app(tmp_path):
+    home = tmp_path / "flwr-home"
+    env = {**os.environ, "FLWR_HOME": str(home),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    overrides = json.dumps({"rounds": 1, "institutions": 3, "data.synthetic.rows": 6000,
+                            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                            "privacy.ledger_dir": str(tmp_path / "ledger")})
+    try:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT),
+             "--run-config", f"overrides='{overrides}' campaign-id='viaflwrrun'",
+             "--federation-config", "num-supernodes=3 client-resources-num-cpus=1", "--stream"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        _stop(_pids_started_under(home))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    from fedrisk.tracking import find_campaign_run
+
+    run = find_campaign_run(f"sqlite:///{tmp_path}/mlflow.db", "fedrisk-credit", "viaflwrrun")
+    assert run is not None
+    assert run.data.tags["fedrisk.status"] == "completed"
+    assert run.data.tags["fedrisk.institutions"] == "inst01,inst02,inst03"
+    assert run.data.metrics["epsilon_max"] <= 3.0
+    assert not _pids_started_under(home)
