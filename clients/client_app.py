@@ -1,7 +1,11 @@
 """fedrisk ClientApp: reads this node's own data, calls the library, replies with records.
 
-Message types: `query.statistics` (preprocessing statistics), `train` (one DP round),
-`evaluate` (validation histograms). Input errors and budget refusals become error replies
+Message types:
+- `query.statistics`: preprocessing statistics of the training rows;
+- `train`: evaluate the received global model on the validation rows, then one DP round;
+- `evaluate`: evaluation statistics of the received model on the splits asked for.
+Evaluating on receipt lets one message exchange per round carry both, so a round costs one
+trip through the engine, not two. Input errors and budget refusals become error replies
 carrying one line; the server excludes the institution and goes on.
 """
 
@@ -9,7 +13,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -17,6 +20,7 @@ from flwr.clientapp import ClientApp
 from fedrisk import institution
 from fedrisk.config import config_from_json
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
+from fedrisk.training import EvalStats
 
 INPUT_ERROR = 2001
 BUDGET_REFUSED = 2002
@@ -25,7 +29,7 @@ torch.set_num_threads(1)
 app = ClientApp()
 
 
-def _campaign(msg: Message, context: Context) -> tuple[dict, str]:
+def _campaign(msg: Message, context: Context) -> tuple[ConfigRecord, str]:
     config = msg.content["config"]
     config_json = str(config["campaign-config"])
     name = institution.resolve_institution(config_from_json(config_json), dict(context.node_config))
@@ -39,6 +43,31 @@ def _error(msg: Message, err: FedriskInputError) -> Message:
 
 def _who(name: str) -> ConfigRecord:
     return ConfigRecord({"institution": name})
+
+
+def _evaluation(stats: dict[str, EvalStats]) -> ConfigRecord:
+    """Histograms and sums per split, under keys `<split>.<quantity>`: they add up.
+
+    A ConfigRecord, so that a train reply keeps the single MetricRecord FedAvg expects.
+    """
+    record = ConfigRecord()
+    for split, s in stats.items():
+        record[f"{split}.num-examples"] = s.examples
+        record[f"{split}.loss-sum"] = s.loss_sum
+        record[f"{split}.hist-pos"] = s.hist_pos.tolist()
+        record[f"{split}.hist-neg"] = s.hist_neg.tolist()
+    return record
+
+
+def _evaluate(config: ConfigRecord, name: str, state: dict, splits: list[str]) -> ConfigRecord:
+    return _evaluation(
+        {
+            split: institution.evaluate_round(
+                str(config["campaign-config"]), name, str(config["preprocessor"]), state, split
+            )
+            for split in splits
+        }
+    )
 
 
 @app.query("statistics")
@@ -56,11 +85,13 @@ def statistics(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     try:
         config, name = _campaign(msg, context)
+        received = msg.content["arrays"].to_torch_state_dict()
+        evaluation = _evaluate(config, name, received, ["validation"])
         state, metrics = institution.train_round(
             str(config["campaign-config"]),
             name,
             str(config["preprocessor"]),
-            msg.content["arrays"].to_torch_state_dict(),
+            received,
             int(config["server-round"]),
             str(config["campaign"]),
             float(config.get("proximal-mu", 0.0)),
@@ -68,7 +99,12 @@ def train(msg: Message, context: Context) -> Message:
     except FedriskInputError as err:
         return _error(msg, err)
     content = RecordDict(
-        {"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics), "who": _who(name)}
+        {
+            "arrays": ArrayRecord(state),
+            "metrics": MetricRecord(metrics),
+            "evaluation": evaluation,
+            "who": _who(name),
+        }
     )
     return Message(content, reply_to=msg)
 
@@ -77,21 +113,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     try:
         config, name = _campaign(msg, context)
-        stats = institution.evaluate_round(
-            str(config["campaign-config"]),
-            name,
-            str(config["preprocessor"]),
-            msg.content["arrays"].to_torch_state_dict(),
-            str(config.get("split", "validation")),
-        )
+        splits = str(config.get("splits", "validation")).split(",")
+        evaluation = _evaluate(config, name, msg.content["arrays"].to_torch_state_dict(), splits)
     except FedriskInputError as err:
         return _error(msg, err)
-    metrics = MetricRecord(
-        {
-            "num-examples": stats.examples,
-            "loss-sum": stats.loss_sum,
-            "hist-pos": np.asarray(stats.hist_pos).tolist(),
-            "hist-neg": np.asarray(stats.hist_neg).tolist(),
-        }
-    )
-    return Message(RecordDict({"metrics": metrics, "who": _who(name)}), reply_to=msg)
+    return Message(RecordDict({"evaluation": evaluation, "who": _who(name)}), reply_to=msg)

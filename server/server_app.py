@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -88,8 +89,9 @@ def schema_difference(mine: dict, theirs: dict) -> str:
     return "(column order)"
 
 
-def _progress_callback(bar: tqdm) -> callable:
+def _progress_callback(bar: tqdm) -> Callable[[int, dict[str, float]], None]:
     def on_round(server_round: int, metrics: dict[str, float]) -> None:
+        # The AUC shown is the validation AUC of the global model this round started from.
         postfix = {"auc": f"{metrics.get('val_auc', float('nan')):.4f}"}
         if "epsilon_max" in metrics:
             postfix["eps_max"] = f"{metrics['epsilon_max']:.3f}"
@@ -196,11 +198,13 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         bar.close()
 
     final = strategy.latest_arrays or initial
-    test_replies = _query(
-        grid, strategy.active_nodes(grid), "evaluate",
-        RecordDict({"arrays": final, "config": ConfigRecord({**shared, "split": "test"})}),
+    replies = strategy.usable_replies(
+        _query(grid, strategy.active_nodes(grid), "evaluate",
+               RecordDict({"arrays": final, "config": ConfigRecord({**shared, "splits": "validation,test"})})),
+        strategy.rounds_done + 1,
     )
-    test = evaluation_summary(evaluation_parts([m for m in test_replies if not m.has_error()]))
+    strategy.log_validation(strategy.rounds_done, replies)
+    test = evaluation_summary(evaluation_parts(replies, "test"))
     run.log_metrics({k.replace("val_", "test_", 1): v for k, v in test.items()}, step=strategy.rounds_done)
     if strategy.epsilon:
         run.log_metrics({"epsilon_final_max": max(strategy.epsilon.values())}, step=strategy.rounds_done)

@@ -1,9 +1,13 @@
 """The campaign strategy: Flower's FedAvg/FedProx plus exclusions, sums and logging.
 
-Aggregation of weights is Flower's (weighted by examples). What this adds: institutions that
-reply with an input error or a budget refusal are excluded for the rest of the campaign, the
-campaign stops cleanly when fewer than the minimum remain, evaluation histograms are summed
-(not averaged), and every round is logged to MLflow with time and epsilon per institution.
+Aggregation of weights is Flower's (weighted by examples). What this adds:
+- one message exchange per round: the institutions sampled for training evaluate the global
+  model they receive before training, the others get an evaluate message in the same batch,
+  so round r's replies carry the validation statistics of the model after round r-1;
+- institutions that reply with an input error or a budget refusal are excluded for the rest
+  of the campaign, and the campaign stops cleanly when fewer than the minimum remain;
+- evaluation histograms are summed (never averaged) into pooled and per-institution metrics;
+- every round is logged to MLflow with its time and epsilon per institution.
 """
 
 from __future__ import annotations
@@ -21,9 +25,27 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 from fedrisk.metrics import evaluation_summary
 from fedrisk.tracking import CampaignRun
 
+BUDGET_REFUSED = 2002  # the ClientApp's error code for a refused privacy budget
+
+Parts = dict[str, tuple[int, float, np.ndarray, np.ndarray]]
+
 
 class CampaignStopped(Exception):
     """Too few institutions remain to go on."""
+
+
+def evaluation_parts(replies: Iterable[Message], split: str = "validation") -> Parts:
+    """Per-institution (examples, loss sum, positive and negative histograms) of a split."""
+    parts = {}
+    for msg in replies:
+        e = msg.content["evaluation"]
+        parts[str(msg.content["who"]["institution"])] = (
+            int(e[f"{split}.num-examples"]),
+            float(e[f"{split}.loss-sum"]),
+            np.asarray(e[f"{split}.hist-pos"], dtype=np.int64),
+            np.asarray(e[f"{split}.hist-neg"], dtype=np.int64),
+        )
+    return parts
 
 
 class CampaignMixin:
@@ -47,9 +69,9 @@ class CampaignMixin:
         self.epsilon: dict[str, float] = {}
         self.privacy: dict[str, dict[str, float]] = {}
         self.latest_arrays: ArrayRecord | None = None
+        self.latest_validation: dict[str, float] = {}
         self.rounds_done = 0
         self._round_start = 0.0
-        self._train: dict[str, dict[str, float]] = {}
 
     def exclude(self, name: str, reason: str, server_round: int, kind: str) -> None:
         if name not in self.excluded:
@@ -60,16 +82,23 @@ class CampaignMixin:
             n for n in grid.get_node_ids() if n in self.names and self.names[n] not in self.excluded
         )
 
-    def _split_replies(self, replies: Iterable[Message], server_round: int) -> list[Message]:
+    def usable_replies(self, replies: Iterable[Message], server_round: int) -> list[Message]:
+        """Replies without error; an error excludes its institution from the campaign."""
         ok = []
         for msg in replies:
             name = self.names.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
             if msg.has_error():
-                kind = "budget" if msg.error.code == 2002 else "input"
+                kind = "budget" if msg.error.code == BUDGET_REFUSED else "input"
                 self.exclude(name, str(msg.error.reason).strip().splitlines()[-1], server_round, kind)
             else:
                 ok.append(msg)
         return ok
+
+    def log_validation(self, step: int, replies: list[Message]) -> dict[str, float]:
+        metrics = evaluation_summary(evaluation_parts(replies))
+        self.run.log_metrics(metrics, step=step)
+        self.latest_validation = metrics
+        return metrics
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -86,82 +115,65 @@ class CampaignMixin:
         config["server-round"] = server_round
         config["proximal-mu"] = float(getattr(self, "proximal_mu", 0.0))
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, chosen, MessageType.TRAIN)
+        resting = [n for n in active if n not in chosen]
+        return [
+            *self._construct_messages(record, chosen, MessageType.TRAIN),
+            *self._construct_messages(record, resting, MessageType.EVALUATE),
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ok = self._split_replies(replies, server_round)
-        if len(ok) < self.min_institutions:
+        ok = self.usable_replies(replies, server_round)
+        self.log_validation(server_round - 1, ok)
+        trained = [m for m in ok if m.metadata.message_type == MessageType.TRAIN]
+        if len(trained) < self.min_institutions:
             raise CampaignStopped(
-                f"round {server_round}: {len(ok)} institution(s) trained, "
+                f"round {server_round}: {len(trained)} institution(s) trained, "
                 f"minimum is {self.min_institutions}"
             )
-        self._train = {}
-        for msg in ok:
+        metrics: dict[str, float] = {}
+        for msg in trained:
             name = str(msg.content["who"]["institution"])
-            metrics = dict(msg.content["metrics"])
-            self._train[name] = metrics
-            if "epsilon" in metrics:
-                self.epsilon[name] = float(metrics["epsilon"])
-                entry = self.privacy.setdefault(name, {"rounds": 0})
-                entry.update(
-                    epsilon=float(metrics["epsilon"]),
-                    delta=float(metrics["delta"]),
-                    noise_multiplier=float(metrics["noise-multiplier"]),
-                    sample_rate=float(metrics["sample-rate"]),
-                    steps_per_round=float(metrics["steps"]),
-                )
-                entry["rounds"] += 1
-        arrays, metrics = super().aggregate_train(server_round, ok)  # type: ignore[misc]
-        if arrays is not None:
-            self.latest_arrays = arrays
-        return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, self.active_nodes(grid), MessageType.EVALUATE)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        parts = evaluation_parts(self._split_replies(replies, server_round))
-        metrics = evaluation_summary(parts)
-        for name, values in self._train.items():
+            values = dict(msg.content["metrics"])
             metrics[f"train_loss.{name}"] = values["train-loss"]
             metrics[f"train_seconds.{name}"] = values["train-seconds"]
+            if "epsilon" in values:
+                self.epsilon[name] = float(values["epsilon"])
+                entry = self.privacy.setdefault(name, {"rounds": 0})
+                entry.update(
+                    epsilon=float(values["epsilon"]),
+                    delta=float(values["delta"]),
+                    noise_multiplier=float(values["noise-multiplier"]),
+                    sample_rate=float(values["sample-rate"]),
+                    steps_per_round=float(values["steps"]),
+                )
+                entry["rounds"] += 1
+        arrays, aggregated = super().aggregate_train(server_round, trained)  # type: ignore[misc]
+        if arrays is not None:
+            self.latest_arrays = arrays
         for name, eps in self.epsilon.items():
             metrics[f"epsilon.{name}"] = eps
         if self.epsilon:
             metrics["epsilon_max"] = max(self.epsilon.values())
-        metrics["institutions_trained"] = float(len(self._train))
+        metrics["institutions_trained"] = float(len(trained))
         metrics["institutions_excluded"] = float(len(self.excluded))
         metrics["round_seconds"] = time.perf_counter() - self._round_start
         self.run.log_metrics(metrics, step=server_round)
         self.rounds_done = server_round
-        self.on_round(server_round, metrics)
-        pooled = {k: v for k, v in metrics.items() if "." not in k and math.isfinite(v)}
-        return MetricRecord(pooled)
+        self.on_round(server_round, {**self.latest_validation, **metrics})
+        return arrays, aggregated
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # validation rides on the next round's exchange, and on the final one
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
 
     def summary(self) -> None:  # Flower logs the strategy; the campaign logs to MLflow
         return None
-
-
-def evaluation_parts(replies: list[Message]) -> dict[str, tuple[int, float, np.ndarray, np.ndarray]]:
-    """Per-institution (examples, loss sum, positive and negative histograms)."""
-    parts = {}
-    for msg in replies:
-        m = msg.content["metrics"]
-        parts[str(msg.content["who"]["institution"])] = (
-            int(m["num-examples"]),
-            float(m["loss-sum"]),
-            np.asarray(m["hist-pos"], dtype=np.int64),
-            np.asarray(m["hist-neg"], dtype=np.int64),
-        )
-    return parts
 
 
 class CampaignFedAvg(CampaignMixin, FedAvg):

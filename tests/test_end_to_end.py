@@ -55,11 +55,11 @@ def test_three_institutions_two_rounds(tmp_path):
     assert run.data.params["training.rounds"] == "2"
     assert run.data.params["privacy.target_epsilon"] == "2.0"
     auc_history = client.get_metric_history(outcome.run_id, "val_auc")
-    assert [m.step for m in auc_history] == [1, 2]
-    assert all(0.6 < m.value < 0.9 for m in auc_history)
+    assert [m.step for m in auc_history] == [0, 1, 2]  # 0: the initial model
+    assert all(0.6 < m.value < 0.9 for m in auc_history[1:])
     names = ["inst01", "inst02", "inst03"]
     for name in names:
-        assert [m.step for m in client.get_metric_history(outcome.run_id, f"val_auc.{name}")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(outcome.run_id, f"val_auc.{name}")] == [0, 1, 2]
         eps = client.get_metric_history(outcome.run_id, f"epsilon.{name}")
         assert eps[-1].value <= 2.0
         assert eps[0].value < eps[-1].value  # spend accumulates over rounds

@@ -133,3 +133,11 @@ def test_second_campaign_gets_the_budget_left(tmp_path):
     total = epsilon_spent([(sigma, 0.05, 100), (second, 0.05, 100)], 1e-5)
     assert total <= 4.0
     assert ledger.plans["c2"]["epsilon_before"] == pytest.approx(ledger.spent(1e-5))
+
+
+def test_cached_epsilon_equals_rdp_accountant_on_mixed_history():
+    history = [(1.1, 0.02, 500), (0.8, 0.05, 120), (1.1, 0.02, 250), (3.0, 0.5, 7)]
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    for delta in (1e-5, 1e-7):
+        assert epsilon_spent(history, delta) == pytest.approx(accountant.get_epsilon(delta), rel=1e-12)
