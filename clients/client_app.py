@@ -19,11 +19,8 @@ from flwr.clientapp import ClientApp
 
 from fedrisk import institution
 from fedrisk.config import config_from_json
-from fedrisk.errors import BudgetExhaustedError, FedriskInputError
+from fedrisk.errors import BUDGET_REFUSED_REPLY, INPUT_ERROR_REPLY, BudgetExhaustedError, FedriskInputError
 from fedrisk.training import EvalStats
-
-INPUT_ERROR = 2001
-BUDGET_REFUSED = 2002
 
 torch.set_num_threads(1)
 app = ClientApp()
@@ -37,7 +34,7 @@ def _campaign(msg: Message, context: Context) -> tuple[ConfigRecord, str]:
 
 
 def _error(msg: Message, err: FedriskInputError) -> Message:
-    code = BUDGET_REFUSED if isinstance(err, BudgetExhaustedError) else INPUT_ERROR
+    code = BUDGET_REFUSED_REPLY if isinstance(err, BudgetExhaustedError) else INPUT_ERROR_REPLY
     return Message(Error(code=code, reason=err.one_line()), reply_to=msg)
 
 

@@ -25,7 +25,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if "=" not in item:
             raise FedriskInputError(f"--set expects KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise FedriskInputError(f"--set {key}: value '{value}' is not valid YAML") from None
     return out
 
 

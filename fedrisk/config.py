@@ -187,10 +187,10 @@ def _resolve_paths(raw: dict[str, Any], config_dir: Path, work_dir: Path) -> Non
 
 
 def absolute_tracking_uri(uri: str, work_dir: Path) -> str:
-    """Make a sqlite or file store absolute; leave server URIs alone."""
+    """Make a relative SQLite file or folder store absolute; leave every other URI alone."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str((work_dir / uri[len("sqlite:///") :]).resolve())
-    if "://" not in uri:
+    if ":" not in uri and uri not in {"databricks", "databricks-uc", "uc"}:  # a local folder
         return str((work_dir / uri).resolve())
     return uri
 
@@ -214,9 +214,12 @@ def load_config(
             file = work / file
         source = str(file)
         if not file.is_file():
-            raise FedriskInputError("config file not found", file=str(file))
+            reason = "not a file" if file.exists() else "config file not found"
+            raise FedriskInputError(reason, file=str(file))
         try:
             loaded = yaml.safe_load(file.read_text())
+        except UnicodeDecodeError:
+            raise FedriskInputError("not a UTF-8 text file", file=str(file)) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

@@ -19,6 +19,9 @@ from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit
 
 
+IDENTIFIER_SHARE = 0.5  # a text feature with more distinct values than this share of rows
+
+
 @dataclass(frozen=True)
 class Columns:
     """The model's inputs, split by kind, plus what is kept for measurement only."""
@@ -50,18 +53,17 @@ class Split:
 
 
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_table(path: str | Path, institution: str | None = None) -> pd.DataFrame:
     """Read a CSV or Parquet file, failing with the institution and file named."""
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise FedriskInputError("data file not found", institution=institution, file=str(file))
+    if not file.is_file():
+        raise FedriskInputError("not a file", institution=institution, file=str(file))
     suffix = file.suffix.lower()
     try:
         if suffix in {".csv", ".txt"}:
@@ -211,6 +213,20 @@ def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file:
                 f"numeric column has {int(bad.sum())} non-numeric values",
                 institution=institution, file=file, column=column,
             )
+        infinite = int(np.isinf(frame[column].to_numpy(dtype=float)).sum())
+        if infinite:
+            raise FedriskInputError(f"numeric column has {infinite} infinite values",
+                                    institution=institution, file=file, column=column)
+    for column in categorical:
+        # A text column with mostly distinct values is an identifier, not a category: its
+        # values would travel in the shared vocabulary.
+        present = frame[column].dropna()
+        if len(present) >= 20 and present.nunique() > IDENTIFIER_SHARE * len(present):
+            raise FedriskInputError(
+                f"{present.nunique()} distinct values in {len(present)} rows: looks like an "
+                "identifier; add it to data.drop (or list the features in data.features)",
+                institution=institution, file=file, column=column,
+            )
     return Columns(numeric, categorical, list(spec.protected), spec.target)
 
 
@@ -224,9 +240,9 @@ def _check_target(frame: pd.DataFrame, target: str, institution: str, file: str)
     allowed = {0, 1}
     seen = set(pd.unique(values).tolist())
     if not pd.api.types.is_numeric_dtype(values) or not seen <= allowed:
-        shown = sorted(map(str, seen - allowed))[:3]
+        # Say how, not what: a wrongly named target column may hold customer data.
         raise FedriskInputError(
-            f"target is not binary 0/1 (found {', '.join(shown)})",
+            f"target is not binary 0/1 ({len(seen)} distinct values of type {values.dtype})",
             institution=institution, file=file, column=target,
         )
     if len(seen) < 2:

@@ -19,7 +19,7 @@ from fedrisk.errors import FedriskInputError
 from fedrisk.models import build_model
 from fedrisk.preprocessing import Preprocessor, local_statistics
 from fedrisk.privacy import PrivacyLedger
-from fedrisk.training import DPSettings, EvalStats, evaluate_local, steps_per_epoch, train_local
+from fedrisk.training import DPSettings, EvalStats, dp_sampling, evaluate_local, train_local
 
 
 @dataclass(frozen=True)
@@ -70,17 +70,18 @@ def statistics(config_json: str, name: str) -> dict[str, Any]:
 
 
 def sampling_plan(config: CampaignConfig, rows: int) -> tuple[float, int]:
-    """(Poisson sample rate, DP steps per round) of an institution with `rows` training rows."""
-    per_epoch = steps_per_epoch(rows, config.training.batch_size)
-    return 1.0 / per_epoch, per_epoch * config.training.local_epochs
+    """(sample rate charged, DP steps per round) of an institution with `rows` training rows."""
+    rate, per_epoch = dp_sampling(rows, config.training.batch_size)
+    return rate, per_epoch * config.training.local_epochs
 
 
-def check_delta(config: CampaignConfig, name: str, rows: int) -> None:
+def check_delta(config: CampaignConfig, name: str, rows: int, file: str | None = None) -> None:
     if config.privacy.enabled and config.privacy.delta >= 1.0 / rows:
         raise FedriskInputError(
             f"privacy.delta {config.privacy.delta:g} is not below 1/rows = {1.0 / rows:.3g}; "
             "lower it",
             institution=name,
+            file=file,
         )
 
 
@@ -134,7 +135,7 @@ def train_round(
         }
     )
     if ledger is not None:
-        epsilon = ledger.record(campaign, server_round, result.history, config.privacy.delta)
+        epsilon = ledger.record(campaign, server_round, [(sigma, rate, result.steps)], config.privacy.delta)
         metrics.update({"epsilon": epsilon, "delta": config.privacy.delta})
     return result.state, metrics
 

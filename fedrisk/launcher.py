@@ -15,7 +15,7 @@ from typing import Any
 from fedrisk.config import CampaignConfig
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
-from fedrisk.institution import sampling_plan
+from fedrisk.institution import check_delta, sampling_plan
 from fedrisk.privacy import PrivacyLedger, calibrate_noise_multiplier
 from fedrisk.tracking import find_campaign_run
 
@@ -48,15 +48,18 @@ def preflight(config: CampaignConfig) -> list[str]:
             f"{config.training.min_institutions}"
         )
     pv = config.privacy
+    seen: dict[str, str] = {}
     for name in names:
         data = load_institution(config.data, name, config.seed)
+        if data.fingerprint in seen:  # the federation's epsilon assumes disjoint data
+            raise FedriskInputError(
+                f"same data as institution {seen[data.fingerprint]}", institution=name,
+                file=data.source,
+            )
+        seen[data.fingerprint] = name
         split = split_institution(data, config.data, config.seed)
         if pv.enabled:
-            if pv.delta >= 1.0 / len(split.train):
-                raise FedriskInputError(
-                    f"privacy.delta {pv.delta:g} is not below 1/rows = {1 / len(split.train):.3g}",
-                    institution=name, file=data.source,
-                )
+            check_delta(config, name, len(split.train), data.source)
             ledger = PrivacyLedger.open(pv.ledger_dir, name, data.fingerprint)
             rate, per_round = sampling_plan(config, len(split.train))
             try:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fedrisk.data import Columns
+from fedrisk.errors import FedriskInputError
 
 MISSING = "__missing__"
 
@@ -54,7 +55,8 @@ def local_statistics(frame: pd.DataFrame, columns: Columns) -> dict[str, Any]:
         "rows": int(len(frame)),
         "numeric": numeric,
         "categorical": categorical,
-        "schema": {"numeric": columns.numeric, "categorical": columns.categorical},
+        # Sorted, so that institutions whose files order columns differently still agree.
+        "schema": {"numeric": sorted(columns.numeric), "categorical": sorted(columns.categorical)},
     }
 
 
@@ -150,7 +152,7 @@ def fit_preprocessor(merged: dict[str, Any]) -> Preprocessor:
     for column in numeric:
         stats = merged["numeric"][column]
         if stats["count"] == 0:
-            raise ValueError(f"column '{column}' has no values at any institution")
+            raise FedriskInputError("no values at any institution", column=column)
         mean = stats["sum"] / stats["count"]
         variance = max(stats["sumsq"] / stats["count"] - mean * mean, 0.0)
         std = float(np.sqrt(variance))
@@ -160,7 +162,7 @@ def fit_preprocessor(merged: dict[str, Any]) -> Preprocessor:
     for column in categorical:
         counts = merged["categorical"][column]["counts"]
         if not counts:
-            raise ValueError(f"column '{column}' has no values at any institution")
+            raise FedriskInputError("no values at any institution", column=column)
         vocabularies.append(sorted(counts))
         modes.append(max(sorted(counts), key=lambda value: counts[value]))
     return Preprocessor(numeric, means, scales, categorical, vocabularies, modes)

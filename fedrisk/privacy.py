@@ -21,7 +21,7 @@ import numpy as np
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-from fedrisk.errors import BudgetExhaustedError
+from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 
 History = list[tuple[float, float, int]]
 DEFAULT_MAX_NOISE_MULTIPLIER = 20.0
@@ -92,20 +92,13 @@ def calibrate_noise_multiplier(
     return high
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @dataclass
 class PrivacyLedger:
-    """What one institution's data has spent, across rounds and campaigns."""
+    """What one institution's data has spent, across rounds and campaigns.
+
+    Every change re-reads the file under an exclusive lock and appends to it, so campaigns
+    running at once on the same data cannot overwrite each other's spend.
+    """
 
     path: Path
     institution: str
@@ -120,14 +113,37 @@ class PrivacyLedger:
     def open(cls, ledger_dir: str | Path, institution: str, fingerprint: str) -> PrivacyLedger:
         path = Path(ledger_dir) / f"{institution}-{fingerprint[:16]}.json"
         ledger = cls(path=path, institution=institution, fingerprint=fingerprint)
-        if path.is_file():
-            saved = json.loads(path.read_text())
-            ledger.history = [tuple(h) for h in saved["history"]]  # type: ignore[misc]
-            ledger.rounds = saved["rounds"]
-            ledger.refusals = saved["refusals"]
-            ledger.plans = saved["plans"]
-            ledger.accountant = saved["accountant"]
+        ledger._reload()
         return ledger
+
+    def _reload(self) -> None:
+        if not self.path.is_file():
+            return
+        try:
+            saved = json.loads(self.path.read_text())
+            self.history = [(float(s), float(q), int(n)) for s, q, n in saved["history"]]
+            self.rounds, self.refusals = saved["rounds"], saved["refusals"]
+            self.plans, self.accountant = saved["plans"], saved["accountant"]
+        except (ValueError, KeyError, TypeError):
+            raise FedriskInputError(
+                "privacy ledger is unreadable; restore it from backup (never delete it)",
+                institution=self.institution, file=str(self.path),
+            ) from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Exclusive lock, fresh read, change, atomic write."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._reload()
+                yield
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self.to_dict(), indent=1))
+                os.replace(tmp, self.path)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def spent(self, delta: float) -> float:
         return epsilon_spent(self.history, delta)
@@ -143,12 +159,6 @@ class PrivacyLedger:
             "plans": self.plans,
         }
 
-    def save(self) -> None:
-        with _locked(self.path):
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.to_dict(), indent=1))
-            os.replace(tmp, self.path)
-
     def plan(
         self,
         campaign: str,
@@ -160,59 +170,67 @@ class PrivacyLedger:
         max_noise_multiplier: float = DEFAULT_MAX_NOISE_MULTIPLIER,
     ) -> float:
         """Noise multiplier of this campaign, calibrated once on the budget left."""
-        if campaign in self.plans:
-            return float(self.plans[campaign]["noise_multiplier"])
-        prior = [h for h in self.history]
-        try:
-            sigma = calibrate_noise_multiplier(
-                target_epsilon, delta, sample_rate, steps_per_round * rounds, prior,
-                max_noise_multiplier=max_noise_multiplier,
-            )
-        except BudgetExhaustedError as err:
-            self.refuse(campaign, 0, err.detail)
-            raise BudgetExhaustedError(err.detail, institution=self.institution) from None
-        self.plans[campaign] = {
-            "noise_multiplier": sigma,
+        settings = {
             "sample_rate": sample_rate,
             "steps_per_round": steps_per_round,
             "rounds": rounds,
             "target_epsilon": target_epsilon,
             "delta": delta,
-            "epsilon_before": epsilon_spent(prior, delta),
         }
-        self.save()
-        return sigma
+        with self._transaction():
+            if campaign in self.plans:
+                known = self.plans[campaign]
+                if any(known[k] != v for k, v in settings.items()):
+                    raise FedriskInputError(
+                        f"campaign id {campaign} was already planned with other privacy "
+                        "settings; use a new campaign id", institution=self.institution,
+                    )
+                return float(known["noise_multiplier"])
+            try:
+                sigma = calibrate_noise_multiplier(
+                    target_epsilon, delta, sample_rate, steps_per_round * rounds, self.history,
+                    max_noise_multiplier=max_noise_multiplier,
+                )
+            except BudgetExhaustedError as err:
+                self._refusal(campaign, 0, err.detail)
+                refused = BudgetExhaustedError(err.detail, institution=self.institution)
+            else:
+                self.plans[campaign] = {
+                    **settings, "noise_multiplier": sigma, "epsilon_before": self.spent(delta)
+                }
+                return sigma
+        raise refused
 
     def authorise(
         self, campaign: str, server_round: int, sigma: float, sample_rate: float, steps: int,
         target_epsilon: float, delta: float,
     ) -> float:
         """Epsilon after this round, or a recorded refusal if it would exceed the budget."""
-        after = epsilon_spent(self.history + [(sigma, sample_rate, steps)], delta)
-        if after > target_epsilon * (1 + 1e-9):
+        with self._transaction():
+            after = epsilon_spent(self.history + [(sigma, sample_rate, steps)], delta)
+            if after <= target_epsilon * (1 + 1e-9):
+                return after
             reason = (
                 f"round would exceed the privacy budget: epsilon {after:.3f} > "
                 f"{target_epsilon:g} at delta {delta:g} (spent {self.spent(delta):.3f})"
             )
-            self.refuse(campaign, server_round, reason)
-            raise BudgetExhaustedError(reason, institution=self.institution)
-        return after
+            self._refusal(campaign, server_round, reason)
+        raise BudgetExhaustedError(reason, institution=self.institution)
 
-    def refuse(self, campaign: str, server_round: int, reason: str) -> None:
+    def _refusal(self, campaign: str, server_round: int, reason: str) -> None:
         self.refusals.append(
             {"campaign": campaign, "round": server_round, "reason": reason, "time": time.time()}
         )
-        self.save()
 
     def record(
-        self, campaign: str, server_round: int, history: History, delta: float
+        self, campaign: str, server_round: int, spend: History, delta: float
     ) -> float:
-        """Adopt the accountant's history after a round; return epsilon spent so far."""
-        self.history = [(float(s), float(q), int(n)) for s, q, n in history]
-        epsilon = self.spent(delta)
-        self.rounds.append(
-            {"campaign": campaign, "round": server_round, "epsilon": epsilon, "delta": delta,
-             "time": time.time()}
-        )
-        self.save()
+        """Append what a round spent, as (noise multiplier, sample rate, steps); return epsilon."""
+        with self._transaction():
+            self.history += [(float(s), float(q), int(n)) for s, q, n in spend]
+            epsilon = self.spent(delta)
+            self.rounds.append(
+                {"campaign": campaign, "round": server_round, "epsilon": epsilon, "delta": delta,
+                 "time": time.time()}
+            )
         return epsilon

@@ -6,14 +6,12 @@ the config, the privacy ledger snapshot and the model.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -63,7 +61,7 @@ class CampaignRun:
         params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
-        self.log_dict(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
+        self.client.log_dict(self.run_id, config.model_dump(mode="json"), "config.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -74,11 +72,8 @@ class CampaignRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_dict(self, content: Any, artifact_file: str) -> None:
-        if isinstance(content, str):
-            self.client.log_text(self.run_id, content, artifact_file)
-        else:
-            self.client.log_text(self.run_id, json.dumps(content, indent=1, sort_keys=True), artifact_file)
+    def log_dict(self, content: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, content, artifact_file)
 
     def log_model(self, state: dict[str, Any], preprocessor: Preprocessor) -> str:
         """Log the global model with its preprocessing; returns the model URI."""

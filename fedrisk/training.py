@@ -9,6 +9,7 @@ training and read back after. The dataset hands out whole batches by index
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -70,12 +71,22 @@ class TrainResult:
     mean_loss: float
     seconds: float
     history: list[tuple[float, float, int]] = field(default_factory=list)
-    sample_rate: float = 0.0
 
 
-def steps_per_epoch(rows: int, batch_size: int) -> int:
-    """Batches per epoch; Opacus's DPDataLoader samples each row with rate 1 / this."""
-    return math.ceil(rows / min(batch_size, rows))
+def dp_sampling(rows: int, batch_size: int) -> tuple[float, int]:
+    """(sample rate the accountant is charged, steps per epoch), exactly as Opacus counts.
+
+    Opacus samples each row with probability 1/k (k batches of the plain loader), runs
+    int(1/(1/k)) steps, which is k-1 for some k, and charges the accountant 1/steps.
+    """
+    batches = math.ceil(rows / min(batch_size, rows))
+    steps = int(1 / (1 / batches))
+    return 1.0 / steps, steps
+
+
+def secure_generator() -> torch.Generator:
+    """A generator seeded from the OS: DP noise and sampling must not be reproducible."""
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
 
 
 def train_local(
@@ -95,6 +106,8 @@ def train_local(
 
     FedProx's proximal term is applied as a separate step after each optimiser step; it
     does not touch the data, so it costs no privacy and needs no per-sample gradient.
+    `seed` fixes initialisation and non-private shuffling only: with DP, noise and Poisson
+    sampling come from the OS's randomness, so no one holding the config can replay them.
     """
     torch.manual_seed(seed)
     loader = batch_loader(x, y, min(batch_size, len(x)), seed)
@@ -114,7 +127,9 @@ def train_local(
                 noise_multiplier=dp.noise_multiplier,
                 max_grad_norm=dp.max_grad_norm,
                 poisson_sampling=True,
+                noise_generator=secure_generator(),
             )
+        loader.batch_sampler.generator = secure_generator()  # Poisson sampling
     criterion = nn.BCEWithLogitsLoss()
     trained.train()
     start = time.perf_counter()
@@ -128,7 +143,6 @@ def train_local(
     result = TrainResult(state, len(x), steps, loss_total / max(steps, 1), seconds)
     if engine is not None:
         result.history = [tuple(h) for h in engine.accountant.history]  # type: ignore[misc]
-        result.sample_rate = 1.0 / len(loader)
         if hasattr(trained, "_close"):
             trained._close()
     return result

@@ -68,6 +68,9 @@ def collect_statistics(
             errors[f"node-{node}"] = str(msg.error.reason).strip().splitlines()[-1]
             continue
         name = str(msg.content["who"]["institution"])
+        if name in stats:  # two nodes claiming one institution would share one budget
+            errors[f"node-{node}"] = f"institution {name}: a second node claims this institution"
+            continue
         names[node] = name
         stats[name] = json.loads(str(msg.content["statistics"]["json"]))
     # Institutions must share one column schema; the majority's is the consortium's.
@@ -127,6 +130,10 @@ def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
     status = "FINISHED"
     try:
         _campaign_body(grid, config, campaign, run)
+    except FedriskInputError as exc:
+        status = "FAILED"
+        run.set_tags({"fedrisk.status": "stopped", "fedrisk.stop_reason": exc.one_line()[:4000]})
+        raise
     except Exception as exc:
         status = "FAILED"
         run.set_tags({"fedrisk.status": "failed", "fedrisk.error": str(exc)[:4000]})
@@ -146,7 +153,6 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     run.set_tags({"fedrisk.institutions": ",".join(sorted(stats))})
     run.log_dict({"excluded": errors}, "institutions/excluded.json")
     if len(stats) < tr.min_institutions:
-        run.set_tags({"fedrisk.status": "stopped", "fedrisk.stop_reason": "too few institutions"})
         raise FedriskInputError(
             f"only {len(stats)} institution(s) with usable data, minimum is {tr.min_institutions}: "
             + "; ".join(errors.values())
@@ -234,5 +240,5 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     if stop_reason:
         tags["fedrisk.stop_reason"] = stop_reason
     if strategy.excluded:
-        tags["fedrisk.excluded"] = "; ".join(f"{e['reason']}" for e in strategy.excluded.values())[:4000]
+        tags["fedrisk.excluded"] = "; ".join(str(e["reason"]) for e in strategy.excluded.values())[:4000]
     run.set_tags(tags)

@@ -22,10 +22,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from fedrisk.errors import BUDGET_REFUSED_REPLY
 from fedrisk.metrics import evaluation_summary
 from fedrisk.tracking import CampaignRun
-
-BUDGET_REFUSED = 2002  # the ClientApp's error code for a refused privacy budget
 
 Parts = dict[str, tuple[int, float, np.ndarray, np.ndarray]]
 
@@ -88,8 +87,11 @@ class CampaignMixin:
         for msg in replies:
             name = self.names.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
             if msg.has_error():
-                kind = "budget" if msg.error.code == BUDGET_REFUSED else "input"
-                self.exclude(name, str(msg.error.reason).strip().splitlines()[-1], server_round, kind)
+                kind = "budget" if msg.error.code == BUDGET_REFUSED_REPLY else "input"
+                reason = str(msg.error.reason).strip().splitlines()[-1]
+                if name not in reason:
+                    reason = f"institution {name}: {reason}"
+                self.exclude(name, reason, server_round, kind)
             else:
                 ok.append(msg)
         return ok
@@ -127,11 +129,6 @@ class CampaignMixin:
         ok = self.usable_replies(replies, server_round)
         self.log_validation(server_round - 1, ok)
         trained = [m for m in ok if m.metadata.message_type == MessageType.TRAIN]
-        if len(trained) < self.min_institutions:
-            raise CampaignStopped(
-                f"round {server_round}: {len(trained)} institution(s) trained, "
-                f"minimum is {self.min_institutions}"
-            )
         metrics: dict[str, float] = {}
         for msg in trained:
             name = str(msg.content["who"]["institution"])
@@ -149,6 +146,11 @@ class CampaignMixin:
                     steps_per_round=float(values["steps"]),
                 )
                 entry["rounds"] += 1
+        if len(trained) < self.min_institutions:  # after recording what they spent
+            raise CampaignStopped(
+                f"round {server_round}: {len(trained)} institution(s) trained, "
+                f"minimum is {self.min_institutions}"
+            )
         arrays, aggregated = super().aggregate_train(server_round, trained)  # type: ignore[misc]
         if arrays is not None:
             self.latest_arrays = arrays

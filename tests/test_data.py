@@ -272,7 +272,7 @@ def test_non_binary_target(tmp_path, small_frame):
     assert "institution bank" in message
     assert str(tmp_path / "bank.csv") in message
     assert "column 'default'" in message
-    assert "not binary" in message and "2" in message
+    assert "not binary" in message and "3 distinct values" in message
 
 
 def test_string_target(tmp_path, small_frame):
@@ -466,3 +466,18 @@ def test_split_too_small_for_both_classes(tmp_path, small_frame):
     data = load_institution(spec, "bank", SEED)
     with pytest.raises(FedriskInputError, match="institution bank.*both classes"):
         split_institution(data, spec, SEED)
+
+
+def test_infinite_values_are_refused(tmp_path, small_frame):
+    frame = small_frame.copy()
+    frame.loc[3, "income"] = np.inf
+    message = _error(_one_file_spec(tmp_path, frame))
+    assert "column 'income'" in message and "infinite" in message
+
+
+def test_identifier_like_text_column_is_refused(tmp_path, small_frame):
+    frame = small_frame.copy()
+    frame["email"] = [f"c{i}@bank.example" for i in range(len(frame))]
+    message = _error(_one_file_spec(tmp_path, frame))
+    assert "column 'email'" in message and "identifier" in message
+    assert "@bank.example" not in message

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedrisk.errors import FedriskInputError
+
 from fedrisk.config import DataSpec
 from fedrisk.data import Columns, load_institution
 from fedrisk.generators import credit
@@ -63,8 +65,8 @@ def preprocessor(stats) -> Preprocessor:
 
 def test_federated_preprocessing_equals_pooled(institutions, pooled, stats, preprocessor):
     assert pooled["income"].isna().sum() > 0 and pooled["region"].isna().sum() > 0
-    assert preprocessor.numeric == COLUMNS.numeric
-    assert preprocessor.categorical == COLUMNS.categorical
+    assert preprocessor.numeric == sorted(COLUMNS.numeric)  # sorted: file order never matters
+    assert preprocessor.categorical == sorted(COLUMNS.categorical)
     for column, mean, scale in zip(preprocessor.numeric, preprocessor.means, preprocessor.scales):
         values = pooled[column].to_numpy(dtype=float)
         assert mean == pytest.approx(np.nanmean(values), rel=1e-9), column
@@ -168,7 +170,7 @@ def test_output_names_layout(preprocessor):
     assert names[: len(preprocessor.numeric)] == preprocessor.numeric
     assert "region=capital" in names
     assert names.count("region=capital") == 1
-    assert preprocessor.input_columns == COLUMNS.numeric + COLUMNS.categorical
+    assert preprocessor.input_columns == sorted(COLUMNS.numeric) + sorted(COLUMNS.categorical)
 
 
 def _one_row_frame(pooled: pd.DataFrame, **values) -> pd.DataFrame:
@@ -257,7 +259,7 @@ def test_merge_statistics_rejects_nothing():
 def test_fit_rejects_column_without_values():
     frame = pd.DataFrame({"x": [np.nan, np.nan], "y": [0, 1]})
     cols = Columns(["x"], [], [], "y")
-    with pytest.raises(ValueError, match="'x'"):
+    with pytest.raises(FedriskInputError, match="'x'"):
         fit_preprocessor(merge_statistics([local_statistics(frame, cols)]))
 
 
@@ -293,3 +295,10 @@ def test_integer_coded_category_encodes_the_same_at_every_institution(tmp_path: 
     code_a = loaded[0].frame.loc[0, "branch"]
     assert float(code_a) == float(code_b)
     np.testing.assert_array_equal(block_a, block_b)
+
+
+def test_column_order_does_not_matter():
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 7.0], "y": [0, 1, 0]})
+    one = local_statistics(frame, Columns(["a", "b"], [], [], "y"))
+    two = local_statistics(frame[["b", "a", "y"]], Columns(["b", "a"], [], [], "y"))
+    assert fit_preprocessor(merge_statistics([one, two])).numeric == ["a", "b"]

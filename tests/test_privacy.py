@@ -9,10 +9,10 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedrisk.config import ModelSpec
-from fedrisk.errors import BudgetExhaustedError
+from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.models import build_model
 from fedrisk.privacy import PrivacyLedger, calibrate_noise_multiplier, epsilon_spent
-from fedrisk.training import DPSettings, steps_per_epoch, train_local
+from fedrisk.training import DPSettings, dp_sampling, train_local
 
 
 def test_published_vector_rdp():
@@ -57,12 +57,12 @@ def _xy(n=2000, d=6, seed=0):
 def test_training_epsilon_equals_opacus_accountant():
     x, y = _xy()
     model = build_model(ModelSpec(kind="mlp", hidden=[8]), x.shape[1], 0)
-    rate = 1 / steps_per_epoch(len(x), 100)
-    sigma = calibrate_noise_multiplier(2.0, 1e-5, rate, 2 * steps_per_epoch(len(x), 100))
+    rate, per_epoch = dp_sampling(len(x), 100)
+    sigma = calibrate_noise_multiplier(2.0, 1e-5, rate, 2 * per_epoch)
     res = train_local(model, x, y, epochs=2, batch_size=100, learning_rate=0.1,
                       dp=DPSettings(sigma, 1.0))
-    assert res.steps == 2 * steps_per_epoch(len(x), 100)
-    assert res.sample_rate == pytest.approx(rate)
+    assert res.steps == 2 * per_epoch
+    assert res.history == [(sigma, rate, 2 * per_epoch)]  # what the ledger is charged
     reference = RDPAccountant()
     for _ in range(res.steps):
         reference.step(noise_multiplier=sigma, sample_rate=rate)
@@ -108,8 +108,7 @@ def test_ledger_persists_and_refuses(tmp_path):
     assert ledger.plan("c1", 2.0, 1e-5, 0.05, 100, 2) == sigma  # calibrated once per campaign
     for rnd in (1, 2):
         ledger.authorise("c1", rnd, sigma, 0.05, 100, 2.0, 1e-5)
-        hist = ledger.history + [(sigma, 0.05, 100)]
-        ledger.record("c1", rnd, hist, 1e-5)
+        ledger.record("c1", rnd, [(sigma, 0.05, 100)], 1e-5)
     reopened = PrivacyLedger.open(tmp_path, "inst01", "f" * 64)
     spent = reopened.spent(1e-5)
     assert spent == pytest.approx(epsilon_spent([(sigma, 0.05, 200)], 1e-5))
@@ -141,3 +140,38 @@ def test_cached_epsilon_equals_rdp_accountant_on_mixed_history():
     accountant.history = list(history)
     for delta in (1e-5, 1e-7):
         assert epsilon_spent(history, delta) == pytest.approx(accountant.get_epsilon(delta), rel=1e-12)
+
+
+def test_concurrent_campaigns_do_not_overwrite_each_other(tmp_path):
+    one = PrivacyLedger.open(tmp_path, "inst03", "b" * 64)
+    two = PrivacyLedger.open(tmp_path, "inst03", "b" * 64)  # opened before one writes
+    one.record("c1", 1, [(1.0, 0.01, 100)], 1e-5)
+    two.record("c2", 1, [(1.0, 0.01, 100)], 1e-5)
+    again = PrivacyLedger.open(tmp_path, "inst03", "b" * 64)
+    assert sum(n for _, _, n in again.history) == 200
+    assert again.spent(1e-5) == pytest.approx(epsilon_spent([(1.0, 0.01, 200)], 1e-5))
+
+
+def test_reused_campaign_id_with_other_settings_is_refused(tmp_path):
+    ledger = PrivacyLedger.open(tmp_path, "inst04", "c" * 64)
+    ledger.plan("c1", 3.0, 1e-5, 0.05, 100, 2)
+    with pytest.raises(FedriskInputError, match="already planned"):
+        ledger.plan("c1", 3.0, 1e-5, 0.05, 100, 5)
+
+
+def test_unreadable_ledger_is_an_input_error(tmp_path):
+    (tmp_path / ("inst05-" + "d" * 16 + ".json")).write_text("{}")
+    with pytest.raises(FedriskInputError, match="ledger is unreadable"):
+        PrivacyLedger.open(tmp_path, "inst05", "d" * 64)
+
+
+def test_dp_noise_is_not_replayable_from_the_seed():
+    x, y = _xy()
+    start = build_model(ModelSpec(kind="logistic"), x.shape[1], 0).state_dict()
+    states = []
+    for _ in range(2):
+        model = build_model(ModelSpec(kind="logistic"), x.shape[1], 0)
+        model.load_state_dict(start)
+        states.append(train_local(model, x, y, epochs=1, batch_size=200, learning_rate=0.1,
+                                  dp=DPSettings(1.0, 1.0), seed=1234).state)
+    assert not torch.equal(states[0]["0.weight"], states[1]["0.weight"])

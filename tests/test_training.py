@@ -11,7 +11,7 @@ from fedrisk.config import DataSpec, ModelSpec
 from fedrisk.data import load_institution, split_institution
 from fedrisk.models import build_model, predict_proba
 from fedrisk.preprocessing import fit_preprocessor, local_statistics, merge_statistics
-from fedrisk.training import DPSettings, batch_loader, evaluate_local, steps_per_epoch, train_local
+from fedrisk.training import DPSettings, batch_loader, dp_sampling, evaluate_local, train_local
 from fedrisk.metrics import auc_from_histograms
 
 
@@ -61,8 +61,17 @@ def test_batches_are_gathered_whole_and_counted_like_opacus():
     assert [len(b[0]) for b in batches] == [4, 4, 2]
     seen = np.concatenate([b[0][:, 0].numpy() for b in batches])
     assert sorted(seen.tolist()) == x[:, 0].tolist()
-    assert steps_per_epoch(10, 4) == len(batches) == 3
-    assert steps_per_epoch(10, 50) == 1
+
+
+@pytest.mark.parametrize("rows,batch", [(10, 4), (10, 50), (23_798, 256), (19_507, 256)])
+def test_dp_sampling_counts_like_opacus(rows, batch):
+    from opacus.data_loader import DPDataLoader
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DPDataLoader.from_data_loader(DataLoader(TensorDataset(torch.zeros(rows, 1)), batch_size=batch))
+    rate, steps = dp_sampling(rows, batch)
+    assert steps == len(loader)
+    assert rate == 1 / len(loader)  # what PrivacyEngine charges its accountant
 
 
 def test_model_shapes():
