@@ -38,7 +38,7 @@ torch.set_num_threads(1)  # as in the ClientApp: one core per simulated institut
 
 
 def institution_matrices(config):
-    names = institution_names(config.data, config.seed)
+    names = institution_names(config.data)
     parts = {}
     for name in names:
         data = load_institution(config.data, name, config.seed)

@@ -30,7 +30,7 @@ from fedrisk.training import evaluate_local, train_local
 
 def pooled_baseline(config: CampaignConfig) -> tuple[float, float, pd.DataFrame]:
     """(test AUC, seconds, pooled test rows) of the model trained on pooled rows, no DP."""
-    names = institution_names(config.data, config.seed)
+    names = institution_names(config.data)
     splits = {}
     for name in names:
         data = load_institution(config.data, name, config.seed)

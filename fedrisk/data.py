@@ -82,7 +82,7 @@ def read_table(path: str | Path, institution: str | None = None) -> pd.DataFrame
     )
 
 
-def institution_names(spec: DataSpec, seed: int) -> list[str]:
+def institution_names(spec: DataSpec) -> list[str]:
     """The consortium's members, in the order that maps them to simulation partitions."""
     if spec.source == "synthetic":
         return credit.institution_names(spec.synthetic.institutions)
@@ -255,7 +255,7 @@ def _check_target(frame: pd.DataFrame, target: str, institution: str, file: str)
 
 def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
     """Load and check one institution's rows; the only data a client ever reads."""
-    names = institution_names(spec, seed)
+    names = institution_names(spec)
     if name not in names:
         raise FedriskInputError(f"unknown institution (known: {', '.join(names)})",
                                 institution=name)

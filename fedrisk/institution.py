@@ -48,7 +48,7 @@ def resolve_institution(config: CampaignConfig, node_config: dict[str, Any]) -> 
     """This node's institution: named in its node config, else its simulation partition."""
     if "institution" in node_config:
         return str(node_config["institution"])
-    names = institution_names(config.data, config.seed)
+    names = institution_names(config.data)
     partition = int(node_config.get("partition-id", 0))
     if partition >= len(names):
         raise FedriskInputError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ class Outcome:
 
 def preflight(config: CampaignConfig) -> list[str]:
     """Check each institution's data and budget locally; returns the institutions."""
-    names = institution_names(config.data, config.seed)
+    names = institution_names(config.data)
     if len(names) < config.training.min_institutions:
         raise FedriskInputError(
             f"{len(names)} institution(s) configured, training.min_institutions is "
@@ -85,13 +86,17 @@ def simulate(
     """Run one campaign on Flower's simulation engine; returns its MLflow run."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    names = preflight(config) if check_inputs else institution_names(config.data, config.seed)
+    names = preflight(config) if check_inputs else institution_names(config.data)
     campaign = campaign or uuid.uuid4().hex
 
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
     from server.server_app import app_for
+
+    if not verbose:  # after Flower's imports: they put DeprecationWarnings back to "once"
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
 
     backend: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

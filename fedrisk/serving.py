@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import numpy as np
+import pandas as pd
 import torch
 
 from fedrisk.config import ModelSpec
@@ -29,11 +31,8 @@ class RiskModel(mlflow.pyfunc.PythonModel):
         self.model = build_model(ModelSpec(**meta["model"]), self.preprocessor.width, 0)
         self.model.load_state_dict(torch.load(context.artifacts["weights"], weights_only=True))
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        """Probability of default per row of `model_input` (a DataFrame of raw columns).
-
-        Left without type hints on purpose: MLflow would read them as an input schema.
-        """
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
+        """Probability of default per row of `model_input`, a DataFrame of raw columns."""
         try:
             x = self.preprocessor.transform(model_input)
         except KeyError as err:

@@ -6,6 +6,7 @@ the config, the privacy ledger snapshot and the model.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -80,6 +81,9 @@ class CampaignRun:
         with tempfile.TemporaryDirectory() as tmp:
             files = save_model_files(Path(tmp), state, preprocessor, self.config.model)
             mlflow.set_tracking_uri(self.uri)
+            pyfunc_log = logging.getLogger("mlflow.pyfunc")
+            level = pyfunc_log.level
+            pyfunc_log.setLevel(logging.ERROR)  # "no signature": on purpose, see below
             with mlflow.start_run(run_id=self.run_id):
                 info = mlflow.pyfunc.log_model(
                     name="model",
@@ -92,6 +96,7 @@ class CampaignRun:
                               "output": "probability of the positive class (default)"},
                     pip_requirements=PIP_REQUIREMENTS,
                 )
+            pyfunc_log.setLevel(level)
         return info.model_uri
 
     def finish(self, status: str = "FINISHED") -> None:

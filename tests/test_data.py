@@ -40,7 +40,7 @@ def small_frame() -> pd.DataFrame:
 
 def test_synthetic_institution_drops_identifiers_keeps_protected():
     spec = DataSpec(synthetic={"institutions": 3, "rows": 4000})
-    assert institution_names(spec, SEED) == ["inst01", "inst02", "inst03"]
+    assert institution_names(spec) == ["inst01", "inst02", "inst03"]
     data = load_institution(spec, "inst02", SEED)
     assert "customer_id" not in data.frame.columns
     for column in credit.PROTECTED:
@@ -87,7 +87,7 @@ def test_one_file_per_institution(tmp_path):
             frame.to_csv(path, index=False)
         files[name] = str(path)
     spec = DataSpec(source="files", files=files)
-    assert institution_names(spec, SEED) == sorted(files)
+    assert institution_names(spec) == sorted(files)
     fingerprints = set()
     for name, frame in consortium.items():
         data = load_institution(spec, name, SEED)
@@ -112,7 +112,7 @@ def test_institution_column_layout(tmp_path):
     )
     path = _write_csv(pooled, tmp_path / "all.csv")
     spec = DataSpec(source="files", path=path, institution_column="lender")
-    assert institution_names(spec, SEED) == ["alpha", "mid", "zeta"]
+    assert institution_names(spec) == ["alpha", "mid", "zeta"]
     for name, frame in consortium.items():
         data = load_institution(spec, lenders[name], SEED)
         assert len(data.frame) == len(frame)
@@ -126,7 +126,7 @@ def test_institution_column_missing_is_named(tmp_path, small_frame):
     path = _write_csv(small_frame, tmp_path / "all.csv")
     spec = DataSpec(source="files", path=path, institution_column="lender")
     with pytest.raises(FedriskInputError) as info:
-        institution_names(spec, SEED)
+        institution_names(spec)
     assert "column 'lender'" in str(info.value)
     assert path in str(info.value)
 
@@ -137,7 +137,7 @@ def test_institution_column_with_blank_rows_is_rejected(tmp_path, small_frame):
     path = _write_csv(frame, tmp_path / "all.csv")
     spec = DataSpec(source="files", path=path, institution_column="lender")
     with pytest.raises(FedriskInputError, match="5 rows name no institution"):
-        institution_names(spec, SEED)
+        institution_names(spec)
 
 
 # ---------------------------------------------------------------- partition layout
@@ -151,7 +151,7 @@ def _pooled_file(tmp_path: Path, rows: int = 6000) -> tuple[pd.DataFrame, str]:
 def test_iid_partition(tmp_path):
     pooled, path = _pooled_file(tmp_path)
     spec = DataSpec(source="files", path=path, partition={"institutions": 4, "method": "iid"})
-    names = institution_names(spec, SEED)
+    names = institution_names(spec)
     assert names == credit.institution_names(4)
     parts = [load_institution(spec, name, SEED).frame for name in names]
     sizes = [len(p) for p in parts]
@@ -178,7 +178,7 @@ def test_dirichlet_partition_is_skewed_and_covers_all_rows(tmp_path):
     # alpha=0.3 is skewed enough that some seeds leave an institution with a single class
     # (which the loader rightly rejects); seed 0 gives three two-class institutions.
     seed = 0
-    parts = [load_institution(spec, name, seed).frame for name in institution_names(spec, seed)]
+    parts = [load_institution(spec, name, seed).frame for name in institution_names(spec)]
     sizes = [len(p) for p in parts]
     assert sum(sizes) == len(pooled)
     assert max(sizes) > 1.3 * min(sizes)
@@ -210,7 +210,7 @@ def test_partition_reports_missing_target(tmp_path, method):
         source="files", path=path, partition={"institutions": 3, "method": method, "alpha": 1.0}
     )
     errors, loaded = [], 0
-    for name in institution_names(spec, SEED):
+    for name in institution_names(spec):
         try:
             loaded += len(load_institution(spec, name, SEED).frame)
         except FedriskInputError as err:
