@@ -56,6 +56,7 @@ class CampaignRun:
             "fedrisk.version": fedrisk.__version__,
             "fedrisk.privacy": "dp" if config.privacy.enabled else "none",
             "fedrisk.accountant": config.privacy.accountant,
+            "fedrisk.delta": f"{config.privacy.delta:g}",  # every epsilon metric is at this delta
             "mlflow.runName": f"{config.task}-{campaign[:8]}",
         }
         self.run_id = self.client.create_run(exp, tags=tags).info.run_id

@@ -68,6 +68,7 @@ def test_three_institutions_two_rounds(tmp_path):
     assert 1.9 < eps_max <= 2.0
     assert len(client.get_metric_history(outcome.run_id, "round_seconds")) == 2
     assert "delta=1e-05" in run.data.tags["fedrisk.epsilon"]
+    assert run.data.tags["fedrisk.delta"] == "1e-05" and run.data.tags["fedrisk.accountant"] == "rdp"
 
     # The model loads from MLflow alone and scores raw feature columns.
     model = mlflow.pyfunc.load_model(run.data.tags["fedrisk.model_uri"])
