@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -20,7 +21,7 @@ from flwr.clientapp import ClientApp
 from fedrisk import institution
 from fedrisk.config import config_from_json
 from fedrisk.errors import BUDGET_REFUSED_REPLY, INPUT_ERROR_REPLY, BudgetExhaustedError, FedriskInputError
-from fedrisk.training import EvalStats
+from fedrisk.metrics import EvalStats
 
 torch.set_num_threads(1)
 app = ClientApp()
@@ -49,10 +50,8 @@ def _evaluation(stats: dict[str, EvalStats]) -> ConfigRecord:
     """
     record = ConfigRecord()
     for split, s in stats.items():
-        record[f"{split}.num-examples"] = s.examples
-        record[f"{split}.loss-sum"] = s.loss_sum
-        record[f"{split}.hist-pos"] = s.hist_pos.tolist()
-        record[f"{split}.hist-neg"] = s.hist_neg.tolist()
+        for field, value in vars(s).items():
+            record[f"{split}.{field}"] = value.tolist() if isinstance(value, np.ndarray) else value
     return record
 
 

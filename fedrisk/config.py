@@ -104,7 +104,16 @@ class Privacy(_Strict):
 
 
 class Evaluation(_Strict):
-    bins: int = Field(1000, ge=10, le=100_000, description="score histogram bins on [0, 1]")
+    bins: int = Field(1000, ge=10, le=100_000, multiple_of=10,
+                      description="score histogram bins on [0, 1]; 10 calibration bands")
+    threshold: float = Field(0.2, gt=0.0, lt=1.0, description="PD at or above it: flagged")
+    max_fpr: float = Field(0.1, gt=0.0, lt=1.0, description="for recall at this FPR")
+
+    @model_validator(mode="after")
+    def _threshold_on_grid(self) -> Evaluation:
+        if abs(self.threshold * self.bins - round(self.threshold * self.bins)) > 1e-9:
+            raise ValueError(f"evaluation.threshold must be a multiple of 1/bins (1/{self.bins})")
+        return self
 
 
 class Tracking(_Strict):

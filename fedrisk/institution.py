@@ -19,7 +19,8 @@ from fedrisk.errors import FedriskInputError
 from fedrisk.models import build_model
 from fedrisk.preprocessing import Preprocessor, local_statistics
 from fedrisk.privacy import PrivacyLedger
-from fedrisk.training import DPSettings, EvalStats, dp_sampling, evaluate_local, train_local
+from fedrisk.metrics import EvalStats
+from fedrisk.training import DPSettings, dp_sampling, evaluate_local, train_local
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ pooled AUC only by ties inside a bin.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 
 EPS = 1e-7
@@ -36,6 +38,110 @@ def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((pos @ neg_below + 0.5 * pos @ neg) / (n_pos * n_neg))
 
 
+def _operating_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(true positives, false positives) when flagging scores >= each bin's lower edge.
+
+    Index k of the result flags bins k..B-1; a last entry flags nothing.
+    """
+    tp = np.append(np.cumsum(np.asarray(pos, float)[::-1])[::-1], 0.0)
+    fp = np.append(np.cumsum(np.asarray(neg, float)[::-1])[::-1], 0.0)
+    return tp, fp
+
+
+def gini_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Gini (accuracy ratio) = 2 AUC - 1."""
+    return 2.0 * auc_from_histograms(pos, neg) - 1.0
+
+
+def ks_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Kolmogorov-Smirnov: the largest gap between the score CDFs of the two classes."""
+    tp, fp = _operating_points(pos, neg)
+    n_pos, n_neg = tp[0], fp[0]
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float(np.max(np.abs(tp / n_pos - fp / n_neg)))
+
+
+def average_precision_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Average precision (area under the PR curve, step-wise as scikit-learn sums it)."""
+    tp, fp = _operating_points(pos, neg)
+    n_pos = tp[0]
+    if n_pos == 0:
+        return float("nan")
+    tp, fp = tp[::-1], fp[::-1]  # from flagging nothing to flagging everything
+    flagged = tp + fp
+    precision = np.divide(tp, flagged, out=np.ones_like(tp), where=flagged > 0)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def recall_at_fpr(pos: np.ndarray, neg: np.ndarray, max_fpr: float) -> float:
+    """Highest recall among bin-edge thresholds whose false-positive rate is <= `max_fpr`."""
+    tp, fp = _operating_points(pos, neg)
+    if tp[0] == 0 or fp[0] == 0:
+        return float("nan")
+    allowed = fp / fp[0] <= max_fpr + 1e-12
+    return float(np.max(tp[allowed] / tp[0]))
+
+
+def threshold_counts(
+    pos: np.ndarray, neg: np.ndarray, threshold: float
+) -> tuple[float, float, float, float]:
+    """(TP, FP, FN, TN) when flagging scores >= `threshold`, a multiple of 1/bins (exact)."""
+    bins = len(pos)
+    k = int(round(threshold * bins))
+    if not np.isclose(k / bins, threshold):
+        raise ValueError(f"threshold {threshold} is not on the {bins}-bin grid")
+    tp, fp = _operating_points(pos, neg)
+    return tp[k], fp[k], tp[0] - tp[k], fp[0] - fp[k]
+
+
+def classification_at_threshold(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, float]:
+    """Precision, recall, F1 and the flag rate at an operating threshold."""
+    tp, fp, fn, tn = threshold_counts(pos, neg, threshold)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "flag_rate": (tp + fp) / (tp + fp + fn + tn)}
+
+
+def brier_from_sums(examples: float, sum_p2: float, sum_py: float, sum_y: float) -> float:
+    """Brier score from sums of p^2, p*y and y (y is 0/1, so y^2 = y): exact."""
+    return (sum_p2 - 2.0 * sum_py + sum_y) / examples
+
+
+def calibration_bands(
+    pos: np.ndarray, neg: np.ndarray, score_sums: np.ndarray, bands: int = 10
+) -> list[dict[str, float]]:
+    """Predicted vs observed default rate per equal-width score band, with Jeffreys' test.
+
+    `score_sums[b]` is the sum of predicted probabilities in bin b. The p-value is the
+    one-sided Jeffreys test used in PD back-testing: P(true rate <= predicted | observed),
+    small when the band's defaults exceed what the model predicts.
+    """
+    from scipy.stats import beta
+
+    bins = len(pos)
+    if bins % bands:
+        raise ValueError(f"{bands} bands do not divide {bins} bins")
+    width = bins // bands
+    out = []
+    for band in range(bands):
+        part = slice(band * width, (band + 1) * width)
+        defaults, goods = float(np.sum(pos[part])), float(np.sum(neg[part]))
+        n = defaults + goods
+        if n == 0:
+            continue
+        predicted = float(np.sum(score_sums[part])) / n
+        out.append({
+            "low": band / bands, "high": (band + 1) / bands, "n": n,
+            "observed": defaults / n, "predicted": predicted,
+            "jeffreys_p": float(beta.cdf(predicted, defaults + 0.5, goods + 0.5)),
+        })
+    return out
+
+
 def log_loss_sum(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Sum (not mean) of binary cross-entropy, so institutions' sums add up."""
     p = np.clip(np.asarray(scores, dtype=float), EPS, 1 - EPS)
@@ -43,28 +149,83 @@ def log_loss_sum(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).sum())
 
 
-def evaluation_summary(
-    parts: dict[str, tuple[int, float, np.ndarray, np.ndarray]],
-) -> dict[str, float]:
-    """Pooled and per-institution loss and AUC from (examples, loss sum, pos, neg) parts.
+@dataclass(frozen=True)
+class EvalStats:
+    """Sufficient statistics of one institution's evaluation: they add up across institutions.
 
-    The pooled figures come from the summed parts, never from averaging institutions.
+    Per score bin: counts of defaults and non-defaults and the sum of predicted probabilities
+    of each; plus the sums of log loss and of p^2. From these the server gets AUC, Gini, KS,
+    average precision, Brier, log loss, calibration and threshold metrics of pooled data.
+    """
+
+    examples: int
+    loss_sum: float
+    hist_pos: np.ndarray
+    hist_neg: np.ndarray
+    score_sum_pos: np.ndarray
+    score_sum_neg: np.ndarray
+    sum_p2: float
+
+    @classmethod
+    def from_scores(cls, y_true: np.ndarray, scores: np.ndarray, bins: int) -> EvalStats:
+        y = np.asarray(y_true).astype(bool)
+        p = np.asarray(scores, dtype=float)
+        index = bin_index(p, bins)
+        pos, neg = score_histograms(y, p, bins)
+        return cls(
+            examples=len(p),
+            loss_sum=log_loss_sum(y, p),
+            hist_pos=pos,
+            hist_neg=neg,
+            score_sum_pos=np.bincount(index[y], weights=p[y], minlength=bins),
+            score_sum_neg=np.bincount(index[~y], weights=p[~y], minlength=bins),
+            sum_p2=float(np.sum(p * p)),
+        )
+
+    def __add__(self, other: EvalStats) -> EvalStats:
+        """Institutions' statistics add field by field: that is what makes them sufficient."""
+        return EvalStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+def performance(stats: EvalStats, threshold: float, max_fpr: float) -> dict[str, float]:
+    """The credit metric suite of one institution or of the pooled sums."""
+    pos, neg = stats.hist_pos, stats.hist_neg
+    auc = auc_from_histograms(pos, neg)
+    out = {
+        "auc": auc,
+        "gini": 2 * auc - 1,
+        "ks": ks_from_histograms(pos, neg),
+        "average_precision": average_precision_from_histograms(pos, neg),
+        "brier": brier_from_sums(stats.examples, stats.sum_p2, float(stats.score_sum_pos.sum()),
+                                 float(pos.sum())),
+        "loss": stats.loss_sum / stats.examples,
+        f"recall_at_fpr_{max_fpr:g}": recall_at_fpr(pos, neg, max_fpr),
+        "default_rate": float(pos.sum()) / stats.examples,
+    }
+    out.update({f"{k}_at_{threshold:g}": v for k, v in classification_at_threshold(pos, neg, threshold).items()})
+    return out
+
+
+def evaluation_summary(
+    parts: dict[str, EvalStats], prefix: str = "val", threshold: float = 0.2, max_fpr: float = 0.1
+) -> dict[str, float]:
+    """Pooled and per-institution metrics from institutions' sums, plus their spread.
+
+    The pooled figures come from the summed statistics, never from averaging institutions.
     """
     out: dict[str, float] = {}
     if not parts:
         return out
-    total_n = sum(p[0] for p in parts.values())
-    total_loss = sum(p[1] for p in parts.values())
-    pos = np.sum([p[2] for p in parts.values()], axis=0)
-    neg = np.sum([p[3] for p in parts.values()], axis=0)
-    out["val_loss"] = total_loss / total_n
-    out["val_auc"] = auc_from_histograms(pos, neg)
-    out["val_examples"] = float(total_n)
-    aucs = []
-    for name, (n, loss, p, q) in sorted(parts.items()):
-        auc = auc_from_histograms(p, q)
-        out[f"val_loss.{name}"] = loss / n
-        out[f"val_auc.{name}"] = auc
-        aucs.append(auc)
-    out["val_auc_worst_institution"] = float(np.nanmin(aucs))
+    pooled = sum(parts.values(), start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
+    out.update({f"{prefix}_{k}": v for k, v in performance(pooled, threshold, max_fpr).items()})
+    out[f"{prefix}_examples"] = float(pooled.examples)
+    aucs = {}
+    for name, stats in sorted(parts.items()):
+        for key, value in performance(stats, threshold, max_fpr).items():
+            out[f"{prefix}_{key}.{name}"] = value
+        aucs[name] = out[f"{prefix}_auc.{name}"]
+    finite = [a for a in aucs.values() if np.isfinite(a)]
+    if finite:
+        out[f"{prefix}_auc_worst_institution"] = float(min(finite))
+        out[f"{prefix}_auc_gap"] = float(max(finite) - min(finite))
     return out

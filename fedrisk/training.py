@@ -20,7 +20,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fedrisk.metrics import log_loss_sum, score_histograms
+from fedrisk.metrics import EvalStats
 from fedrisk.models import predict_proba
 
 
@@ -178,17 +178,5 @@ def _epochs(
     return steps, loss_total
 
 
-@dataclass(frozen=True)
-class EvalStats:
-    """Sufficient statistics of one institution's evaluation: they add up across institutions."""
-
-    examples: int
-    loss_sum: float
-    hist_pos: np.ndarray
-    hist_neg: np.ndarray
-
-
 def evaluate_local(model: nn.Module, x: np.ndarray, y: np.ndarray, bins: int) -> EvalStats:
-    scores = predict_proba(model, torch.as_tensor(x)).numpy()
-    pos, neg = score_histograms(y, scores, bins)
-    return EvalStats(len(y), log_loss_sum(y, scores), pos, neg)
+    return EvalStats.from_scores(y, predict_proba(model, torch.as_tensor(x)).numpy(), bins)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from fedrisk.config import CampaignConfig, config_to_json, from_run_config
 from fedrisk.errors import FedriskInputError
-from fedrisk.metrics import evaluation_summary
+from fedrisk.metrics import EvalStats, calibration_bands, evaluation_summary
 from fedrisk.models import build_model
 from fedrisk.preprocessing import fit_preprocessor, merge_statistics, missing_counts
 from fedrisk.tracking import CampaignRun
@@ -182,6 +182,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     strategy.setup(
         names=names, min_institutions=tr.min_institutions, seed=config.seed, run=run,
         on_round=_progress_callback(bar),
+        operating=(config.evaluation.threshold, config.evaluation.max_fpr),
     )
     for name, reason in errors.items():
         strategy.exclude(name, reason, 0, "input")
@@ -210,8 +211,15 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         strategy.rounds_done + 1,
     )
     strategy.log_validation(strategy.rounds_done, replies)
-    test = evaluation_summary(evaluation_parts(replies, "test"))
-    run.log_metrics({k.replace("val_", "test_", 1): v for k, v in test.items()}, step=strategy.rounds_done)
+    ev = config.evaluation
+    test = evaluation_summary(evaluation_parts(replies, "test"), "test", ev.threshold, ev.max_fpr)
+    run.log_metrics(test, step=strategy.rounds_done)
+    test_parts = evaluation_parts(replies, "test")
+    if test_parts:
+        pooled = sum(test_parts.values(), start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
+        bands = calibration_bands(pooled.hist_pos, pooled.hist_neg,
+                                  pooled.score_sum_pos + pooled.score_sum_neg, bands=10)
+        run.log_dict({"split": "test", "bands": bands}, "evaluation/calibration_test.json")
     if strategy.epsilon:
         run.log_metrics({"epsilon_final_max": max(strategy.epsilon.values())}, step=strategy.rounds_done)
     run.log_dict(

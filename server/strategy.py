@@ -16,6 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -23,26 +24,23 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from fedrisk.errors import BUDGET_REFUSED_REPLY
-from fedrisk.metrics import evaluation_summary
+from fedrisk.metrics import EvalStats, evaluation_summary
 from fedrisk.tracking import CampaignRun
 
-Parts = dict[str, tuple[int, float, np.ndarray, np.ndarray]]
 
 
 class CampaignStopped(Exception):
     """Too few institutions remain to go on."""
 
 
-def evaluation_parts(replies: Iterable[Message], split: str = "validation") -> Parts:
-    """Per-institution (examples, loss sum, positive and negative histograms) of a split."""
+def evaluation_parts(replies: Iterable[Message], split: str = "validation") -> dict[str, EvalStats]:
+    """Per-institution evaluation statistics of a split, as the ClientApp sent them."""
     parts = {}
     for msg in replies:
         e = msg.content["evaluation"]
-        parts[str(msg.content["who"]["institution"])] = (
-            int(e[f"{split}.num-examples"]),
-            float(e[f"{split}.loss-sum"]),
-            np.asarray(e[f"{split}.hist-pos"], dtype=np.int64),
-            np.asarray(e[f"{split}.hist-neg"], dtype=np.int64),
+        values = {f.name: e[f"{split}.{f.name}"] for f in fields(EvalStats)}
+        parts[str(msg.content["who"]["institution"])] = EvalStats(
+            **{k: np.asarray(v) if isinstance(v, list) else v for k, v in values.items()}
         )
     return parts
 
@@ -58,8 +56,10 @@ class CampaignMixin:
         seed: int,
         run: CampaignRun,
         on_round: Callable[[int, dict[str, float]], None],
+        operating: tuple[float, float] = (0.2, 0.1),
     ) -> None:
         self.names = names
+        self.operating = operating
         self.min_institutions = min_institutions
         self.rng = random.Random(seed)
         self.run = run
@@ -97,7 +97,7 @@ class CampaignMixin:
         return ok
 
     def log_validation(self, step: int, replies: list[Message]) -> dict[str, float]:
-        metrics = evaluation_summary(evaluation_parts(replies))
+        metrics = evaluation_summary(evaluation_parts(replies), "val", *self.operating)
         self.run.log_metrics(metrics, step=step)
         self.latest_validation = metrics
         return metrics

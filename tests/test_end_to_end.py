@@ -87,6 +87,10 @@ def test_three_institutions_two_rounds(tmp_path):
     # No row-level data among the artifacts.
     files = _artifact_files(client, outcome.run_id)
     assert "config.yaml" in files and any(f.startswith("institutions/") for f in files)
+    assert "evaluation/calibration_test.json" in files
+    for key in ("test_auc", "test_gini", "test_ks", "test_brier", "test_average_precision",
+                "test_recall_at_fpr_0.1", "test_precision_at_0.2", "test_auc_gap", "test_ks.inst02"):
+        assert key in run.data.metrics, key
     download = Path(client.download_artifacts(outcome.run_id, "", str(tmp_path / "all")))
     ids = set(pd.concat(generate_consortium(3, 9000, seed=42).values())["customer_id"].head(50))
     for file in download.rglob("*"):

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
 
-from fedrisk.metrics import auc_from_histograms, evaluation_summary, log_loss_sum, score_histograms
+from fedrisk.metrics import EvalStats, auc_from_histograms, bin_index, evaluation_summary, score_histograms
 
 
 def _institutions(k=4, seed=0):
@@ -40,16 +49,19 @@ def test_federated_auc_equals_pooled(bins, tolerance):
     parts = _institutions()
     y = np.concatenate([p[0] for p in parts])
     s = np.concatenate([p[1] for p in parts])
-    summed = {
-        f"i{i}": (len(yy), log_loss_sum(yy, ss), *score_histograms(yy, ss, bins))
-        for i, (yy, ss) in enumerate(parts)
-    }
-    out = evaluation_summary(summed)
+    summed = {f"i{i}": EvalStats.from_scores(yy, ss, bins) for i, (yy, ss) in enumerate(parts)}
+    out = evaluation_summary(summed, "val", threshold=0.5, max_fpr=0.1)
     assert out["val_auc"] == pytest.approx(roc_auc_score(y, s), abs=tolerance)
     assert out["val_loss"] == pytest.approx(log_loss(y, s), rel=1e-9)
     for i, (yy, ss) in enumerate(parts):
         assert out[f"val_auc.i{i}"] == pytest.approx(roc_auc_score(yy, ss), abs=tolerance)
     assert out["val_auc_worst_institution"] == min(out[f"val_auc.i{i}"] for i in range(len(parts)))
+    gap = max(out[f"val_auc.i{i}"] for i in range(len(parts))) - out["val_auc_worst_institution"]
+    assert out["val_auc_gap"] == pytest.approx(gap)
+    assert out["val_brier"] == pytest.approx(brier_score_loss(y, s), rel=1e-9)
+    assert out["val_gini"] == pytest.approx(2 * roc_auc_score(y, s) - 1, abs=2 * tolerance)
+    assert out["val_recall_at_0.5"] == pytest.approx(recall_score(y, s >= 0.5), abs=1e-12)
+    assert out["val_default_rate"] == pytest.approx(y.mean())
     # pooled AUC is not the average of institutions' AUCs
     assert out["val_examples"] == len(y)
 
@@ -57,3 +69,103 @@ def test_federated_auc_equals_pooled(bins, tolerance):
 def test_single_class_gives_nan():
     pos, neg = score_histograms(np.zeros(5), np.linspace(0, 1, 5), 10)
     assert np.isnan(auc_from_histograms(pos, neg))
+
+
+# ------------------------------------------------------------ the full suite from histograms
+from scipy.stats import ks_2samp
+
+from fedrisk.metrics import (
+    average_precision_from_histograms,
+    brier_from_sums,
+    calibration_bands,
+    classification_at_threshold,
+    gini_from_histograms,
+    ks_from_histograms,
+    recall_at_fpr,
+)
+
+
+def _pooled_histograms(parts, bins):
+    """Sum of institutions' histograms (what the server gets) and the pooled raw arrays."""
+    pos = sum(score_histograms(y, s, bins)[0] for y, s in parts)
+    neg = sum(score_histograms(y, s, bins)[1] for y, s in parts)
+    y = np.concatenate([p[0] for p in parts])
+    s = np.concatenate([p[1] for p in parts])
+    return pos, neg, y, s
+
+
+@pytest.mark.parametrize("bins,tol", [(1000, 0.005), (10000, 0.001)])
+def test_ks_gini_ap_match_pooled_references(bins, tol):
+    pos, neg, y, s = _pooled_histograms(_institutions(seed=3), bins)
+    assert ks_from_histograms(pos, neg) == pytest.approx(ks_2samp(s[y == 1], s[y == 0]).statistic, abs=tol)
+    assert gini_from_histograms(pos, neg) == pytest.approx(2 * roc_auc_score(y, s) - 1, abs=2 * tol)
+    assert average_precision_from_histograms(pos, neg) == pytest.approx(
+        average_precision_score(y, s), abs=tol
+    )
+
+
+def test_recall_at_fpr_matches_roc_curve():
+    pos, neg, y, s = _pooled_histograms(_institutions(seed=4), 1000)
+    fpr, tpr, _ = roc_curve(y, s)
+    for target in (0.01, 0.05, 0.2):
+        exact = tpr[fpr <= target].max()
+        binned = recall_at_fpr(pos, neg, target)
+        assert binned <= exact + 1e-12  # bin edges are a subset of thresholds: never optimistic
+        assert binned == pytest.approx(exact, abs=0.01)
+
+
+@pytest.mark.parametrize("threshold", [0.2, 0.35, 0.5])
+def test_precision_recall_f1_exact_on_grid_thresholds(threshold):
+    pos, neg, y, s = _pooled_histograms(_institutions(seed=5), 1000)
+    flagged = (s >= threshold).astype(int)
+    out = classification_at_threshold(pos, neg, threshold)
+    assert out["precision"] == pytest.approx(precision_score(y, flagged), abs=1e-12)
+    assert out["recall"] == pytest.approx(recall_score(y, flagged), abs=1e-12)
+    assert out["f1"] == pytest.approx(f1_score(y, flagged), abs=1e-12)
+    assert out["flag_rate"] == pytest.approx(flagged.mean(), abs=1e-12)
+
+
+def test_threshold_off_grid_is_refused():
+    with pytest.raises(ValueError, match="grid"):
+        classification_at_threshold(np.ones(100), np.ones(100), 0.1234)
+
+
+def test_brier_from_sums_is_exact():
+    parts = _institutions(seed=6)
+    sums = [(len(y), float(np.sum(s**2)), float(np.sum(s * y)), float(np.sum(y))) for y, s in parts]
+    total = [sum(col) for col in zip(*sums)]
+    y = np.concatenate([p[0] for p in parts])
+    s = np.concatenate([p[1] for p in parts])
+    assert brier_from_sums(*total) == pytest.approx(brier_score_loss(y, s), rel=1e-12)
+
+
+def test_calibration_bands_and_jeffreys_test():
+    from scipy.stats import beta
+
+    rng = np.random.default_rng(7)
+    p = rng.uniform(0.01, 0.6, 200_000)
+    y_calibrated = (rng.random(p.size) < p).astype(int)
+    y_too_risky = (rng.random(p.size) < np.minimum(1.0, 1.5 * p)).astype(int)
+    for y, calibrated in ((y_calibrated, True), (y_too_risky, False)):
+        pos, neg = score_histograms(y, p, 1000)
+        sums = np.bincount(bin_index(p, 1000), weights=p, minlength=1000)
+        bands = calibration_bands(pos, neg, sums, bands=10)
+        for band in bands:
+            inside = (p >= band["low"]) & (p < band["high"])
+            assert band["n"] == inside.sum()
+            assert band["observed"] == pytest.approx(y[inside].mean(), abs=1e-12)
+            assert band["predicted"] == pytest.approx(p[inside].mean(), rel=1e-9)
+            d = y[inside].sum()
+            assert band["jeffreys_p"] == pytest.approx(beta.cdf(p[inside].mean(), d + 0.5, inside.sum() - d + 0.5))
+        smallest = min(b["jeffreys_p"] for b in bands)
+        assert (smallest > 0.001) if calibrated else (smallest < 1e-6)
+
+
+def test_institution_statistics_add_up_to_the_pooled_ones():
+    parts = _institutions(seed=8)
+    summed = sum((EvalStats.from_scores(y, s, 500) for y, s in parts), start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
+    pooled = EvalStats.from_scores(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), 500)
+    assert summed.examples == pooled.examples
+    assert np.array_equal(summed.hist_pos, pooled.hist_pos) and np.array_equal(summed.hist_neg, pooled.hist_neg)
+    assert np.allclose(summed.score_sum_pos, pooled.score_sum_pos) and np.allclose(summed.score_sum_neg, pooled.score_sum_neg)
+    assert summed.loss_sum == pytest.approx(pooled.loss_sum) and summed.sum_p2 == pytest.approx(pooled.sum_p2)
