@@ -16,11 +16,12 @@ import torch
 from fedrisk.config import CampaignConfig, config_from_json
 from fedrisk.data import InstitutionData, Split, institution_names, load_institution, split_institution
 from fedrisk.errors import FedriskInputError
-from fedrisk.models import build_model
+from fedrisk.fairness import GroupHistograms, group_histograms
+from fedrisk.models import build_model, predict_proba
 from fedrisk.preprocessing import Preprocessor, local_statistics
 from fedrisk.privacy import PrivacyLedger
 from fedrisk.metrics import EvalStats
-from fedrisk.training import DPSettings, dp_sampling, evaluate_local, train_local
+from fedrisk.training import DPSettings, dp_sampling, train_local
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,15 @@ def train_round(
 
 def evaluate_round(
     config_json: str, name: str, preprocessor_json: str, state: dict[str, torch.Tensor], part: str = "validation"
-) -> EvalStats:
+) -> tuple[EvalStats, GroupHistograms]:
+    """Evaluation statistics of the received model, overall and by protected group."""
     config = config_from_json(config_json)
     x, y = _matrices(config_json, name, preprocessor_json, part)
     model = build_model(config.model, x.shape[1], config.seed)
     model.load_state_dict(state)
-    return evaluate_local(model, x, y, config.evaluation.bins)
+    scores = predict_proba(model, torch.as_tensor(x)).numpy()
+    local = _local_data(config_json, name)
+    frame = getattr(local.split, part)
+    groups = {c: frame[c].astype(str).to_numpy() for c in local.data.columns.protected}
+    bins = config.evaluation.bins
+    return EvalStats.from_scores(y, scores, bins), group_histograms(y, scores, groups, bins)

@@ -21,11 +21,17 @@ from tqdm import tqdm
 
 from fedrisk.config import CampaignConfig, config_to_json, from_run_config
 from fedrisk.errors import FedriskInputError
-from fedrisk.metrics import EvalStats, calibration_bands, evaluation_summary
+from fedrisk.metrics import EvalStats, calibration_bands
 from fedrisk.models import build_model
 from fedrisk.preprocessing import fit_preprocessor, merge_statistics, missing_counts
 from fedrisk.tracking import CampaignRun
-from server.strategy import CampaignFedAvg, CampaignFedProx, CampaignStopped, evaluation_parts
+from server.strategy import (
+    CampaignFedAvg,
+    CampaignFedProx,
+    CampaignStopped,
+    evaluation_metrics,
+    evaluation_parts,
+)
 
 NODE_WAIT_SECONDS = 120.0
 REPLY_TIMEOUT_SECONDS = 3600.0
@@ -212,7 +218,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     )
     strategy.log_validation(strategy.rounds_done, replies)
     ev = config.evaluation
-    test = evaluation_summary(evaluation_parts(replies, "test"), "test", ev.threshold, ev.max_fpr)
+    test = evaluation_metrics(replies, "test", "test", ev.threshold, ev.max_fpr)
     run.log_metrics(test, step=strategy.rounds_done)
     test_parts = evaluation_parts(replies, "test")
     if test_parts:

@@ -12,6 +12,7 @@ Aggregation of weights is Flower's (weighted by examples). What this adds:
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -24,6 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from fedrisk.errors import BUDGET_REFUSED_REPLY
+from fedrisk.fairness import GroupHistograms, fairness_metrics, merge_group_histograms
 from fedrisk.metrics import EvalStats, evaluation_summary
 from fedrisk.tracking import CampaignRun
 
@@ -43,6 +45,31 @@ def evaluation_parts(replies: Iterable[Message], split: str = "validation") -> d
             **{k: np.asarray(v) if isinstance(v, list) else v for k, v in values.items()}
         )
     return parts
+
+
+def group_parts(replies: Iterable[Message], split: str = "validation") -> dict[str, GroupHistograms]:
+    """Per-institution histograms by protected group of a split."""
+    parts = {}
+    for msg in replies:
+        raw = json.loads(str(msg.content["evaluation"][f"{split}.groups"]))
+        parts[str(msg.content["who"]["institution"])] = {
+            a: {g: (np.asarray(pos), np.asarray(neg)) for g, (pos, neg) in by.items()}
+            for a, by in raw.items()
+        }
+    return parts
+
+
+def evaluation_metrics(replies: list[Message], split: str, prefix: str, threshold: float,
+                       max_fpr: float) -> dict[str, float]:
+    """Performance and fairness, pooled and per institution, from the replies' sums."""
+    metrics = evaluation_summary(evaluation_parts(replies, split), prefix, threshold, max_fpr)
+    groups = group_parts(replies, split)
+    metrics.update(fairness_metrics(merge_group_histograms(list(groups.values())), threshold, prefix))
+    for name, mine in groups.items():
+        for key, value in fairness_metrics(mine, threshold, prefix).items():
+            if "_difference." in key:  # per-institution gaps; per-group rates stay pooled
+                metrics[f"{key}.{name}"] = value
+    return metrics
 
 
 class CampaignMixin:
@@ -97,7 +124,7 @@ class CampaignMixin:
         return ok
 
     def log_validation(self, step: int, replies: list[Message]) -> dict[str, float]:
-        metrics = evaluation_summary(evaluation_parts(replies), "val", *self.operating)
+        metrics = evaluation_metrics(replies, "validation", "val", *self.operating)
         self.run.log_metrics(metrics, step=step)
         self.latest_validation = metrics
         return metrics

@@ -89,7 +89,9 @@ def test_three_institutions_two_rounds(tmp_path):
     assert "config.yaml" in files and any(f.startswith("institutions/") for f in files)
     assert "evaluation/calibration_test.json" in files
     for key in ("test_auc", "test_gini", "test_ks", "test_brier", "test_average_precision",
-                "test_recall_at_fpr_0.1", "test_precision_at_0.2", "test_auc_gap", "test_ks.inst02"):
+                "test_recall_at_fpr_0.1", "test_precision_at_0.2", "test_auc_gap", "test_ks.inst02",
+                "test_approval_rate_difference.sex", "test_approval_rate.age_band:50plus",
+                "test_equal_opportunity_difference.sex.inst01", "val_approval_rate_ratio.age_band"):
         assert key in run.data.metrics, key
     download = Path(client.download_artifacts(outcome.run_id, "", str(tmp_path / "all")))
     ids = set(pd.concat(generate_consortium(3, 9000, seed=42).values())["customer_id"].head(50))

@@ -1,0 +1,107 @@
+"""Fairness of approval decisions by protected group, from summed per-group histograms.
+
+An applicant is approved when the predicted PD is below the operating threshold. The
+favourable outcome is approval and the "qualified" applicants are those who did not default,
+so: demographic parity compares approval rates, equal opportunity compares approval rates
+among non-defaulters, equalized odds takes the larger of that gap and the gap among
+defaulters. These are fairlearn's definitions with y_true = 1 - default, y_pred = approved.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from fedrisk.metrics import auc_from_histograms, bin_index
+
+# attribute -> group value -> (defaults per bin, non-defaults per bin)
+GroupHistograms = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def group_histograms(
+    y_true: np.ndarray, scores: np.ndarray, groups: dict[str, np.ndarray], bins: int
+) -> GroupHistograms:
+    """Per protected attribute and group: score histograms by label (what a client sends)."""
+    y = np.asarray(y_true).astype(bool)
+    index = bin_index(scores, bins)
+    out: GroupHistograms = {}
+    for attribute, values in groups.items():
+        labels = np.asarray(values).astype(str)
+        out[attribute] = {}
+        for group in np.unique(labels):
+            mine = labels == group
+            out[attribute][str(group)] = (
+                np.bincount(index[mine & y], minlength=bins),
+                np.bincount(index[mine & ~y], minlength=bins),
+            )
+    return out
+
+
+def merge_group_histograms(parts: list[GroupHistograms]) -> GroupHistograms:
+    """Sum institutions' group histograms; a group seen at one institution only still counts."""
+    merged: GroupHistograms = {}
+    for part in parts:
+        for attribute, groups in part.items():
+            into = merged.setdefault(attribute, {})
+            for group, (pos, neg) in groups.items():
+                if group in into:
+                    into[group] = (into[group][0] + pos, into[group][1] + neg)
+                else:
+                    into[group] = (np.asarray(pos).copy(), np.asarray(neg).copy())
+    return merged
+
+
+def _approved(hist: np.ndarray, threshold: float) -> float:
+    """Rows with PD below the threshold (a multiple of 1/bins)."""
+    cut = int(round(threshold * len(hist)))
+    return float(np.sum(hist[:cut]))
+
+
+def fairness_by_attribute(groups: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float) -> dict[str, Any]:
+    """Approval rates per group and the gaps between groups for one protected attribute."""
+    rates, good_rates, bad_rates, aucs, sizes = {}, {}, {}, {}, {}
+    for group, (pos, neg) in sorted(groups.items()):
+        n_bad, n_good = float(np.sum(pos)), float(np.sum(neg))
+        if n_bad + n_good == 0:
+            continue
+        sizes[group] = n_bad + n_good
+        rates[group] = (_approved(pos, threshold) + _approved(neg, threshold)) / sizes[group]
+        good_rates[group] = _approved(neg, threshold) / n_good if n_good else float("nan")
+        bad_rates[group] = _approved(pos, threshold) / n_bad if n_bad else float("nan")
+        aucs[group] = auc_from_histograms(pos, neg)
+
+    def gap(values: dict[str, float]) -> float:
+        finite = [v for v in values.values() if np.isfinite(v)]
+        return float(max(finite) - min(finite)) if len(finite) > 1 else 0.0
+
+    top = max(rates.values()) if rates else 0.0
+    return {
+        "groups": sizes,
+        "approval_rate": rates,
+        "approval_rate_difference": gap(rates),
+        "approval_rate_ratio": float(min(rates.values()) / top) if top > 0 else float("nan"),
+        "equal_opportunity_difference": gap(good_rates),
+        "equalized_odds_difference": max(gap(good_rates), gap(bad_rates)),
+        "auc": aucs,
+    }
+
+
+def fairness_metrics(groups: GroupHistograms, threshold: float, prefix: str) -> dict[str, float]:
+    """Flat MLflow metrics: gaps per attribute and approval rate / AUC per group."""
+    out: dict[str, float] = {}
+    for attribute, by_group in sorted(groups.items()):
+        f = fairness_by_attribute(by_group, threshold)
+        for key in ("approval_rate_difference", "approval_rate_ratio",
+                    "equal_opportunity_difference", "equalized_odds_difference"):
+            out[f"{prefix}_{key}.{attribute}"] = f[key]
+        for group, rate in f["approval_rate"].items():
+            out[f"{prefix}_approval_rate.{attribute}:{metric_safe(group)}"] = rate
+            out[f"{prefix}_auc.{attribute}:{metric_safe(group)}"] = f["auc"][group]
+    return out
+
+
+def metric_safe(text: str) -> str:
+    """A group value as MLflow allows in a metric name ('50+' -> '50plus')."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text.replace("+", "plus"))
