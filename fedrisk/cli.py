@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fedrisk.config import load_config
 from fedrisk.errors import INPUT_ERROR_EXIT_CODE, FedriskInputError
+
+BLOCKED_EXIT_CODE = 3
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -57,8 +60,29 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"epsilon      {outcome.tags.get('fedrisk.epsilon')}")
     print(f"MLflow run   {outcome.run_id} (experiment '{config.tracking.experiment}')")
     print(f"model        {outcome.tags.get('fedrisk.model_uri', '-')}")
+    verdict = outcome.tags.get("fedrisk.gate.verdict")
+    if verdict:
+        print(f"gate         {verdict.upper()} (policy {outcome.tags.get('fedrisk.gate.policy')}); "
+              f"model {outcome.tags.get('fedrisk.gate.model_version')}, alias "
+              f"{outcome.tags.get('fedrisk.gate.alias')}")
+        if verdict == "block":
+            print(f"blocked by   {outcome.tags.get('fedrisk.gate.failed_rules')}")
     print(f"open the UI  mlflow ui --backend-store-uri {config.tracking.uri}")
+    if verdict == "block":
+        return BLOCKED_EXIT_CODE
     return 0 if outcome.status == "completed" else 1
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from fedrisk.config import absolute_tracking_uri
+    from fedrisk.validation import validate_run
+
+    uri = absolute_tracking_uri(args.tracking_uri, Path.cwd())
+    verdict = validate_run(uri, args.run_id, args.policy)
+    print(f"verdict {verdict.verdict.upper()} (policy {verdict.policy})")
+    for line in verdict.summary_lines():
+        print(f"  {line}")
+    return BLOCKED_EXIT_CODE if verdict.verdict == "block" else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override any config key, e.g. --set model.kind=logistic")
     sim.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
     sim.set_defaults(func=_simulate)
+    val = sub.add_parser("validate", help="apply a gate policy to a campaign's MLflow run")
+    val.add_argument("run_id")
+    val.add_argument("--policy", help="policy YAML (default: configs/gate_<task>.yaml)")
+    val.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    val.set_defaults(func=_validate)
     return parser
 
 

@@ -95,7 +95,9 @@ class Privacy(_Strict):
     enabled: bool = True
     target_epsilon: float = Field(3.0, gt=0.0, description="lifetime budget per institution")
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
+    max_grad_norm: float = Field(
+        4.0, gt=0.0, description="per-sample clipping; tighter clipping biases PD downwards"
+    )
     max_noise_multiplier: float = Field(
         20.0, gt=0.0, description="more noise than this means the budget left is too small"
     )
@@ -119,6 +121,12 @@ class Evaluation(_Strict):
 class Tracking(_Strict):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "fedrisk-credit"
+    model_name: str = Field("fedrisk-credit", description="registered model of passing runs")
+
+
+class Gate(_Strict):
+    enabled: bool = True
+    policy: str | None = Field(None, description="policy YAML; None: configs/gate_<task>.yaml")
 
 
 class CampaignConfig(_Strict):
@@ -130,6 +138,7 @@ class CampaignConfig(_Strict):
     privacy: Privacy = Privacy()
     evaluation: Evaluation = Evaluation()
     tracking: Tracking = Tracking()
+    gate: Gate = Gate()
 
     def institution_count_hint(self) -> int | None:
         """Number of institutions when the config alone fixes it."""
@@ -183,6 +192,9 @@ def _resolve_paths(raw: dict[str, Any], config_dir: Path, work_dir: Path) -> Non
         }
     if isinstance(data.get("path"), str):
         data["path"] = str((config_dir / data["path"]).resolve())
+    gate = raw.get("gate") or {}
+    if isinstance(gate, dict) and isinstance(gate.get("policy"), str):
+        gate["policy"] = str((config_dir / gate["policy"]).resolve())
     privacy = raw.setdefault("privacy", {})
     if isinstance(privacy, dict):
         ledger = privacy.get("ledger_dir", Privacy.model_fields["ledger_dir"].default)

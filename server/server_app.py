@@ -25,12 +25,15 @@ from fedrisk.metrics import EvalStats, calibration_bands
 from fedrisk.models import build_model
 from fedrisk.preprocessing import fit_preprocessor, merge_statistics, missing_counts
 from fedrisk.tracking import CampaignRun
+from fedrisk.fairness import merge_group_histograms
+from fedrisk.validation import STATISTICS_ARTIFACT, statistics_to_dict, validate_run
 from server.strategy import (
     CampaignFedAvg,
     CampaignFedProx,
     CampaignStopped,
     evaluation_metrics,
     evaluation_parts,
+    group_parts,
 )
 
 NODE_WAIT_SECONDS = 120.0
@@ -226,6 +229,8 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         bands = calibration_bands(pooled.hist_pos, pooled.hist_neg,
                                   pooled.score_sum_pos + pooled.score_sum_neg, bands=10)
         run.log_dict({"split": "test", "bands": bands}, "evaluation/calibration_test.json")
+        groups = merge_group_histograms(list(group_parts(replies, "test").values()))
+        run.log_dict(statistics_to_dict(pooled, groups, ev.threshold), STATISTICS_ARTIFACT)
     if strategy.epsilon:
         run.log_metrics({"epsilon_final_max": max(strategy.epsilon.values())}, step=strategy.rounds_done)
     run.log_dict(
@@ -244,6 +249,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     tags = {
         "fedrisk.rounds_completed": str(strategy.rounds_done),
         "fedrisk.model_uri": model_uri,
+        "fedrisk.model_name": config.tracking.model_name,
         "fedrisk.status": "stopped" if stop_reason else "completed",
     }
     if strategy.epsilon:
@@ -256,3 +262,6 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     if strategy.excluded:
         tags["fedrisk.excluded"] = "; ".join(str(e["reason"]) for e in strategy.excluded.values())[:4000]
     run.set_tags(tags)
+    if config.gate.enabled and test_parts:
+        verdict = validate_run(config.tracking.uri, run.run_id, config.gate.policy)
+        log(INFO, "gate verdict: %s", verdict.verdict)

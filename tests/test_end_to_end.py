@@ -237,3 +237,43 @@ def test_flwr_run_runs_the_same_app(tmp_path):
     assert run.data.metrics["epsilon_max"] <= 3.0
     assert run.data.metrics["institutions_trained"] == 2  # fraction 0.4 of 3, at least 2
     assert not _pids_started_under(home)
+
+
+def test_gate_challenges_a_fair_model_and_blocks_a_biased_or_random_one(tmp_path):
+    """Through the real Flower simulation: verdict, registry alias and exit codes."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    fair = simulate(_config(tmp_path, rounds=3, seed=11))
+    biased = simulate(_config(tmp_path, rounds=3, seed=12, **{"data.synthetic.group_bias": 1.5}))
+    random_model = simulate(_config(tmp_path, rounds=1, seed=13, **{"training.learning_rate": 1e-6}))
+    client = MlflowClient(uri)
+    assert fair.tags["fedrisk.gate.verdict"] in ("pass", "warn")
+    assert fair.tags["fedrisk.gate.alias"] == "challenger"
+    assert biased.tags["fedrisk.gate.verdict"] == "block"
+    assert "approval_rate_difference.sex" in biased.tags["fedrisk.gate.failed_rules"]
+    assert biased.metrics["test_approval_rate_difference.sex"] > 0.05
+    assert random_model.tags["fedrisk.gate.verdict"] == "block"
+    assert "auc" in random_model.tags["fedrisk.gate.failed_rules"]
+    # Only the fair model holds the deployable alias; blocked versions exist, tagged, alias-free.
+    challenger = client.get_model_version_by_alias("fedrisk-credit", "challenger")
+    assert challenger.run_id == fair.run_id
+    for outcome in (biased, random_model):
+        name, version = outcome.tags["fedrisk.gate.model_version"].split("/")
+        mv = client.get_model_version(name, version)
+        assert mv.aliases == [] and mv.tags["fedrisk.gate.verdict"] == "block"
+    files = _artifact_files(client, biased.run_id)
+    assert {"gate/verdict.json", "gate/report.html", "evaluation/test_statistics.json"} <= set(files)
+    report = Path(client.download_artifacts(biased.run_id, "gate/report.html", str(tmp_path))).read_text()
+    assert "Verdict: BLOCK" in report and "approval_rate_difference.sex" in report
+
+    # On demand, from the command line: exit 0 for pass/warn, 3 for block, 2 for bad input.
+    ok = _cli("validate", fair.run_id, "--tracking-uri", uri, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    blocked = _cli("validate", biased.run_id, "--tracking-uri", uri, cwd=tmp_path)
+    assert blocked.returncode == 3 and "BLOCK approval_rate_difference.sex" in blocked.stdout
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("name: strict\nrules:\n  - {metric: auc, comparator: '>=', threshold: 0.99, severity: block}\n")
+    assert _cli("validate", fair.run_id, "--tracking-uri", uri, "--policy", str(strict), cwd=tmp_path).returncode == 3
+    missing = _cli("validate", "nope", "--tracking-uri", uri, cwd=tmp_path)
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    # The challenger alias did not move to the blocked re-validation.
+    assert client.get_model_version_by_alias("fedrisk-credit", "challenger").run_id == fair.run_id

@@ -1,0 +1,53 @@
+"""Gate policies: rules on metrics, validated on load like campaign configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedrisk.errors import FedriskInputError
+
+DEFAULT_POLICIES = {"credit": Path(__file__).resolve().parents[1] / "configs" / "gate_credit.yaml"}
+PRIVACY_AUC_LOSS = "privacy_auc_loss"  # relative AUC lost against the named non-private run
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = Field(description="metric name without split prefix, e.g. auc, approval_rate_difference.sex")
+    comparator: Literal["<=", ">=", "<", ">"]
+    threshold: float
+    severity: Literal["block", "warn"]
+    scope: Literal["pooled", "every_institution"] = "pooled"
+    description: str = ""
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    task: Literal["credit"] = "credit"
+    split: Literal["test", "val"] = "test"
+    reference_run: str | None = Field(None, description="MLflow run id of the non-private reference")
+    rules: list[Rule] = Field(min_length=1)
+
+
+def load_policy(path: str | Path | None, task: str = "credit") -> Policy:
+    """Load a policy file, or the task's shipped default when `path` is None."""
+    file = Path(path) if path else DEFAULT_POLICIES[task]
+    if not file.is_file():
+        raise FedriskInputError("policy file not found", file=str(file))
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise FedriskInputError("policy is not valid YAML", file=str(file)) from None
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise FedriskInputError(f"key '{key}': {msg}", file=str(file)) from None

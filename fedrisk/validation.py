@@ -1,0 +1,113 @@
+"""Run the gate on an MLflow run: verdict, report, and the model's alias (or none).
+
+Everything comes from MLflow: the run's metrics, its summed evaluation statistics and the
+model it logged. The verdict is stored with the run (tags, JSON, HTML report); a model that
+passes or warns is registered and becomes `challenger`; a blocked one is registered without
+an alias and tagged with the rules it broke. Promotion to production is a human decision.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from fedrisk.errors import FedriskInputError
+from fedrisk.fairness import GroupHistograms
+from fedrisk.gate import Verdict, apply_policy
+from fedrisk.metrics import EvalStats
+from fedrisk.policy import load_policy
+from fedrisk.report import render_report
+
+STATISTICS_ARTIFACT = "evaluation/test_statistics.json"
+CHALLENGER = "challenger"
+
+
+def statistics_to_dict(stats: EvalStats, groups: GroupHistograms, threshold: float) -> dict[str, Any]:
+    """Summed (consortium-level) statistics, kept with the run so the gate can be re-run."""
+    return {
+        "threshold": threshold,
+        "pooled": {f.name: np.asarray(getattr(stats, f.name)).tolist() for f in fields(EvalStats)},
+        "groups": {a: {g: [p.tolist(), n.tolist()] for g, (p, n) in by.items()} for a, by in groups.items()},
+    }
+
+
+def statistics_from_dict(raw: dict[str, Any]) -> tuple[EvalStats, GroupHistograms, float]:
+    pooled = {k: np.asarray(v) if isinstance(v, list) else v for k, v in raw["pooled"].items()}
+    groups = {a: {g: (np.asarray(p), np.asarray(n)) for g, (p, n) in by.items()} for a, by in raw["groups"].items()}
+    return EvalStats(**pooled), groups, float(raw["threshold"])
+
+
+def _load_statistics(client: MlflowClient, run_id: str) -> tuple[EvalStats | None, GroupHistograms | None, float]:
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(run_id, STATISTICS_ARTIFACT, tmp)
+            return statistics_from_dict(json.loads(Path(path).read_text()))
+    except (MlflowException, OSError):
+        return None, None, 0.2
+
+
+def _guard_alias(verdict: Verdict) -> None:
+    if verdict.verdict == "block":  # the one place an alias is set checks this first
+        raise PermissionError("a blocked model never gets a deployable alias")
+
+
+def validate_run(
+    tracking_uri: str, run_id: str, policy_path: str | None = None, model_name: str | None = None
+) -> Verdict:
+    """Apply a policy to a finished campaign run and record the outcome in MLflow."""
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise FedriskInputError(f"MLflow run {run_id} not found at {tracking_uri}") from None
+    tags, metrics = run.data.tags, run.data.metrics
+    policy = load_policy(policy_path, tags.get("fedrisk.task", "credit"))
+    institutions = sorted(
+        k.split(".", 1)[1] for k in metrics if k.startswith(f"{policy.split}_auc.") and ":" not in k
+    )
+    reference_auc = None
+    if policy.reference_run:
+        try:
+            reference = client.get_run(policy.reference_run)
+        except MlflowException:
+            raise FedriskInputError(f"reference run {policy.reference_run} not found") from None
+        if reference.data.tags.get("fedrisk.privacy") != "none":
+            raise FedriskInputError(f"reference run {policy.reference_run} is not a non-private run")
+        reference_auc = reference.data.metrics.get(f"{policy.split}_auc")
+    verdict = apply_policy(policy, metrics, institutions, reference_auc)
+
+    stats, groups, threshold = _load_statistics(client, run_id)
+    report = render_report(run_id, verdict, metrics, tags, institutions, stats, groups, threshold)
+    client.log_dict(run_id, verdict.to_dict(), "gate/verdict.json")
+    client.log_text(run_id, report, "gate/report.html")
+    failed = [f"{r.metric} ({r.where})" for r in verdict.results if r.outcome == "block"]
+    warned = [f"{r.metric} ({r.where})" for r in verdict.results if r.outcome == "warn"]
+    gate_tags = {
+        "fedrisk.gate.verdict": verdict.verdict,
+        "fedrisk.gate.policy": policy.name,
+        "fedrisk.gate.failed_rules": "; ".join(failed) or "-",
+        "fedrisk.gate.warnings": "; ".join(warned) or "-",
+    }
+    model_uri = tags.get("fedrisk.model_uri")
+    if model_uri:
+        name = model_name or tags.get("fedrisk.model_name") or f"fedrisk-{tags.get('fedrisk.task', 'credit')}"
+        mlflow.set_tracking_uri(tracking_uri)
+        version = mlflow.register_model(model_uri, name).version
+        for key, value in {**gate_tags, "fedrisk.run_id": run_id}.items():
+            client.set_model_version_tag(name, version, key, value)
+        if verdict.verdict != "block":
+            _guard_alias(verdict)
+            client.set_registered_model_alias(name, CHALLENGER, version)
+        gate_tags["fedrisk.gate.model_version"] = f"{name}/{version}"
+        gate_tags["fedrisk.gate.alias"] = CHALLENGER if verdict.verdict != "block" else "none"
+    for key, value in gate_tags.items():
+        client.set_tag(run_id, key, value)
+    return verdict

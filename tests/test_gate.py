@@ -1,0 +1,77 @@
+"""Gate rules on known metrics: pass, warn, block, missing values, privacy reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedrisk.errors import FedriskInputError
+from fedrisk.gate import apply_policy
+from fedrisk.policy import Policy, load_policy
+
+GOOD = {"test_auc": 0.80, "test_ks": 0.45, "test_approval_rate_difference.sex": 0.01,
+        "test_approval_rate_difference.age_band": 0.02, "test_auc.a": 0.79, "test_auc.b": 0.70}
+
+
+def test_shipped_credit_policy_loads():
+    policy = load_policy(None)
+    assert policy.name == "credit-default"
+    assert any(r.metric == "approval_rate_difference.sex" and r.severity == "block" and r.threshold == 0.05
+               for r in policy.rules)
+
+
+def test_good_metrics_pass():
+    verdict = apply_policy(load_policy(None), GOOD, ["a", "b"])
+    assert verdict.verdict == "pass"
+    assert [r.outcome for r in verdict.results if r.metric == "privacy_auc_loss"] == ["not applicable"]
+
+
+@pytest.mark.parametrize("gap,expected", [(0.02, "pass"), (0.04, "warn"), (0.06, "block")])
+def test_approval_gap_thresholds(gap, expected):
+    verdict = apply_policy(load_policy(None), {**GOOD, "test_approval_rate_difference.sex": gap}, ["a", "b"])
+    assert verdict.verdict == expected
+
+
+def test_near_random_model_is_blocked():
+    verdict = apply_policy(load_policy(None), {**GOOD, "test_auc": 0.52, "test_ks": 0.04}, ["a", "b"])
+    assert verdict.verdict == "block"
+    assert {r.metric for r in verdict.failed if r.outcome == "block"} == {"auc", "ks"}
+
+
+def test_every_institution_scope_names_the_failing_one():
+    verdict = apply_policy(load_policy(None), {**GOOD, "test_auc.b": 0.6}, ["a", "b"])
+    rule = next(r for r in verdict.results if r.scope == "every_institution")
+    assert rule.outcome == "warn" and rule.where == "b" and rule.value == 0.6
+    assert verdict.verdict == "warn"
+
+
+def test_missing_metric_fails_closed():
+    metrics = {k: v for k, v in GOOD.items() if k != "test_ks"}
+    verdict = apply_policy(load_policy(None), metrics, ["a", "b"])
+    assert verdict.verdict == "block"
+
+
+def test_privacy_loss_against_reference():
+    policy = load_policy(None)
+    assert apply_policy(policy, GOOD, ["a", "b"], reference_auc=0.82).verdict == "pass"  # 2.4 %
+    blocked = apply_policy(policy, GOOD, ["a", "b"], reference_auc=0.86)  # 7 % lost
+    assert blocked.verdict == "block"
+    loss = next(r for r in blocked.results if r.metric == "privacy_auc_loss")
+    assert loss.value == pytest.approx((0.86 - 0.80) / 0.86)
+
+
+def test_policy_validation_names_the_key(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("name: x\nrules:\n  - {metric: auc, comparator: '=>', threshold: 0.7, severity: block}\n")
+    with pytest.raises(FedriskInputError, match="rules.0.comparator"):
+        load_policy(bad)
+    bad.write_text("name: x\nrulez: []\n")
+    with pytest.raises(FedriskInputError, match="unknown key|rules"):
+        load_policy(bad)
+    with pytest.raises(FedriskInputError, match="not found"):
+        load_policy(tmp_path / "missing.yaml")
+
+
+def test_summary_lines_read_like_a_report():
+    lines = apply_policy(Policy(name="p", rules=[{"metric": "auc", "comparator": ">=", "threshold": 0.9,
+                                                  "severity": "block"}]), GOOD, []).summary_lines()
+    assert lines == ["BLOCK auc >= 0.9 (pooled): 0.8000"]
