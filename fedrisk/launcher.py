@@ -109,6 +109,7 @@ def simulate(
     }
     flwr_logger = logging.getLogger("flwr")
     previous = flwr_logger.level
+    pythonpath = os.environ.get("PYTHONPATH")  # Ray exports the driver's sys.path into it
     if not verbose:  # the progress bar and the closing summary say what matters
         flwr_logger.setLevel(logging.ERROR)
         logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -127,6 +128,10 @@ def simulate(
         raise
     finally:
         flwr_logger.setLevel(previous)
+        if pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = pythonpath
     run = find_campaign_run(config.tracking.uri, config.tracking.experiment, campaign)
     if run is None:
         raise RuntimeError(f"campaign {campaign} left no MLflow run")
