@@ -85,6 +85,38 @@ def _validate(args: argparse.Namespace) -> int:
     return BLOCKED_EXIT_CODE if verdict.verdict == "block" else 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    import mlflow
+    import pandas as pd
+
+    from fedrisk.config import absolute_tracking_uri
+    from fedrisk.data import read_table
+    from fedrisk.scorecard import build_scorecard
+    from fedrisk.serving import load_model_files
+
+    mlflow.set_tracking_uri(absolute_tracking_uri(args.tracking_uri, Path.cwd()))
+    try:
+        state, preprocessor, spec = load_model_files(args.model)
+    except Exception as exc:  # MLflow raises several types for an unknown model
+        raise FedriskInputError(f"cannot load model {args.model}: {str(exc).splitlines()[0]}") from None
+    if spec.kind != "logistic":
+        raise FedriskInputError(f"model {args.model} is an {spec.kind}: a points scorecard needs model.kind logistic")
+    card = build_scorecard(state, preprocessor, args.base_score, args.base_odds, args.pdo)
+    frame = read_table(args.csv)
+    missing = [c for c in preprocessor.input_columns if c not in frame.columns]
+    if missing:
+        raise FedriskInputError("column missing", file=args.csv, column=missing[0])
+    print(f"scorecard: {args.base_score:g} points at odds {args.base_odds:g}:1, {args.pdo:g} points "
+          f"to double the odds; base points {card.intercept_points:.1f}")
+    print(card.points_table().to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    scores = card.score(frame)
+    out = pd.concat([pd.DataFrame({"score": scores.round(1), "pd": card.pd_from_score(scores)},
+                                  index=frame.index), card.reason_codes(frame, args.top)], axis=1)
+    out.to_csv(args.out, index=False)
+    print(f"scores and top {args.top} reason codes of {len(out)} applicants written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedrisk", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--policy", help="policy YAML (default: configs/gate_<task>.yaml)")
     val.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
     val.set_defaults(func=_validate)
+    exp = sub.add_parser("explain", help="points scorecard and reason codes of a logistic model")
+    exp.add_argument("model", help="MLflow model URI, e.g. models:/fedrisk-credit@challenger")
+    exp.add_argument("csv", help="applicants (raw feature columns)")
+    exp.add_argument("--out", default="reason_codes.csv")
+    exp.add_argument("--top", type=int, default=3)
+    exp.add_argument("--base-score", dest="base_score", type=float, default=600.0)
+    exp.add_argument("--base-odds", dest="base_odds", type=float, default=50.0)
+    exp.add_argument("--pdo", type=float, default=20.0)
+    exp.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    exp.set_defaults(func=_explain)
     return parser
 
 

@@ -53,3 +53,14 @@ def save_model_files(
     paths["preprocessor"].write_text(preprocessor.to_json())
     paths["model_spec"].write_text(json.dumps({"model": spec.model_dump()}))
     return {k: str(v) for k, v in paths.items()}
+
+
+def load_model_files(model_uri: str) -> tuple[dict[str, torch.Tensor], Preprocessor, ModelSpec]:
+    """Weights, preprocessing and model spec of a logged fedrisk model, by any MLflow URI."""
+    import mlflow.artifacts
+
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri)) / "artifacts"
+    meta = json.loads((root / "model_spec.json").read_text())
+    preprocessor = Preprocessor.from_json((root / "preprocessor.json").read_text())
+    state = torch.load(root / "weights.pt", weights_only=True)
+    return state, preprocessor, ModelSpec(**meta["model"])

@@ -142,6 +142,17 @@ def test_faulty_institution_is_excluded_and_others_go_on(tmp_path):
     assert "val_auc.inst02" not in outcome.metrics
     assert "val_auc.inst01" in outcome.metrics and "val_auc.inst03" in outcome.metrics
     assert outcome.metrics["val_auc"] > 0.65  # FedProx with a logistic model learns too
+    # The logistic model explains itself as a scorecard with reason codes.
+    frames["inst01"].head(40).to_csv(tmp_path / "applicants.csv", index=False)
+    explained = _cli("explain", outcome.tags["fedrisk.model_uri"], "applicants.csv",
+                     "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path)
+    assert explained.returncode == 0, explained.stderr
+    assert "points to double the odds" in explained.stdout and "credit_utilisation" in explained.stdout
+    codes = pd.read_csv(tmp_path / "reason_codes.csv")
+    assert list(codes.columns) == ["score", "pd", "reason_1", "reason_2", "reason_3"] and len(codes) == 40
+    model = mlflow.pyfunc.load_model(outcome.tags["fedrisk.model_uri"])
+    scored = np.asarray(model.predict(frames["inst01"].head(40).drop(columns=["default"])))
+    assert codes["pd"].to_numpy() == pytest.approx(scored, abs=1e-5)
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
