@@ -81,6 +81,20 @@ def statistics(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+@app.query("importance")
+def importance(msg: Message, context: Context) -> Message:
+    try:
+        config, name = _campaign(msg, context)
+        hists = institution.importance_histograms(
+            str(config["campaign-config"]), name, str(config["preprocessor"]),
+            msg.content["arrays"].to_torch_state_dict(),
+        )
+    except FedriskInputError as err:
+        return _error(msg, err)
+    payload = json.dumps({f: [pos.tolist(), neg.tolist()] for f, (pos, neg) in hists.items()})
+    return Message(RecordDict({"importance": ConfigRecord({"json": payload}), "who": _who(name)}), reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     try:

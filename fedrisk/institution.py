@@ -20,7 +20,7 @@ from fedrisk.fairness import GroupHistograms, group_histograms
 from fedrisk.models import build_model, predict_proba
 from fedrisk.preprocessing import Preprocessor, local_statistics
 from fedrisk.privacy import PrivacyLedger
-from fedrisk.metrics import EvalStats
+from fedrisk.metrics import EvalStats, score_histograms
 from fedrisk.training import DPSettings, dp_sampling, train_local
 
 
@@ -156,3 +156,27 @@ def evaluate_round(
     groups = {c: frame[c].astype(str).to_numpy() for c in local.data.columns.protected}
     bins = config.evaluation.bins
     return EvalStats.from_scores(y, scores, bins), group_histograms(y, scores, groups, bins)
+
+
+def importance_histograms(
+    config_json: str, name: str, preprocessor_json: str, state: dict[str, torch.Tensor], part: str = "validation"
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Score histograms with each input column ablated to the federated mean or mode.
+
+    Blanking a column makes the shared preprocessing impute it, so every institution ablates
+    to the same consortium-wide value; the server sums the histograms and reads the AUC lost.
+    """
+    config = config_from_json(config_json)
+    preprocessor = Preprocessor.from_json(preprocessor_json)
+    local = _local_data(config_json, name)
+    frame = getattr(local.split, part)
+    y = frame[local.data.columns.target].to_numpy()
+    model = build_model(config.model, preprocessor.width, config.seed)
+    model.load_state_dict(state)
+    out = {}
+    for column in preprocessor.input_columns:
+        ablated = frame.copy()
+        ablated[column] = np.nan
+        scores = predict_proba(model, torch.as_tensor(preprocessor.transform(ablated))).numpy()
+        out[column] = score_histograms(y, scores, config.evaluation.bins)
+    return out

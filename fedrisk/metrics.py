@@ -229,3 +229,11 @@ def evaluation_summary(
         out[f"{prefix}_auc_worst_institution"] = float(min(finite))
         out[f"{prefix}_auc_gap"] = float(max(finite) - min(finite))
     return out
+
+
+def importance_from_histograms(
+    full: tuple[np.ndarray, np.ndarray], ablated: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> dict[str, float]:
+    """AUC lost when each feature is ablated (summed histograms in, pooled AUC drops out)."""
+    base = auc_from_histograms(*full)
+    return {feature: base - auc_from_histograms(pos, neg) for feature, (pos, neg) in ablated.items()}

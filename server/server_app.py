@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from logging import INFO, WARNING
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
@@ -21,15 +22,16 @@ from tqdm import tqdm
 
 from fedrisk.config import CampaignConfig, config_to_json, from_run_config
 from fedrisk.errors import FedriskInputError
-from fedrisk.metrics import EvalStats, calibration_bands
+from fedrisk.fairness import merge_group_histograms
+from fedrisk.metrics import EvalStats, calibration_bands, importance_from_histograms
 from fedrisk.models import build_model
 from fedrisk.preprocessing import fit_preprocessor, merge_statistics, missing_counts
 from fedrisk.tracking import CampaignRun
-from fedrisk.fairness import merge_group_histograms
 from fedrisk.validation import STATISTICS_ARTIFACT, statistics_to_dict, validate_run
 from server.strategy import (
     CampaignFedAvg,
     CampaignFedProx,
+    CampaignMixin,
     CampaignStopped,
     evaluation_metrics,
     evaluation_parts,
@@ -99,6 +101,33 @@ def schema_difference(mine: dict, theirs: dict) -> str:
         for column in sorted(set(mine[kind]) ^ set(theirs[kind])):
             return column
     return "(column order)"
+
+
+def log_feature_importance(
+    grid: Grid, strategy: CampaignMixin, final: ArrayRecord, shared: dict, replies: list[Message],
+    run: CampaignRun,
+) -> None:
+    """Validation AUC lost when each feature is ablated, from institutions' summed histograms."""
+    answers = strategy.usable_replies(
+        _query(grid, strategy.active_nodes(grid), "query.importance",
+               RecordDict({"arrays": final, "config": ConfigRecord(shared)})),
+        strategy.rounds_done + 1,
+    )
+    if not answers:
+        return
+    ablated: dict[str, list] = {}
+    for msg in answers:
+        for feature, (pos, neg) in json.loads(str(msg.content["importance"]["json"])).items():
+            into = ablated.setdefault(feature, [0, 0])
+            into[0] = into[0] + np.asarray(pos)
+            into[1] = into[1] + np.asarray(neg)
+    pooled = sum(evaluation_parts(replies).values(), start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
+    importance = importance_from_histograms((pooled.hist_pos, pooled.hist_neg),
+                                            {f: (p, n) for f, (p, n) in ablated.items()})
+    run.log_metrics({f"importance.{f}": v for f, v in importance.items()}, step=strategy.rounds_done)
+    ranked = sorted(importance.items(), key=lambda kv: -kv[1])
+    run.log_dict({"measure": "validation AUC lost when the feature is set to the federated mean/mode",
+                  "importance": dict(ranked)}, "evaluation/feature_importance.json")
 
 
 def _progress_callback(bar: tqdm) -> Callable[[int, dict[str, float]], None]:
@@ -233,6 +262,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         run.log_dict(statistics_to_dict(pooled, groups, ev.threshold), STATISTICS_ARTIFACT)
     if strategy.epsilon:
         run.log_metrics({"epsilon_final_max": max(strategy.epsilon.values())}, step=strategy.rounds_done)
+    log_feature_importance(grid, strategy, final, shared, replies, run)
     run.log_dict(
         {
             "accountant": config.privacy.accountant,

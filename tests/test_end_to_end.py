@@ -88,6 +88,11 @@ def test_three_institutions_two_rounds(tmp_path):
     files = _artifact_files(client, outcome.run_id)
     assert "config.yaml" in files and any(f.startswith("institutions/") for f in files)
     assert "evaluation/calibration_test.json" in files
+    ranked = json.loads(Path(client.download_artifacts(outcome.run_id, "evaluation/feature_importance.json",
+                                                       str(tmp_path))).read_text())["importance"]
+    assert set(ranked) == set(features.columns)
+    top = list(ranked)[:4]
+    assert {"debt_to_income", "credit_utilisation", "past_delinquencies", "income"} & set(top), ranked
     for key in ("test_auc", "test_gini", "test_ks", "test_brier", "test_average_precision",
                 "test_recall_at_fpr_0.1", "test_precision_at_0.2", "test_auc_gap", "test_ks.inst02",
                 "test_approval_rate_difference.sex", "test_approval_rate.age_band:50plus",

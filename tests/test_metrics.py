@@ -169,3 +169,17 @@ def test_institution_statistics_add_up_to_the_pooled_ones():
     assert np.array_equal(summed.hist_pos, pooled.hist_pos) and np.array_equal(summed.hist_neg, pooled.hist_neg)
     assert np.allclose(summed.score_sum_pos, pooled.score_sum_pos) and np.allclose(summed.score_sum_neg, pooled.score_sum_neg)
     assert summed.loss_sum == pytest.approx(pooled.loss_sum) and summed.sum_p2 == pytest.approx(pooled.sum_p2)
+
+
+def test_importance_is_the_auc_lost_by_ablation():
+    from fedrisk.metrics import importance_from_histograms
+
+    rng = np.random.default_rng(9)
+    y = (rng.random(20000) < 0.3).astype(int)
+    useful = rng.normal(size=y.size) + 1.2 * y
+    score = 1 / (1 + np.exp(-useful))
+    full = score_histograms(y, score, 1000)
+    ablated = {"useful": score_histograms(y, np.full(y.size, 0.5), 1000), "noise": full}
+    importance = importance_from_histograms(full, ablated)
+    assert importance["useful"] == pytest.approx(roc_auc_score(y, score) - 0.5, abs=0.002)
+    assert importance["noise"] == 0.0
