@@ -67,8 +67,7 @@ def evaluation_metrics(replies: list[Message], split: str, prefix: str, threshol
     metrics.update(fairness_metrics(merge_group_histograms(list(groups.values())), threshold, prefix))
     for name, mine in groups.items():
         for key, value in fairness_metrics(mine, threshold, prefix).items():
-            if "_difference." in key:  # per-institution gaps; per-group rates stay pooled
-                metrics[f"{key}.{name}"] = value
+            metrics[f"{key}.{name}"] = value
     return metrics
 
 

@@ -286,6 +286,15 @@ def test_gate_challenges_a_fair_model_and_blocks_a_biased_or_random_one(tmp_path
     assert ok.returncode == 0, ok.stderr
     blocked = _cli("validate", biased.run_id, "--tracking-uri", uri, cwd=tmp_path)
     assert blocked.returncode == 3 and "BLOCK approval_rate_difference.sex" in blocked.stdout
+    sex_only = tmp_path / "sex_only.yaml"
+    sex_only.write_text(
+        "name: sex-only\nrules:\n"
+        "  - {metric: approval_rate_difference.sex, comparator: '<=', threshold: 0.05, severity: block}\n"
+        "  - {metric: approval_rate_difference.sex, comparator: '<=', threshold: 0.03, severity: warn}\n"
+        "  - {metric: auc, comparator: '>=', threshold: 0.7, severity: block}\n"
+    )
+    clean = _cli("validate", fair.run_id, "--tracking-uri", uri, "--policy", str(sex_only), cwd=tmp_path)
+    assert clean.returncode == 0 and "verdict PASS" in clean.stdout, clean.stdout
     strict = tmp_path / "strict.yaml"
     strict.write_text("name: strict\nrules:\n  - {metric: auc, comparator: '>=', threshold: 0.99, severity: block}\n")
     assert _cli("validate", fair.run_id, "--tracking-uri", uri, "--policy", str(strict), cwd=tmp_path).returncode == 3
