@@ -60,16 +60,26 @@ class CampaignRun:
             "mlflow.runName": f"{config.task}-{campaign[:8]}",
         }
         self.run_id = self.client.create_run(exp, tags=tags).info.run_id
+        self._pending: list[Any] = []
         params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
         self.client.log_dict(self.run_id, config.model_dump(mode="json"), "config.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Queued to MLflow's background logger, off the round's critical path; see flush."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(batch), 500):
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 500])
+            self._pending.append(
+                self.client.log_batch(self.run_id, metrics=batch[i : i + 500], synchronous=False)
+            )
+
+    def flush(self) -> None:
+        """Wait until every queued metric is stored (before anyone reads the run)."""
+        for operation in self._pending:
+            operation.wait()
+        self._pending.clear()
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -101,6 +111,7 @@ class CampaignRun:
         return info.model_uri
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         self.client.set_terminated(self.run_id, status=status)
 
 

@@ -292,6 +292,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     if strategy.excluded:
         tags["fedrisk.excluded"] = "; ".join(str(e["reason"]) for e in strategy.excluded.values())[:4000]
     run.set_tags(tags)
+    run.flush()
     if config.gate.enabled and test_parts:
         verdict = validate_run(config.tracking.uri, run.run_id, config.gate.policy)
         log(INFO, "gate verdict: %s", verdict.verdict)
