@@ -101,11 +101,17 @@ def _explain(args: argparse.Namespace) -> int:
         raise FedriskInputError(f"cannot load model {args.model}: {str(exc).splitlines()[0]}") from None
     if spec.kind != "logistic":
         raise FedriskInputError(f"model {args.model} is an {spec.kind}: a points scorecard needs model.kind logistic")
+    if args.base_odds <= 0 or args.pdo <= 0 or args.top < 1:
+        raise FedriskInputError("--base-odds, --pdo and --top must be positive")
     card = build_scorecard(state, preprocessor, args.base_score, args.base_odds, args.pdo)
     frame = read_table(args.csv)
     missing = [c for c in preprocessor.input_columns if c not in frame.columns]
     if missing:
         raise FedriskInputError("column missing", file=args.csv, column=missing[0])
+    for column in preprocessor.numeric:
+        bad = pd.to_numeric(frame[column], errors="coerce").isna() & frame[column].notna()
+        if bad.any():
+            raise FedriskInputError(f"{int(bad.sum())} non-numeric values", file=args.csv, column=column)
     print(f"scorecard: {args.base_score:g} points at odds {args.base_odds:g}:1, {args.pdo:g} points "
           f"to double the odds; base points {card.intercept_points:.1f}")
     print(card.points_table().to_string(index=False, float_format=lambda v: f"{v:.1f}"))

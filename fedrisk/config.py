@@ -256,9 +256,14 @@ def load_config(
     if isinstance(raw.get("data"), dict) or "data" not in raw:
         _resolve_paths(raw, config_dir, work)
     try:
-        return CampaignConfig.model_validate(raw)
+        config = CampaignConfig.model_validate(raw)
     except ValidationError as err:
         raise FedriskInputError(_format_validation_error(err, source)) from None
+    if config.gate.enabled:  # a bad policy fails now, not after the last round
+        from fedrisk.policy import load_policy
+
+        load_policy(config.gate.policy, config.task)
+    return config
 
 
 def config_to_json(config: CampaignConfig) -> str:

@@ -64,6 +64,7 @@ def apply_policy(
     metrics: dict[str, float],
     institutions: list[str],
     reference_auc: float | None = None,
+    completed: bool = True,
 ) -> Verdict:
     """Judge a run's metrics (as logged, with split prefix) against every rule.
 
@@ -72,6 +73,9 @@ def apply_policy(
     """
     prefix = policy.split
     results = []
+    if not completed:  # a stopped campaign's model is never deployable, whatever its metrics
+        results.append(RuleResult("campaign_completed", "pooled", "==", 1.0, "block", 0.0, "block",
+                                  "campaign stopped", "the campaign must complete"))
     for rule in policy.rules:
         failing_outcome = rule.severity
         if rule.metric == PRIVACY_AUC_LOSS:
@@ -89,11 +93,13 @@ def apply_policy(
             values = {name: metrics.get(f"{prefix}_{rule.metric}.{name}") for name in institutions}
         checks = {where: _check(rule, v) for where, v in values.items()}
         failing = sorted(where for where, ok in checks.items() if ok is not True)
+        if not values:
+            failing = ["no institution"]  # nothing to check is a failure, not a pass
         shown = [v for v in values.values() if v is not None]
         if rule.scope == "every_institution" and shown:
-            # the worst institution's value is the one that matters
+            # the worst institution's value is the one that matters; NaN shows as NaN
             worst = min if rule.comparator in (">=", ">") else max
-            value = worst(shown)
+            value = worst(shown) if all(math.isfinite(v) for v in shown) else float("nan")
         else:
             value = shown[0] if shown else None
         results.append(RuleResult(

@@ -18,7 +18,7 @@ from fedrisk.data import InstitutionData, Split, institution_names, load_institu
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import GroupHistograms, group_histograms
 from fedrisk.models import build_model, predict_proba
-from fedrisk.preprocessing import Preprocessor, local_statistics
+from fedrisk.preprocessing import Preprocessor, category_labels, local_statistics
 from fedrisk.privacy import PrivacyLedger
 from fedrisk.metrics import EvalStats, score_histograms
 from fedrisk.training import DPSettings, dp_sampling, train_local
@@ -153,7 +153,10 @@ def evaluate_round(
     scores = predict_proba(model, torch.as_tensor(x)).numpy()
     local = _local_data(config_json, name)
     frame = getattr(local.split, part)
-    groups = {c: frame[c].astype(str).to_numpy() for c in local.data.columns.protected}
+    groups = {  # the same labels at every institution, whatever dtype its file gave the column
+        c: category_labels(frame[c]).reindex(frame.index, fill_value="missing").to_numpy()
+        for c in local.data.columns.protected
+    }
     bins = config.evaluation.bins
     return EvalStats.from_scores(y, scores, bins), group_histograms(y, scores, groups, bins)
 

@@ -86,9 +86,9 @@ def render_report(
     stats: EvalStats | None,
     groups: GroupHistograms | None,
     threshold: float,
+    split: str = "test",
 ) -> str:
     """HTML of the verdict, every rule, the plots and the per-institution figures."""
-    split = "test"
     colour = {"pass": "#1a7f37", "warn": "#b58100", "block": "#c62828"}[verdict.verdict]
     rules = [
         {"outcome": r.outcome, "metric": r.metric, "scope": r.scope, "rule": f"{r.comparator} {r.threshold:g}",
@@ -117,7 +117,8 @@ def render_report(
                  and k.rsplit(".", 1)[-1] not in institutions}]),
         "<h3>Per institution</h3>", _table(per_institution),
     ]
-    if stats is not None and stats.examples:
+    if stats is not None and stats.examples:  # the final model's test statistics
+        parts.append("<h3>Final model on the test rows</h3>")
         calibration_png, bands = _calibration(stats)
         parts += [f"<img src='data:image/png;base64,{_roc_and_ks(stats)}'>",
                   f"<img src='data:image/png;base64,{calibration_png}'>",

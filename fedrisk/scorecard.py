@@ -74,6 +74,7 @@ class Scorecard:
         table = self.points_table()
         best = table.groupby("feature")["points"].max()
         lost = best[points.columns].to_numpy() - points.to_numpy()
+        top = min(top, points.shape[1])
         order = np.argsort(-lost, axis=1)[:, :top]
         names = np.asarray(points.columns)[order]
         return pd.DataFrame({f"reason_{i + 1}": names[:, i] for i in range(top)}, index=frame.index)

@@ -59,6 +59,31 @@ def _guard_alias(verdict: Verdict) -> None:
         raise PermissionError("a blocked model never gets a deployable alias")
 
 
+def _version_of_run(client: MlflowClient, uri: str, name: str, model_uri: str, run_id: str) -> str:
+    """The registered version of this run's model, registering it the first time only."""
+    try:
+        for mv in client.search_model_versions(f"name='{name}'"):
+            if mv.tags.get("fedrisk.run_id") == run_id:
+                return mv.version
+    except MlflowException:
+        pass  # the registered model does not exist yet
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.register_model(model_uri, name).version
+    except MlflowException as exc:
+        raise FedriskInputError(f"cannot register {model_uri}: {str(exc).splitlines()[0]}") from None
+
+
+def _withdraw_alias(client: MlflowClient, name: str, version: str) -> None:
+    """A version judged blocked loses the challenger alias if it held it."""
+    try:
+        holder = client.get_model_version_by_alias(name, CHALLENGER)
+    except MlflowException:
+        return
+    if holder.version == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+
+
 def validate_run(
     tracking_uri: str, run_id: str, policy_path: str | None = None, model_name: str | None = None
 ) -> Verdict:
@@ -68,11 +93,12 @@ def validate_run(
         run = client.get_run(run_id)
     except MlflowException:
         raise FedriskInputError(f"MLflow run {run_id} not found at {tracking_uri}") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise FedriskInputError(f"MLflow run {run_id} is deleted")
     tags, metrics = run.data.tags, run.data.metrics
     policy = load_policy(policy_path, tags.get("fedrisk.task", "credit"))
-    institutions = sorted(
-        k.split(".", 1)[1] for k in metrics if k.startswith(f"{policy.split}_auc.") and ":" not in k
-    )
+    # Every institution that took part must be judged; one without metrics fails its rules.
+    institutions = sorted(n for n in tags.get("fedrisk.institutions", "").split(",") if n)
     reference_auc = None
     if policy.reference_run:
         try:
@@ -82,10 +108,14 @@ def validate_run(
         if reference.data.tags.get("fedrisk.privacy") != "none":
             raise FedriskInputError(f"reference run {policy.reference_run} is not a non-private run")
         reference_auc = reference.data.metrics.get(f"{policy.split}_auc")
-    verdict = apply_policy(policy, metrics, institutions, reference_auc)
+        if reference_auc is None or not np.isfinite(reference_auc):
+            raise FedriskInputError(f"reference run {policy.reference_run} has no {policy.split}_auc")
+    completed = tags.get("fedrisk.status") == "completed"
+    verdict = apply_policy(policy, metrics, institutions, reference_auc, completed)
 
     stats, groups, threshold = _load_statistics(client, run_id)
-    report = render_report(run_id, verdict, metrics, tags, institutions, stats, groups, threshold)
+    report = render_report(run_id, verdict, metrics, tags, institutions, stats, groups, threshold,
+                           policy.split)
     client.log_dict(run_id, verdict.to_dict(), "gate/verdict.json")
     client.log_text(run_id, report, "gate/report.html")
     failed = [f"{r.metric} ({r.where})" for r in verdict.results if r.outcome == "block"]
@@ -99,13 +129,14 @@ def validate_run(
     model_uri = tags.get("fedrisk.model_uri")
     if model_uri:
         name = model_name or tags.get("fedrisk.model_name") or f"fedrisk-{tags.get('fedrisk.task', 'credit')}"
-        mlflow.set_tracking_uri(tracking_uri)
-        version = mlflow.register_model(model_uri, name).version
+        version = _version_of_run(client, tracking_uri, name, model_uri, run_id)
         for key, value in {**gate_tags, "fedrisk.run_id": run_id}.items():
             client.set_model_version_tag(name, version, key, value)
         if verdict.verdict != "block":
             _guard_alias(verdict)
             client.set_registered_model_alias(name, CHALLENGER, version)
+        else:
+            _withdraw_alias(client, name, version)
         gate_tags["fedrisk.gate.model_version"] = f"{name}/{version}"
         gate_tags["fedrisk.gate.alias"] = CHALLENGER if verdict.verdict != "block" else "none"
     for key, value in gate_tags.items():

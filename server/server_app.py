@@ -294,5 +294,8 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     run.set_tags(tags)
     run.flush()
     if config.gate.enabled and test_parts:
-        verdict = validate_run(config.tracking.uri, run.run_id, config.gate.policy)
-        log(INFO, "gate verdict: %s", verdict.verdict)
+        try:
+            verdict = validate_run(config.tracking.uri, run.run_id, config.gate.policy)
+            log(INFO, "gate verdict: %s", verdict.verdict)
+        except FedriskInputError as err:  # the campaign stands; the gate could not judge it
+            run.set_tags({"fedrisk.gate.error": err.one_line()[:4000]})

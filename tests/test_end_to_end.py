@@ -297,8 +297,14 @@ def test_gate_challenges_a_fair_model_and_blocks_a_biased_or_random_one(tmp_path
     assert clean.returncode == 0 and "verdict PASS" in clean.stdout, clean.stdout
     strict = tmp_path / "strict.yaml"
     strict.write_text("name: strict\nrules:\n  - {metric: auc, comparator: '>=', threshold: 0.99, severity: block}\n")
+    version = fair.tags["fedrisk.gate.model_version"].split("/")[1]
     assert _cli("validate", fair.run_id, "--tracking-uri", uri, "--policy", str(strict), cwd=tmp_path).returncode == 3
+    # Judged blocked, the same version loses the alias; no new version is registered.
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("fedrisk-credit", "challenger")
+    assert client.get_model_version("fedrisk-credit", version).tags["fedrisk.gate.verdict"] == "block"
+    assert _cli("validate", fair.run_id, "--tracking-uri", uri, cwd=tmp_path).returncode == 0
+    again = client.get_model_version_by_alias("fedrisk-credit", "challenger")
+    assert again.run_id == fair.run_id and str(again.version) == version
     missing = _cli("validate", "nope", "--tracking-uri", uri, cwd=tmp_path)
     assert missing.returncode == 2 and "not found" in missing.stderr
-    # The challenger alias did not move to the blocked re-validation.
-    assert client.get_model_version_by_alias("fedrisk-credit", "challenger").run_id == fair.run_id

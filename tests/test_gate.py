@@ -75,3 +75,20 @@ def test_summary_lines_read_like_a_report():
     lines = apply_policy(Policy(name="p", rules=[{"metric": "auc", "comparator": ">=", "threshold": 0.9,
                                                   "severity": "block"}]), GOOD, []).summary_lines()
     assert lines == ["BLOCK auc >= 0.9 (pooled): 0.8000"]
+
+
+def test_every_institution_rule_with_no_institution_fails():
+    verdict = apply_policy(load_policy(None), GOOD, [])
+    rule = next(r for r in verdict.results if r.scope == "every_institution")
+    assert rule.outcome == "warn" and rule.where == "no institution"
+
+
+def test_institution_without_metrics_fails_its_rule():
+    verdict = apply_policy(load_policy(None), GOOD, ["a", "b", "c"])
+    rule = next(r for r in verdict.results if r.scope == "every_institution")
+    assert rule.outcome == "warn" and rule.where == "c"
+
+
+def test_a_stopped_campaign_is_blocked_whatever_its_metrics():
+    verdict = apply_policy(load_policy(None), GOOD, ["a", "b"], completed=False)
+    assert verdict.verdict == "block" and verdict.results[0].metric == "campaign_completed"
