@@ -26,6 +26,7 @@ from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 
 History = list[tuple[float, float, int]]
 DEFAULT_MAX_NOISE_MULTIPLIER = 20.0
+EPSILON_TOLERANCE = 0.01  # calibration stops within this much below the target
 
 
 @lru_cache(maxsize=256)
@@ -61,7 +62,7 @@ def calibrate_noise_multiplier(
     sample_rate: float,
     steps: int,
     prior_history: Sequence[Sequence[float]] = (),
-    epsilon_tolerance: float = 0.01,
+    epsilon_tolerance: float = EPSILON_TOLERANCE,
     max_noise_multiplier: float = DEFAULT_MAX_NOISE_MULTIPLIER,
 ) -> float:
     """Smallest noise (to the tolerance) such that prior spend + `steps` stays <= target.

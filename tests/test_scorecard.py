@@ -9,20 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-from fedrisk.config import DataSpec, ModelSpec
-from fedrisk.data import load_institution, split_institution
+from fedrisk.config import ModelSpec
 from fedrisk.models import build_model, predict_proba
-from fedrisk.preprocessing import fit_preprocessor, local_statistics, merge_statistics
 from fedrisk.scorecard import build_scorecard
 from fedrisk.training import train_local
 
 
 @pytest.fixture(scope="module")
-def trained():
-    spec = DataSpec.model_validate({"synthetic": {"institutions": 2, "rows": 6000}})
-    data = load_institution(spec, "inst01", 42)
-    split = split_institution(data, spec, 42)
-    pre = fit_preprocessor(merge_statistics([local_statistics(split.train, data.columns)]))
+def trained(credit_institution):
+    pre, split = credit_institution
     model = build_model(ModelSpec(kind="logistic"), pre.width, 0)
     train_local(model, pre.transform(split.train), split.train["default"].to_numpy(np.float32),
                 epochs=5, batch_size=128, learning_rate=0.5)

@@ -7,20 +7,15 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fedrisk.config import DataSpec, ModelSpec
-from fedrisk.data import load_institution, split_institution
+from fedrisk.config import ModelSpec
 from fedrisk.models import build_model, predict_proba
-from fedrisk.preprocessing import fit_preprocessor, local_statistics, merge_statistics
-from fedrisk.training import DPSettings, batch_loader, dp_sampling, evaluate_local, train_local
 from fedrisk.metrics import auc_from_histograms
+from fedrisk.training import DPSettings, batch_loader, dp_sampling, evaluate_local, train_local
 
 
 @pytest.fixture(scope="module")
-def credit():
-    spec = DataSpec.model_validate({"synthetic": {"institutions": 2, "rows": 8000}})
-    data = load_institution(spec, "inst01", 42)
-    split = split_institution(data, spec, 42)
-    pre = fit_preprocessor(merge_statistics([local_statistics(split.train, data.columns)]))
+def credit(credit_institution):
+    pre, split = credit_institution
     xt = pre.transform(split.train)
     yt = split.train["default"].to_numpy(np.float32)
     xv = pre.transform(split.test)
