@@ -16,16 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import roc_auc_score
 
 from fedrisk.config import CampaignConfig, load_config
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.generators.credit import true_pd
 from fedrisk.launcher import simulate
-from fedrisk.models import build_model
+from fedrisk.models import build_model, predict_proba
 from fedrisk.preprocessing import fit_preprocessor, local_statistics, merge_statistics
-from fedrisk.metrics import auc_from_histograms
-from fedrisk.training import evaluate_local, train_local
+from fedrisk.metrics import EvalStats, auc_from_histograms
+from fedrisk.training import train_local
 
 
 def pooled_baseline(config: CampaignConfig) -> tuple[float, float, pd.DataFrame]:
@@ -46,7 +47,8 @@ def pooled_baseline(config: CampaignConfig) -> tuple[float, float, pd.DataFrame]
     train_local(model, x, y, epochs=tr.rounds * tr.local_epochs, batch_size=tr.batch_size,
                 learning_rate=tr.learning_rate, momentum=tr.momentum, seed=config.seed)
     seconds = time.perf_counter() - start
-    stats = evaluate_local(model, pre.transform(test), test[columns.target].to_numpy(), config.evaluation.bins)
+    scores = predict_proba(model, torch.as_tensor(pre.transform(test))).numpy()
+    stats = EvalStats.from_scores(test[columns.target].to_numpy(), scores, config.evaluation.bins)
     return auc_from_histograms(stats.hist_pos, stats.hist_neg), seconds, test
 
 

@@ -20,8 +20,6 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from fedrisk.metrics import EvalStats
-from fedrisk.models import predict_proba
 
 
 class TensorBatches(Dataset):
@@ -176,7 +174,3 @@ def _epochs(
             steps += 1
             loss_total += float(loss.detach())
     return steps, loss_total
-
-
-def evaluate_local(model: nn.Module, x: np.ndarray, y: np.ndarray, bins: int) -> EvalStats:
-    return EvalStats.from_scores(y, predict_proba(model, torch.as_tensor(x)).numpy(), bins)
