@@ -22,6 +22,7 @@ from fedrisk import institution
 from fedrisk.config import config_from_json
 from fedrisk.errors import BUDGET_REFUSED_REPLY, INPUT_ERROR_REPLY, BudgetExhaustedError, FedriskInputError
 from fedrisk.fairness import GroupHistograms
+from fedrisk.fraud_metrics import FraudStats
 from fedrisk.metrics import EvalStats
 
 torch.set_num_threads(1)
@@ -44,15 +45,17 @@ def _who(name: str) -> ConfigRecord:
     return ConfigRecord({"institution": name})
 
 
-def _evaluation(stats: dict[str, tuple[EvalStats, GroupHistograms]]) -> ConfigRecord:
+def _evaluation(stats: dict[str, tuple[EvalStats, GroupHistograms, FraudStats | None]]) -> ConfigRecord:
     """Histograms and sums per split, under keys `<split>.<quantity>`: they add up.
 
     A ConfigRecord, so that a train reply keeps the single MetricRecord FedAvg expects.
     """
     record = ConfigRecord()
-    for split, (overall, groups) in stats.items():
+    for split, (overall, groups, fraud) in stats.items():
         for field, value in vars(overall).items():
             record[f"{split}.{field}"] = value.tolist() if isinstance(value, np.ndarray) else value
+        for field, value in (vars(fraud) if fraud is not None else {}).items():
+            record[f"{split}.fraud.{field}"] = value.tolist() if isinstance(value, np.ndarray) else value
         record[f"{split}.groups"] = json.dumps(
             {a: {g: [pos.tolist(), neg.tolist()] for g, (pos, neg) in by.items()} for a, by in groups.items()}
         )

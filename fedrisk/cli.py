@@ -56,6 +56,13 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"excluded     {outcome.tags['fedrisk.excluded']}")
     if "val_auc" in m:
         print(f"AUC          validation {m['val_auc']:.4f}, test {m.get('test_auc', float('nan')):.4f}")
+    if config.task == "fraud" and "test_average_precision" in m:
+        ev = config.evaluation
+        print(f"AUPRC        validation {m['val_average_precision']:.4f}, test {m['test_average_precision']:.4f}")
+        print(f"test         recall at {ev.max_fpr:.0%} FPR {m[f'test_recall_at_fpr_{ev.max_fpr:g}']:.3f}; "
+              f"with {ev.alerts_per_day} alerts/day per issuer: precision "
+              f"{m['test_precision_at_budget']:.3f}, recall {m['test_recall_at_budget']:.3f}, "
+              f"fraud value caught {m['test_amount_recall_at_budget']:.3f}")
     if "epsilon_final_max" in m:
         print(f"epsilon      {outcome.tags.get('fedrisk.epsilon')}")
     print(f"MLflow run   {outcome.run_id} (experiment '{config.tracking.experiment}')")

@@ -8,6 +8,7 @@ sees absolute paths.
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,17 +19,63 @@ from fedrisk.errors import FedriskInputError
 
 DEFAULT_CONFIG_NAME = "credit.yaml"
 
+# What `task: fraud` changes from the credit defaults; any key the user sets wins.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "fraud": {
+        "data": {
+            "target": "tx_fraud",
+            "protected": [],
+            "drop": ["transaction_id", "tx_fraud_scenario", "card_number", "customer_name"],
+            "transactions": {},
+            "time_split": {},
+        },
+        "training": {"local_epochs": 2},
+        "privacy": {"delta": 1e-6},  # below 1 / transactions of the largest issuer
+        "evaluation": {"max_fpr": 0.01},
+        "tracking": {"experiment": "fedrisk-fraud", "model_name": "fedrisk-fraud"},
+    }
+}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SyntheticData(_Strict):
-    """The built-in credit consortium generator (fedrisk.generators.credit)."""
+    """The built-in generators: credit applicants (`rows`) or card transactions (fraud)."""
 
     institutions: int = Field(5, ge=1, le=1000)
-    rows: int = Field(60_000, ge=100, description="rows over all institutions")
-    group_bias: float = Field(0.0, ge=0.0, le=5.0)
+    rows: int = Field(60_000, ge=100, description="credit: rows over all institutions")
+    group_bias: float = Field(0.0, ge=0.0, le=5.0, description="credit only")
+    customers: int = Field(5000, ge=10, description="fraud: cardholders over all issuers")
+    terminals: int = Field(10_000, ge=10, description="fraud: terminals shared by all issuers")
+    days: int = Field(98, ge=7, le=3650, description="fraud: days of transactions")
+
+
+class TransactionSpec(_Strict):
+    """Fraud: which columns make a transaction, and how features look back in time."""
+
+    timestamp: str = "tx_datetime"
+    customer: str = Field("customer_id", description="customer or card id; never leaves the issuer")
+    terminal: str = Field("terminal_id", description="terminal or merchant id; never leaves the issuer")
+    amount: str = "tx_amount"
+    windows_days: list[int] = Field([1, 7, 30], min_length=1, description="look-back windows")
+    delay_days: int = Field(7, ge=0, description="label delay: frauds are known this many days later")
+
+    @model_validator(mode="after")
+    def _positive_windows(self) -> TransactionSpec:
+        if any(w < 1 for w in self.windows_days) or len(set(self.windows_days)) != len(self.windows_days):
+            raise ValueError("windows_days must be distinct whole days >= 1")
+        return self
+
+
+class TimeSplit(_Strict):
+    """Fraud: train window, label delay, validation window, test window; never random."""
+
+    train_days: int = Field(28, ge=1)
+    validation_days: int = Field(7, ge=1)
+    test_days: int = Field(14, ge=1)
+    end: date | None = Field(None, description="last day of the test window; None: each issuer's last day")
 
 
 class Partition(_Strict):
@@ -53,8 +100,10 @@ class DataSpec(_Strict):
     categorical: list[str] | None = Field(None, description="None: non-numeric columns")
     protected: list[str] = ["sex", "age_band"]
     drop: list[str] = ["customer_id", "name", "national_id", "phone", "card_number"]
-    validation_fraction: float = Field(0.15, gt=0.0, lt=0.5)
-    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    validation_fraction: float = Field(0.15, gt=0.0, lt=0.5, description="credit: random split")
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5, description="credit: random split")
+    transactions: TransactionSpec | None = Field(None, description="fraud: transaction columns")
+    time_split: TimeSplit | None = Field(None, description="fraud: time-ordered split")
 
     @model_validator(mode="after")
     def _one_layout(self) -> DataSpec:
@@ -89,6 +138,8 @@ class Training(_Strict):
     proximal_mu: float = Field(0.1, ge=0.0)
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="institutions sampled per round")
     min_institutions: int = Field(2, ge=1)
+    positive_weight: float = Field(1.0, gt=0.0, description="loss weight of a positive row")
+    focal_gamma: float = Field(0.0, ge=0.0, le=10.0, description="focal loss; 0: cross-entropy")
 
 
 class Privacy(_Strict):
@@ -110,6 +161,9 @@ class Evaluation(_Strict):
                       description="score histogram bins on [0, 1]; 10 calibration bands")
     threshold: float = Field(0.2, gt=0.0, lt=1.0, description="PD at or above it: flagged")
     max_fpr: float = Field(0.1, gt=0.0, lt=1.0, description="for recall at this FPR")
+    alerts_per_day: int = Field(
+        30, ge=1, description="fraud: alert budget per issuer and day; top-k precision uses it too"
+    )
 
     @model_validator(mode="after")
     def _threshold_on_grid(self) -> Evaluation:
@@ -130,7 +184,7 @@ class Gate(_Strict):
 
 
 class CampaignConfig(_Strict):
-    task: Literal["credit"] = "credit"
+    task: Literal["credit", "fraud"] = "credit"
     seed: int = Field(42, ge=0)
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
@@ -139,6 +193,15 @@ class CampaignConfig(_Strict):
     evaluation: Evaluation = Evaluation()
     tracking: Tracking = Tracking()
     gate: Gate = Gate()
+
+    @model_validator(mode="after")
+    def _task_data(self) -> CampaignConfig:
+        fraud = self.task == "fraud"
+        if fraud and (self.data.transactions is None or self.data.time_split is None):
+            raise ValueError("task fraud needs data.transactions and data.time_split")
+        if not fraud and (self.data.transactions is not None or self.data.time_split is not None):
+            raise ValueError("data.transactions and data.time_split apply to task fraud only")
+        return self
 
     def institution_count_hint(self) -> int | None:
         """Number of institutions when the config alone fixes it."""
@@ -170,6 +233,18 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
             raise FedriskInputError(f"override '{dotted}': '{key}' is not a section")
         node = child
     node[keys[-1]] = value
+
+
+def _with_task_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """The task's defaults under the user's keys (a deep merge; the user's values win)."""
+    defaults = TASK_DEFAULTS.get(str(raw.get("task", "credit")), {})
+
+    def merge(base: Any, mine: Any) -> Any:
+        if isinstance(base, dict) and isinstance(mine, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in mine.items()}}
+        return mine
+
+    return merge(defaults, raw)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -253,6 +328,7 @@ def load_config(
         config_dir = file.parent.resolve()
     for key, value in (overrides or {}).items():
         _set_dotted(raw, OVERRIDE_ALIASES.get(key, key), value)
+    raw = _with_task_defaults(raw)
     if isinstance(raw.get("data"), dict) or "data" not in raw:
         _resolve_paths(raw, config_dir, work)
     try:

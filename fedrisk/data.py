@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,12 @@ import pandas as pd
 
 from fedrisk.config import DataSpec
 from fedrisk.errors import FedriskInputError
-from fedrisk.generators import credit
+from fedrisk.generators import credit, fraud
+from fedrisk.transaction_features import transaction_features
 
 
 IDENTIFIER_SHARE = 0.5  # a text feature with more distinct values than this share of rows
+DAY = "_day"  # fraud: day of each transaction (days since 1970), kept for splits and top-k
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Columns:
     categorical: list[str]
     protected: list[str]
     target: str
+    amount: str | None = None  # fraud: the transaction amount (amount-weighted recall)
 
     @property
     def features(self) -> list[str]:
@@ -112,6 +115,18 @@ def _partition_rows(frame: pd.DataFrame, spec: DataSpec, seed: int) -> np.ndarra
     k = spec.partition.institutions
     rng = np.random.default_rng([seed, 30_011])
     owner = np.empty(len(frame), dtype=int)
+    if spec.transactions is not None:  # a customer's transactions stay with one issuer
+        ids = spec.transactions.customer
+        if ids not in frame.columns:
+            raise FedriskInputError("customer column missing", file=spec.path, column=ids)
+        codes, uniques = pd.factorize(frame[ids])
+        if (codes < 0).any():
+            raise FedriskInputError(f"{int((codes < 0).sum())} rows name no customer",
+                                    file=spec.path, column=ids)
+        shares = (np.full(k, 1.0 / k) if spec.partition.method == "iid"
+                  else rng.dirichlet(np.full(k, spec.partition.alpha)))
+        customer_owner = np.minimum(np.searchsorted(np.cumsum(shares), rng.random(len(uniques))), k - 1)
+        return customer_owner[codes]
     if spec.partition.method == "iid":
         order = rng.permutation(len(frame))
         owner[order] = np.arange(len(frame)) % k
@@ -128,6 +143,14 @@ def _partition_rows(frame: pd.DataFrame, spec: DataSpec, seed: int) -> np.ndarra
 
 def _raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[pd.DataFrame, str, str]:
     """(rows, source description, fingerprint) of one institution, before checks."""
+    if spec.source == "synthetic" and spec.transactions is not None:
+        syn = spec.synthetic
+        params = {"generator": "fraud", "index": names.index(name), "institutions": syn.institutions,
+                  "customers": syn.customers, "terminals": syn.terminals, "days": syn.days, "seed": seed}
+        frame = fraud.generate_issuer(names.index(name), syn.institutions, syn.customers,
+                                      syn.terminals, syn.days, seed)
+        fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        return frame, "built-in generator", fingerprint
     if spec.source == "synthetic":
         syn = spec.synthetic
         index = names.index(name)
@@ -176,7 +199,7 @@ def _raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[
 
 def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file: str) -> Columns:
     """Which columns are inputs, and of which kind; personal identifiers never are."""
-    excluded = {spec.target, *spec.drop, *spec.protected}
+    excluded = {spec.target, *spec.drop, *spec.protected, DAY}
     if spec.institution_column:
         excluded.add(spec.institution_column)
     if spec.features is not None:
@@ -262,16 +285,70 @@ def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
     frame, source, fingerprint = _raw_frame(spec, name, names, seed)
     if len(frame) == 0:
         raise FedriskInputError("no rows", institution=name, file=source)
+    if spec.transactions is not None:
+        frame = engineer_transactions(frame, spec, name, source)
     columns = resolve_columns(frame, spec, name, source)
     target = _check_target(frame, columns.target, name, source)
     measured = [c for c in columns.protected if c not in columns.features]
+    if spec.transactions is not None:
+        measured.append(DAY)
+        columns = replace(columns, amount=spec.transactions.amount)
     kept = frame[columns.features + measured].copy()
     kept[columns.target] = target.to_numpy()
     return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns)
 
 
+def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source: str) -> pd.DataFrame:
+    """Check an issuer's raw transactions and replace identifiers by engineered features.
+
+    Returns the amount, the engineered features, every other raw column that is not an
+    identifier, timestamp or dropped column, the target and the transaction day. Customer
+    and terminal ids are used for the windows here and go no further.
+    """
+    tx = spec.transactions
+    assert tx is not None
+    for column, kind in [(tx.timestamp, "timestamp"), (tx.customer, "customer id"),
+                         (tx.terminal, "terminal id"), (tx.amount, "amount"), (spec.target, "target")]:
+        if column not in frame.columns:
+            raise FedriskInputError(f"{kind} column missing", institution=name, file=source, column=column)
+    raw = frame[tx.timestamp]
+    when = raw if pd.api.types.is_datetime64_any_dtype(raw) else pd.to_datetime(raw, errors="coerce", utc=True)
+    if getattr(when.dt, "tz", None) is not None:
+        when = when.dt.tz_convert(None)
+    if when.isna().any():
+        raise FedriskInputError(f"{int(when.isna().sum())} values are missing or not timestamps",
+                                institution=name, file=source, column=tx.timestamp)
+    for column in (tx.customer, tx.terminal):
+        if frame[column].isna().any():
+            raise FedriskInputError(f"{int(frame[column].isna().sum())} missing ids",
+                                    institution=name, file=source, column=column)
+    amount = frame[tx.amount]
+    if not pd.api.types.is_numeric_dtype(amount):
+        bad = pd.to_numeric(amount, errors="coerce").isna() & amount.notna()
+        raise FedriskInputError(f"amount has {int(bad.sum())} non-numeric values",
+                                institution=name, file=source, column=tx.amount)
+    values = amount.to_numpy(dtype=float)
+    for problem, count in [("missing", np.isnan(values).sum()), ("infinite", np.isinf(values).sum()),
+                           ("negative (refunds?)", (values < 0).sum())]:
+        if count:
+            raise FedriskInputError(f"amount has {int(count)} {problem} values",
+                                    institution=name, file=source, column=tx.amount)
+    target = _check_target(frame, spec.target, name, source)
+    features = transaction_features(when, frame[tx.customer], frame[tx.terminal], amount, target,
+                                    tx.windows_days, tx.delay_days)
+    identifiers = {tx.timestamp, tx.customer, tx.terminal, tx.amount, spec.target}
+    passthrough = [c for c in frame.columns
+                   if c not in identifiers and c not in spec.drop and c not in features.columns]
+    out = pd.concat([frame[[tx.amount]], features, frame[passthrough]], axis=1)
+    out[spec.target] = target.to_numpy()
+    out[DAY] = when.to_numpy(dtype="datetime64[D]").astype(np.int64)
+    return out
+
+
 def split_institution(data: InstitutionData, spec: DataSpec, seed: int) -> Split:
-    """Seeded, stratified train/validation/test split inside one institution."""
+    """Seeded, stratified train/validation/test split inside one institution (by time for fraud)."""
+    if spec.time_split is not None:
+        return split_by_time(data, spec)
     frame = data.frame
     y = frame[data.columns.target].to_numpy()
     rng = np.random.default_rng([seed, 40_009, int(data.fingerprint[:8], 16)])
@@ -292,4 +369,47 @@ def split_institution(data: InstitutionData, spec: DataSpec, seed: int) -> Split
                 institution=data.name, file=data.source, column=data.columns.target,
             )
         out[key] = frame.iloc[index].reset_index(drop=True)
+    return Split(**out)
+
+
+def time_windows(spec: DataSpec, last_day: int) -> dict[str, tuple[int, int]]:
+    """First and last day (inclusive, days since 1970) of train, validation and test.
+
+    Test ends on `time_split.end` (or the issuer's last day); validation comes right before
+    it; between training and validation lies the label delay, whose frauds are not yet known
+    when the model is trained.
+    """
+    ts, tx = spec.time_split, spec.transactions
+    assert ts is not None and tx is not None
+    end = (int(np.datetime64(ts.end, "D").astype(np.int64)) if ts.end is not None else last_day)
+    test = (end - ts.test_days + 1, end)
+    validation = (test[0] - ts.validation_days, test[0] - 1)
+    train_end = validation[0] - tx.delay_days - 1
+    return {"train": (train_end - ts.train_days + 1, train_end), "validation": validation, "test": test}
+
+
+def split_by_time(data: InstitutionData, spec: DataSpec) -> Split:
+    """Train, (label delay), validation, test windows: never a random split for fraud."""
+    frame = data.frame
+    days = frame[DAY].to_numpy()
+    windows = time_windows(spec, int(days.max()))
+    if days.min() > windows["train"][0]:
+        first = np.datetime64(int(days.min()), "D")
+        start = np.datetime64(windows["train"][0], "D")
+        raise FedriskInputError(
+            f"data start on {first}, but the train window starts on {start}: shorten "
+            "data.time_split or give more history", institution=data.name, file=data.source,
+            column=spec.transactions.timestamp if spec.transactions else None,
+        )
+    out = {}
+    y = frame[data.columns.target].to_numpy()
+    for key, (first, last) in windows.items():
+        rows = (days >= first) & (days <= last)
+        if not rows.any() or len(np.unique(y[rows])) < 2:
+            raise FedriskInputError(
+                f"the {key} window {np.datetime64(first, 'D')}..{np.datetime64(last, 'D')} holds "
+                f"{int(rows.sum())} transactions and {int(y[rows].sum())} frauds: both classes needed",
+                institution=data.name, file=data.source, column=data.columns.target,
+            )
+        out[key] = frame[rows].reset_index(drop=True)
     return Split(**out)

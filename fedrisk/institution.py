@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from fedrisk.config import CampaignConfig, config_from_json
-from fedrisk.data import InstitutionData, Split, institution_names, load_institution, split_institution
+from fedrisk.data import DAY, InstitutionData, Split, institution_names, load_institution, split_institution
+from fedrisk.fraud_metrics import FraudStats
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import GroupHistograms, group_histograms
 from fedrisk.models import build_model, predict_proba
@@ -127,6 +128,8 @@ def train_round(
         dp=dp,
         proximal_mu=proximal_mu,
         seed=seed,
+        positive_weight=tr.positive_weight,
+        focal_gamma=tr.focal_gamma,
     )
     metrics.update(
         {
@@ -144,8 +147,8 @@ def train_round(
 
 def evaluate_round(
     config_json: str, name: str, preprocessor_json: str, state: dict[str, torch.Tensor], part: str = "validation"
-) -> tuple[EvalStats, GroupHistograms]:
-    """Evaluation statistics of the received model, overall and by protected group."""
+) -> tuple[EvalStats, GroupHistograms, FraudStats | None]:
+    """Evaluation statistics of the received model: overall, by protected group, and for fraud."""
     config = config_from_json(config_json)
     x, y = _matrices(config_json, name, preprocessor_json, part)
     model = build_model(config.model, x.shape[1], config.seed)
@@ -158,7 +161,11 @@ def evaluate_round(
         for c in local.data.columns.protected
     }
     bins = config.evaluation.bins
-    return EvalStats.from_scores(y, scores, bins), group_histograms(y, scores, groups, bins)
+    fraud = None
+    if local.data.columns.amount is not None:
+        fraud = FraudStats.from_scores(y, scores, frame[local.data.columns.amount].to_numpy(),
+                                       frame[DAY].to_numpy(), bins, config.evaluation.alerts_per_day)
+    return EvalStats.from_scores(y, scores, bins), group_histograms(y, scores, groups, bins), fraud
 
 
 def importance_histograms(

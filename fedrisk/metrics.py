@@ -38,7 +38,7 @@ def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((pos @ neg_below + 0.5 * pos @ neg) / (n_pos * n_neg))
 
 
-def _operating_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def operating_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(true positives, false positives) when flagging scores >= each bin's lower edge.
 
     Index k of the result flags bins k..B-1; a last entry flags nothing.
@@ -55,7 +55,7 @@ def gini_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
 
 def ks_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
     """Kolmogorov-Smirnov: the largest gap between the score CDFs of the two classes."""
-    tp, fp = _operating_points(pos, neg)
+    tp, fp = operating_points(pos, neg)
     n_pos, n_neg = tp[0], fp[0]
     if n_pos == 0 or n_neg == 0:
         return float("nan")
@@ -64,7 +64,7 @@ def ks_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
 
 def average_precision_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
     """Average precision (area under the PR curve, step-wise as scikit-learn sums it)."""
-    tp, fp = _operating_points(pos, neg)
+    tp, fp = operating_points(pos, neg)
     n_pos = tp[0]
     if n_pos == 0:
         return float("nan")
@@ -77,7 +77,7 @@ def average_precision_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float
 
 def recall_at_fpr(pos: np.ndarray, neg: np.ndarray, max_fpr: float) -> float:
     """Highest recall among bin-edge thresholds whose false-positive rate is <= `max_fpr`."""
-    tp, fp = _operating_points(pos, neg)
+    tp, fp = operating_points(pos, neg)
     if tp[0] == 0 or fp[0] == 0:
         return float("nan")
     allowed = fp / fp[0] <= max_fpr + 1e-12
@@ -92,7 +92,7 @@ def threshold_counts(
     k = int(round(threshold * bins))
     if not np.isclose(k / bins, threshold):
         raise ValueError(f"threshold {threshold} is not on the {bins}-bin grid")
-    tp, fp = _operating_points(pos, neg)
+    tp, fp = operating_points(pos, neg)
     return tp[k], fp[k], tp[0] - tp[k], fp[0] - fp[k]
 
 

@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedrisk.errors import FedriskInputError
 
-DEFAULT_POLICIES = {"credit": Path(__file__).resolve().parents[1] / "configs" / "gate_credit.yaml"}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_POLICIES = {"credit": CONFIGS / "gate_credit.yaml", "fraud": CONFIGS / "gate_fraud.yaml"}
+# On 0.1-1 % positives a model that flags nothing is 99 % accurate: never a fraud gate metric.
+NOT_FOR_FRAUD = ("accuracy", "flag_rate", "loss")
 PRIVACY_AUC_LOSS = "privacy_auc_loss"  # relative AUC lost against the named non-private run
 
 
@@ -29,10 +32,18 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    task: Literal["credit"] = "credit"
+    task: Literal["credit", "fraud"] = "credit"
     split: Literal["test", "val"] = "test"
     reference_run: str | None = Field(None, description="MLflow run id of the non-private reference")
     rules: list[Rule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _fraud_metrics(self) -> Policy:
+        for rule in self.rules:
+            if self.task == "fraud" and rule.metric.split(".")[0].startswith(NOT_FOR_FRAUD):
+                raise ValueError(f"metric '{rule.metric}' means nothing on imbalanced fraud data; "
+                                 "use average_precision, recall_at_fpr_..., precision_top...")
+        return self
 
 
 def load_policy(path: str | Path | None, task: str = "credit") -> Policy:
@@ -45,9 +56,13 @@ def load_policy(path: str | Path | None, task: str = "credit") -> Policy:
     except (yaml.YAMLError, UnicodeDecodeError):
         raise FedriskInputError("policy is not valid YAML", file=str(file)) from None
     try:
-        return Policy.model_validate(raw)
+        policy = Policy.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
+        key = ".".join(str(p) for p in first["loc"]) or "rules"
         msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         raise FedriskInputError(f"key '{key}': {msg}", file=str(file)) from None
+    if policy.task != task:
+        raise FedriskInputError(f"a {policy.task} policy cannot judge a {task} model", file=str(file))
+    return policy
+

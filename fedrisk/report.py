@@ -66,6 +66,20 @@ def _approval(groups: GroupHistograms, threshold: float) -> str:
     return _png(fig)
 
 
+PER_INSTITUTION = {
+    "credit": {"AUC": "{split}_auc.{name}", "KS": "{split}_ks.{name}",
+               "default rate": "{split}_default_rate.{name}",
+               "approval gap (sex)": "{split}_approval_rate_difference.sex.{name}",
+               "epsilon": "epsilon.{name}"},
+    "fraud": {"AUPRC": "{split}_average_precision.{name}", "AUC": "{split}_auc.{name}",
+              "recall at 1% FPR": "{split}_recall_at_fpr_0.01.{name}",
+              "recall at budget": "{split}_recall_at_budget.{name}",
+              "fraud value caught": "{split}_amount_recall_at_budget.{name}",
+              "alerts/day": "{split}_alerts_per_day.{name}", "fraud rate": "{split}_fraud_rate.{name}",
+              "epsilon": "epsilon.{name}"},
+}
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>none</p>"
@@ -96,13 +110,10 @@ def render_report(
          "why": r.description}
         for r in verdict.results
     ]
+    columns = PER_INSTITUTION[tags.get("fedrisk.task", "credit")]
     per_institution = [
         {"institution": name,
-         "AUC": metrics.get(f"{split}_auc.{name}", float("nan")),
-         "KS": metrics.get(f"{split}_ks.{name}", float("nan")),
-         "default rate": metrics.get(f"{split}_default_rate.{name}", float("nan")),
-         "approval gap (sex)": metrics.get(f"{split}_approval_rate_difference.sex.{name}", float("nan")),
-         "epsilon": metrics.get(f"epsilon.{name}", float("nan"))}
+         **{label: metrics.get(key.format(split=split, name=name), float("nan")) for label, key in columns.items()}}
         for name in institutions
     ]
     parts = [

@@ -12,6 +12,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,6 +83,26 @@ def dp_sampling(rows: int, batch_size: int) -> tuple[float, int]:
     return 1.0 / steps, steps
 
 
+def loss_function(positive_weight: float = 1.0, focal_gamma: float = 0.0) -> Callable:
+    """Binary cross-entropy, optionally class-weighted and focal (Lin et al. 2017).
+
+    Both act on each row's loss before Opacus clips per-row gradients, so the privacy
+    guarantee is unchanged: clipping bounds every row's influence whatever its weight.
+    """
+    weight = torch.tensor([positive_weight])
+    if focal_gamma == 0.0:
+        return nn.BCEWithLogitsLoss(pos_weight=weight)
+
+    def focal(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        p = torch.sigmoid(logits)
+        p_true = y * p + (1 - y) * (1 - p)
+        row_weight = 1 + (positive_weight - 1) * y
+        return (row_weight * (1 - p_true) ** focal_gamma * bce).mean()
+
+    return focal
+
+
 def secure_generator() -> torch.Generator:
     """A generator seeded from the OS: DP noise and sampling must not be reproducible."""
     return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
@@ -99,6 +120,8 @@ def train_local(
     dp: DPSettings | None = None,
     proximal_mu: float = 0.0,
     seed: int = 0,
+    positive_weight: float = 1.0,
+    focal_gamma: float = 0.0,
 ) -> TrainResult:
     """Train `model` in place from its current weights; DP when `dp` is given.
 
@@ -128,7 +151,7 @@ def train_local(
                 noise_generator=secure_generator(),
             )
         loader.batch_sampler.generator = secure_generator()  # Poisson sampling
-    criterion = nn.BCEWithLogitsLoss()
+    criterion = loss_function(positive_weight, focal_gamma)
     trained.train()
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -151,7 +174,7 @@ def _epochs(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loader: DataLoader,
-    criterion: nn.Module,
+    criterion: Callable,
     epochs: int,
     learning_rate: float,
     proximal_mu: float,

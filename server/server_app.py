@@ -130,10 +130,12 @@ def log_feature_importance(
                   "importance": dict(ranked)}, "evaluation/feature_importance.json")
 
 
-def _progress_callback(bar: tqdm) -> Callable[[int, dict[str, float]], None]:
+def _progress_callback(bar: tqdm, config: CampaignConfig) -> Callable[[int, dict[str, float]], None]:
     def on_round(server_round: int, metrics: dict[str, float]) -> None:
-        # The AUC shown is the validation AUC of the global model this round started from.
+        # The figures shown are those of the global model this round started from.
         postfix = {"auc": f"{metrics.get('val_auc', float('nan')):.4f}"}
+        if config.task == "fraud":
+            postfix["auprc"] = f"{metrics.get('val_average_precision', float('nan')):.4f}"
         if "epsilon_max" in metrics:
             postfix["eps_max"] = f"{metrics['epsilon_max']:.3f}"
         postfix["s/round"] = f"{metrics['round_seconds']:.1f}"
@@ -219,8 +221,8 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     bar = tqdm(total=tr.rounds, desc="fedrisk", unit="round", file=sys.stderr, dynamic_ncols=True)
     strategy.setup(
         names=names, min_institutions=tr.min_institutions, seed=config.seed, run=run,
-        on_round=_progress_callback(bar),
-        operating=(config.evaluation.threshold, config.evaluation.max_fpr),
+        on_round=_progress_callback(bar, config),
+        config=config,
     )
     for name, reason in errors.items():
         strategy.exclude(name, reason, 0, "input")
@@ -249,8 +251,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         strategy.rounds_done + 1,
     )
     strategy.log_validation(strategy.rounds_done, replies)
-    ev = config.evaluation
-    test = evaluation_metrics(replies, "test", "test", ev.threshold, ev.max_fpr)
+    test = evaluation_metrics(replies, "test", "test", config)
     run.log_metrics(test, step=strategy.rounds_done)
     test_parts = evaluation_parts(replies, "test")
     if test_parts:
@@ -259,7 +260,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
                                   pooled.score_sum_pos + pooled.score_sum_neg, bands=10)
         run.log_dict({"split": "test", "bands": bands}, "evaluation/calibration_test.json")
         groups = merge_group_histograms(list(group_parts(replies, "test").values()))
-        run.log_dict(statistics_to_dict(pooled, groups, ev.threshold), STATISTICS_ARTIFACT)
+        run.log_dict(statistics_to_dict(pooled, groups, config.evaluation.threshold), STATISTICS_ARTIFACT)
     if strategy.epsilon:
         run.log_metrics({"epsilon_final_max": max(strategy.epsilon.values())}, step=strategy.rounds_done)
     log_feature_importance(grid, strategy, final, shared, replies, run)

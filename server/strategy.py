@@ -24,7 +24,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from fedrisk.config import CampaignConfig
 from fedrisk.errors import BUDGET_REFUSED_REPLY
+from fedrisk.fraud_metrics import FraudStats, fraud_summary
 from fedrisk.fairness import GroupHistograms, fairness_metrics, merge_group_histograms
 from fedrisk.metrics import EvalStats, evaluation_summary
 from fedrisk.tracking import CampaignRun
@@ -59,9 +61,31 @@ def group_parts(replies: Iterable[Message], split: str = "validation") -> dict[s
     return parts
 
 
-def evaluation_metrics(replies: list[Message], split: str, prefix: str, threshold: float,
-                       max_fpr: float) -> dict[str, float]:
-    """Performance and fairness, pooled and per institution, from the replies' sums."""
+def fraud_parts(replies: Iterable[Message], split: str = "validation") -> dict[str, tuple[EvalStats, FraudStats]]:
+    """Per-issuer (evaluation, fraud) statistics of a split."""
+    overall = evaluation_parts(replies, split)
+    parts = {}
+    for msg in replies:
+        e = msg.content["evaluation"]
+        name = str(msg.content["who"]["institution"])
+        values = {f.name: e[f"{split}.fraud.{f.name}"] for f in fields(FraudStats)}
+        parts[name] = (overall[name], FraudStats(
+            **{k: np.asarray(v) if isinstance(v, list) else v for k, v in values.items()}
+        ))
+    return parts
+
+
+def evaluation_metrics(replies: list[Message], split: str, prefix: str,
+                       config: CampaignConfig) -> dict[str, float]:
+    """Performance and fairness, pooled and per institution, from the replies' sums.
+
+    Fraud: each issuer's alert threshold comes from its validation statistics.
+    """
+    ev = config.evaluation
+    if config.task == "fraud":
+        return fraud_summary(fraud_parts(replies, "validation"), fraud_parts(replies, split), prefix,
+                             ev.max_fpr, ev.alerts_per_day)
+    threshold, max_fpr = ev.threshold, ev.max_fpr
     metrics = evaluation_summary(evaluation_parts(replies, split), prefix, threshold, max_fpr)
     groups = group_parts(replies, split)
     metrics.update(fairness_metrics(merge_group_histograms(list(groups.values())), threshold, prefix))
@@ -82,10 +106,10 @@ class CampaignMixin:
         seed: int,
         run: CampaignRun,
         on_round: Callable[[int, dict[str, float]], None],
-        operating: tuple[float, float] = (0.2, 0.1),
+        config: CampaignConfig,
     ) -> None:
         self.names = names
-        self.operating = operating
+        self.config = config
         self.min_institutions = min_institutions
         self.rng = random.Random(seed)
         self.run = run
@@ -123,7 +147,7 @@ class CampaignMixin:
         return ok
 
     def log_validation(self, step: int, replies: list[Message]) -> dict[str, float]:
-        metrics = evaluation_metrics(replies, "validation", "val", *self.operating)
+        metrics = evaluation_metrics(replies, "validation", "val", self.config)
         self.run.log_metrics(metrics, step=step)
         self.latest_validation = metrics
         return metrics

@@ -23,16 +23,19 @@ def _write(path: Path, data: object) -> Path:
 # ---------------------------------------------------------------- defaults
 
 
-def test_builtin_defaults_equal_configs_credit_yaml(tmp_path):
-    builtin = load_config(None, work_dir=tmp_path)
-    from_file = load_config(DEFAULT_YAML, work_dir=tmp_path)
+@pytest.mark.parametrize("task", ["credit", "fraud"])
+def test_builtin_defaults_equal_configs_task_yaml(tmp_path, task):
+    """configs/<task>.yaml is exactly what `task: <task>` alone gives."""
+    builtin = load_config(None, {"task": task}, work_dir=tmp_path)
+    from_file = load_config(REPO / "configs" / f"{task}.yaml", work_dir=tmp_path)
     assert builtin.model_dump() == from_file.model_dump()
 
 
-def test_configs_credit_yaml_lists_every_default_key():
+@pytest.mark.parametrize("task", ["credit", "fraud"])
+def test_configs_task_yaml_lists_every_default_key(task):
     """The shipped file spells out every key (so it documents the defaults)."""
-    raw = yaml.safe_load(DEFAULT_YAML.read_text())
-    builtin = load_config(None).model_dump()
+    raw = yaml.safe_load((REPO / "configs" / f"{task}.yaml").read_text())
+    builtin = load_config(None, {"task": task}).model_dump()
 
     def keys(node, prefix=""):
         out = set()

@@ -92,3 +92,34 @@ def test_institution_without_metrics_fails_its_rule():
 def test_a_stopped_campaign_is_blocked_whatever_its_metrics():
     verdict = apply_policy(load_policy(None), GOOD, ["a", "b"], completed=False)
     assert verdict.verdict == "block" and verdict.results[0].metric == "campaign_completed"
+
+
+FRAUD_GOOD = {"test_average_precision": 0.55, "test_recall_at_fpr_0.01": 0.62, "test_auc": 0.86,
+              "test_average_precision.a": 0.5, "test_average_precision.b": 0.45}
+
+
+def test_shipped_fraud_policy_blocks_on_auprc_and_recall_at_one_percent_fpr():
+    policy = load_policy(None, "fraud")
+    blocking = {r.metric for r in policy.rules if r.severity == "block"}
+    assert {"average_precision", "recall_at_fpr_0.01"} <= blocking
+    assert apply_policy(policy, FRAUD_GOOD, ["a", "b"]).verdict == "pass"
+    low_recall = apply_policy(policy, {**FRAUD_GOOD, "test_recall_at_fpr_0.01": 0.3}, ["a", "b"])
+    assert low_recall.verdict == "block" and low_recall.failed[0].metric == "recall_at_fpr_0.01"
+    low_ap = apply_policy(policy, {**FRAUD_GOOD, "test_average_precision": 0.2}, ["a", "b"])
+    assert low_ap.verdict == "block"
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "flag_rate_at_0.2", "accuracy.inst01"])
+def test_fraud_policy_refuses_accuracy_like_metrics(tmp_path, metric):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: x\ntask: fraud\nrules:\n  - {{metric: '{metric}', comparator: '>=', "
+                    "threshold: 0.9, severity: block}\n")
+    with pytest.raises(FedriskInputError, match="means nothing on imbalanced fraud data"):
+        load_policy(path, "fraud")
+
+
+def test_a_policy_judges_only_its_own_task():
+    from fedrisk.policy import DEFAULT_POLICIES
+
+    with pytest.raises(FedriskInputError, match="a credit policy cannot judge a fraud model"):
+        load_policy(DEFAULT_POLICIES["credit"], "fraud")

@@ -1,0 +1,92 @@
+"""A fraud campaign on the real Flower simulation engine with DP, MLflow and the gate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import average_precision_score
+
+from fedrisk.config import load_config
+from fedrisk.data import institution_names, load_institution, split_institution
+from fedrisk.gate import apply_policy
+from fedrisk.launcher import simulate
+from fedrisk.policy import load_policy
+from fedrisk.serving import load_model_files
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"task": "fraud", "institutions": 3, "rounds": 2, "data.synthetic.customers": 900,
+         "data.synthetic.terminals": 1800, "data.synthetic.days": 70, "training.batch_size": 128}
+# The federated AUPRC is computed from 1,000-bin histograms; see docs/evaluation_cost.md.
+BINNING_TOLERANCE = 0.005
+
+
+def test_fraud_campaign_end_to_end(tmp_path):
+    config = load_config(None, {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                "privacy.ledger_dir": str(tmp_path / "ledger")}, work_dir=tmp_path)
+    outcome = simulate(config)
+    assert outcome.status == "completed"
+    client = MlflowClient(config.tracking.uri)
+    run = client.get_run(outcome.run_id)
+    m = run.data.metrics
+    assert run.data.tags["fedrisk.task"] == "fraud"
+    assert run.data.params["evaluation.max_fpr"] == "0.01"
+    assert "delta=1e-06" in run.data.tags["fedrisk.epsilon"]
+    names = institution_names(config.data)
+    for key in ("average_precision", "auc", "recall_at_fpr_0.01", "precision_top30_per_day",
+                "precision_at_budget", "recall_at_budget", "amount_recall_at_budget", "alerts_per_day"):
+        assert f"test_{key}" in m and f"val_{key}" in m, key
+        for name in names:
+            assert f"test_{key}.{name}" in m, (key, name)
+    for name in names:
+        assert 0 < m[f"test_operating_threshold.{name}"] < 1
+    assert not [k for k in m if "accuracy" in k]
+
+    # The federated AUPRC equals scikit-learn's on the pooled test rows scored by the MLflow model.
+    model = mlflow.pyfunc.load_model(run.data.tags["fedrisk.model_uri"])
+    ys, scores = [], []
+    for name in names:
+        split = split_institution(load_institution(config.data, name, config.seed), config.data, config.seed)
+        scores.append(np.asarray(model.predict(split.test)))
+        ys.append(split.test["tx_fraud"].to_numpy())
+    y, s = np.concatenate(ys), np.concatenate(scores)
+    assert m["test_average_precision"] == pytest.approx(average_precision_score(y, s), abs=BINNING_TOLERANCE)
+
+    # The gate judged the run with the fraud policy, and its verdict follows from the metrics.
+    verdict = run.data.tags["fedrisk.gate.verdict"]
+    assert run.data.tags["fedrisk.gate.policy"] == "fraud-default"
+    assert verdict == apply_policy(load_policy(None, "fraud"), m, names).verdict
+
+    # Customer and terminal ids never leave an issuer: not in features, params or artifacts.
+    summary = json.loads(Path(client.download_artifacts(outcome.run_id, "institutions/data_summary.json",
+                                                        str(tmp_path))).read_text())
+    assert not {"customer_id", "terminal_id", "tx_datetime"} & set(summary["features"])
+    assert "terminal_risk_7d" in summary["features"]
+    for file in Path(client.download_artifacts(outcome.run_id, "", str(tmp_path / "all"))).rglob("*"):
+        assert file.suffix not in {".csv", ".parquet"}, file
+    _, preprocessor, _ = load_model_files(run.data.tags["fedrisk.model_uri"])
+    assert preprocessor.categorical == [] and not {"customer_id", "terminal_id"} & set(preprocessor.numeric)
+
+
+def test_cli_runs_the_shipped_fraud_config(tmp_path):
+    overrides = [f"--set={k}={v}" for k, v in SMALL.items() if k not in {"task", "institutions", "rounds"}]
+    result = subprocess.run(
+        [sys.executable, "-m", "fedrisk.cli", "simulate", str(Path(__file__).parents[1] / "configs" / "fraud.yaml"),
+         "--institutions", "3", "--rounds", "1", *overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode in (0, 3), result.stderr[-2000:]  # 3: the gate blocked this 1-round model
+    assert "fraud campaign, 3 institutions" in result.stderr
+    assert "AUPRC        validation" in result.stdout and "recall at 1% FPR" in result.stdout
+    assert "policy fraud-default" in result.stdout
+    assert (tmp_path / "mlflow.db").exists()
+    runs = mlflow.search_runs(experiment_names=["fedrisk-fraud"], tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(runs) == 1 and isinstance(runs, pd.DataFrame)
