@@ -7,7 +7,8 @@ Baselines run side by side on this machine:
 - features: the handbook's pandas implementation (section 3.4: groupby + time-based rolling
   per customer and per terminal) on the same transactions;
 - round time: the default fraud campaign (5 issuers, ~0.95 million transactions) on the real
-  Flower simulation engine, against the slowest issuer's pure local DP training time.
+  Flower simulation engine, against the slowest issuer's pure local DP training round
+  (`experiments/benchmark.py`'s measure, as for credit).
 
     python experiments/fraud_benchmark.py [--out docs/fraud_benchmarks.md]
 """
@@ -17,16 +18,14 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fedrisk.config import load_config
+from benchmark import overhead  # experiments/benchmark.py: the same measure as for credit
 from fedrisk.generators import fraud
-from fedrisk.launcher import simulate
 from fedrisk.transaction_features import transaction_features
 
 
@@ -141,26 +140,7 @@ def main() -> None:
                  f"{ref_s / ours_sample_s:.0f}x |")
     print(lines[-2:], flush=True)
 
-    work = Path(tempfile.mkdtemp(prefix="fedrisk-fraud-bench-"))
-    config = load_config(None, {"task": "fraud", "tracking_uri": f"sqlite:///{work}/mlflow.db",
-                                "privacy.ledger_dir": str(work / "ledger")}, work_dir=work)
-    start = time.perf_counter()
-    outcome = simulate(config)
-    wall = time.perf_counter() - start
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(config.tracking.uri)
-    rounds = [m.value for m in client.get_metric_history(outcome.run_id, "round_seconds")]
-    names = [k.split(".", 1)[1] for k in outcome.metrics if k.startswith("train_seconds.")]
-    slowest = [max(v) for v in zip(*[[m.value for m in client.get_metric_history(outcome.run_id, f"train_seconds.{n}")]
-                                     for n in names])]
-    per_round = statistics.median(rounds[1:]) if len(rounds) > 1 else rounds[0]
-    local = statistics.median(slowest[1:]) if len(slowest) > 1 else slowest[0]
-    lines.append(f"| round time, default fraud campaign ({len(consortium):,} tx, 5 issuers, DP, "
-                 f"{config.training.local_epochs} local epochs) | {per_round:.2f} s | slowest issuer's pure local DP "
-                 f"training: {local:.2f} s | {per_round / local:.1f}x |")
-    lines.append(f"| whole campaign, `fedrisk simulate configs/fraud.yaml` (8 rounds, final evaluation, "
-                 f"importance, model, gate) | {wall:.1f} s | - | - |")
+    lines += ["", *overhead(3, {"task": "fraud"})]
     text = "\n".join(lines) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

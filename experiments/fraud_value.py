@@ -9,9 +9,9 @@ For each seed (a new simulated consortium), per issuer, on the issuer's own test
 - pooled: the same model trained on every issuer's rows together, no DP (what no consortium
   may do; the upper bound).
 Every figure comes from the project's own fraud metrics; alert thresholds from each issuer's
-validation window. Writes a table to docs/fraud_results.md and a plot to docs/fraud_value.png.
+validation window. Writes docs/fraud_results_<institutions>.md, .csv and .png.
 
-    python experiments/fraud_value.py [--seeds 42 7 11] [--out docs/fraud_results.md]
+    python experiments/fraud_value.py [--institutions 5] [--seeds 42 7 11]
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ def _evaluate(config: CampaignConfig, splits: dict[str, Split], models: dict[str
     return fraud_summary(val, test, "test", ev.max_fpr, ev.alerts_per_day)
 
 
-def one_seed(seed: int, work: Path) -> pd.DataFrame:
-    base = {"task": "fraud", "seed": seed, "tracking_uri": f"sqlite:///{work}/mlflow.db",
-            "privacy.ledger_dir": str(work / f"ledger-{seed}")}
+def one_seed(seed: int, institutions: int, work: Path) -> pd.DataFrame:
+    base = {"task": "fraud", "seed": seed, "institutions": institutions,
+            "tracking_uri": f"sqlite:///{work}/mlflow.db", "privacy.ledger_dir": str(work / f"ledger-{seed}")}
     config = load_config(None, base, work_dir=work)
     names = institution_names(config.data)
     rows: list[dict] = []
@@ -119,7 +119,7 @@ def one_seed(seed: int, work: Path) -> pd.DataFrame:
 def _plot(table: pd.DataFrame, path: Path) -> None:
     mean = table.groupby(["issuer", "setting"])["average_precision"].mean().unstack()[SETTINGS]
     err = table.groupby(["issuer", "setting"])["average_precision"].std().unstack()[SETTINGS]
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    fig, ax = plt.subplots(figsize=(max(9.0, 0.8 * len(mean)), 3.8))
     width = 0.8 / len(SETTINGS)
     x = np.arange(len(mean))
     for i, setting in enumerate(SETTINGS):
@@ -134,20 +134,21 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 11])
-    parser.add_argument("--out", default="docs/fraud_results.md")
+    parser.add_argument("--institutions", type=int, default=5, help="issuers sharing the 5,000 customers")
+    parser.add_argument("--out", help="default: docs/fraud_results_<institutions>.md (+ .csv, .png)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fedrisk-fraud-value-"))
-    table = pd.concat([one_seed(seed, work) for seed in args.seeds], ignore_index=True)
-    out = Path(args.out)
+    table = pd.concat([one_seed(seed, args.institutions, work) for seed in args.seeds], ignore_index=True)
+    out = Path(args.out or f"docs/fraud_results_{args.institutions}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out.with_suffix(".csv"), index=False)
-    _plot(table, out.with_name("fraud_value.png"))
+    _plot(table, out.with_suffix(".png"))
     mean = table.groupby(["issuer", "setting"])[list(METRICS)].mean()
     lines = [
-        f"Default fraud campaign (configs/fraud.yaml), seeds {args.seeds}: each seed is a new simulated "
+        f"Fraud campaign of configs/fraud.yaml with {args.institutions} issuers, seeds {args.seeds}: each seed is a new simulated "
         "consortium. Test window of each issuer; mean over seeds (sd in brackets for AUPRC). Alert "
         "thresholds from each issuer's validation window.", "",
-        "| issuer | train transactions (frauds) | " + " | ".join(f"AUPRC {s}" for s in SETTINGS) + " |",
+        "| issuer | train transactions (frauds), first seed | " + " | ".join(f"AUPRC {s}" for s in SETTINGS) + " |",
         "|---|---|" + "---|" * len(SETTINGS),
     ]
     sd = table.groupby(["issuer", "setting"])["average_precision"].std()

@@ -16,7 +16,6 @@ import numpy as np
 
 from fedrisk.metrics import (
     EvalStats,
-    operating_points,
     auc_from_histograms,
     average_precision_from_histograms,
     bin_index,

@@ -69,6 +69,11 @@ def statistics(config_json: str, name: str) -> dict[str, Any]:
         "validation": len(local.split.validation),
         "test": len(local.split.test),
     }
+    if DAY in local.split.train.columns:  # fraud: the calendar of each window, no rows
+        stats["split_days"] = {
+            part: [str(np.datetime64(int(frame[DAY].min()), "D")), str(np.datetime64(int(frame[DAY].max()), "D"))]
+            for part, frame in vars(local.split).items()
+        }
     return stats
 
 

@@ -199,7 +199,9 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         )
     preprocessor = fit_preprocessor(merge_statistics(list(stats.values())))
     data_summary = {
-        name: {"rows": s["split_rows"], "imputed": missing_counts(s)} for name, s in stats.items()
+        name: {"rows": s["split_rows"], "imputed": missing_counts(s),
+               **({"days": s["split_days"]} if "split_days" in s else {})}
+        for name, s in stats.items()
     }
     run.log_dict({"institutions": data_summary, "features": preprocessor.output_names},
                  "institutions/data_summary.json")

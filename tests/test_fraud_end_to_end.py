@@ -9,7 +9,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import average_precision_score
@@ -70,6 +69,8 @@ def test_fraud_campaign_end_to_end(tmp_path):
                                                         str(tmp_path))).read_text())
     assert not {"customer_id", "terminal_id", "tx_datetime"} & set(summary["features"])
     assert "terminal_risk_7d" in summary["features"]
+    days = summary["institutions"]["inst01"]["days"]  # the time-ordered windows, as dates
+    assert days["train"][1] < days["validation"][0] <= days["validation"][1] < days["test"][0]
     for file in Path(client.download_artifacts(outcome.run_id, "", str(tmp_path / "all"))).rglob("*"):
         assert file.suffix not in {".csv", ".parquet"}, file
     _, preprocessor, _ = load_model_files(run.data.tags["fedrisk.model_uri"])
@@ -88,5 +89,6 @@ def test_cli_runs_the_shipped_fraud_config(tmp_path):
     assert "AUPRC        validation" in result.stdout and "recall at 1% FPR" in result.stdout
     assert "policy fraud-default" in result.stdout
     assert (tmp_path / "mlflow.db").exists()
-    runs = mlflow.search_runs(experiment_names=["fedrisk-fraud"], tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    assert len(runs) == 1 and isinstance(runs, pd.DataFrame)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("fedrisk-fraud").experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["fedrisk.gate.policy"] == "fraud-default"
