@@ -7,6 +7,7 @@ sees absolute paths.
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import date
 from pathlib import Path
@@ -49,7 +50,7 @@ class SyntheticData(_Strict):
     group_bias: float = Field(0.0, ge=0.0, le=5.0, description="credit only")
     customers: int = Field(5000, ge=10, description="fraud: cardholders over all issuers")
     terminals: int = Field(10_000, ge=10, description="fraud: terminals shared by all issuers")
-    days: int = Field(98, ge=7, le=3650, description="fraud: days of transactions")
+    days: int = Field(105, ge=7, le=3650, description="fraud: days of transactions")
 
 
 class TransactionSpec(_Strict):
@@ -59,18 +60,18 @@ class TransactionSpec(_Strict):
     customer: str = Field("customer_id", description="customer or card id; never leaves the issuer")
     terminal: str = Field("terminal_id", description="terminal or merchant id; never leaves the issuer")
     amount: str = "tx_amount"
-    windows_days: list[int] = Field([1, 7, 30], min_length=1, description="look-back windows")
-    delay_days: int = Field(7, ge=0, description="label delay: frauds are known this many days later")
+    windows_days: list[int] = Field([1, 7, 30], min_length=1, description="look-back windows (days, <= 365)")
+    delay_days: int = Field(7, ge=1, le=365, description="label delay: frauds are known this many days later")
 
     @model_validator(mode="after")
     def _positive_windows(self) -> TransactionSpec:
-        if any(w < 1 for w in self.windows_days) or len(set(self.windows_days)) != len(self.windows_days):
-            raise ValueError("windows_days must be distinct whole days >= 1")
+        if any(not 1 <= w <= 365 for w in self.windows_days) or len(set(self.windows_days)) != len(self.windows_days):
+            raise ValueError("windows_days must be distinct whole days from 1 to 365")
         return self
 
 
 class TimeSplit(_Strict):
-    """Fraud: train window, label delay, validation window, test window; never random."""
+    """Fraud: train, label delay, validation, label delay, test; never random."""
 
     train_days: int = Field(28, ge=1)
     validation_days: int = Field(7, ge=1)
@@ -237,7 +238,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _with_task_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     """The task's defaults under the user's keys (a deep merge; the user's values win)."""
-    defaults = TASK_DEFAULTS.get(str(raw.get("task", "credit")), {})
+    defaults = copy.deepcopy(TASK_DEFAULTS.get(str(raw.get("task", "credit")), {}))  # paths get resolved in place
 
     def merge(base: Any, mine: Any) -> Any:
         if isinstance(base, dict) and isinstance(mine, dict):
@@ -338,7 +339,14 @@ def load_config(
     if config.gate.enabled:  # a bad policy fails now, not after the last round
         from fedrisk.policy import load_policy
 
-        load_policy(config.gate.policy, config.task)
+        policy = load_policy(config.gate.policy, config.task)
+        computed = f"recall_at_fpr_{config.evaluation.max_fpr:g}"
+        for rule in policy.rules:
+            if rule.metric.startswith("recall_at_fpr_") and rule.metric != computed:
+                raise FedriskInputError(
+                    f"gate policy '{policy.name}' judges {rule.metric} but the campaign computes "
+                    f"{computed} (evaluation.max_fpr); align them"
+                )
     return config
 
 

@@ -21,6 +21,8 @@ from fedrisk.transaction_features import transaction_features
 
 
 IDENTIFIER_SHARE = 0.5  # a text feature with more distinct values than this share of rows
+LEAK_CHECK_ROWS = 200  # below this, a pure feature value can happen by chance
+LEAK_CHECK_VALUES = 50
 DAY = "_day"  # fraud: day of each transaction (days since 1970), kept for splits and top-k
 
 
@@ -148,7 +150,7 @@ def _raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[
         params = {"generator": "fraud", "index": names.index(name), "institutions": syn.institutions,
                   "customers": syn.customers, "terminals": syn.terminals, "days": syn.days, "seed": seed}
         frame = fraud.generate_issuer(names.index(name), syn.institutions, syn.customers,
-                                      syn.terminals, syn.days, seed)
+                                      syn.terminals, syn.days, seed).drop(columns=fraud.LABEL_DERIVED)
         fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
         return frame, "built-in generator", fingerprint
     if spec.source == "synthetic":
@@ -289,13 +291,43 @@ def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
         frame = engineer_transactions(frame, spec, name, source)
     columns = resolve_columns(frame, spec, name, source)
     target = _check_target(frame, columns.target, name, source)
+    _check_leaks(frame, columns, target, name, source)
     measured = [c for c in columns.protected if c not in columns.features]
     if spec.transactions is not None:
-        measured.append(DAY)
-        columns = replace(columns, amount=spec.transactions.amount)
+        amount = spec.transactions.amount
+        measured += [DAY] + ([amount] if amount not in columns.features else [])
+        columns = replace(columns, amount=amount)
     kept = frame[columns.features + measured].copy()
     kept[columns.target] = target.to_numpy()
     return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns)
+
+
+def _local_timestamps(raw: pd.Series, name: str, source: str, column: str) -> pd.Series:
+    """Timestamps as local wall-clock time: night and weekend are the cardholder's, not UTC's."""
+    if pd.api.types.is_numeric_dtype(raw):  # epoch numbers are ambiguous (s, ms, ns?)
+        raise FedriskInputError("timestamps are numbers: give dates and times (ISO 8601)",
+                                institution=name, file=source, column=column)
+    try:
+        when = raw if pd.api.types.is_datetime64_any_dtype(raw) else pd.to_datetime(raw, errors="coerce")
+    except ValueError:  # pandas refuses several UTC offsets in one column
+        raise FedriskInputError("timestamps mix time zones: give local times, one zone per issuer",
+                                institution=name, file=source, column=column) from None
+    if getattr(when.dt, "tz", None) is not None:
+        when = when.dt.tz_localize(None)  # keep the local time, drop the zone
+    return when
+
+
+def _check_leaks(frame: pd.DataFrame, columns: Columns, target: pd.Series, name: str, source: str) -> None:
+    """A feature with a few values, each of one class only, is the label in disguise."""
+    if len(frame) < LEAK_CHECK_ROWS:
+        return
+    for column in columns.features:
+        values = frame[column]
+        if values.nunique() <= LEAK_CHECK_VALUES and target.groupby(values.to_numpy()).nunique().max() == 1:
+            raise FedriskInputError(
+                "feature determines the target exactly (a label leak?): add it to data.drop",
+                institution=name, file=source, column=column,
+            )
 
 
 def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source: str) -> pd.DataFrame:
@@ -311,10 +343,7 @@ def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source
                          (tx.terminal, "terminal id"), (tx.amount, "amount"), (spec.target, "target")]:
         if column not in frame.columns:
             raise FedriskInputError(f"{kind} column missing", institution=name, file=source, column=column)
-    raw = frame[tx.timestamp]
-    when = raw if pd.api.types.is_datetime64_any_dtype(raw) else pd.to_datetime(raw, errors="coerce", utc=True)
-    if getattr(when.dt, "tz", None) is not None:
-        when = when.dt.tz_convert(None)
+    when = _local_timestamps(frame[tx.timestamp], name, source, tx.timestamp)
     if when.isna().any():
         raise FedriskInputError(f"{int(when.isna().sum())} values are missing or not timestamps",
                                 institution=name, file=source, column=tx.timestamp)
@@ -323,10 +352,13 @@ def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source
             raise FedriskInputError(f"{int(frame[column].isna().sum())} missing ids",
                                     institution=name, file=source, column=column)
     amount = frame[tx.amount]
-    if not pd.api.types.is_numeric_dtype(amount):
-        bad = pd.to_numeric(amount, errors="coerce").isna() & amount.notna()
-        raise FedriskInputError(f"amount has {int(bad.sum())} non-numeric values",
-                                institution=name, file=source, column=tx.amount)
+    if not pd.api.types.is_numeric_dtype(amount):  # e.g. Parquet decimals arrive as objects
+        numbers = pd.to_numeric(amount, errors="coerce")
+        bad = numbers.isna() & amount.notna()
+        if bad.any():
+            raise FedriskInputError(f"amount has {int(bad.sum())} non-numeric values",
+                                    institution=name, file=source, column=tx.amount)
+        amount = numbers
     values = amount.to_numpy(dtype=float)
     for problem, count in [("missing", np.isnan(values).sum()), ("infinite", np.isinf(values).sum()),
                            ("negative (refunds?)", (values < 0).sum())]:
@@ -339,7 +371,16 @@ def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source
     identifiers = {tx.timestamp, tx.customer, tx.terminal, tx.amount, spec.target}
     passthrough = [c for c in frame.columns
                    if c not in identifiers and c not in spec.drop and c not in features.columns]
-    out = pd.concat([frame[[tx.amount]], features, frame[passthrough]], axis=1)
+    customers = frame[tx.customer].nunique()
+    for column in passthrough:  # a card or account number repeats per transaction: count per customer
+        values = frame[column].dropna()
+        if not pd.api.types.is_numeric_dtype(values) and values.nunique() > IDENTIFIER_SHARE * customers:
+            raise FedriskInputError(
+                f"{values.nunique()} distinct values for {customers} customers: looks like an identifier; "
+                "add it to data.drop (or list the features in data.features)",
+                institution=name, file=source, column=column,
+            )
+    out = pd.concat([amount.rename(tx.amount), features, frame[passthrough]], axis=1)
     out[spec.target] = target.to_numpy()
     out[DAY] = when.to_numpy(dtype="datetime64[D]").astype(np.int64)
     return out
@@ -375,21 +416,21 @@ def split_institution(data: InstitutionData, spec: DataSpec, seed: int) -> Split
 def time_windows(spec: DataSpec, last_day: int) -> dict[str, tuple[int, int]]:
     """First and last day (inclusive, days since 1970) of train, validation and test.
 
-    Test ends on `time_split.end` (or the issuer's last day); validation comes right before
-    it; between training and validation lies the label delay, whose frauds are not yet known
-    when the model is trained.
+    Test ends on `time_split.end` (or the issuer's last day). A label delay separates train
+    from validation and validation from test: a model (and its alert threshold) can only
+    use frauds already known when it goes live.
     """
     ts, tx = spec.time_split, spec.transactions
     assert ts is not None and tx is not None
     end = (int(np.datetime64(ts.end, "D").astype(np.int64)) if ts.end is not None else last_day)
     test = (end - ts.test_days + 1, end)
-    validation = (test[0] - ts.validation_days, test[0] - 1)
+    validation = (test[0] - tx.delay_days - ts.validation_days, test[0] - tx.delay_days - 1)
     train_end = validation[0] - tx.delay_days - 1
     return {"train": (train_end - ts.train_days + 1, train_end), "validation": validation, "test": test}
 
 
 def split_by_time(data: InstitutionData, spec: DataSpec) -> Split:
-    """Train, (label delay), validation, test windows: never a random split for fraud."""
+    """Train, (delay), validation, (delay), test windows: never a random split for fraud."""
     frame = data.frame
     days = frame[DAY].to_numpy()
     windows = time_windows(spec, int(days.max()))

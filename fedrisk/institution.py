@@ -70,6 +70,8 @@ def statistics(config_json: str, name: str) -> dict[str, Any]:
         "test": len(local.split.test),
     }
     if DAY in local.split.train.columns:  # fraud: the calendar of each window, no rows
+        used = sum(stats["split_rows"].values())
+        stats["split_rows"]["outside_windows"] = len(local.data.frame) - used  # history, delay gaps
         stats["split_days"] = {
             part: [str(np.datetime64(int(frame[DAY].min()), "D")), str(np.datetime64(int(frame[DAY].max()), "D"))]
             for part, frame in vars(local.split).items()

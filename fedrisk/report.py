@@ -72,7 +72,7 @@ PER_INSTITUTION = {
                "approval gap (sex)": "{split}_approval_rate_difference.sex.{name}",
                "epsilon": "epsilon.{name}"},
     "fraud": {"AUPRC": "{split}_average_precision.{name}", "AUC": "{split}_auc.{name}",
-              "recall at 1% FPR": "{split}_recall_at_fpr_0.01.{name}",
+              "recall at fixed FPR": "{split}_{recall_at_fpr}.{name}",
               "recall at budget": "{split}_recall_at_budget.{name}",
               "fraud value caught": "{split}_amount_recall_at_budget.{name}",
               "alerts/day": "{split}_alerts_per_day.{name}", "fraud rate": "{split}_fraud_rate.{name}",
@@ -111,9 +111,13 @@ def render_report(
         for r in verdict.results
     ]
     columns = PER_INSTITUTION[tags.get("fedrisk.task", "credit")]
+    pooled_recall = [k for k in metrics if k.startswith(f"{split}_recall_at_fpr_")
+                     and not any(k.endswith(f".{n}") for n in institutions)]
+    recall_at_fpr = pooled_recall[0][len(split) + 1:] if pooled_recall else "recall_at_fpr"
     per_institution = [
         {"institution": name,
-         **{label: metrics.get(key.format(split=split, name=name), float("nan")) for label, key in columns.items()}}
+         **{label: metrics.get(key.format(split=split, name=name, recall_at_fpr=recall_at_fpr), float("nan"))
+            for label, key in columns.items()}}
         for name in institutions
     ]
     parts = [

@@ -27,11 +27,14 @@ def window_names(windows: list[int]) -> list[str]:
     return names
 
 
+MAX_LOOK_BACK_DAYS = 2 * 365  # window + delay: keeps groups apart in the sort key
+
+
 def _grouped_order(group: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Row order sorted by (group, time), and a key that keeps groups further apart than any window."""
     codes = pd.factorize(group)[0].astype(np.int64)
     order = np.lexsort((seconds, codes))
-    span = int(seconds.max() - seconds.min()) + 1000 * DAY if len(seconds) else 1
+    span = int(seconds.max() - seconds.min()) + (MAX_LOOK_BACK_DAYS + 1) * DAY if len(seconds) else 1
     key = codes[order] * span + (seconds[order] - (seconds.min() if len(seconds) else 0))
     return order, key
 

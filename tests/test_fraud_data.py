@@ -11,7 +11,7 @@ from fedrisk.data import DAY, load_institution, split_institution, time_windows
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators.fraud import generate_consortium
 
-DAYS = 70
+DAYS = 84
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,14 @@ def test_files_load_with_features_and_without_identifiers(files):
     assert data.frame["tx_fraud"].sum() == raw["tx_fraud"].sum()
 
 
-def test_time_split_is_ordered_with_the_label_delay_between_train_and_validation(files):
+def test_the_simulators_scenario_column_never_reaches_the_model():
+    config = load_config(None, {"task": "fraud", "institutions": 2, "data.synthetic.customers": 300,
+                                "data.synthetic.terminals": 600, "data.drop": []})
+    data = load_institution(config.data, "inst01", config.seed)
+    assert "tx_fraud_scenario" not in data.frame.columns
+
+
+def test_time_split_is_ordered_with_label_delays_between_windows(files):
     config = _config(files)
     data = load_institution(config.data, "inst01", config.seed)
     split = split_institution(data, config.data, config.seed)
@@ -51,20 +58,21 @@ def test_time_split_is_ordered_with_the_label_delay_between_train_and_validation
     assert test.max() == data.frame[DAY].max()  # test ends on the issuer's last day
     assert (test.max() - test.min() + 1, val.max() - val.min() + 1, train.max() - train.min() + 1) == (
         ts.test_days, ts.validation_days, ts.train_days)
-    assert val.max() + 1 == test.min()
-    assert val.min() - train.max() - 1 == delay  # the delay's transactions are in no split
+    assert test.min() - val.max() - 1 == delay  # labels of the last validation days are not known yet
+    assert val.min() - train.max() - 1 == delay  # the delays' transactions are in no split
     history = data.frame[DAY] < train.min()
     assert history.sum() > 0  # earlier days feed the look-back windows only
-    assert len(split.train) + len(split.validation) + len(split.test) + history.sum() + (
-        (data.frame[DAY] > train.max()) & (data.frame[DAY] < val.min())).sum() == len(data.frame)
+    gaps = ((data.frame[DAY] > train.max()) & (data.frame[DAY] < val.min())) | (
+        (data.frame[DAY] > val.max()) & (data.frame[DAY] < test.min()))
+    assert len(split.train) + len(split.validation) + len(split.test) + history.sum() + gaps.sum() == len(data.frame)
 
 
 def test_a_fixed_end_date_aligns_issuers(files):
-    config = _config(files, **{"data.time_split.end": "2026-03-01"})
+    config = _config(files, **{"data.time_split.end": "2026-03-22"})
     windows = time_windows(config.data, last_day=0)
-    assert np.datetime64(windows["test"][1], "D") == np.datetime64("2026-03-01")
+    assert np.datetime64(windows["test"][1], "D") == np.datetime64("2026-03-22")
     split = split_institution(load_institution(config.data, "inst03", 1), config.data, 1)
-    assert str(np.datetime64(int(split.test[DAY].max()), "D")) == "2026-03-01"
+    assert str(np.datetime64(int(split.test[DAY].max()), "D")) == "2026-03-22"
 
 
 def test_too_little_history_is_refused(files):
@@ -120,3 +128,62 @@ def test_credit_and_fraud_keys_do_not_mix():
         load_config(None, {"data.time_split": {"train_days": 7}})
     with pytest.raises(FedriskInputError, match="needs data.transactions"):
         load_config(None, {"task": "fraud", "data.transactions": None})
+
+
+def _load_changed(files, tmp_path, change, **overrides):
+    path = tmp_path / "changed.csv"
+    change(pd.read_csv(files["inst02"])).to_csv(path, index=False)
+    config = _config({**files, "inst02": str(path)}, **overrides)
+    return config, load_institution(config.data, "inst02", config.seed)
+
+
+def test_a_label_derived_column_is_refused_even_when_the_user_drops_other_columns(files, tmp_path):
+    with pytest.raises(FedriskInputError, match="determines the target exactly") as err:
+        _load_changed(files, tmp_path, lambda f: f, **{"data.drop": ["transaction_id"]})
+    assert "'tx_fraud_scenario'" in err.value.one_line()
+
+
+def test_a_card_number_column_is_refused_as_an_identifier(files, tmp_path):
+    with pytest.raises(FedriskInputError, match="looks like an identifier") as err:
+        _load_changed(files, tmp_path, lambda f: f.assign(account_ref="ACC-" + f.customer_id.astype(str)))
+    assert "'account_ref'" in err.value.one_line()
+    _, data = _load_changed(files, tmp_path, lambda f: f.assign(channel=np.where(f.index % 3, "pos", "web")))
+    assert "channel" in data.columns.categorical  # a real category passes
+
+
+def test_amount_kept_for_evaluation_when_not_a_feature(files, tmp_path):
+    from fedrisk.transaction_features import window_names
+
+    config = _config(files, **{"data.features": window_names([1, 7, 30])})
+    data = load_institution(config.data, "inst01", config.seed)
+    assert "tx_amount" not in data.columns.features and "tx_amount" in data.frame.columns
+
+
+def test_timestamps_keep_local_time_and_ambiguous_ones_are_refused(files, tmp_path):
+    local = lambda f: f.assign(tx_datetime=pd.to_datetime(f.tx_datetime).dt.tz_localize("Etc/GMT+5").astype(str))
+    _, data = _load_changed(files, tmp_path, local)
+    _, naive = _load_changed(files, tmp_path, lambda f: f)
+    pd.testing.assert_series_equal(data.frame["tx_during_night"], naive.frame["tx_during_night"])
+    with pytest.raises(FedriskInputError, match="timestamps are numbers"):
+        _load_changed(files, tmp_path, lambda f: f.assign(tx_datetime=pd.to_datetime(f.tx_datetime).astype("int64") // 10**9))
+    mixed = lambda f: f.assign(tx_datetime=np.where(f.index % 2, "2026-01-10T22:30-05:00", "2026-01-10T22:30+01:00"))
+    with pytest.raises(FedriskInputError, match="mix time zones"):
+        _load_changed(files, tmp_path, mixed)
+
+
+def test_a_label_delay_of_zero_is_refused():
+    with pytest.raises(FedriskInputError, match="delay_days"):
+        load_config(None, {"task": "fraud", "data.transactions.delay_days": 0})
+
+
+def test_task_defaults_are_not_shared_between_loads(tmp_path):
+    a = load_config(None, {"task": "fraud"}, work_dir=tmp_path / "a")
+    b = load_config(None, {"task": "fraud"}, work_dir=tmp_path / "b")
+    assert a.privacy.ledger_dir.startswith(str(tmp_path / "a")) and b.privacy.ledger_dir.startswith(str(tmp_path / "b"))
+    assert b.tracking.uri == f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+
+
+def test_policy_and_computed_fpr_must_agree():
+    with pytest.raises(FedriskInputError, match="judges recall_at_fpr_0.01 but the campaign computes recall_at_fpr_0.05"):
+        load_config(None, {"task": "fraud", "evaluation.max_fpr": 0.05})
+    assert load_config(None, {"task": "fraud", "evaluation.max_fpr": 0.05, "gate.enabled": False})

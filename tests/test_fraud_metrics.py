@@ -113,9 +113,16 @@ def test_thresholds_come_from_validation_not_from_the_judged_split():
 def test_fraud_statistics_add_up_across_issuers():
     issuers = _issuers(7)
     total = sum((_stats(f)[1] for f in issuers.values()), start=FraudStats(0.0, 0, 0, 0))
-    assert total.topk_alerts == sum(len(f.groupby("day").head(K)) for f in issuers.values())
+    tops = [f.sort_values(["day", "score"], ascending=[True, False], kind="stable").groupby("day").head(K)
+            for f in issuers.values()]
+    assert total.topk_alerts == sum(len(t) for t in tops)
+    assert total.topk_hits == sum(int(t.y.sum()) for t in tops)
+    assert total.days == sum(f.day.nunique() for f in issuers.values())
     pooled = pd.concat(issuers.values())
-    np.testing.assert_allclose(total.amount_pos.sum(), pooled.amount[pooled.y == 1].sum())
+    frauds = pooled[pooled.y == 1]
+    per_bin = frauds.groupby(np.minimum((frauds.score * BINS).astype(int), BINS - 1)).amount.sum()
+    np.testing.assert_allclose(total.amount_pos[per_bin.index], per_bin.to_numpy())
+    assert total.amount_pos.sum() == pytest.approx(frauds.amount.sum())
 
 
 def test_no_accuracy_in_the_fraud_suite():

@@ -44,6 +44,7 @@ CARD_SHARE = 1 / 3  # of a stolen card's transactions are fraudulent ...
 CARD_MULTIPLIER = 5.0  # ... at five times the amount
 WEEKDAY_ACTIVITY = np.array([1.0, 1.0, 1.0, 1.0, 1.05, 1.25, 0.7])  # Monday .. Sunday
 
+LABEL_DERIVED = ["tx_fraud_scenario"]  # which scenario made a fraud: for analysis, never a feature
 COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount",
            "tx_fraud", "tx_fraud_scenario"]
 
@@ -104,7 +105,7 @@ def build_world(issuers: int, customers: int, terminals: int, days: int, seed: i
 
 
 def generate_issuer(
-    index: int, issuers: int = 5, customers: int = 5000, terminals: int = 10_000, days: int = 98,
+    index: int, issuers: int = 5, customers: int = 5000, terminals: int = 10_000, days: int = 105,
     seed: int = 42,
 ) -> pd.DataFrame:
     """One issuer's transactions, sorted by time, with labels and the scenario that made them."""
@@ -147,7 +148,7 @@ def generate_issuer(
 
 
 def generate_consortium(
-    issuers: int = 5, customers: int = 5000, terminals: int = 10_000, days: int = 98, seed: int = 42
+    issuers: int = 5, customers: int = 5000, terminals: int = 10_000, days: int = 105, seed: int = 42
 ) -> pd.DataFrame:
     """All issuers' transactions with an `issuer` column: for pooled baselines and tests only."""
     names = institution_names(issuers)
