@@ -23,7 +23,9 @@ from fedrisk.transaction_features import transaction_features
 IDENTIFIER_SHARE = 0.5  # a text feature with more distinct values than this share of rows
 LEAK_CHECK_ROWS = 200  # below this, a pure feature value can happen by chance
 LEAK_CHECK_VALUES = 50
+CARD_ID_MIN_VALUES = 5  # a category with fewer values cannot single out customers
 DAY = "_day"  # fraud: day of each transaction (days since 1970), kept for splits and top-k
+CUSTOMER = "_customer"  # fraud: customer codes, only while loading (identifier checks)
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ def _raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[
 
 def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file: str) -> Columns:
     """Which columns are inputs, and of which kind; personal identifiers never are."""
-    excluded = {spec.target, *spec.drop, *spec.protected, DAY}
+    excluded = {spec.target, *spec.drop, *spec.protected, DAY, CUSTOMER}
     if spec.institution_column:
         excluded.add(spec.institution_column)
     if spec.features is not None:
@@ -292,6 +294,8 @@ def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
     columns = resolve_columns(frame, spec, name, source)
     target = _check_target(frame, columns.target, name, source)
     _check_leaks(frame, columns, target, name, source)
+    if CUSTOMER in frame.columns:
+        _check_card_identifiers(frame, columns, name, source)
     measured = [c for c in columns.protected if c not in columns.features]
     if spec.transactions is not None:
         amount = spec.transactions.amount
@@ -303,29 +307,54 @@ def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
 
 
 def _local_timestamps(raw: pd.Series, name: str, source: str, column: str) -> pd.Series:
-    """Timestamps as local wall-clock time: night and weekend are the cardholder's, not UTC's."""
+    """Timestamps as local wall-clock time: night and weekend are the cardholder's, not UTC's.
+
+    A UTC offset on a text timestamp is dropped, keeping the local clock, so one zone with
+    daylight-saving offsets (+01:00 in winter, +02:00 in summer) reads right.
+    """
+    if raw.isna().all():
+        raise FedriskInputError("no timestamps", institution=name, file=source, column=column)
     if pd.api.types.is_numeric_dtype(raw):  # epoch numbers are ambiguous (s, ms, ns?)
         raise FedriskInputError("timestamps are numbers: give dates and times (ISO 8601)",
                                 institution=name, file=source, column=column)
-    try:
-        when = raw if pd.api.types.is_datetime64_any_dtype(raw) else pd.to_datetime(raw, errors="coerce")
-    except ValueError:  # pandas refuses several UTC offsets in one column
-        raise FedriskInputError("timestamps mix time zones: give local times, one zone per issuer",
-                                institution=name, file=source, column=column) from None
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        when = raw
+    else:
+        text = raw.astype("string").str.strip().str.replace(r"(Z|[+-]\d{2}:?\d{2})$", "", regex=True)
+        when = pd.to_datetime(text, errors="coerce")
     if getattr(when.dt, "tz", None) is not None:
         when = when.dt.tz_localize(None)  # keep the local time, drop the zone
     return when
 
 
 def _check_leaks(frame: pd.DataFrame, columns: Columns, target: pd.Series, name: str, source: str) -> None:
-    """A feature with a few values, each of one class only, is the label in disguise."""
+    """A feature with a few values (missing counts as one), each of one class only, is the label in disguise."""
     if len(frame) < LEAK_CHECK_ROWS:
         return
     for column in columns.features:
         values = frame[column]
-        if values.nunique() <= LEAK_CHECK_VALUES and target.groupby(values.to_numpy()).nunique().max() == 1:
+        if (values.nunique(dropna=False) <= LEAK_CHECK_VALUES
+                and target.groupby(values.to_numpy(), dropna=False).nunique().max() == 1):
             raise FedriskInputError(
                 "feature determines the target exactly (a label leak?): add it to data.drop",
+                institution=name, file=source, column=column,
+            )
+
+
+def _check_card_identifiers(frame: pd.DataFrame, columns: Columns, name: str, source: str) -> None:
+    """A category whose values each belong to one customer is a card or account number.
+
+    Category values travel in the shared vocabulary, so such a column would send card
+    numbers to the server. Transactions repeat per card, so the share-of-rows test of
+    `resolve_columns` cannot see it; counting customers per value can, whatever the dtype.
+    """
+    for column in columns.categorical:
+        per_value = frame.groupby(column)[CUSTOMER].nunique()
+        single = float((per_value == 1).mean()) if len(per_value) else 0.0
+        if len(per_value) >= CARD_ID_MIN_VALUES and single >= IDENTIFIER_SHARE:
+            raise FedriskInputError(
+                f"{single:.0%} of its {len(per_value)} values belong to a single customer: looks like a "
+                "card or account number; add it to data.drop (or list the features in data.features)",
                 institution=name, file=source, column=column,
             )
 
@@ -371,16 +400,8 @@ def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source
     identifiers = {tx.timestamp, tx.customer, tx.terminal, tx.amount, spec.target}
     passthrough = [c for c in frame.columns
                    if c not in identifiers and c not in spec.drop and c not in features.columns]
-    customers = frame[tx.customer].nunique()
-    for column in passthrough:  # a card or account number repeats per transaction: count per customer
-        values = frame[column].dropna()
-        if not pd.api.types.is_numeric_dtype(values) and values.nunique() > IDENTIFIER_SHARE * customers:
-            raise FedriskInputError(
-                f"{values.nunique()} distinct values for {customers} customers: looks like an identifier; "
-                "add it to data.drop (or list the features in data.features)",
-                institution=name, file=source, column=column,
-            )
     out = pd.concat([amount.rename(tx.amount), features, frame[passthrough]], axis=1)
+    out[CUSTOMER] = pd.factorize(frame[tx.customer])[0]
     out[spec.target] = target.to_numpy()
     out[DAY] = when.to_numpy(dtype="datetime64[D]").astype(np.int64)
     return out

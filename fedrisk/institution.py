@@ -71,7 +71,8 @@ def statistics(config_json: str, name: str) -> dict[str, Any]:
     }
     if DAY in local.split.train.columns:  # fraud: the calendar of each window, no rows
         used = sum(stats["split_rows"].values())
-        stats["split_rows"]["outside_windows"] = len(local.data.frame) - used  # history, delay gaps
+        # history before train, the two delay gaps, and rows after time_split.end
+        stats["split_rows"]["outside_windows"] = len(local.data.frame) - used
         stats["split_days"] = {
             part: [str(np.datetime64(int(frame[DAY].min()), "D")), str(np.datetime64(int(frame[DAY].max()), "D"))]
             for part, frame in vars(local.split).items()

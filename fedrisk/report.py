@@ -37,11 +37,11 @@ def _roc_and_ks(stats: EvalStats) -> str:
     roc.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     roc.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC")
     edges = np.linspace(0, 1, len(stats.hist_pos) + 1)
-    ks.plot(edges, 1 - tp, label="defaults")
-    ks.plot(edges, 1 - fp, label="non-defaults")
+    ks.plot(edges, 1 - tp, label="positives (defaults, frauds)")
+    ks.plot(edges, 1 - fp, label="negatives")
     gap = np.argmax(np.abs(tp - fp))
     ks.vlines(edges[gap], 1 - tp[gap], 1 - fp[gap], colors="red", label=f"KS {abs(tp[gap] - fp[gap]):.3f}")
-    ks.set(xlabel="predicted PD", ylabel="cumulative share", title="KS")
+    ks.set(xlabel="predicted probability", ylabel="cumulative share", title="KS")
     ks.legend(fontsize=8)
     return _png(fig)
 
@@ -52,7 +52,7 @@ def _calibration(stats: EvalStats) -> tuple[str, list[dict[str, float]]]:
     ax.plot([b["predicted"] for b in bands], [b["observed"] for b in bands], "o-")
     top = max([b["predicted"] for b in bands] + [b["observed"] for b in bands] + [0.05])
     ax.plot([0, top], [0, top], ls="--", c="grey", lw=0.8)
-    ax.set(xlabel="predicted default rate", ylabel="observed default rate", title="Calibration by score band")
+    ax.set(xlabel="predicted rate", ylabel="observed rate", title="Calibration by score band")
     return _png(fig), bands
 
 

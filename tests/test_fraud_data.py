@@ -144,11 +144,28 @@ def test_a_label_derived_column_is_refused_even_when_the_user_drops_other_column
 
 
 def test_a_card_number_column_is_refused_as_an_identifier(files, tmp_path):
-    with pytest.raises(FedriskInputError, match="looks like an identifier") as err:
+    with pytest.raises(FedriskInputError, match="card or account number") as err:
         _load_changed(files, tmp_path, lambda f: f.assign(account_ref="ACC-" + f.customer_id.astype(str)))
     assert "'account_ref'" in err.value.one_line()
-    _, data = _load_changed(files, tmp_path, lambda f: f.assign(channel=np.where(f.index % 3, "pos", "web")))
-    assert "channel" in data.columns.categorical  # a real category passes
+    # numeric card numbers too, once they would travel as categories
+    with pytest.raises(FedriskInputError, match="card or account number"):
+        _load_changed(files, tmp_path, lambda f: f.assign(card_no=4_000_000_000_000_000 + 7919 * f.customer_id),
+                      **{"data.categorical": ["card_no"]})
+    # real categories pass, even those with many values
+    shops = lambda f: f.assign(channel=np.where(f.index % 3, "pos", "web"), mcc="m" + (f.terminal_id % 40).astype(str))
+    _, data = _load_changed(files, tmp_path, shops)
+    assert {"channel", "mcc"} <= set(data.columns.categorical)
+
+
+def test_a_sparse_column_is_not_mistaken_for_a_label_leak(files, tmp_path):
+    def promo(f):
+        codes = pd.Series(np.nan, index=f.index, dtype=object)
+        legit = f.index[f.tx_fraud == 0][:40]
+        codes[legit] = np.resize(["A", "B", "C", "D"], len(legit))
+        return f.assign(promo_code=codes)
+
+    _, data = _load_changed(files, tmp_path, promo)
+    assert "promo_code" in data.columns.categorical
 
 
 def test_amount_kept_for_evaluation_when_not_a_feature(files, tmp_path):
@@ -159,16 +176,20 @@ def test_amount_kept_for_evaluation_when_not_a_feature(files, tmp_path):
     assert "tx_amount" not in data.columns.features and "tx_amount" in data.frame.columns
 
 
-def test_timestamps_keep_local_time_and_ambiguous_ones_are_refused(files, tmp_path):
+def test_timestamps_keep_local_time_and_numbers_are_refused(files, tmp_path):
     local = lambda f: f.assign(tx_datetime=pd.to_datetime(f.tx_datetime).dt.tz_localize("Etc/GMT+5").astype(str))
     _, data = _load_changed(files, tmp_path, local)
     _, naive = _load_changed(files, tmp_path, lambda f: f)
     pd.testing.assert_series_equal(data.frame["tx_during_night"], naive.frame["tx_during_night"])
     with pytest.raises(FedriskInputError, match="timestamps are numbers"):
         _load_changed(files, tmp_path, lambda f: f.assign(tx_datetime=pd.to_datetime(f.tx_datetime).astype("int64") // 10**9))
-    mixed = lambda f: f.assign(tx_datetime=np.where(f.index % 2, "2026-01-10T22:30-05:00", "2026-01-10T22:30+01:00"))
-    with pytest.raises(FedriskInputError, match="mix time zones"):
-        _load_changed(files, tmp_path, mixed)
+    # one zone across a daylight-saving change: +01:00 then +02:00, local clock kept
+    dst = lambda f: f.assign(tx_datetime=np.where(f.index % 2, pd.to_datetime(f.tx_datetime).dt.strftime("%Y-%m-%dT%H:%M:%S+01:00"),
+                                                  pd.to_datetime(f.tx_datetime).dt.strftime("%Y-%m-%dT%H:%M:%S+02:00")))
+    _, summer = _load_changed(files, tmp_path, dst)
+    pd.testing.assert_series_equal(summer.frame["tx_during_night"], naive.frame["tx_during_night"])
+    with pytest.raises(FedriskInputError, match="no timestamps"):
+        _load_changed(files, tmp_path, lambda f: f.assign(tx_datetime=np.nan))
 
 
 def test_a_label_delay_of_zero_is_refused():
