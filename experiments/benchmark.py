@@ -24,6 +24,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from report_file import write_report  # experiments/report_file.py
 from fedrisk.config import ModelSpec, load_config
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.institution import sampling_plan
@@ -175,10 +176,7 @@ def main() -> None:
     lines = ["# Benchmarks", "", "Measured by `python experiments/benchmark.py` on this 2-core, no-GPU machine.", ""]
     lines += dp_cost(args.repeats)
     lines += overhead(args.repeats)
-    text = "\n".join(lines)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +21,7 @@ from scipy.stats import ks_2samp
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from clients.client_app import _evaluation
+from report_file import write_report  # experiments/report_file.py
 from fedrisk.config import load_config
 from fedrisk.fairness import fairness_by_attribute, group_histograms, merge_group_histograms
 from fedrisk.generators.credit import generate_consortium, true_pd
@@ -111,10 +111,7 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     lines += tolerance([100, 1000, 10000])
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,12 @@ import argparse
 import random
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from benchmark import overhead  # experiments/benchmark.py: the same measure as for credit
+from report_file import write_report  # experiments/report_file.py
 from fedrisk.generators import fraud
 from fedrisk.transaction_features import transaction_features
 
@@ -141,10 +141,7 @@ def main() -> None:
     print(lines[-2:], flush=True)
 
     lines += ["", *overhead(3, {"task": "fraud"})]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

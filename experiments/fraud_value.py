@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from report_file import write_report  # experiments/report_file.py  # noqa: E402
 from fedrisk.config import CampaignConfig, load_config  # noqa: E402
 from fedrisk.data import DAY, Split, institution_names, load_institution, split_institution  # noqa: E402
 from fedrisk.fraud_metrics import FraudStats, fraud_summary  # noqa: E402
@@ -161,9 +162,7 @@ def main() -> None:
     overall = table.groupby("setting")[list(METRICS)].mean()
     for s in SETTINGS:
         lines.append(f"| {s} | " + " | ".join(f"{overall.loc[s, k]:.3f}" for k in METRICS) + " |")
-    text = "\n".join(lines) + "\n"
-    out.write_text(text)
-    print(text)
+    write_report(out, lines)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
+from report_file import write_report  # experiments/report_file.py
 from fedrisk.config import CampaignConfig, load_config
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.generators.credit import true_pd
@@ -90,10 +91,7 @@ def main() -> None:
     lines += ["", f"AUC lost to privacy: {100 * (nodp_auc - dp_auc) / nodp_auc:.2f} % relative "
               f"(consortium limit: 5 %). Federated DP vs pooled: "
               f"{100 * (pooled_auc - dp_auc) / pooled_auc:.2f} % relative."]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -58,11 +58,16 @@ def institution_names(n: int) -> list[str]:
     return [f"inst{i + 1:0{width}d}" for i in range(n)]
 
 
+def institution_shares(n: int) -> np.ndarray:
+    """A large institution first, then smaller ones: shares proportional to 1/rank^1.1."""
+    weights = 1.0 / np.arange(1, n + 1) ** 1.1
+    return weights / weights.sum()
+
+
 def consortium_profiles(n_institutions: int, seed: int) -> list[InstitutionProfile]:
     """A large national bank first, then smaller regional lenders of decreasing size."""
     rng = np.random.default_rng([seed, 10_007])
-    weights = 1.0 / np.arange(1, n_institutions + 1) ** 1.1
-    shares = weights / weights.sum()
+    shares = institution_shares(n_institutions)
     profiles = []
     for i, name in enumerate(institution_names(n_institutions)):
         national = i == 0

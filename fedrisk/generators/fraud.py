@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from fedrisk.generators.credit import institution_names
+from fedrisk.generators.credit import institution_names, institution_shares
 
 START = pd.Timestamp("2026-01-05")  # a Monday
 GRID = 100.0  # customers and terminals live on a 100 x 100 square
@@ -65,12 +65,6 @@ class World:
     card_compromised: np.ndarray  # (customers, days) bool
 
 
-def issuer_shares(n: int) -> np.ndarray:
-    """A large issuer first, then smaller ones (the credit generator's size law)."""
-    weights = 1.0 / np.arange(1, n + 1) ** 1.1
-    return weights / weights.sum()
-
-
 def issuer_card_risk(n: int) -> np.ndarray:
     """Relative card-theft frequency per issuer: 0.5x to 1.5x the base rate, mean 1."""
     return np.linspace(0.5, 1.5, n) if n > 1 else np.ones(1)
@@ -87,7 +81,7 @@ def _window(starts: np.ndarray, days: int) -> np.ndarray:
 @lru_cache(maxsize=4)
 def build_world(issuers: int, customers: int, terminals: int, days: int, seed: int) -> World:
     rng = np.random.default_rng([seed, 50_021])
-    shares = issuer_shares(issuers)
+    shares = institution_shares(issuers)
     issuer = np.minimum(np.searchsorted(np.cumsum(shares), rng.random(customers)), issuers - 1)
     customer_xy = rng.uniform(0, GRID, (customers, 2))
     mean_amount = rng.uniform(5, 100, customers)
