@@ -17,6 +17,7 @@ from fedrisk.config import load_config
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.gate import apply_policy
 from fedrisk.launcher import simulate
+from fedrisk.metrics import bin_index
 from fedrisk.policy import load_policy
 from fedrisk.serving import load_model_files
 
@@ -24,8 +25,9 @@ pytestmark = pytest.mark.slow
 
 SMALL = {"task": "fraud", "institutions": 3, "rounds": 2, "data.synthetic.customers": 900,
          "data.synthetic.terminals": 1800, "data.synthetic.days": 70, "training.batch_size": 128}
-# The federated AUPRC is computed from 1,000-bin histograms; see docs/evaluation_cost.md.
-BINNING_TOLERANCE = 0.005
+# Room for a score that float rounding puts on the other side of a bin edge; the binning
+# error itself (docs/evaluation_cost.md) depends on the model and is tested in test_metrics.
+ROUNDING_TOLERANCE = 1e-3
 
 
 def test_fraud_campaign_end_to_end(tmp_path):
@@ -49,15 +51,16 @@ def test_fraud_campaign_end_to_end(tmp_path):
         assert 0 < m[f"test_operating_threshold.{name}"] < 1
     assert not [k for k in m if "accuracy" in k]
 
-    # The federated AUPRC equals scikit-learn's on the pooled test rows scored by the MLflow model.
+    # The federated AUPRC equals scikit-learn's on the pooled test rows scored by the MLflow
+    # model, once the scores are put on the same 1,000-bin grid the institutions count on.
     model = mlflow.pyfunc.load_model(run.data.tags["fedrisk.model_uri"])
     ys, scores = [], []
     for name in names:
         split = split_institution(load_institution(config.data, name, config.seed), config.data, config.seed)
         scores.append(np.asarray(model.predict(split.test)))
         ys.append(split.test["tx_fraud"].to_numpy())
-    y, s = np.concatenate(ys), np.concatenate(scores)
-    assert m["test_average_precision"] == pytest.approx(average_precision_score(y, s), abs=BINNING_TOLERANCE)
+    y, s = np.concatenate(ys), bin_index(np.concatenate(scores), config.evaluation.bins)
+    assert m["test_average_precision"] == pytest.approx(average_precision_score(y, s), abs=ROUNDING_TOLERANCE)
 
     # The gate judged the run with the fraud policy, and its verdict follows from the metrics.
     verdict = run.data.tags["fedrisk.gate.verdict"]
