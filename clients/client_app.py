@@ -3,7 +3,10 @@
 Message types:
 - `query.statistics`: preprocessing statistics of the training rows;
 - `train`: evaluate the received global model on the validation rows, then one DP round;
-- `evaluate`: evaluation statistics of the received model on the splits asked for.
+- `evaluate`: evaluation statistics of the received model on the splits asked for;
+- `query.reference`: fine-grid counts of the final model's score and inputs (training rows);
+- `query.monitor`: counts of a monitoring window on the reference bins, and its score
+  histograms when the window is labelled.
 Evaluating on receipt lets one message exchange per round carry both, so a round costs one
 trip through the engine, not two. Input errors and budget refusals become error replies
 carrying one line; the server excludes the institution and goes on.
@@ -32,7 +35,8 @@ app = ClientApp()
 def _campaign(msg: Message, context: Context) -> tuple[ConfigRecord, str]:
     config = msg.content["config"]
     config_json = str(config["campaign-config"])
-    name = institution.resolve_institution(config_from_json(config_json), dict(context.node_config))
+    names = json.loads(str(config["institutions"])) if "institutions" in config else None
+    name = institution.resolve_institution(config_from_json(config_json), dict(context.node_config), names)
     return config, name
 
 
@@ -96,6 +100,38 @@ def importance(msg: Message, context: Context) -> Message:
         return _error(msg, err)
     payload = json.dumps({f: [pos.tolist(), neg.tolist()] for f, (pos, neg) in hists.items()})
     return Message(RecordDict({"importance": ConfigRecord({"json": payload}), "who": _who(name)}), reply_to=msg)
+
+
+def _counts(counts: dict[str, np.ndarray]) -> ConfigRecord:
+    return ConfigRecord({"json": json.dumps({k: v.tolist() for k, v in counts.items()})})
+
+
+@app.query("reference")
+def reference(msg: Message, context: Context) -> Message:
+    try:
+        config, name = _campaign(msg, context)
+        counts = institution.reference_counts(str(config["campaign-config"]), name, str(config["preprocessor"]),
+                                              msg.content["arrays"].to_torch_state_dict())
+    except FedriskInputError as err:
+        return _error(msg, err)
+    return Message(RecordDict({"counts": _counts(counts), "who": _who(name)}), reply_to=msg)
+
+
+@app.query("monitor")
+def monitor(msg: Message, context: Context) -> Message:
+    try:
+        config, name = _campaign(msg, context)
+        counts, stats = institution.window_statistics(
+            str(config["campaign-config"]), name, str(config["preprocessor"]),
+            msg.content["arrays"].to_torch_state_dict(), json.loads(str(config["edges"])),
+            int(config["window-days"]),
+        )
+    except FedriskInputError as err:
+        return _error(msg, err)
+    content = RecordDict({"counts": _counts(counts), "who": _who(name)})
+    if stats is not None:
+        content["evaluation"] = _evaluation({"window": (stats, {}, None)})
+    return Message(content, reply_to=msg)
 
 
 @app.train()

@@ -25,7 +25,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             out[key] = value
     if args.no_dp:
         out["privacy.enabled"] = False
-    for item in args.set or []:
+    out.update(_set_values(args.set))
+    return out
+
+
+def _set_values(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
         if "=" not in item:
             raise FedriskInputError(f"--set expects KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
@@ -48,7 +54,11 @@ def _simulate(args: argparse.Namespace) -> int:
         f"{config.training.rounds} rounds, {config.model.kind}, DP {dp}",
         file=sys.stderr,
     )
-    outcome = simulate(config, verbose=args.verbose)
+    return _print_outcome(config, simulate(config, verbose=args.verbose))
+
+
+def _print_outcome(config: Any, outcome: Any) -> int:
+    """The closing summary of a campaign; returns the command's exit code."""
     m = outcome.metrics
     print(f"campaign     {outcome.campaign} ({outcome.status})")
     if "fedrisk.stop_reason" in outcome.tags:
@@ -79,6 +89,60 @@ def _simulate(args: argparse.Namespace) -> int:
     if verdict == "block":
         return BLOCKED_EXIT_CODE
     return 0 if outcome.status == "completed" else 1
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from fedrisk.launcher import monitor, simulate
+    from fedrisk.monitor_config import load_monitor_config
+    from fedrisk.monitoring import plan_monitoring, retrain_config
+
+    overrides = _set_values(args.set)
+    if args.tracking_uri:
+        overrides["tracking.uri"] = args.tracking_uri
+    plan = plan_monitoring(load_monitor_config(args.config, overrides), args.model)
+    print(f"fedrisk: monitoring {plan.model.name} version {plan.model.version} ({plan.training.task}) over "
+          f"{len(plan.windows)} windows of {len(plan.institutions)} institutions", file=sys.stderr)
+    run = monitor(plan, verbose=args.verbose)
+    client_report = _download_report(plan.monitor.tracking.uri, run.info.run_id)
+    metric = plan.monitor.levels.performance.metric
+    relative = plan.monitor.levels.performance.mode == "relative"
+    print(f"{'window':<12} {'rows':>8} {'score PSI':>9} {'max CSI (input)':<28} {metric + ' (change)':<20} level   why")
+    for window in client_report["windows"]:
+        pooled = window["scopes"]["pooled"]
+        csi = {c: v for c, v in pooled["psi"].items() if c != "score"}
+        top = max(csi, key=csi.get) if csi else None
+        perf = pooled["performance"].get(metric)
+        drop = pooled["drops"].get(metric)
+        change = "" if drop is None else f" ({-drop:+.1%})" if relative else f" ({-drop:+.4f})"
+        perf_text = "no labels" if perf is None else f"{perf:.4f}{change}"
+        csi_text = f"{csi[top]:.3f} ({top})" if top else "-"
+        print(f"{window['label']:<12} {pooled['rows']:>8} {pooled['psi']['score']:>9.3f} {csi_text:<28} "
+              f"{perf_text:<20} {window['level']:<7} {'; '.join(window['reasons'][:2])}")
+        for name, reason in window["missing"].items():
+            print(f"{'':<12} not measured: {reason}")
+    print(client_report["retrain"]["summary"])
+    print(f"MLflow run   {run.info.run_id} (experiment '{plan.monitor.tracking.experiment}'), "
+          f"report drift/report.html; tags fedrisk.monitor.level={run.data.tags.get('fedrisk.monitor.level')}")
+    print(f"model        {plan.model.name}/{plan.model.version} tagged fedrisk.monitor.level, fedrisk.monitor.run")
+    trigger = client_report["retrain"]
+    if args.retrain and trigger["triggered"]:
+        config = retrain_config(plan, trigger["index"], args.rounds)
+        print(f"fedrisk: retraining, warm-started from {plan.model.uri}", file=sys.stderr)
+        return _print_outcome(config, simulate(config, verbose=args.verbose))
+    if args.retrain:
+        print("retraining not started: the rule was not met")
+    return 0
+
+
+def _download_report(uri: str, run_id: str) -> dict[str, Any]:
+    import json
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = MlflowClient(uri).download_artifacts(run_id, "drift/report.json", tmp)
+        return json.loads(Path(path).read_text())
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -151,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--policy", help="policy YAML (default: configs/gate_<task>.yaml)")
     val.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
     val.set_defaults(func=_validate)
+    mon = sub.add_parser("monitor", help="watch a registered model's new data windows for drift")
+    mon.add_argument("model", nargs="?", help="NAME@ALIAS or NAME/VERSION, e.g. fedrisk-credit@challenger")
+    mon.add_argument("--config", help="monitoring YAML (default: built-in, as configs/monitor_credit.yaml)")
+    mon.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a monitoring key, e.g. --set windows.synthetic.scenario=downturn")
+    mon.add_argument("--tracking-uri", dest="tracking_uri")
+    mon.add_argument("--retrain", action="store_true",
+                     help="when the retraining rule is met, run a campaign warm-started from the model")
+    mon.add_argument("--rounds", type=int, help="rounds of that retraining campaign")
+    mon.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
+    mon.set_defaults(func=_monitor)
     exp = sub.add_parser("explain", help="points scorecard and reason codes of a logistic model")
     exp.add_argument("model", help="MLflow model URI, e.g. models:/fedrisk-credit@challenger")
     exp.add_argument("csv", help="applicants (raw feature columns)")

@@ -42,6 +42,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Drift(_Strict):
+    """A controlled shift of the built-in generators: later windows for monitoring."""
+
+    scenario: Literal["none", "population_shift", "downturn", "new_fraud_pattern"] = "none"
+    severity: float = Field(0.0, ge=0.0, le=5.0, description="1: a strong shift")
+    stream: int = Field(0, ge=0, description="0: the training data; k > 0: the k-th later window")
+    start_day: int = Field(0, ge=0, description="fraud: first day of the window's history, after the start")
+
+
 class SyntheticData(_Strict):
     """The built-in generators: credit applicants (`rows`) or card transactions (fraud)."""
 
@@ -51,6 +60,7 @@ class SyntheticData(_Strict):
     customers: int = Field(5000, ge=10, description="fraud: cardholders over all issuers")
     terminals: int = Field(10_000, ge=10, description="fraud: terminals shared by all issuers")
     days: int = Field(105, ge=7, le=3650, description="fraud: days of transactions")
+    drift: Drift = Drift()
 
 
 class TransactionSpec(_Strict):
@@ -141,6 +151,8 @@ class Training(_Strict):
     min_institutions: int = Field(2, ge=1)
     positive_weight: float = Field(1.0, gt=0.0, description="loss weight of a positive row")
     focal_gamma: float = Field(0.0, ge=0.0, le=10.0, description="focal loss; 0: cross-entropy")
+    initial_model: str | None = Field(
+        None, description="warm start: an MLflow model URI whose weights and preprocessing the campaign starts from")
 
 
 class Privacy(_Strict):
@@ -202,6 +214,11 @@ class CampaignConfig(_Strict):
             raise ValueError("task fraud needs data.transactions and data.time_split")
         if not fraud and (self.data.transactions is not None or self.data.time_split is not None):
             raise ValueError("data.transactions and data.time_split apply to task fraud only")
+        scenario = self.data.synthetic.drift.scenario
+        allowed = ("none", "population_shift", "new_fraud_pattern") if fraud else ("none", "population_shift", "downturn")
+        if scenario not in allowed:
+            raise ValueError(f"data.synthetic.drift.scenario '{scenario}' is not a {self.task} scenario "
+                             f"(use one of: {', '.join(allowed)})")
         return self
 
     def institution_count_hint(self) -> int | None:

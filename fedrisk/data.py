@@ -10,11 +10,12 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fedrisk.config import DataSpec
+from fedrisk.config import DataSpec, Drift
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit, fraud
 from fedrisk.transaction_features import transaction_features
@@ -145,14 +146,22 @@ def _partition_rows(frame: pd.DataFrame, spec: DataSpec, seed: int) -> np.ndarra
     return owner
 
 
+def _drift_params(spec: DataSpec) -> dict[str, Any]:
+    """A later or shifted window is other data: it gets its own fingerprint (and ledger)."""
+    drift = spec.synthetic.drift
+    return {} if drift == Drift() else {"drift": drift.model_dump()}
+
+
 def _raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[pd.DataFrame, str, str]:
     """(rows, source description, fingerprint) of one institution, before checks."""
     if spec.source == "synthetic" and spec.transactions is not None:
         syn = spec.synthetic
         params = {"generator": "fraud", "index": names.index(name), "institutions": syn.institutions,
-                  "customers": syn.customers, "terminals": syn.terminals, "days": syn.days, "seed": seed}
+                  "customers": syn.customers, "terminals": syn.terminals, "days": syn.days, "seed": seed,
+                  **_drift_params(spec)}
         frame = fraud.generate_issuer(names.index(name), syn.institutions, syn.customers,
-                                      syn.terminals, syn.days, seed).drop(columns=fraud.LABEL_DERIVED)
+                                      syn.terminals, syn.days, seed, syn.drift.scenario, syn.drift.severity,
+                                      syn.drift.stream, syn.drift.start_day).drop(columns=fraud.LABEL_DERIVED)
         fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
         return frame, "built-in generator", fingerprint
     if spec.source == "synthetic":
@@ -165,8 +174,10 @@ def _raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[
             "rows": syn.rows,
             "seed": seed,
             "group_bias": syn.group_bias,
+            **_drift_params(spec),
         }
-        frame = credit.generate_institution(index, syn.institutions, syn.rows, seed, syn.group_bias)
+        frame = credit.generate_institution(index, syn.institutions, syn.rows, seed, syn.group_bias,
+                                            syn.drift.scenario, syn.drift.severity, syn.drift.stream)
         fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
         return frame, "built-in generator", fingerprint
     if spec.files is not None:
@@ -257,7 +268,8 @@ def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file:
     return Columns(numeric, categorical, list(spec.protected), spec.target)
 
 
-def _check_target(frame: pd.DataFrame, target: str, institution: str, file: str) -> pd.Series:
+def _check_target(frame: pd.DataFrame, target: str, institution: str, file: str,
+                  both_classes: bool = True) -> pd.Series:
     values = frame[target]
     if values.isna().any():
         raise FedriskInputError(f"target has {int(values.isna().sum())} missing values",
@@ -272,7 +284,7 @@ def _check_target(frame: pd.DataFrame, target: str, institution: str, file: str)
             f"target is not binary 0/1 ({len(seen)} distinct values of type {values.dtype})",
             institution=institution, file=file, column=target,
         )
-    if len(seen) < 2:
+    if both_classes and len(seen) < 2:
         raise FedriskInputError(
             f"target has a single class ({seen.pop()}): cannot train or evaluate",
             institution=institution, file=file, column=target,
@@ -304,6 +316,43 @@ def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
     kept = frame[columns.features + measured].copy()
     kept[columns.target] = target.to_numpy()
     return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns)
+
+
+def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], categorical: list[str],
+                window_days: int) -> tuple[pd.DataFrame, np.ndarray | None, str]:
+    """One institution's rows of a monitoring window: the model's inputs and labels if present.
+
+    The model's columns are fixed, so only they are checked. Without a target column the
+    window is unlabelled (performance is not measured); transactions need their labels for
+    the terminal-risk features. For transactions the window is the last `window_days`
+    days; earlier rows only feed the look-back features.
+    """
+    names = institution_names(spec)
+    if name not in names:
+        raise FedriskInputError(f"unknown institution (known: {', '.join(names)})", institution=name)
+    frame, source, _ = _raw_frame(spec, name, names, seed)
+    if len(frame) == 0:
+        raise FedriskInputError("no rows", institution=name, file=source)
+    if spec.transactions is not None:
+        frame = engineer_transactions(frame, spec, name, source)
+        frame = frame[frame[DAY] > frame[DAY].max() - window_days].reset_index(drop=True)
+    for column in numeric + categorical:
+        if column not in frame.columns:
+            raise FedriskInputError("model input column missing", institution=name, file=source, column=column)
+    for column in numeric:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = int((values.isna() & frame[column].notna()).sum())
+        if bad:
+            raise FedriskInputError(f"numeric column has {bad} non-numeric values", institution=name,
+                                    file=source, column=column)
+        if np.isinf(values.to_numpy(dtype=float)).any():
+            raise FedriskInputError("numeric column has infinite values", institution=name,
+                                    file=source, column=column)
+        frame[column] = values
+    labels = None
+    if spec.target in frame.columns:
+        labels = _check_target(frame, spec.target, name, source, both_classes=False).to_numpy()
+    return frame, labels, source
 
 
 def _local_timestamps(raw: pd.Series, name: str, source: str, column: str) -> pd.Series:

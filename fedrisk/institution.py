@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from fedrisk.config import CampaignConfig, config_from_json
-from fedrisk.data import DAY, InstitutionData, Split, institution_names, load_institution, split_institution
+from fedrisk.data import DAY, InstitutionData, Split, institution_names, load_institution, load_window, split_institution
+from fedrisk.drift import column_counts, fine_grid
 from fedrisk.fraud_metrics import FraudStats
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import GroupHistograms, group_histograms
@@ -47,11 +48,15 @@ def _matrices(config_json: str, name: str, preprocessor_json: str, part: str) ->
     return x, y
 
 
-def resolve_institution(config: CampaignConfig, node_config: dict[str, Any]) -> str:
-    """This node's institution: named in its node config, else its simulation partition."""
+def resolve_institution(config: CampaignConfig, node_config: dict[str, Any], names: list[str] | None = None) -> str:
+    """This node's institution: named in its node config, else its simulation partition.
+
+    `names` fixes the partition order when the data differ between messages (monitoring
+    windows need not all name every institution).
+    """
     if "institution" in node_config:
         return str(node_config["institution"])
-    names = institution_names(config.data)
+    names = names or institution_names(config.data)
     partition = int(node_config.get("partition-id", 0))
     if partition >= len(names):
         raise FedriskInputError(
@@ -198,3 +203,40 @@ def importance_histograms(
         scores = predict_proba(model, torch.as_tensor(preprocessor.transform(ablated))).numpy()
         out[column] = score_histograms(y, scores, config.evaluation.bins)
     return out
+
+
+def _score(config: CampaignConfig, preprocessor: Preprocessor, state: dict[str, torch.Tensor],
+           x: np.ndarray) -> np.ndarray:
+    model = build_model(config.model, preprocessor.width, config.seed)
+    model.load_state_dict(state)
+    return predict_proba(model, torch.as_tensor(x)).numpy()
+
+
+def reference_counts(
+    config_json: str, name: str, preprocessor_json: str, state: dict[str, torch.Tensor]
+) -> dict[str, np.ndarray]:
+    """Fine-grid counts of the final model's score and of every input on the training rows.
+
+    The server adds them up and reads the consortium's reference deciles from the sums.
+    """
+    config = config_from_json(config_json)
+    preprocessor = Preprocessor.from_json(preprocessor_json)
+    x, _ = _matrices(config_json, name, preprocessor_json, "train")
+    frame = _local_data(config_json, name).split.train
+    return column_counts(frame, _score(config, preprocessor, state, x), preprocessor,
+                         fine_grid(preprocessor, config.evaluation.bins))
+
+
+def window_statistics(
+    config_json: str, name: str, preprocessor_json: str, state: dict[str, torch.Tensor],
+    edges: dict[str, list[float]], window_days: int,
+) -> tuple[dict[str, np.ndarray], EvalStats | None]:
+    """Counts of a monitoring window on the reference bins, and score histograms if labelled."""
+    config = config_from_json(config_json)
+    preprocessor = Preprocessor.from_json(preprocessor_json)
+    frame, labels, _ = load_window(config.data, name, config.seed, preprocessor.numeric,
+                                   preprocessor.categorical, window_days)
+    scores = _score(config, preprocessor, state, preprocessor.transform(frame))
+    counts = column_counts(frame, scores, preprocessor, edges)
+    stats = EvalStats.from_scores(labels, scores, config.evaluation.bins) if labels is not None else None
+    return counts, stats

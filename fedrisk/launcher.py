@@ -17,6 +17,7 @@ from fedrisk.config import CampaignConfig
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.institution import check_delta, sampling_plan
+from fedrisk.monitoring import MonitorPlan
 from fedrisk.privacy import PrivacyLedger, calibrate_noise_multiplier
 from fedrisk.tracking import find_campaign_run
 
@@ -89,10 +90,44 @@ def simulate(
     names = preflight(config) if check_inputs else institution_names(config.data)
     campaign = campaign or uuid.uuid4().hex
 
-    from flwr.simulation import run_simulation
-
     from clients.client_app import app as client_app
     from server.server_app import app_for
+
+    _run_engine(app_for(config, campaign), client_app, num_supernodes or len(names), verbose)
+    run = find_campaign_run(config.tracking.uri, config.tracking.experiment, campaign)
+    if run is None:
+        raise RuntimeError(f"campaign {campaign} left no MLflow run")
+    return Outcome(
+        campaign=campaign,
+        run_id=run.info.run_id,
+        experiment_id=run.info.experiment_id,
+        status=run.data.tags.get("fedrisk.status", "unknown"),
+        metrics=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+    )
+
+
+def monitor(plan: MonitorPlan, *, verbose: bool = False) -> Any:
+    """Run the monitoring rounds of `plan` on the simulation engine; returns its MLflow run."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    from mlflow.tracking import MlflowClient
+
+    from clients.client_app import app as client_app
+    from server.monitor_app import MONITOR_TAG, monitor_app_for
+
+    _run_engine(monitor_app_for(plan), client_app, len(plan.institutions), verbose)
+    client = MlflowClient(plan.monitor.tracking.uri)
+    exp = client.get_experiment_by_name(plan.monitor.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.`{MONITOR_TAG}` = '{plan.request}'") if exp else []
+    if not runs:
+        raise RuntimeError("the monitoring run left no MLflow run")
+    return runs[0]
+
+
+def _run_engine(server_app: Any, client_app: Any, num_supernodes: int, verbose: bool) -> None:
+    """Flower's simulation engine, quiet unless `verbose`; input errors come back as such."""
+    from flwr.simulation import run_simulation
 
     if not verbose:  # after Flower's imports: they put DeprecationWarnings back to "once"
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -115,9 +150,9 @@ def simulate(
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         run_simulation(
-            server_app=app_for(config, campaign),
+            server_app=server_app,
             client_app=client_app,
-            num_supernodes=num_supernodes or len(names),
+            num_supernodes=num_supernodes,
             backend_config=backend,
             verbose_logging=verbose,
         )
@@ -132,14 +167,3 @@ def simulate(
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = pythonpath
-    run = find_campaign_run(config.tracking.uri, config.tracking.experiment, campaign)
-    if run is None:
-        raise RuntimeError(f"campaign {campaign} left no MLflow run")
-    return Outcome(
-        campaign=campaign,
-        run_id=run.info.run_id,
-        experiment_id=run.info.experiment_id,
-        status=run.data.tags.get("fedrisk.status", "unknown"),
-        metrics=dict(run.data.metrics),
-        tags=dict(run.data.tags),
-    )

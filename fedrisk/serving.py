@@ -41,8 +41,10 @@ class RiskModel(mlflow.pyfunc.PythonModel):
 
 
 def save_model_files(
-    folder: Path, state: dict[str, torch.Tensor], preprocessor: Preprocessor, spec: ModelSpec
+    folder: Path, state: dict[str, torch.Tensor], preprocessor: Preprocessor, spec: ModelSpec,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, str]:
+    """The model's files; `reference` (drift deciles and validation metrics) travels with it."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {
         "weights": folder / "weights.pt",
@@ -52,14 +54,29 @@ def save_model_files(
     torch.save(state, paths["weights"])
     paths["preprocessor"].write_text(preprocessor.to_json())
     paths["model_spec"].write_text(json.dumps({"model": spec.model_dump()}))
+    if reference is not None:
+        paths["reference"] = folder / "reference.json"
+        paths["reference"].write_text(json.dumps(reference))
     return {k: str(v) for k, v in paths.items()}
+
+
+def _model_root(model_uri: str) -> Path:
+    import mlflow.artifacts
+
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri)) / "artifacts"
+
+
+def load_reference(model_uri: str) -> dict[str, Any]:
+    """The drift reference stored with a fedrisk model."""
+    file = _model_root(model_uri) / "reference.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"model {model_uri} carries no drift reference (logged before monitoring existed)")
+    return json.loads(file.read_text())
 
 
 def load_model_files(model_uri: str) -> tuple[dict[str, torch.Tensor], Preprocessor, ModelSpec]:
     """Weights, preprocessing and model spec of a logged fedrisk model, by any MLflow URI."""
-    import mlflow.artifacts
-
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri)) / "artifacts"
+    root = _model_root(model_uri)
     meta = json.loads((root / "model_spec.json").read_text())
     preprocessor = Preprocessor.from_json((root / "preprocessor.json").read_text())
     state = torch.load(root / "weights.pt", weights_only=True)

@@ -42,29 +42,15 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         return client.get_experiment_by_name(name).experiment_id  # type: ignore[union-attr]
 
 
-class CampaignRun:
-    """The MLflow run of one campaign; state is the run id and a batch of pending metrics."""
+class TrackedRun:
+    """One MLflow run; state is the run id and a batch of pending metrics."""
 
-    def __init__(self, config: CampaignConfig, campaign: str) -> None:
-        self.config = config
-        self.uri = config.tracking.uri
-        self.client = MlflowClient(self.uri)
-        exp = experiment_id(self.client, config.tracking.experiment, self.uri)
-        tags = {
-            CAMPAIGN_TAG: campaign,
-            "fedrisk.task": config.task,
-            "fedrisk.version": fedrisk.__version__,
-            "fedrisk.privacy": "dp" if config.privacy.enabled else "none",
-            "fedrisk.accountant": config.privacy.accountant,
-            "fedrisk.delta": f"{config.privacy.delta:g}",  # every epsilon metric is at this delta
-            "mlflow.runName": f"{config.task}-{campaign[:8]}",
-        }
+    def __init__(self, uri: str, experiment: str, tags: dict[str, str]) -> None:
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        exp = experiment_id(self.client, experiment, uri)
         self.run_id = self.client.create_run(exp, tags=tags).info.run_id
         self._pending: list[Any] = []
-        params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i : i + 100])
-        self.client.log_dict(self.run_id, config.model_dump(mode="json"), "config.yaml")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Queued to MLflow's background logger, off the round's critical path; see flush."""
@@ -87,10 +73,41 @@ class CampaignRun:
     def log_dict(self, content: dict[str, Any], artifact_file: str) -> None:
         self.client.log_dict(self.run_id, content, artifact_file)
 
-    def log_model(self, state: dict[str, Any], preprocessor: Preprocessor) -> str:
-        """Log the global model with its preprocessing; returns the model URI."""
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id, status=status)
+
+
+class CampaignRun(TrackedRun):
+    """The MLflow run of one campaign: its config as params, metrics, the model."""
+
+    def __init__(self, config: CampaignConfig, campaign: str) -> None:
+        self.config = config
+        tags = {
+            CAMPAIGN_TAG: campaign,
+            "fedrisk.task": config.task,
+            "fedrisk.version": fedrisk.__version__,
+            "fedrisk.privacy": "dp" if config.privacy.enabled else "none",
+            "fedrisk.accountant": config.privacy.accountant,
+            "fedrisk.delta": f"{config.privacy.delta:g}",  # every epsilon metric is at this delta
+            "mlflow.runName": f"{config.task}-{campaign[:8]}",
+        }
+        if config.training.initial_model:
+            tags["fedrisk.warm_start"] = config.training.initial_model
+        super().__init__(config.tracking.uri, config.tracking.experiment, tags)
+        params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        self.client.log_dict(self.run_id, config.model_dump(mode="json"), "config.yaml")
+
+    def log_model(self, state: dict[str, Any], preprocessor: Preprocessor,
+                  reference: dict[str, Any] | None = None) -> str:
+        """Log the global model with its preprocessing and drift reference; returns the model URI."""
         with tempfile.TemporaryDirectory() as tmp:
-            files = save_model_files(Path(tmp), state, preprocessor, self.config.model)
+            files = save_model_files(Path(tmp), state, preprocessor, self.config.model, reference)
             mlflow.set_tracking_uri(self.uri)
             pyfunc_log = logging.getLogger("mlflow.pyfunc")
             level = pyfunc_log.level
@@ -109,10 +126,6 @@ class CampaignRun:
                 )
             pyfunc_log.setLevel(level)
         return info.model_uri
-
-    def finish(self, status: str = "FINISHED") -> None:
-        self.flush()
-        self.client.set_terminated(self.run_id, status=status)
 
 
 def find_campaign_run(uri: str, experiment: str, campaign: str) -> Any:

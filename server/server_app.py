@@ -21,13 +21,15 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm import tqdm
 
 from fedrisk.config import CampaignConfig, config_to_json, from_run_config
+from fedrisk.drift import SCORE, build_reference, coarsen, fine_grid
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import merge_group_histograms
 from fedrisk.metrics import EvalStats, calibration_bands, importance_from_histograms
 from fedrisk.models import build_model
-from fedrisk.preprocessing import fit_preprocessor, merge_statistics, missing_counts
+from fedrisk.preprocessing import Preprocessor, fit_preprocessor, merge_statistics, missing_counts
 from fedrisk.tracking import CampaignRun
 from fedrisk.validation import STATISTICS_ARTIFACT, statistics_to_dict, validate_run
+from fedrisk.warning_levels import POOLED, ranking_metrics
 from server.strategy import (
     CampaignFedAvg,
     CampaignFedProx,
@@ -130,6 +132,62 @@ def log_feature_importance(
                   "importance": dict(ranked)}, "evaluation/feature_importance.json")
 
 
+def warm_start(uri: str, config: CampaignConfig, fitted: Preprocessor) -> tuple[dict, Preprocessor]:
+    """Weights and preprocessing of the model a campaign starts from, checked against its data."""
+    from fedrisk.serving import load_model_files
+
+    try:
+        state, preprocessor, spec = load_model_files(uri)
+    except Exception as exc:  # MLflow raises several types for an unknown model
+        raise FedriskInputError(f"training.initial_model {uri}: cannot load ({str(exc).splitlines()[0]})") from None
+    if spec != config.model:
+        raise FedriskInputError(f"training.initial_model {uri} is a {spec.kind} {spec.hidden}, the campaign "
+                                f"trains a {config.model.kind} {config.model.hidden}")
+    for kind in ("numeric", "categorical"):
+        mine, theirs = set(getattr(fitted, kind)), set(getattr(preprocessor, kind))
+        for column in sorted(mine ^ theirs):
+            raise FedriskInputError(f"training.initial_model {uri}: the data's {kind} inputs differ from the "
+                                    "model's", column=column)
+    return state, preprocessor
+
+
+def collect_reference(
+    grid: Grid, strategy: CampaignMixin, final: ArrayRecord, shared: dict, replies: list[Message],
+    preprocessor: Preprocessor, config: CampaignConfig,
+) -> dict | None:
+    """The drift reference: pooled deciles of the score and inputs on the training rows, and
+    the validation metrics, from the institutions' summed counts."""
+    answers = strategy.usable_replies(
+        _query(grid, strategy.active_nodes(grid), "query.reference",
+               RecordDict({"arrays": final, "config": ConfigRecord(shared)})),
+        strategy.rounds_done + 1,
+    )
+    if not answers:
+        return None
+    fine = {str(msg.content["who"]["institution"]): {c: np.asarray(v) for c, v in json.loads(
+        str(msg.content["counts"]["json"])).items()} for msg in answers}
+    sums = {column: sum(mine[column] for mine in fine.values()) for column in next(iter(fine.values()))}
+    grid_edges = fine_grid(preprocessor, config.evaluation.bins)
+    numeric = [SCORE, *preprocessor.numeric]
+    reference = build_reference({c: sums[c] for c in numeric}, grid_edges,
+                                {c: sums[c] for c in preprocessor.categorical},
+                                dict(zip(preprocessor.categorical, preprocessor.vocabularies)))
+    # Each institution's own distribution on the pooled bins: its windows are compared with
+    # it, so that a regional lender is not flagged for differing from the consortium.
+    reference["institutions"] = {
+        name: {c: (coarsen(counts[c], grid_edges[c], reference["columns"][c]["edges"]) if c in numeric
+                   else counts[c]).tolist() for c in counts}
+        for name, counts in fine.items()
+    }
+    validation = evaluation_parts(replies, "validation")
+    pooled = sum(validation.values(), start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
+    reference["performance"] = {POOLED: ranking_metrics(pooled),
+                                **{name: ranking_metrics(stats) for name, stats in validation.items()}}
+    reference["rows"] = {name: int(np.sum(counts[SCORE])) for name, counts in fine.items()}
+    reference["population"] = "training rows of the final model's institutions"
+    return reference
+
+
 def _progress_callback(bar: tqdm, config: CampaignConfig) -> Callable[[int, dict[str, float]], None]:
     def on_round(server_round: int, metrics: dict[str, float]) -> None:
         # The figures shown are those of the global model this round started from.
@@ -198,6 +256,11 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
             + "; ".join(errors.values())
         )
     preprocessor = fit_preprocessor(merge_statistics(list(stats.values())))
+    model = build_model(config.model, preprocessor.width, config.seed)
+    initial = ArrayRecord(model.state_dict())
+    if tr.initial_model:  # warm start: the old model's weights need its own preprocessing
+        state, preprocessor = warm_start(tr.initial_model, config, preprocessor)
+        initial = ArrayRecord(state)
     data_summary = {
         name: {"rows": s["split_rows"], "imputed": missing_counts(s),
                **({"days": s["split_days"]} if "split_days" in s else {})}
@@ -209,8 +272,6 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         run.log_metrics({f"rows_train.{name}": s["split_rows"]["train"],
                          f"imputed_values.{name}": sum(missing_counts(s).values())}, step=0)
 
-    model = build_model(config.model, preprocessor.width, config.seed)
-    initial = ArrayRecord(model.state_dict())
     strategy_cls = CampaignFedProx if tr.strategy == "fedprox" else CampaignFedAvg
     kwargs = {"proximal_mu": tr.proximal_mu} if tr.strategy == "fedprox" else {}
     strategy = strategy_cls(
@@ -278,7 +339,10 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         "privacy/ledger_snapshot.json",
     )
     run.log_dict({"excluded": strategy.excluded}, "institutions/excluded.json")
-    model_uri = run.log_model(final.to_torch_state_dict(), preprocessor)
+    reference = collect_reference(grid, strategy, final, shared, replies, preprocessor, config)
+    if reference is not None:
+        run.log_dict(reference, "monitoring/reference.json")
+    model_uri = run.log_model(final.to_torch_state_dict(), preprocessor, reference)
     tags = {
         "fedrisk.rounds_completed": str(strategy.rounds_done),
         "fedrisk.model_uri": model_uri,

@@ -38,6 +38,8 @@ _PURPOSE_EFFECT = dict(zip(PURPOSE, [-0.35, -0.10, 0.20, 0.05, 0.30, 0.45]))
 _REGION_EFFECT = dict(zip(REGIONS, [-0.10, 0.05, 0.15, 0.0, -0.05]))
 # Chosen so that the default consortium's overall default rate is close to 20 %.
 _INTERCEPT = -2.26
+DRIFT_SCENARIOS = ("population_shift", "downturn")
+DOWNTURN_SHOCK = 1.5  # extra default logit of a borrower hit by an unobserved shock, per unit of severity
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,13 @@ def institution_sizes(n_institutions: int, total_rows: int, seed: int) -> list[i
     return sizes
 
 
-def true_pd(frame: pd.DataFrame, group_bias: float = 0.0) -> np.ndarray:
-    """Ground-truth probability of default of each row (the oracle the labels come from)."""
+def true_pd(frame: pd.DataFrame, group_bias: float = 0.0, downturn: float = 0.0) -> np.ndarray:
+    """Ground-truth probability of default of each row (the oracle the labels come from).
+
+    `downturn` > 0 raises default rates and changes who defaults: the capital region's
+    industries shed jobs, contract and self-employed workers and business loans are hit
+    hardest, so a model trained before the downturn ranks applicants less well.
+    """
     income_k = frame["income"].to_numpy() / 1000.0
     util = frame["credit_utilisation"].to_numpy()
     age = frame["age"].to_numpy()
@@ -114,6 +121,14 @@ def true_pd(frame: pd.DataFrame, group_bias: float = 0.0) -> np.ndarray:
     )
     if group_bias:
         logit = logit + group_bias * (frame["sex"].to_numpy() == "F")
+    if downturn:
+        employment = frame["employment_type"].to_numpy()
+        logit = logit + downturn * (
+            0.2
+            + 1.8 * (frame["region"].to_numpy() == "capital")
+            + 1.2 * np.isin(employment, ["contract", "self_employed"])
+            + 1.2 * (frame["loan_purpose"].to_numpy() == "business")
+        )
     return 1.0 / (1.0 + np.exp(-logit))
 
 
@@ -123,25 +138,38 @@ def generate_institution(
     total_rows: int = 60_000,
     seed: int = 42,
     group_bias: float = 0.0,
+    drift: str = "none",
+    severity: float = 0.0,
+    stream: int = 0,
 ) -> pd.DataFrame:
-    """Rows of one institution, deterministic in (index, n_institutions, total_rows, seed).
+    """Rows of one institution, deterministic in its arguments.
 
     `group_bias` > 0 injects historical bias against sex 'F': their labels carry an extra
     logit of `group_bias`, and their recorded income is lowered, a proxy the model can learn.
+    `stream` k > 0 draws new applicants of the same institutions (a later window), and
+    `drift` shifts them by `severity` (1: a strong shift): `population_shift` brings
+    younger, poorer, more indebted applicants whose defaults follow the same law;
+    `downturn` raises default rates and changes who defaults (see `true_pd`), with more
+    unemployment.
     """
     if not 0 <= index < n_institutions:
         raise ValueError(f"institution index {index} outside 0..{n_institutions - 1}")
+    if drift not in ("none", *DRIFT_SCENARIOS):
+        raise ValueError(f"unknown credit drift scenario '{drift}' (known: {', '.join(DRIFT_SCENARIOS)})")
     profile = consortium_profiles(n_institutions, seed)[index]
     n = institution_sizes(n_institutions, total_rows, seed)[index]
-    rng = np.random.default_rng([seed, index, 20_011])
+    rng = np.random.default_rng([seed, index, 20_011, *([stream] if stream else [])])
     risk = profile.risk_appetite
+    shift = severity if drift == "population_shift" else 0.0
+    downturn = severity if drift == "downturn" else 0.0
 
-    age = np.clip(rng.normal(profile.mean_age, 12.0, n), 18, 85).round()
+    age = np.clip(rng.normal(profile.mean_age - 10.0 * shift, 12.0, n), 18, 85).round()
     sex = rng.choice(SEXES, n)
     region_p = np.full(len(REGIONS), (1 - profile.regional_focus) / (len(REGIONS) - 1))
     region_p[profile.home_region] = profile.regional_focus
     region = rng.choice(REGIONS, n, p=region_p)
     emp_p = np.array([0.62, 0.12, 0.12, 0.05, 0.09]) + np.array([-0.1, 0.02, 0.05, 0.03, 0.0]) * risk
+    emp_p = emp_p + np.array([-0.08, 0.0, 0.02, 0.06, 0.0]) * downturn
     emp_p = np.clip(emp_p, 0.01, None)
     employment = rng.choice(EMPLOYMENT, n, p=emp_p / emp_p.sum())
     employment = np.where(age >= 67, "retired", employment)
@@ -158,12 +186,13 @@ def generate_institution(
         * region_income
         * profile.income_scale
         * np.where(employment == "unemployed", 0.45, 1.0)
+        * np.exp(-0.3 * shift)
     )
     if group_bias:
         income = income * np.where(sex == "F", np.exp(-0.35 * group_bias), 1.0)
     income = income.round(-2).clip(6_000, None)
-    dti = rng.beta(2.2 + 0.6 * risk, 4.0, n).round(3)
-    util = rng.beta(1.6 + 0.5 * risk, 2.4, n).round(3)
+    dti = rng.beta(2.2 + 0.6 * risk + 1.2 * shift, 4.0, n).round(3)
+    util = rng.beta(1.6 + 0.5 * risk + 1.0 * shift, 2.4, n).round(3)
     history = np.clip(age - 18 - rng.gamma(2.0, 2.0, n), 0, None).round(1)
     delinquencies = rng.poisson(0.35 + 0.35 * max(risk, 0.0) + 0.5 * util, n)
     open_accounts = rng.poisson(3.0 + 2.5 * util + 0.04 * np.clip(age - 25, 0, None), n)
@@ -190,7 +219,11 @@ def generate_institution(
             "age_band": age_band,
         }
     )
-    frame[TARGET] = (rng.random(n) < true_pd(frame, group_bias)).astype(int)
+    pd_true = true_pd(frame, group_bias, downturn)
+    if downturn:  # job losses no application form shows: a third of borrowers take a shock
+        shock = downturn * DOWNTURN_SHOCK * (rng.random(n) < 1 / 3)
+        pd_true = 1.0 / (1.0 + np.exp(-(np.log(pd_true / (1 - pd_true)) + shock)))
+    frame[TARGET] = (rng.random(n) < pd_true).astype(int)
     return frame
 
 

@@ -44,6 +44,10 @@ CARD_SHARE = 1 / 3  # of a stolen card's transactions are fraudulent ...
 CARD_MULTIPLIER = 5.0  # ... at five times the amount
 WEEKDAY_ACTIVITY = np.array([1.0, 1.0, 1.0, 1.0, 1.05, 1.25, 0.7])  # Monday .. Sunday
 
+DRIFT_SCENARIOS = ("population_shift", "new_fraud_pattern")
+TAKEOVER_RATE = 2e-3  # new pattern: share of customers whose account is taken over each day, per unit of severity
+TAKEOVER_DAYS = 7
+TAKEOVER_TX_PER_DAY = 3.0  # extra night-time purchases of a taken-over account, at its usual amounts
 LABEL_DERIVED = ["tx_fraud_scenario"]  # which scenario made a fraud: for analysis, never a feature
 COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount",
            "tx_fraud", "tx_fraud_scenario"]
@@ -100,14 +104,25 @@ def build_world(issuers: int, customers: int, terminals: int, days: int, seed: i
 
 def generate_issuer(
     index: int, issuers: int = 5, customers: int = 5000, terminals: int = 10_000, days: int = 105,
-    seed: int = 42,
+    seed: int = 42, drift: str = "none", severity: float = 0.0, stream: int = 0, start_day: int = 0,
 ) -> pd.DataFrame:
-    """One issuer's transactions, sorted by time, with labels and the scenario that made them."""
+    """One issuer's transactions, sorted by time, with labels and the scenario that made them.
+
+    `stream` k > 0 draws new transactions of the same cardholders and terminals (a later
+    window starting `start_day` days after START, with its own compromises), and `drift`
+    shifts them by `severity` (1: a strong shift): `population_shift` raises spending
+    (amounts and transactions a day up by half); `new_fraud_pattern` adds account takeovers
+    (scenario 4), a pattern absent from training: a taken-over account makes three extra
+    purchases a night at its usual amounts, on terminals anywhere, for 7 days.
+    """
+    if drift not in ("none", *DRIFT_SCENARIOS):
+        raise ValueError(f"unknown fraud drift scenario '{drift}' (known: {', '.join(DRIFT_SCENARIOS)})")
     world = build_world(issuers, customers, terminals, days, seed)
-    rng = np.random.default_rng([seed, 50_023, index])
+    rng = np.random.default_rng([seed, 50_023, index, *([stream] if stream else [])])
+    spend = 1.0 + 0.5 * severity if drift == "population_shift" else 1.0
     mine = np.flatnonzero(world.issuer == index)
-    activity = WEEKDAY_ACTIVITY[(START.dayofweek + np.arange(days)) % 7]
-    counts = rng.poisson(world.tx_per_day[mine, None] * activity[None, :])
+    activity = WEEKDAY_ACTIVITY[(START.dayofweek + start_day + np.arange(days)) % 7]
+    counts = rng.poisson(world.tx_per_day[mine, None] * spend * activity[None, :])
     cell = np.repeat(np.arange(counts.size), counts.ravel())
     customer = mine[cell // days]
     day = cell % days
@@ -115,9 +130,9 @@ def generate_issuer(
     reach = world.terminal_offsets[customer + 1] - world.terminal_offsets[customer]
     keep = (seconds > 0) & (seconds < 86_400) & (reach > 0)  # as the handbook: drop, not clip
     customer, day, seconds, reach = customer[keep], day[keep], seconds[keep].astype(np.int64), reach[keep]
-    amount = rng.normal(world.mean_amount[customer], world.std_amount[customer])
+    amount = rng.normal(world.mean_amount[customer], world.std_amount[customer]) * spend
     negative = amount < 0
-    amount[negative] = rng.uniform(0, 2 * world.mean_amount[customer[negative]])
+    amount[negative] = rng.uniform(0, 2 * world.mean_amount[customer[negative]] * spend)
     pick = (rng.random(len(customer)) * reach).astype(np.int64)
     terminal = world.terminal_lists[world.terminal_offsets[customer] + pick]
 
@@ -128,7 +143,13 @@ def generate_issuer(
     amount[stolen] *= CARD_MULTIPLIER
     scenario[stolen] = 3
 
-    when = START + pd.to_timedelta(day * 86_400 + seconds, unit="s")
+    if drift == "new_fraud_pattern" and severity > 0:
+        extra = _takeovers(world, mine, days, severity, np.random.default_rng([seed, 50_029, index, stream]))
+        customer, terminal, day, seconds, amount, scenario = (
+            np.concatenate([a, b]) for a, b in zip((customer, terminal, day, seconds, amount, scenario), extra)
+        )
+
+    when = START + pd.to_timedelta((start_day + day) * 86_400 + seconds, unit="s")
     frame = pd.DataFrame({
         "tx_datetime": when,
         "customer_id": customer,
@@ -139,6 +160,21 @@ def generate_issuer(
     }).sort_values(["tx_datetime", "customer_id"], kind="stable", ignore_index=True)
     frame.insert(0, "transaction_id", index * 10**12 + np.arange(len(frame), dtype=np.int64))
     return frame[COLUMNS]
+
+
+def _takeovers(world: World, mine: np.ndarray, days: int, severity: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """(customer, terminal, day, seconds, amount, scenario) of account-takeover frauds."""
+    starts = rng.random((len(mine), days)) < TAKEOVER_RATE * severity
+    taken = _window(starts, TAKEOVER_DAYS)
+    counts = rng.poisson(TAKEOVER_TX_PER_DAY * taken)
+    cell = np.repeat(np.arange(counts.size), counts.ravel())
+    customer = mine[cell // days]
+    day = cell % days
+    seconds = rng.integers(0, 5 * 3600, len(cell))  # midnight to 5 am
+    amount = np.abs(rng.normal(world.mean_amount[customer], world.std_amount[customer]))
+    terminal = rng.integers(0, len(world.terminal_xy), len(cell))
+    return customer, terminal, day, seconds, amount, np.full(len(cell), 4, dtype=np.int64)
 
 
 def generate_consortium(

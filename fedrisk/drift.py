@@ -1,0 +1,131 @@
+"""Population stability from summed bin counts: reference deciles, PSI and CSI.
+
+Every institution counts its rows in bins the server fixes; the counts add up, so the
+federated PSI equals the PSI of the pooled rows on the same bins. Numeric columns (and the
+score) are first counted on a fine grid, from which the server reads the pooled decile
+edges; the edges are grid edges, so the reference counts per decile are exact sums of the
+fine counts. A categorical column's bins are its vocabulary, one bin for unseen values,
+and every column has a last bin for missing values.
+
+PSI = sum over bins of (a - e) ln(a / e) for current and reference shares a and e; it is
+the symmetric Kullback-Leibler divergence. Under no drift, n_eff * PSI is asymptotically
+chi-square with bins - 1 degrees of freedom, 1/n_eff = 1/n + 1/N (Yurdakul & Naranjo,
+2020, "Statistical properties of the population stability index", J. Risk Model
+Validation 14(4)), which gives the sampling-noise bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import chi2
+
+from fedrisk.preprocessing import Preprocessor, category_labels
+
+SHARE_FLOOR = 1e-4  # an empty bin counts as this share, so that ln(a/e) stays finite
+GRID_SIGMAS = 5.0  # the fine grid of a numeric column spans mean +- 5 standard deviations
+GRID_STEPS = 200  # ... in steps of 0.05 standard deviations
+DECILES = np.arange(1, 10) / 10
+SCORE = "score"
+UNSEEN = "__unseen__"
+
+
+def fine_grid(preprocessor: Preprocessor, score_bins: int) -> dict[str, list[float]]:
+    """Fine-grid edges of the score and of every numeric column (federated mean and scale)."""
+    grid = {SCORE: list(np.linspace(0.0, 1.0, score_bins + 1)[1:-1])}
+    steps = np.linspace(-GRID_SIGMAS, GRID_SIGMAS, GRID_STEPS + 1)
+    for column, mean, scale in zip(preprocessor.numeric, preprocessor.means, preprocessor.scales):
+        grid[column] = list(mean + scale * steps)
+    return grid
+
+
+def bin_counts(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Counts in the bins (-inf, e1), [e1, e2), ..., [ek, inf), then missing (NaN)."""
+    values = np.asarray(values, dtype=float)
+    missing = np.isnan(values)
+    index = np.searchsorted(np.asarray(edges, dtype=float), values[~missing], side="right")
+    counts = np.bincount(index, minlength=len(edges) + 1)
+    return np.append(counts, missing.sum()).astype(np.int64)
+
+
+def category_counts(series: pd.Series, vocabulary: list[str]) -> np.ndarray:
+    """Counts per vocabulary value, then values unseen in training, then missing."""
+    labels = category_labels(series)
+    codes = pd.Categorical(labels, categories=vocabulary).codes
+    counts = np.bincount(codes[codes >= 0], minlength=len(vocabulary))
+    return np.concatenate([counts, [(codes < 0).sum(), len(series) - len(labels)]]).astype(np.int64)
+
+
+def column_counts(frame: pd.DataFrame, scores: np.ndarray, preprocessor: Preprocessor,
+                  edges: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    """Bin counts of the score and of every model input, on the given numeric edges."""
+    out = {SCORE: bin_counts(scores, edges[SCORE])}
+    for column in preprocessor.numeric:
+        out[column] = bin_counts(frame[column].to_numpy(dtype=float), edges[column])
+    for column, vocabulary in zip(preprocessor.categorical, preprocessor.vocabularies):
+        out[column] = category_counts(frame[column], vocabulary)
+    return out
+
+
+def decile_edges(fine_counts: np.ndarray, grid: list[float]) -> list[float]:
+    """Pooled decile edges, as grid edges, from summed fine counts (last entry: missing).
+
+    Each decile edge is the upper edge of the fine bin holding that quantile; repeated
+    edges (a column with few distinct values) collapse, so such a column has fewer bins.
+    """
+    present = np.asarray(fine_counts[:-1], dtype=float)
+    if present.sum() == 0:
+        return []
+    cdf = np.cumsum(present) / present.sum()
+    edges = []
+    for q in DECILES:
+        i = int(np.searchsorted(cdf, q - 1e-12))  # first bin reaching the quantile
+        if i < len(grid):  # the overflow bin has no upper edge
+            edges.append(float(grid[i]))
+    return sorted(set(edges))
+
+
+def coarsen(fine_counts: np.ndarray, grid: list[float], edges: list[float]) -> np.ndarray:
+    """Counts on `edges` (a subset of `grid`) from counts on `grid`; missing stays last."""
+    fine = np.asarray(fine_counts)
+    position = np.searchsorted(np.asarray(edges), np.asarray(grid), side="right")
+    # fine bin i lies in coarse bin j = number of coarse edges <= its lower edge grid[i-1]
+    coarse_of_bin = np.concatenate([[0], position])
+    coarse = np.bincount(coarse_of_bin, weights=fine[:-1], minlength=len(edges) + 1)
+    return np.append(coarse, fine[-1]).astype(np.int64)
+
+
+def build_reference(fine: dict[str, np.ndarray], grid: dict[str, list[float]],
+                    categorical: dict[str, np.ndarray], vocabularies: dict[str, list[str]]) -> dict[str, Any]:
+    """Reference edges and counts of every column from the institutions' summed counts."""
+    columns: dict[str, Any] = {}
+    for column, counts in fine.items():
+        edges = decile_edges(counts, grid[column])
+        columns[column] = {"kind": "numeric", "edges": edges,
+                           "counts": coarsen(counts, grid[column], edges).tolist()}
+    for column, counts in categorical.items():
+        columns[column] = {"kind": "categorical", "values": [*vocabularies[column], UNSEEN],
+                           "counts": np.asarray(counts).tolist()}
+    return {"columns": columns}
+
+
+def psi(reference: np.ndarray, current: np.ndarray) -> float:
+    """Population stability index of `current` counts against `reference` counts."""
+    e = np.asarray(reference, dtype=float)
+    a = np.asarray(current, dtype=float)
+    if e.sum() == 0 or a.sum() == 0:
+        return float("nan")
+    e = np.maximum(e / e.sum(), SHARE_FLOOR)
+    a = np.maximum(a / a.sum(), SHARE_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def noise_bound(reference: np.ndarray, current: np.ndarray, confidence: float = 0.99) -> float:
+    """PSI that sampling noise alone exceeds with probability 1 - confidence."""
+    n, big_n = float(np.sum(current)), float(np.sum(reference))
+    used = int(np.count_nonzero(np.asarray(reference) + np.asarray(current)))
+    if n == 0 or big_n == 0 or used < 2:
+        return float("nan") if n == 0 or big_n == 0 else 0.0
+    return float(chi2.ppf(confidence, used - 1) * (1.0 / n + 1.0 / big_n))

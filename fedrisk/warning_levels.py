@@ -1,0 +1,185 @@
+"""Judge a monitoring window: PSI, CSI and performance drift per scope, three warning levels.
+
+A scope is the pooled consortium or one institution. Each measure gets a level:
+
+- score PSI and each feature's CSI: yellow from `yellow`, orange from `orange`, red from
+  `severe`, but only above the sampling-noise bound (a small window's PSI is noisy);
+- performance: the drop of the rule's metric against the validation reference, relative or
+  absolute: yellow from `near` x `max_drop`, orange above `max_drop` (the retraining
+  rule), red from `severe_drop`; an AUC drop within sampling noise (Hanley-McNeil
+  standard errors of both AUCs, one-sided at `noise_confidence`) stays green.
+
+A scope's level is its worst measure's; orange or worse over `sustained_windows` windows in
+a row turns red. The retraining trigger is the consortium's rule on the pooled scope.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import norm
+
+from fedrisk.drift import SCORE, noise_bound, psi
+from fedrisk.metrics import EvalStats, auc_from_histograms, average_precision_from_histograms, ks_from_histograms
+from fedrisk.monitor_config import Bands, Levels, Performance
+
+LEVELS = ("green", "yellow", "orange", "red")
+GREEN, YELLOW, ORANGE, RED = range(4)
+POOLED = "pooled"
+RANKING = {"auc": auc_from_histograms, "ks": ks_from_histograms, "average_precision": average_precision_from_histograms}
+
+
+@dataclass
+class ScopeResult:
+    """Everything measured on one scope of one window, and the level it earns."""
+
+    rows: int
+    psi: dict[str, float]  # "score" and every feature
+    bound: dict[str, float]  # sampling-noise bound of each
+    performance: dict[str, float] = field(default_factory=dict)  # auc, ks, average_precision, positive_rate
+    drops: dict[str, float] = field(default_factory=dict)
+    level: int = GREEN
+    reasons: list[str] = field(default_factory=list)
+    significant: bool = False  # the performance drop exceeds sampling noise (AUC only; others always)
+
+
+def band_level(value: float, bound: float, bands: Bands) -> int:
+    if math.isnan(value) or (not math.isnan(bound) and value <= bound):
+        return GREEN
+    for level, threshold in ((RED, bands.severe), (ORANGE, bands.orange), (YELLOW, bands.yellow)):
+        if value >= threshold:
+            return level
+    return GREEN
+
+
+def drop(reference: float, current: float, mode: str) -> float:
+    """How far `current` fell below `reference`: relative (a share of it) or absolute."""
+    if math.isnan(reference) or math.isnan(current):
+        return float("nan")
+    return (reference - current) / reference if mode == "relative" else reference - current
+
+
+def performance_level(value: float, rule: Performance) -> int:
+    if math.isnan(value):
+        return GREEN
+    if value >= rule.severe_drop:
+        return RED
+    if value > rule.max_drop:
+        return ORANGE
+    return YELLOW if value >= rule.near * rule.max_drop else GREEN
+
+
+def ranking_metrics(stats: EvalStats) -> dict[str, float]:
+    out = {name: f(stats.hist_pos, stats.hist_neg) for name, f in RANKING.items()}
+    out["positives"], out["negatives"] = float(np.sum(stats.hist_pos)), float(np.sum(stats.hist_neg))
+    out["positive_rate"] = out["positives"] / stats.examples if stats.examples else float("nan")
+    return out
+
+
+def auc_standard_error(auc: float, positives: float, negatives: float) -> float:
+    """Hanley & McNeil (1982), Radiology 143(1): the AUC's standard error from class counts."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc)
+                + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
+    return math.sqrt(max(variance, 0.0))
+
+
+def auc_drop_is_noise(reference: dict[str, float], current: dict[str, float], confidence: float) -> bool:
+    """True when the AUC fell by less than sampling noise explains (one-sided test)."""
+    if "positives" not in reference:
+        return False
+    spread = math.hypot(auc_standard_error(reference["auc"], reference["positives"], reference["negatives"]),
+                        auc_standard_error(current["auc"], current["positives"], current["negatives"]))
+    return reference["auc"] - current["auc"] <= norm.ppf(confidence) * spread
+
+
+def measure_scope(reference_counts: dict[str, list[int]], counts: dict[str, np.ndarray], stats: EvalStats | None,
+                  performance_reference: dict[str, float] | None, levels: Levels) -> ScopeResult:
+    """PSI, CSI and performance of one scope against its training reference, with its level."""
+    result = ScopeResult(rows=int(np.sum(counts[SCORE])), psi={}, bound={})
+    for column, mine in counts.items():
+        base = np.asarray(reference_counts[column])
+        result.psi[column] = psi(base, mine)
+        result.bound[column] = noise_bound(base, mine, levels.noise_confidence)
+    rule = levels.performance
+    if stats is not None and np.sum(stats.hist_pos) and np.sum(stats.hist_neg):
+        result.performance = ranking_metrics(stats)
+        if performance_reference:
+            result.drops = {k: drop(performance_reference[k], result.performance[k], rule.mode)
+                            for k in RANKING if k in performance_reference}
+    judged = [(band_level(result.psi[SCORE], result.bound[SCORE], levels.psi), f"score PSI {result.psi[SCORE]:.3f}")]
+    judged += [(band_level(v, result.bound[c], levels.csi), f"CSI {c} {v:.3f}")
+               for c, v in result.psi.items() if c != SCORE]
+    if rule.metric in result.drops:
+        value = result.drops[rule.metric]
+        unit = f"{value:.1%} relative" if rule.mode == "relative" else f"{value:.4f}"
+        noise = rule.metric == "auc" and auc_drop_is_noise(performance_reference or {}, result.performance,
+                                                           levels.noise_confidence)
+        result.significant = not noise
+        judged.append((GREEN if noise else performance_level(value, rule), f"{rule.metric} drop {unit}"))
+    result.level = max(level for level, _ in judged)
+    result.reasons = [reason for level, reason in sorted(judged, key=lambda j: -j[0]) if level > GREEN]
+    return result
+
+
+def sustain(history: list[int], current: int, windows: int) -> int:
+    """Red when this window and the `windows - 1` before it are all orange or worse."""
+    recent = [*history[-(windows - 1):], current] if windows > 1 else [current]
+    if current == ORANGE and len(recent) == windows and all(level >= ORANGE for level in recent):
+        return RED
+    return current
+
+
+def retrain_due(pooled: ScopeResult, rule: Performance) -> bool:
+    """The consortium's rule: the pooled metric fell by more than `max_drop`."""
+    value = pooled.drops.get(rule.metric, float("nan"))
+    return not math.isnan(value) and value > rule.max_drop and pooled.significant
+
+
+def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray], EvalStats | None]],
+                  levels: Levels, history: dict[str, list[int]]) -> dict[str, ScopeResult]:
+    """Every scope of one window, pooled from the institutions' summed counts; `history`
+    (earlier windows' levels per scope) is updated for the sustained-orange rule."""
+    pooled_counts: dict[str, np.ndarray] = {}
+    labelled = [stats for _, stats in parts.values() if stats is not None]
+    for counts, _ in parts.values():
+        for column, values in counts.items():
+            pooled_counts[column] = pooled_counts.get(column, 0) + np.asarray(values)
+    pooled_stats = sum(labelled[1:], start=labelled[0]) if labelled else None
+    performance = reference.get("performance", {})
+    pooled_reference = {c: spec["counts"] for c, spec in reference["columns"].items()}
+    own = reference.get("institutions", {})
+    results = {POOLED: measure_scope(pooled_reference, pooled_counts, pooled_stats, performance.get(POOLED), levels)}
+    for name in sorted(parts):  # against its own training rows; one that had none, against the pool
+        counts, stats = parts[name]
+        results[name] = measure_scope(own.get(name, pooled_reference), counts, stats, performance.get(name), levels)
+    for scope, result in results.items():
+        earlier = history.setdefault(scope, [])
+        level = sustain(earlier, result.level, levels.sustained_windows)
+        if level > result.level:
+            result.reasons.insert(0, f"orange for {levels.sustained_windows} windows in a row")
+            result.level = level
+        earlier.append(result.level)
+    return results
+
+
+def window_metrics(results: dict[str, ScopeResult]) -> dict[str, float]:
+    """MLflow metrics of one window: pooled without suffix, institutions as `.<name>`."""
+    out: dict[str, float] = {}
+    for scope, result in results.items():
+        suffix = "" if scope == POOLED else f".{scope}"
+        out[f"rows{suffix}"] = result.rows
+        out[f"psi_score{suffix}"] = result.psi[SCORE]
+        out[f"psi_score_noise_bound{suffix}"] = result.bound[SCORE]
+        for column, value in result.psi.items():
+            if column != SCORE:
+                out[f"csi.{column}{suffix}"] = value
+        for key, value in result.performance.items():
+            out[f"{key}{suffix}"] = value
+        for key, value in result.drops.items():
+            out[f"{key}_drop{suffix}"] = value
+        out[f"level{suffix}"] = result.level
+    out["level_worst"] = max(r.level for r in results.values())
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
