@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 import fedrisk
 from fedrisk.drift import SCORE
 from fedrisk.drift_report import write_report
+from fedrisk.errors import FedriskInputError
 from fedrisk.metrics import EvalStats
 from fedrisk.monitoring import MonitorPlan
 from fedrisk.tracking import TrackedRun
@@ -106,7 +107,7 @@ def _monitoring_body(grid: Grid, plan: MonitorPlan, run: TrackedRun) -> None:
         for reason in errors.values():
             log(WARNING, "%s: %s", label, reason)
         if not parts:
-            raise RuntimeError(f"{label}: no institution could measure its window: " + "; ".join(errors.values()))
+            raise FedriskInputError(f"{label}: no institution could measure its window: " + "; ".join(errors.values()))
         results = assess_window(plan.reference, parts, levels, history)
         run.log_metrics(window_metrics(results), step=index + 1)
         pooled = results[POOLED]

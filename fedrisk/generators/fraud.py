@@ -45,7 +45,7 @@ CARD_MULTIPLIER = 5.0  # ... at five times the amount
 WEEKDAY_ACTIVITY = np.array([1.0, 1.0, 1.0, 1.0, 1.05, 1.25, 0.7])  # Monday .. Sunday
 
 DRIFT_SCENARIOS = ("population_shift", "new_fraud_pattern")
-TAKEOVER_RATE = 2e-3  # new pattern: share of customers whose account is taken over each day, per unit of severity
+TAKEOVER_RATE = 2e-4  # new pattern: share of customers whose account is taken over each day, per unit of severity
 TAKEOVER_DAYS = 7
 TAKEOVER_TX_PER_DAY = 3.0  # extra night-time purchases of a taken-over account, at its usual amounts
 LABEL_DERIVED = ["tx_fraud_scenario"]  # which scenario made a fraud: for analysis, never a feature

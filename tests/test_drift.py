@@ -1,0 +1,216 @@
+"""Drift metrics from summed counts, against pooled computations and statistical theory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import rel_entr
+from sklearn.metrics import roc_auc_score
+
+from fedrisk.drift import (
+    SCORE,
+    UNSEEN,
+    bin_counts,
+    build_reference,
+    coarsen,
+    column_counts,
+    fine_grid,
+    noise_bound,
+    psi,
+)
+from fedrisk.metrics import EvalStats
+from fedrisk.monitor_config import Bands, Levels, Performance
+from fedrisk.preprocessing import Preprocessor
+from fedrisk.warning_levels import (
+    GREEN,
+    ORANGE,
+    RED,
+    YELLOW,
+    assess_window,
+    auc_standard_error,
+    band_level,
+    drop,
+    measure_scope,
+    performance_level,
+    retrain_due,
+    sustain,
+)
+
+
+def _institution(rng: np.random.Generator, n: int, shift: float) -> tuple[pd.DataFrame, np.ndarray]:
+    income = rng.lognormal(10.5 + shift, 0.5, n)
+    income[rng.random(n) < 0.05] = np.nan
+    frame = pd.DataFrame({
+        "income": income,
+        "delinquencies": rng.poisson(0.5 + shift, n).astype(float),
+        "region": rng.choice(["north", "south", "east"], n, p=[0.5, 0.3, 0.2]),
+    })
+    return frame, rng.beta(2, 5 + 3 * shift, n)
+
+
+def _preprocessor(frames: list[pd.DataFrame]) -> Preprocessor:
+    pooled = pd.concat(frames)
+    numeric = ["income", "delinquencies"]
+    return Preprocessor(numeric, [float(pooled[c].mean()) for c in numeric], [float(pooled[c].std()) for c in numeric],
+                        ["region"], [["east", "north"]], ["north"])  # 'south' unseen in training
+
+
+def test_psi_equals_the_symmetric_kullback_leibler_divergence():
+    expected = np.array([25, 25, 25, 25])
+    actual = np.array([10, 20, 30, 40])
+    a, e = actual / actual.sum(), expected / expected.sum()
+    assert psi(expected, actual) == pytest.approx(np.sum(rel_entr(a, e) + rel_entr(e, a)))
+    assert psi(expected, expected * 3) == 0.0
+    # by hand: shares 0.2/0.8 against 0.5/0.5 -> -0.3 ln(0.4) + 0.3 ln(1.6) = 0.4159
+    assert psi([50, 50], [20, 80]) == pytest.approx(0.3 * np.log(2.5) + 0.3 * np.log(1.6), abs=1e-12)
+
+
+def test_federated_reference_and_psi_equal_the_pooled_computation():
+    rng = np.random.default_rng(3)
+    train = [_institution(rng, n, s) for n, s in [(4000, 0.0), (1500, 0.3), (700, -0.2)]]
+    new = [_institution(rng, n, s + 0.4) for n, s in [(900, 0.0), (400, 0.3), (300, -0.2)]]
+    pre = _preprocessor([f for f, _ in train])
+    grid = fine_grid(pre, 1000)
+    fine = [column_counts(f, s, pre, grid) for f, s in train]
+    summed = {c: sum(part[c] for part in fine) for c in fine[0]}
+    numeric = [SCORE, *pre.numeric]
+    reference = build_reference({c: summed[c] for c in numeric}, grid, {"region": summed["region"]},
+                                {"region": pre.vocabularies[0]})
+    edges = {c: reference["columns"][c]["edges"] for c in numeric}
+    pooled_train = pd.concat([f for f, _ in train])
+    pooled_scores = np.concatenate([s for _, s in train])
+    for column, values in [(SCORE, pooled_scores), *((c, pooled_train[c].to_numpy()) for c in pre.numeric)]:
+        present = values[~np.isnan(values)]
+        # decile edges: the pooled deciles, to one fine-grid step
+        step = np.diff(grid[column]).max()
+        quantiles = np.quantile(present, np.arange(1, 10) / 10)
+        for q in quantiles:
+            assert min(abs(np.asarray(edges[column]) - q)) <= step + 1e-12
+        # reference counts: pandas on the pooled rows, same bins
+        cut = pd.cut(pd.Series(values), [-np.inf, *edges[column], np.inf], right=False)
+        expected = [*cut.value_counts(sort=False).tolist(), int(np.isnan(values).sum())]
+        assert reference["columns"][column]["counts"] == expected
+    # the region column: vocabulary, unseen values, missing
+    assert reference["columns"]["region"]["values"] == ["east", "north", UNSEEN]
+    assert reference["columns"]["region"]["counts"] == [
+        int((pooled_train.region == "east").sum()), int((pooled_train.region == "north").sum()),
+        int((pooled_train.region == "south").sum()), 0]
+
+    # a window: institutions count on the reference bins, the server adds up
+    parts = [column_counts(f, s, pre, edges) for f, s in new]
+    federated = {c: psi(reference["columns"][c]["counts"], sum(p[c] for p in parts)) for c in parts[0]}
+    pooled_new = pd.concat([f for f, _ in new])
+    new_scores = np.concatenate([s for _, s in new])
+    for column, values in [(SCORE, new_scores), *((c, pooled_new[c].to_numpy()) for c in pre.numeric)]:
+        hist, _ = np.histogram(values[~np.isnan(values)], [-np.inf, *edges[column], np.inf])
+        pooled = psi(reference["columns"][column]["counts"], [*hist, np.isnan(values).sum()])
+        assert federated[column] == pytest.approx(pooled, rel=1e-12)
+        assert federated[column] > 0.05  # the window did move
+    # coarsening the fine counts equals counting on the coarse edges directly
+    for column in numeric:
+        assert coarsen(fine[1][column], grid[column], edges[column]).tolist() == \
+            column_counts(train[1][0], train[1][1], pre, edges)[column].tolist()
+
+
+def test_psi_of_stable_windows_stays_within_the_sampling_noise_bound():
+    """Yurdakul & Naranjo (2020): n_eff PSI ~ chi2(B-1); the 99 % bound holds ~99 % of the time."""
+    rng = np.random.default_rng(11)
+    probabilities = np.array([0.1] * 10)
+    reference = rng.multinomial(20_000, probabilities)
+    values, bounds = [], []
+    for _ in range(400):
+        window = rng.multinomial(2_000, probabilities)
+        values.append(psi(reference, window))
+        bounds.append(noise_bound(reference, window, 0.99))
+    values = np.asarray(values)
+    assert np.mean(values > np.asarray(bounds)) <= 0.03
+    assert values.mean() == pytest.approx(9 * (1 / 2000 + 1 / 20_000), rel=0.15)  # the chi-square mean
+    assert max(bounds) < 0.10  # such windows stay green
+    shifted = rng.multinomial(2_000, np.r_[[0.05] * 5, [0.15] * 5])
+    assert psi(reference, shifted) > noise_bound(reference, shifted)
+
+
+def test_hanley_mcneil_standard_error_matches_monte_carlo():
+    """Exponential scores, where the Hanley-McNeil variance is exact."""
+    rng = np.random.default_rng(5)
+    aucs = []
+    for _ in range(600):
+        neg = rng.exponential(1.0, 300)
+        pos = rng.exponential(3.0, 100)  # AUC = 3 / (1 + 3) = 0.75
+        aucs.append(roc_auc_score(np.r_[np.ones(100), np.zeros(300)], np.r_[pos, neg]))
+    assert auc_standard_error(0.75, 100, 300) == pytest.approx(np.std(aucs), rel=0.1)
+
+
+def test_bands_and_noise():
+    bands = Bands()
+    assert [band_level(v, 0.01, bands) for v in (0.05, 0.10, 0.2, 0.25, 0.49, 0.5)] == \
+        [GREEN, YELLOW, YELLOW, ORANGE, ORANGE, RED]
+    assert band_level(0.3, 0.35, bands) == GREEN  # within sampling noise
+    assert band_level(float("nan"), 0.0, bands) == GREEN
+
+
+def test_performance_rule_relative_and_absolute():
+    relative = Performance()
+    assert drop(0.80, 0.76, "relative") == pytest.approx(0.05)
+    assert [performance_level(d, relative) for d in (0.02, 0.025, 0.05, 0.0501, 0.1)] == \
+        [GREEN, YELLOW, YELLOW, ORANGE, RED]
+    absolute = Performance(mode="absolute", max_drop=0.03, severe_drop=0.06)
+    assert drop(0.80, 0.76, "absolute") == pytest.approx(0.04)
+    assert performance_level(drop(0.80, 0.76, "absolute"), absolute) == ORANGE
+    assert performance_level(drop(0.80, 0.76, "relative"), Performance(max_drop=0.06)) == YELLOW
+
+
+def test_sustained_orange_turns_red():
+    assert sustain([GREEN], ORANGE, 2) == ORANGE
+    assert sustain([GREEN, ORANGE], ORANGE, 2) == RED
+    assert sustain([ORANGE, RED], ORANGE, 2) == RED
+    assert sustain([ORANGE, ORANGE], ORANGE, 3) == RED
+    assert sustain([YELLOW, ORANGE], ORANGE, 3) == ORANGE
+    assert sustain([ORANGE], YELLOW, 2) == YELLOW
+
+
+def _stats(rng: np.random.Generator, n: int, separation: float) -> EvalStats:
+    y = rng.random(n) < 0.2
+    scores = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + separation * y - 1.5)))
+    return EvalStats.from_scores(y, scores, 1000)
+
+
+def test_retraining_trigger_fires_on_a_degraded_window_only():
+    rng = np.random.default_rng(8)
+    reference_stats = _stats(rng, 20_000, 1.6)
+    from fedrisk.warning_levels import ranking_metrics
+
+    perf = ranking_metrics(reference_stats)
+    counts = {SCORE: np.array([100, 100, 0])}
+    reference_counts = {SCORE: [1000, 1000, 0]}
+    levels = Levels()
+    stable = measure_scope(reference_counts, counts, _stats(rng, 20_000, 1.6), perf, levels)
+    degraded = measure_scope(reference_counts, counts, _stats(rng, 20_000, 1.0), perf, levels)
+    assert stable.level == GREEN and not retrain_due(stable, levels.performance)
+    assert degraded.drops["auc"] > 0.05 and retrain_due(degraded, levels.performance)
+    assert degraded.level >= ORANGE and any("auc drop" in r for r in degraded.reasons)
+    # the same drop measured on 300 rows is within sampling noise: no level, no trigger
+    small = measure_scope(reference_counts, counts, _stats(np.random.default_rng(1), 300, 1.35), perf, levels)
+    assert small.drops["auc"] > 0.05
+    assert not retrain_due(small, levels.performance) and small.level == GREEN
+    # absolute rule: a 0.02 drop is enough when max_drop is 0.01
+    strict = Levels(performance=Performance(mode="absolute", max_drop=0.01, severe_drop=0.2))
+    slight = measure_scope(reference_counts, counts, _stats(rng, 50_000, 1.45), perf, strict)
+    assert slight.drops["auc"] > 0.01 and retrain_due(slight, strict.performance)
+
+
+def test_assess_window_pools_counts_and_compares_each_institution_with_its_own_reference():
+    reference = {
+        "columns": {SCORE: {"kind": "numeric", "edges": [0.5], "counts": [600, 400, 0]}},
+        "institutions": {"a": {SCORE: [500, 100, 0]}, "b": {SCORE: [100, 300, 0]}},
+    }
+    parts = {"a": ({SCORE: np.array([500, 100, 0])}, None), "b": ({SCORE: np.array([100, 300, 0])}, None)}
+    results = assess_window(reference, parts, Levels(), {})
+    assert results["pooled"].psi[SCORE] == 0.0
+    assert results["a"].psi[SCORE] == 0.0 and results["b"].psi[SCORE] == 0.0  # not against the pool
+    assert {r.level for r in results.values()} == {GREEN}
+
+
+def test_bin_counts_edges_and_missing():
+    assert bin_counts(np.array([0.0, 1.0, 1.5, 2.0, np.nan, 5.0]), [1.0, 2.0]).tolist() == [1, 2, 2, 1]

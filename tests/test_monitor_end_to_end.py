@@ -1,0 +1,154 @@
+"""Monitoring end to end: a trained model, windows from the simulator, Flower, MLflow, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fedrisk.config import config_from_json, load_config
+from fedrisk.data import load_window
+from fedrisk.drift import SCORE, psi
+from fedrisk.generators.credit import generate_institution
+from fedrisk.launcher import monitor, simulate
+from fedrisk.monitor_config import load_monitor_config
+from fedrisk.monitoring import plan_monitoring
+from fedrisk.serving import load_reference
+
+pytestmark = pytest.mark.slow
+
+CAMPAIGN = {"institutions": 3, "rounds": 4, "data.synthetic.rows": 20_000, "training.batch_size": 128}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A credit model registered as fedrisk-credit@challenger, with its drift reference."""
+    folder = tmp_path_factory.mktemp("monitor")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    config = load_config(None, {**CAMPAIGN, "tracking_uri": uri, "privacy.ledger_dir": str(folder / "ledger")},
+                         work_dir=folder)
+    outcome = simulate(config)
+    assert outcome.tags["fedrisk.gate.alias"] == "challenger"
+    return folder, uri, outcome
+
+
+def _monitor_config(folder: Path, uri: str, **overrides):
+    return load_monitor_config(None, {"tracking.uri": uri, "windows.synthetic.rows": 12_000, **overrides},
+                               work_dir=folder)
+
+
+def test_reference_is_stored_with_the_model(trained):
+    folder, uri, outcome = trained
+    mlflow.set_tracking_uri(uri)
+    reference = load_reference(outcome.tags["fedrisk.model_uri"])
+    score = reference["columns"][SCORE]
+    assert 5 <= len(score["edges"]) <= 9 and sum(score["counts"]) == sum(reference["rows"].values())
+    assert {"income", "age", "region", "employment_type"} <= set(reference["columns"])
+    assert set(reference["institutions"]) == {"inst01", "inst02", "inst03"}
+    assert reference["performance"]["pooled"]["auc"] == pytest.approx(outcome.metrics["val_auc"], abs=1e-9)
+
+
+def test_population_shift_goes_green_yellow_orange_red_in_mlflow(trained):
+    folder, uri, outcome = trained
+    plan = plan_monitoring(_monitor_config(folder, uri), "fedrisk-credit@challenger")
+    run = monitor(plan)
+    client = MlflowClient(uri)
+    pooled = [int(m.value) for m in sorted(client.get_metric_history(run.info.run_id, "level"), key=lambda m: m.step)]
+    assert pooled == [0, 0, 1, 2, 3, 3]  # green, green, yellow, orange, red (sustained), red (severe)
+    psis = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "psi_score"), key=lambda m: m.step)]
+    assert psis[0] < 0.01 and psis[1] < 0.01 and 0.10 <= psis[2] < 0.25 <= psis[3] < 0.5 <= psis[5]
+    tags = run.data.tags
+    assert tags["fedrisk.monitor.level"] == "red" and tags["fedrisk.model_version"] == "1"
+    assert tags["fedrisk.training_run"] == outcome.run_id
+    version = client.get_model_version("fedrisk-credit", "1")
+    assert version.tags["fedrisk.monitor.level"] == "red" and version.tags["fedrisk.monitor.run"] == run.info.run_id
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "drift")}
+    assert {"drift/report.json", "drift/report.html", "drift/psi_by_window.png", "drift/csi_by_feature.png",
+            "drift/score_distribution.png", "drift/performance.png"} <= artifacts
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "drift/report.json", str(folder))).read_text())
+    assert [w["level"] for w in report["windows"]][:2] == ["green", "green"]
+    assert not report["retrain"]["triggered"]
+
+    # The federated PSI equals the PSI the test computes itself on the pooled window rows,
+    # scored by the registered model, binned with NumPy on the reference edges.
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/fedrisk-credit/1")
+    reference = load_reference(outcome.tags["fedrisk.model_uri"])
+    edges = reference["columns"][SCORE]["edges"]
+    window = config_from_json(plan.windows[3][1])
+    frames = [load_window(window.data, name, window.seed, ["income"], [], 7)[0] for name in plan.institutions]
+    pooled_rows = pd.concat(frames)
+    scores = np.asarray(model.predict(pooled_rows))
+    hist, _ = np.histogram(scores, [-np.inf, *edges, np.inf])
+    assert psis[3] == pytest.approx(psi(reference["columns"][SCORE]["counts"], [*hist, 0]), rel=1e-9)
+    income_edges = reference["columns"]["income"]["edges"]
+    hist, _ = np.histogram(pooled_rows["income"], [-np.inf, *income_edges, np.inf])
+    csi = client.get_metric_history(run.info.run_id, "csi.income")
+    assert [m.value for m in csi if m.step == 4][0] == pytest.approx(
+        psi(reference["columns"]["income"]["counts"], [*hist, 0]), rel=1e-9)
+
+
+def test_downturn_triggers_warm_started_retraining_from_the_cli(trained):
+    folder, uri, _ = trained
+    result = subprocess.run(
+        [sys.executable, "-m", "fedrisk.cli", "monitor", "fedrisk-credit/1", "--tracking-uri", uri,
+         "--set", "windows.synthetic.scenario=downturn", "--set", "windows.synthetic.severities=[0.0, 1.0]",
+         "--set", "windows.synthetic.rows=12000", "--retrain", "--rounds", "2"],
+        cwd=folder, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode in (0, 3), result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    first = next(line for line in lines if line.startswith("window-1 "))
+    second = next(line for line in lines if line.startswith("window-2 "))
+    assert " green " in first and (" orange " in second or " red " in second)
+    assert any(line.startswith("retraining triggered at window-2") for line in lines)
+    client = MlflowClient(uri)
+    newest = max(client.search_model_versions("name = 'fedrisk-credit'"), key=lambda v: int(v.version))
+    retrained = client.get_run(newest.run_id)
+    assert retrained.data.tags["fedrisk.warm_start"] == client.get_model_version("fedrisk-credit", "1").source
+    assert retrained.data.params["data.synthetic.drift.scenario"] == "downturn"
+    assert client.get_model_version("fedrisk-credit", "1").tags["fedrisk.monitor.retrain"] == "due"
+
+
+def test_windows_from_files_labelled_unlabelled_and_broken(trained):
+    folder, uri, _ = trained
+    windows = []
+    for k in range(2):
+        files = {}
+        for i, name in enumerate(["inst01", "inst02", "inst03"]):
+            frame = generate_institution(i, 3, 6000, 42, stream=10 + k)
+            if k == 1:
+                frame = frame.drop(columns=["default"])  # labels not known yet
+            if k == 1 and name == "inst03":
+                frame = frame.drop(columns=["income"])
+            path = folder / f"{name}_w{k}.csv"
+            frame.to_csv(path, index=False)
+            files[name] = str(path)
+        windows.append(files)
+    config = folder / "monitor_files.yaml"
+    config.write_text(json.dumps({"windows": {"source": "files", "files": windows, "names": ["2026-06", "2026-07"]}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "fedrisk.cli", "monitor", "fedrisk-credit/1", "--config", str(config),
+         "--tracking-uri", uri], cwd=folder, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    june = next(line for line in out.splitlines() if line.startswith("2026-06 "))
+    july = next(line for line in out.splitlines() if line.startswith("2026-07 "))
+    assert " green " in june and "no labels" in july
+    assert "not measured: institution inst03, file " in out and "column 'income': model input column missing" in out
+
+
+def test_unknown_model_is_one_line_and_exit_2(trained):
+    folder, uri, _ = trained
+    result = subprocess.run([sys.executable, "-m", "fedrisk.cli", "monitor", "nope@champion", "--tracking-uri", uri],
+                            cwd=folder, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("fedrisk: error: model 'nope@champion' not found")
+    assert len(result.stderr.strip().splitlines()) == 1
