@@ -99,7 +99,11 @@ def _monitor(args: argparse.Namespace) -> int:
     overrides = _set_values(args.set)
     if args.tracking_uri:
         overrides["tracking.uri"] = args.tracking_uri
+    if args.rounds is not None and not args.retrain:
+        raise FedriskInputError("--rounds applies to the retraining campaign: add --retrain")
     plan = plan_monitoring(load_monitor_config(args.config, overrides), args.model)
+    if args.retrain and plan.monitor.windows.source == "files" and not plan.monitor.retrain.config:
+        raise FedriskInputError("--retrain with windows from files needs retrain.config, a campaign on the new data")
     print(f"fedrisk: monitoring {plan.model.name} version {plan.model.version} ({plan.training.task}) over "
           f"{len(plan.windows)} windows of {len(plan.institutions)} institutions", file=sys.stderr)
     run = monitor(plan, verbose=args.verbose)
@@ -114,7 +118,7 @@ def _monitor(args: argparse.Namespace) -> int:
         perf = pooled["performance"].get(metric)
         drop = pooled["drops"].get(metric)
         change = "" if drop is None else f" ({-drop:+.1%})" if relative else f" ({-drop:+.4f})"
-        perf_text = "no labels" if perf is None else f"{perf:.4f}{change}"
+        perf_text = "no labels (2 classes)" if perf is None else f"{perf:.4f}{change}"
         csi_text = f"{csi[top]:.3f} ({top})" if top else "-"
         print(f"{window['label']:<12} {pooled['rows']:>8} {pooled['psi']['score']:>9.3f} {csi_text:<28} "
               f"{perf_text:<20} {window['level']:<7} {'; '.join(window['reasons'][:2])}")

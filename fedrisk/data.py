@@ -322,9 +322,10 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
                 window_days: int) -> tuple[pd.DataFrame, np.ndarray | None, str]:
     """One institution's rows of a monitoring window: the model's inputs and labels if present.
 
-    The model's columns are fixed, so only they are checked. Without a target column the
-    window is unlabelled (performance is not measured); transactions need their labels for
-    the terminal-risk features. For transactions the window is the last `window_days`
+    The model's columns are fixed, so only they are checked. Labels come back as floats, NaN
+    where the outcome is not known yet; without a target column the window is unlabelled
+    (performance is not measured). Transactions need their labels for the terminal-risk
+    features. For transactions the window is the last `window_days`
     days; earlier rows only feed the look-back features.
     """
     names = institution_names(spec)
@@ -333,9 +334,16 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
     frame, source, _ = _raw_frame(spec, name, names, seed)
     if len(frame) == 0:
         raise FedriskInputError("no rows", institution=name, file=source)
-    if spec.transactions is not None:
-        frame = engineer_transactions(frame, spec, name, source)
-        frame = frame[frame[DAY] > frame[DAY].max() - window_days].reset_index(drop=True)
+    if spec.transactions is not None:  # a quiet week without frauds is still a window
+        frame = engineer_transactions(frame, spec, name, source, both_classes=False)
+        first_day = int(frame[DAY].max()) - window_days + 1
+        history = max(spec.transactions.windows_days) + spec.transactions.delay_days
+        if first_day - int(frame[DAY].min()) < history:
+            raise FedriskInputError(
+                f"{first_day - int(frame[DAY].min())} days of history before the {window_days}-day window; "
+                f"the look-back features need {history}", institution=name, file=source,
+                column=spec.transactions.timestamp)
+        frame = frame[frame[DAY] >= first_day].reset_index(drop=True)
     for column in numeric + categorical:
         if column not in frame.columns:
             raise FedriskInputError("model input column missing", institution=name, file=source, column=column)
@@ -350,8 +358,12 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
                                     file=source, column=column)
         frame[column] = values
     labels = None
-    if spec.target in frame.columns:
-        labels = _check_target(frame, spec.target, name, source, both_classes=False).to_numpy()
+    if spec.target in frame.columns:  # outcomes not known yet are missing: those rows count for PSI only
+        known = frame[spec.target].notna()
+        labels = np.full(len(frame), np.nan)
+        if known.any():
+            labels[known.to_numpy()] = _check_target(frame[known], spec.target, name, source,
+                                                     both_classes=False).to_numpy()
     return frame, labels, source
 
 
@@ -408,7 +420,8 @@ def _check_card_identifiers(frame: pd.DataFrame, columns: Columns, name: str, so
             )
 
 
-def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source: str) -> pd.DataFrame:
+def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source: str,
+                          both_classes: bool = True) -> pd.DataFrame:
     """Check an issuer's raw transactions and replace identifiers by engineered features.
 
     Returns the amount, the engineered features, every other raw column that is not an
@@ -443,7 +456,7 @@ def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source
         if count:
             raise FedriskInputError(f"amount has {int(count)} {problem} values",
                                     institution=name, file=source, column=tx.amount)
-    target = _check_target(frame, spec.target, name, source)
+    target = _check_target(frame, spec.target, name, source, both_classes)
     features = transaction_features(when, frame[tx.customer], frame[tx.terminal], amount, target,
                                     tx.windows_days, tx.delay_days)
     identifiers = {tx.timestamp, tx.customer, tx.terminal, tx.amount, spec.target}

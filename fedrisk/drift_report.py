@@ -74,7 +74,10 @@ def score_chart(report: dict[str, Any]) -> plt.Figure:
     """Share of rows per reference score decile: reference, first and last window."""
     reference = np.asarray(report["reference"]["score_counts"], dtype=float)
     edges = report["reference"]["score_edges"]
-    names = [f"< {edges[0]:.3f}"] + [f"{a:.3f}-{b:.3f}" for a, b in pairwise(edges)] + [f">= {edges[-1]:.3f}"]
+    if edges:
+        names = [f"< {edges[0]:.3f}"] + [f"{a:.3f}-{b:.3f}" for a, b in pairwise(edges)] + [f">= {edges[-1]:.3f}"]
+    else:  # nine tenths of the training scores in the top fine bin: one bin
+        names = ["all scores"]
     shown = [("reference (training)", reference)]
     for window in (report["windows"][0], report["windows"][-1]):
         shown.append((window["label"], np.asarray(window["score_counts"], dtype=float)))

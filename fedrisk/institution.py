@@ -238,5 +238,6 @@ def window_statistics(
                                    preprocessor.categorical, window_days)
     scores = _score(config, preprocessor, state, preprocessor.transform(frame))
     counts = column_counts(frame, scores, preprocessor, edges)
-    stats = EvalStats.from_scores(labels, scores, config.evaluation.bins) if labels is not None else None
+    known = ~np.isnan(labels) if labels is not None else np.zeros(len(frame), dtype=bool)
+    stats = EvalStats.from_scores(labels[known], scores[known], config.evaluation.bins) if known.any() else None
     return counts, stats

@@ -11,15 +11,17 @@ import os
 import uuid
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedrisk.config import CampaignConfig
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.institution import check_delta, sampling_plan
-from fedrisk.monitoring import MonitorPlan
 from fedrisk.privacy import PrivacyLedger, calibrate_noise_multiplier
 from fedrisk.tracking import find_campaign_run
+
+if TYPE_CHECKING:
+    from fedrisk.monitoring import MonitorPlan
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",

@@ -46,9 +46,13 @@ class Windows(_Strict):
     def _layout(self) -> Windows:
         if self.source == "files" and not self.files:
             raise ValueError("windows.source 'files' needs windows.files: a list of {institution: file}")
+        if self.source == "synthetic" and self.files is not None:
+            raise ValueError("windows.files is given but windows.source is 'synthetic': set source: files")
         count = len(self.files) if self.source == "files" and self.files else len(self.synthetic.severities)
         if self.names is not None and len(self.names) != count:
             raise ValueError(f"windows.names has {len(self.names)} labels for {count} windows")
+        if self.names is not None and len(set(self.names)) != len(self.names):
+            raise ValueError("windows.names must be distinct")
         return self
 
     def count(self) -> int:
@@ -131,6 +135,8 @@ def load_monitor_config(path: str | Path | None, overrides: dict[str, Any] | Non
             raise FedriskInputError("monitoring config file not found", file=str(file))
         try:
             raw = yaml.safe_load(file.read_text()) or {}
+        except UnicodeDecodeError:
+            raise FedriskInputError("not a UTF-8 text file", file=str(file)) from None
         except yaml.YAMLError:
             raise FedriskInputError("not valid YAML", file=str(file)) from None
         if not isinstance(raw, dict):

@@ -12,7 +12,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import mlflow
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
@@ -23,7 +22,7 @@ from fedrisk.config import CampaignConfig, _format_validation_error, config_to_j
 from fedrisk.data import institution_names
 from fedrisk.errors import FedriskInputError
 from fedrisk.monitor_config import MonitorConfig
-from fedrisk.serving import load_model_files, load_reference
+from fedrisk.serving import read_model
 
 MODEL_PATTERN = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))$")
 
@@ -104,7 +103,8 @@ def window_config(training: CampaignConfig, monitor: MonitorConfig, index: int) 
             assert tx is not None
             history = max(tx.windows_days) + tx.delay_days  # look-back before the window's first day
             data["synthetic"]["days"] = history + windows.days
-            drift["start_day"] = max(0, training.data.synthetic.days + index * windows.days - history)
+            first = training.data.synthetic.drift.start_day + training.data.synthetic.days  # after the model's data
+            drift["start_day"] = max(0, first + index * windows.days - history)
         else:
             data["synthetic"]["rows"] = synthetic.rows
         data["synthetic"]["drift"] = drift
@@ -125,12 +125,11 @@ def plan_monitoring(monitor: MonitorConfig, model_spec: str | None) -> MonitorPl
     uri = monitor.tracking.uri
     model = resolve_model(uri, spec)
     training = training_config(uri, model.training_run)
-    mlflow.set_tracking_uri(uri)
-    try:
-        state, preprocessor, _ = load_model_files(model.uri)
-        reference = load_reference(model.uri)
-    except FileNotFoundError as exc:
-        raise FedriskInputError(f"model '{spec}': {exc}; retrain it to monitor it") from None
+    files = read_model(model.uri, uri)
+    state, preprocessor, reference = files["state"], files["preprocessor"], files["reference"]
+    if reference is None:
+        raise FedriskInputError(f"model '{spec}' carries no drift reference (logged before monitoring existed); "
+                                "retrain it to monitor it")
     windows = []
     for index in range(monitor.windows.count()):
         config = window_config(training, monitor, index)
@@ -141,6 +140,8 @@ def plan_monitoring(monitor: MonitorConfig, model_spec: str | None) -> MonitorPl
         institutions = sorted({name for window in monitor.windows.files for name in window})
     else:
         institutions = institution_names(training.data)
+    if "pooled" in institutions:
+        raise FedriskInputError("an institution named 'pooled' would be mistaken for the pooled scope: rename it")
     return MonitorPlan(model, training, monitor, state, preprocessor.to_json(), reference, windows, institutions,
                        uuid.uuid4().hex)
 
@@ -167,7 +168,7 @@ def retrain_config(plan: MonitorPlan, window: int, rounds: int | None = None) ->
     drift = {"scenario": windows.synthetic.scenario, "severity": windows.synthetic.severities[window],
              "stream": 1000 + window, "start_day": 0}
     if plan.training.task == "fraud":  # the campaign's whole calendar, ending with that window
-        drift["start_day"] = (window + 1) * windows.days
+        drift["start_day"] = plan.training.data.synthetic.drift.start_day + (window + 1) * windows.days
     raw["data"]["synthetic"]["drift"] = drift
     for key, value in overrides.items():
         section, name = key.split(".")

@@ -60,24 +60,34 @@ def save_model_files(
     return {k: str(v) for k, v in paths.items()}
 
 
-def _model_root(model_uri: str) -> Path:
+def read_model(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Weights, preprocessing, model spec and drift reference (None if absent) of a logged
+    fedrisk model, by any MLflow URI, looked up in `tracking_uri` (default: the current one)."""
+    import tempfile
+
     import mlflow.artifacts
 
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri)) / "artifacts"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp,
+                                                        tracking_uri=tracking_uri, registry_uri=tracking_uri)) / "artifacts"
+        reference = root / "reference.json"
+        return {
+            "state": torch.load(root / "weights.pt", weights_only=True),
+            "preprocessor": Preprocessor.from_json((root / "preprocessor.json").read_text()),
+            "spec": ModelSpec(**json.loads((root / "model_spec.json").read_text())["model"]),
+            "reference": json.loads(reference.read_text()) if reference.is_file() else None,
+        }
 
 
-def load_reference(model_uri: str) -> dict[str, Any]:
+def load_model_files(model_uri: str, tracking_uri: str | None = None) -> tuple[dict[str, torch.Tensor], Preprocessor, ModelSpec]:
+    """Weights, preprocessing and model spec of a logged fedrisk model."""
+    model = read_model(model_uri, tracking_uri)
+    return model["state"], model["preprocessor"], model["spec"]
+
+
+def load_reference(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
     """The drift reference stored with a fedrisk model."""
-    file = _model_root(model_uri) / "reference.json"
-    if not file.is_file():
+    reference = read_model(model_uri, tracking_uri)["reference"]
+    if reference is None:
         raise FileNotFoundError(f"model {model_uri} carries no drift reference (logged before monitoring existed)")
-    return json.loads(file.read_text())
-
-
-def load_model_files(model_uri: str) -> tuple[dict[str, torch.Tensor], Preprocessor, ModelSpec]:
-    """Weights, preprocessing and model spec of a logged fedrisk model, by any MLflow URI."""
-    root = _model_root(model_uri)
-    meta = json.loads((root / "model_spec.json").read_text())
-    preprocessor = Preprocessor.from_json((root / "preprocessor.json").read_text())
-    state = torch.load(root / "weights.pt", weights_only=True)
-    return state, preprocessor, ModelSpec(**meta["model"])
+    return reference

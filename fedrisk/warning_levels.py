@@ -56,7 +56,7 @@ def band_level(value: float, bound: float, bands: Bands) -> int:
 
 def drop(reference: float, current: float, mode: str) -> float:
     """How far `current` fell below `reference`: relative (a share of it) or absolute."""
-    if math.isnan(reference) or math.isnan(current):
+    if math.isnan(reference) or math.isnan(current) or (mode == "relative" and reference == 0):
         return float("nan")
     return (reference - current) / reference if mode == "relative" else reference - current
 
@@ -80,6 +80,8 @@ def ranking_metrics(stats: EvalStats) -> dict[str, float]:
 
 def auc_standard_error(auc: float, positives: float, negatives: float) -> float:
     """Hanley & McNeil (1982), Radiology 143(1): the AUC's standard error from class counts."""
+    if positives < 1 or negatives < 1 or math.isnan(auc):
+        return float("nan")
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
     variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc)
                 + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
@@ -92,7 +94,7 @@ def auc_drop_is_noise(reference: dict[str, float], current: dict[str, float], co
         return False
     spread = math.hypot(auc_standard_error(reference["auc"], reference["positives"], reference["negatives"]),
                         auc_standard_error(current["auc"], current["positives"], current["negatives"]))
-    return reference["auc"] - current["auc"] <= norm.ppf(confidence) * spread
+    return not math.isnan(spread) and reference["auc"] - current["auc"] <= norm.ppf(confidence) * spread
 
 
 def measure_scope(reference_counts: dict[str, list[int]], counts: dict[str, np.ndarray], stats: EvalStats | None,
@@ -140,21 +142,42 @@ def retrain_due(pooled: ScopeResult, rule: Performance) -> bool:
 
 def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray], EvalStats | None]],
                   levels: Levels, history: dict[str, list[int]]) -> dict[str, ScopeResult]:
-    """Every scope of one window, pooled from the institutions' summed counts; `history`
-    (earlier windows' levels per scope) is updated for the sustained-orange rule."""
-    pooled_counts: dict[str, np.ndarray] = {}
-    labelled = [stats for _, stats in parts.values() if stats is not None]
-    for counts, _ in parts.values():
-        for column, values in counts.items():
-            pooled_counts[column] = pooled_counts.get(column, 0) + np.asarray(values)
-    pooled_stats = sum(labelled[1:], start=labelled[0]) if labelled else None
-    performance = reference.get("performance", {})
-    pooled_reference = {c: spec["counts"] for c, spec in reference["columns"].items()}
+    """Every scope of one window; `history` (earlier windows' levels per scope) is updated
+    for the sustained-orange rule.
+
+    The pooled scope adds up the institutions that replied and compares them with the sum of
+    the same institutions' references (and validation histograms), so a missing
+    institution changes neither side's mix. An institution without a reference of its own
+    is judged against the consortium's and left out of the pool.
+    """
     own = reference.get("institutions", {})
-    results = {POOLED: measure_scope(pooled_reference, pooled_counts, pooled_stats, performance.get(POOLED), levels)}
-    for name in sorted(parts):  # against its own training rows; one that had none, against the pool
+    validation = reference.get("validation", {})
+    members = sorted(name for name in parts if name in own) if own else sorted(parts)
+    if own and members:
+        pooled_reference = {c: sum(np.asarray(own[n][c]) for n in members) for c in reference["columns"]}
+    else:
+        pooled_reference = {c: spec["counts"] for c, spec in reference["columns"].items()}
+    pooled_counts = {c: sum(np.asarray(parts[n][0][c]) for n in members) for c in reference["columns"]}
+    labelled = [n for n in members if parts[n][1] is not None]
+    pooled_stats = sum((parts[n][1] for n in labelled[1:]), start=parts[labelled[0]][1]) if labelled else None
+    performance = reference.get("performance", {})
+    if labelled and all(n in validation for n in labelled):  # the same institutions on both sides
+        pos = sum(np.asarray(validation[n]["hist_pos"]) for n in labelled)
+        neg = sum(np.asarray(validation[n]["hist_neg"]) for n in labelled)
+        pooled_performance = ranking_metrics(EvalStats(int(pos.sum() + neg.sum()), 0.0, pos, neg, pos * 0.0,
+                                                       neg * 0.0, 0.0))
+    else:
+        pooled_performance = performance.get(POOLED)
+    results = {POOLED: measure_scope(pooled_reference, pooled_counts, pooled_stats, pooled_performance, levels)}
+    for name in sorted(parts):
         counts, stats = parts[name]
-        results[name] = measure_scope(own.get(name, pooled_reference), counts, stats, performance.get(name), levels)
+        mine = own.get(name)
+        results[name] = measure_scope(mine or pooled_reference, counts, stats, performance.get(name), levels)
+        if own and mine is None:
+            results[name].reasons.append("no training reference of its own: compared with the consortium's")
+    for scope in history:
+        if scope not in results:
+            history[scope].append(-1)  # not measured: breaks a run of orange windows
     for scope, result in results.items():
         earlier = history.setdefault(scope, [])
         level = sustain(earlier, result.level, levels.sustained_windows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import time
 from logging import WARNING
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ def _parts(replies: list[Message]) -> tuple[dict[str, tuple[dict[str, np.ndarray
             errors[f"node-{msg.metadata.src_node_id}"] = str(msg.error.reason).strip().splitlines()[-1]
             continue
         name = str(msg.content["who"]["institution"])
+        if name in parts:  # two nodes claiming one institution: neither is trusted
+            errors[f"node-{msg.metadata.src_node_id}"] = f"institution {name}: a second node claims this institution"
+            continue
         counts = {k: np.asarray(v) for k, v in json.loads(str(msg.content["counts"]["json"])).items()}
         stats = evaluation_parts([msg], "window")[name] if "evaluation" in msg.content else None
         parts[name] = (counts, stats)
@@ -80,6 +84,10 @@ def run_monitoring(grid: Grid, plan: MonitorPlan) -> None:
     status = "FINISHED"
     try:
         _monitoring_body(grid, plan, run)
+    except FedriskInputError as exc:
+        status = "FAILED"
+        run.set_tags({"fedrisk.status": "stopped", "fedrisk.stop_reason": exc.one_line()[:4000]})
+        raise
     except Exception as exc:
         status = "FAILED"
         run.set_tags({"fedrisk.status": "failed", "fedrisk.error": str(exc)[:4000]})
@@ -103,13 +111,17 @@ def _monitoring_body(grid: Grid, plan: MonitorPlan, run: TrackedRun) -> None:
             "edges": json.dumps(edges), "window-days": plan.monitor.windows.days,
             "institutions": json.dumps(plan.institutions),
         })
+        started = time.perf_counter()
         parts, errors = _parts(_query(grid, nodes, "query.monitor", RecordDict({"arrays": arrays, "config": record})))
+        for name in plan.institutions:
+            if name not in parts and not any(name in reason for reason in errors.values()):
+                errors[name] = f"institution {name}: no reply"
         for reason in errors.values():
             log(WARNING, "%s: %s", label, reason)
         if not parts:
             raise FedriskInputError(f"{label}: no institution could measure its window: " + "; ".join(errors.values()))
         results = assess_window(plan.reference, parts, levels, history)
-        run.log_metrics(window_metrics(results), step=index + 1)
+        run.log_metrics({**window_metrics(results), "window_seconds": time.perf_counter() - started}, step=index + 1)
         pooled = results[POOLED]
         worst = max(r.level for r in results.values())
         reasons = [f"{scope}: {r.reasons[0]}" for scope, r in results.items() if r.level == worst and r.reasons]
@@ -149,6 +161,8 @@ def _report(plan: MonitorPlan, windows: list[dict[str, Any]], trigger: dict[str,
         unit = f"{trigger['drop']:.1%} relative" if rule.mode == "relative" else f"{trigger['drop']:.4f}"
         summary = (f"retraining triggered at {trigger['window']}: pooled {trigger['metric']} {trigger['value']:.4f} "
                    f"is {unit} below validation {trigger['reference']:.4f} (rule: drop > {rule.max_drop:g} {rule.mode})")
+    elif not any(w["scopes"][POOLED]["performance"] for w in windows):
+        summary = "no retraining rule applied: no window had labels of both classes"
     else:
         summary = f"no retraining: the pooled {rule.metric} never fell by more than {rule.max_drop:g} ({rule.mode})"
     score = plan.reference["columns"][SCORE]

@@ -137,7 +137,7 @@ def warm_start(uri: str, config: CampaignConfig, fitted: Preprocessor) -> tuple[
     from fedrisk.serving import load_model_files
 
     try:
-        state, preprocessor, spec = load_model_files(uri)
+        state, preprocessor, spec = load_model_files(uri, config.tracking.uri)
     except Exception as exc:  # MLflow raises several types for an unknown model
         raise FedriskInputError(f"training.initial_model {uri}: cannot load ({str(exc).splitlines()[0]})") from None
     if spec != config.model:
@@ -157,11 +157,13 @@ def collect_reference(
 ) -> dict | None:
     """The drift reference: pooled deciles of the score and inputs on the training rows, and
     the validation metrics, from the institutions' summed counts."""
-    answers = strategy.usable_replies(
-        _query(grid, strategy.active_nodes(grid), "query.reference",
-               RecordDict({"arrays": final, "config": ConfigRecord(shared)})),
-        strategy.rounds_done + 1,
-    )
+    replies_ = _query(grid, strategy.active_nodes(grid), "query.reference",
+                      RecordDict({"arrays": final, "config": ConfigRecord(shared)}))
+    answers = [msg for msg in replies_ if not msg.has_error()]
+    for msg in replies_:  # the model is trained: a failure here costs the reference, not the campaign
+        if msg.has_error():
+            log(WARNING, "drift reference without node %s: %s", msg.metadata.src_node_id,
+                str(msg.error.reason).strip().splitlines()[-1])
     if not answers:
         return None
     fine = {str(msg.content["who"]["institution"]): {c: np.asarray(v) for c, v in json.loads(
@@ -183,6 +185,10 @@ def collect_reference(
     pooled = sum(validation.values(), start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
     reference["performance"] = {POOLED: ranking_metrics(pooled),
                                 **{name: ranking_metrics(stats) for name, stats in validation.items()}}
+    # score histograms of each institution's validation rows: the pooled performance
+    # reference of any subset of institutions that report a window
+    reference["validation"] = {name: {"hist_pos": s.hist_pos.tolist(), "hist_neg": s.hist_neg.tolist()}
+                               for name, s in validation.items()}
     reference["rows"] = {name: int(np.sum(counts[SCORE])) for name, counts in fine.items()}
     reference["population"] = "training rows of the final model's institutions"
     return reference
@@ -339,7 +345,12 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         "privacy/ledger_snapshot.json",
     )
     run.log_dict({"excluded": strategy.excluded}, "institutions/excluded.json")
-    reference = collect_reference(grid, strategy, final, shared, replies, preprocessor, config)
+    try:
+        reference = collect_reference(grid, strategy, final, shared, replies, preprocessor, config)
+    except Exception as exc:  # the campaign stands; monitoring needs a retrained model
+        reference = None
+        run.set_tags({"fedrisk.reference_error": str(exc)[:4000]})
+        log(WARNING, "no drift reference: %s", exc)
     if reference is not None:
         run.log_dict(reference, "monitoring/reference.json")
     model_uri = run.log_model(final.to_torch_state_dict(), preprocessor, reference)

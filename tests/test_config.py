@@ -294,3 +294,25 @@ def test_files_source_with_column_and_partition_is_rejected():
 def test_each_single_layout_is_accepted(tmp_path, data):
     cfg = load_config(_write(tmp_path / "c.yaml", {"data": data}), work_dir=tmp_path)
     assert cfg.data.source == "files"
+
+
+def test_monitor_credit_yaml_equals_and_lists_the_monitoring_defaults(tmp_path):
+    from fedrisk.monitor_config import MonitorConfig, load_monitor_config
+
+    shipped = load_monitor_config(REPO / "configs" / "monitor_credit.yaml", work_dir=tmp_path)
+    assert shipped == load_monitor_config(None, work_dir=tmp_path)
+    raw = yaml.safe_load((REPO / "configs" / "monitor_credit.yaml").read_text())
+    assert set(raw) == set(MonitorConfig.model_fields)
+    for name in ("monitor_credit_downturn.yaml", "monitor_fraud.yaml"):
+        load_monitor_config(REPO / "configs" / name, work_dir=tmp_path)
+
+
+def test_monitor_config_errors_name_the_key(tmp_path):
+    from fedrisk.monitor_config import load_monitor_config
+
+    with pytest.raises(FedriskInputError, match="key 'levels.psi'.*yellow < orange < severe"):
+        load_monitor_config(None, {"levels.psi.yellow": 0.3}, work_dir=tmp_path)
+    with pytest.raises(FedriskInputError, match="windows.source 'files' needs windows.files"):
+        load_monitor_config(None, {"windows.source": "files"}, work_dir=tmp_path)
+    with pytest.raises(FedriskInputError, match="unknown key"):
+        load_monitor_config(None, {"levels.psi.amber": 0.3}, work_dir=tmp_path)

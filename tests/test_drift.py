@@ -214,3 +214,20 @@ def test_assess_window_pools_counts_and_compares_each_institution_with_its_own_r
 
 def test_bin_counts_edges_and_missing():
     assert bin_counts(np.array([0.0, 1.0, 1.5, 2.0, np.nan, 5.0]), [1.0, 2.0]).tolist() == [1, 2, 2, 1]
+
+
+def test_pooled_scope_covers_the_same_institutions_on_both_sides_and_gaps_break_runs():
+    reference = {
+        "columns": {SCORE: {"kind": "numeric", "edges": [0.5], "counts": [700, 700, 0]}},
+        "institutions": {"a": {SCORE: [600, 100, 0]}, "b": {SCORE: [100, 600, 0]}},
+    }
+    only_a = {"a": ({SCORE: np.array([600, 100, 0])}, None)}
+    results = assess_window(reference, only_a, Levels(), {})
+    assert results["pooled"].psi[SCORE] == 0.0  # a alone against a's reference, not the consortium's
+    shifted = {"a": ({SCORE: np.array([200, 500, 0])}, None), "b": ({SCORE: np.array([100, 600, 0])}, None)}
+    history: dict[str, list[int]] = {}
+    levels = Levels(psi=Bands(yellow=0.1, orange=0.25, severe=5.0), csi=Bands(yellow=0.1, orange=0.25, severe=5.0))
+    assert assess_window(reference, shifted, levels, history)["a"].level == ORANGE
+    assess_window(reference, {"b": shifted["b"]}, levels, history)  # a did not report
+    assert assess_window(reference, shifted, levels, history)["a"].level == ORANGE  # not two in a row
+    assert assess_window(reference, shifted, levels, history)["a"].level == RED

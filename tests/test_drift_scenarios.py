@@ -87,3 +87,10 @@ def test_scenarios_belong_to_their_task():
         load_config(None, {"data.synthetic.drift.scenario": "new_fraud_pattern"})
     with pytest.raises(Exception, match="not a fraud scenario"):
         load_config(None, {"task": "fraud", "data.synthetic.drift.scenario": "downturn"})
+
+
+def test_each_fraud_window_has_its_own_compromises_and_the_same_cardholders():
+    one, two = fraud.build_world(2, 2000, 4000, 44, 42, 1), fraud.build_world(2, 2000, 4000, 44, 42, 2)
+    np.testing.assert_array_equal(one.customer_xy, two.customer_xy)
+    stolen = [set(np.flatnonzero(w.card_compromised.any(axis=1))) for w in (one, two)]
+    assert stolen[0] and stolen[1] and len(stolen[0] & stolen[1]) < 0.5 * len(stolen[0])

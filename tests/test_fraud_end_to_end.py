@@ -95,3 +95,28 @@ def test_cli_runs_the_shipped_fraud_config(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("fedrisk-fraud").experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["fedrisk.gate.policy"] == "fraud-default"
+
+
+def test_monitoring_catches_a_new_fraud_pattern(tmp_path):
+    from fedrisk.launcher import monitor
+    from fedrisk.monitor_config import load_monitor_config
+    from fedrisk.monitoring import plan_monitoring
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = load_config(None, {**SMALL, "rounds": 3, "tracking_uri": uri, "privacy.ledger_dir": str(tmp_path / "ledger")},
+                         work_dir=tmp_path)
+    outcome = simulate(config)
+    version = outcome.tags["fedrisk.gate.model_version"].split("/")[-1]
+    monitor_config = load_monitor_config(
+        None, {"tracking.uri": uri, "windows.synthetic.scenario": "new_fraud_pattern",
+               "windows.synthetic.severities": [0.0, 3.0]}, work_dir=tmp_path)
+    plan = plan_monitoring(monitor_config, f"fedrisk-fraud/{version}")
+    run = monitor(plan)
+    client = MlflowClient(uri)
+    auc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "auc")}
+    rows = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "rows")}
+    assert auc[2] < auc[1] - 0.05  # the takeovers score like normal purchases
+    assert rows[1] > 1000 and rows[2] > rows[1]  # a week of transactions; the takeovers add some
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "drift/report.json", str(tmp_path))).read_text())
+    assert set(report["windows"][0]["scopes"]) == {"pooled", *institution_names(config.data)}
+    assert report["windows"][1]["level"] in ("orange", "red")

@@ -141,7 +141,7 @@ def test_windows_from_files_labelled_unlabelled_and_broken(trained):
     out = result.stdout
     june = next(line for line in out.splitlines() if line.startswith("2026-06 "))
     july = next(line for line in out.splitlines() if line.startswith("2026-07 "))
-    assert " green " in june and "no labels" in july
+    assert " green " in june and "no labels (2 classes)" in july
     assert "not measured: institution inst03, file " in out and "column 'income': model input column missing" in out
 
 

@@ -93,12 +93,14 @@ def institution_sizes(n_institutions: int, total_rows: int, seed: int) -> list[i
     return sizes
 
 
-def true_pd(frame: pd.DataFrame, group_bias: float = 0.0, downturn: float = 0.0) -> np.ndarray:
+def true_pd(frame: pd.DataFrame, group_bias: float = 0.0, downturn: float = 0.0,
+            shock: np.ndarray | float = 0.0) -> np.ndarray:
     """Ground-truth probability of default of each row (the oracle the labels come from).
 
     `downturn` > 0 raises default rates and changes who defaults: the capital region's
     industries shed jobs, contract and self-employed workers and business loans are hit
-    hardest, so a model trained before the downturn ranks applicants less well.
+    hardest, so a model trained before the downturn ranks applicants less well. `shock` is
+    the extra logit of unobserved job losses (per row).
     """
     income_k = frame["income"].to_numpy() / 1000.0
     util = frame["credit_utilisation"].to_numpy()
@@ -129,7 +131,7 @@ def true_pd(frame: pd.DataFrame, group_bias: float = 0.0, downturn: float = 0.0)
             + 1.2 * np.isin(employment, ["contract", "self_employed"])
             + 1.2 * (frame["loan_purpose"].to_numpy() == "business")
         )
-    return 1.0 / (1.0 + np.exp(-logit))
+    return 1.0 / (1.0 + np.exp(-(logit + shock)))
 
 
 def generate_institution(
@@ -219,10 +221,11 @@ def generate_institution(
             "age_band": age_band,
         }
     )
-    pd_true = true_pd(frame, group_bias, downturn)
     if downturn:  # job losses no application form shows: a third of borrowers take a shock
         shock = downturn * DOWNTURN_SHOCK * (rng.random(n) < 1 / 3)
-        pd_true = 1.0 / (1.0 + np.exp(-(np.log(pd_true / (1 - pd_true)) + shock)))
+        pd_true = true_pd(frame, group_bias, downturn, shock)
+    else:
+        pd_true = true_pd(frame, group_bias)
     frame[TARGET] = (rng.random(n) < pd_true).astype(int)
     return frame
 

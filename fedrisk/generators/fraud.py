@@ -83,7 +83,9 @@ def _window(starts: np.ndarray, days: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def build_world(issuers: int, customers: int, terminals: int, days: int, seed: int) -> World:
+def build_world(issuers: int, customers: int, terminals: int, days: int, seed: int, stream: int = 0) -> World:
+    """The shared world; a later window (`stream` > 0) keeps the people and terminals and
+    draws its own compromised terminals and stolen cards."""
     rng = np.random.default_rng([seed, 50_021])
     shares = institution_shares(issuers)
     issuer = np.minimum(np.searchsorted(np.cumsum(shares), rng.random(customers)), issuers - 1)
@@ -95,6 +97,8 @@ def build_world(issuers: int, customers: int, terminals: int, days: int, seed: i
     lengths = np.fromiter((len(r) for r in reach), dtype=np.int64, count=customers)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     lists = np.fromiter((t for r in reach for t in sorted(r)), dtype=np.int64, count=int(offsets[-1]))
+    if stream:
+        rng = np.random.default_rng([seed, 50_027, stream])
     terminal_starts = rng.random((terminals, days)) < TERMINAL_RATE
     card_rate = CARD_RATE * issuer_card_risk(issuers)[issuer]
     card_starts = rng.random((customers, days)) < card_rate[:, None]
@@ -117,7 +121,7 @@ def generate_issuer(
     """
     if drift not in ("none", *DRIFT_SCENARIOS):
         raise ValueError(f"unknown fraud drift scenario '{drift}' (known: {', '.join(DRIFT_SCENARIOS)})")
-    world = build_world(issuers, customers, terminals, days, seed)
+    world = build_world(issuers, customers, terminals, days, seed, stream)
     rng = np.random.default_rng([seed, 50_023, index, *([stream] if stream else [])])
     spend = 1.0 + 0.5 * severity if drift == "population_shift" else 1.0
     mine = np.flatnonzero(world.issuer == index)
