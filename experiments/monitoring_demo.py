@@ -97,7 +97,7 @@ def main() -> None:
     for title, command, charts in steps:
         stdout, seconds = _fedrisk(work, *command)
         timings[title], outputs[title] = seconds, stdout
-        lines += [f"## {title}", "", f"`fedrisk {' '.join(Path(c).name if '/' in c else c for c in command)}` "
+        lines += [f"## {title}", "", f"`fedrisk {' '.join(Path(c).name if c.startswith('/') else c for c in command)}` "
                   f"({seconds:.1f} s)", "", "```", stdout.rstrip(), "```", ""]
         if charts:
             _copy_charts(work, _run_id(stdout), ROOT / "docs" / "monitoring" / charts)
