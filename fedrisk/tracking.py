@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 import fedrisk
 from fedrisk.config import CampaignConfig, flatten
+from fedrisk.errors import FedriskInputError
 from fedrisk.preprocessing import Preprocessor
 from fedrisk.serving import save_model_files
 
@@ -79,6 +82,23 @@ class TrackedRun:
     def finish(self, status: str = "FINISHED") -> None:
         self.flush()
         self.client.set_terminated(self.run_id, status=status)
+
+    @contextmanager
+    def closing(self) -> Iterator[None]:
+        """Ends the run: stopped (bad input, with the reason), failed (with the error) or finished."""
+        status = "FINISHED"
+        try:
+            yield
+        except FedriskInputError as exc:
+            status = "FAILED"
+            self.set_tags({"fedrisk.status": "stopped", "fedrisk.stop_reason": exc.one_line()[:4000]})
+            raise
+        except Exception as exc:
+            status = "FAILED"
+            self.set_tags({"fedrisk.status": "failed", "fedrisk.error": str(exc)[:4000]})
+            raise
+        finally:
+            self.finish(status)
 
 
 class CampaignRun(TrackedRun):

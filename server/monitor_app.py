@@ -81,19 +81,8 @@ def run_monitoring(grid: Grid, plan: MonitorPlan) -> None:
         "mlflow.runName": f"monitor-{model.name}-v{model.version}",
     }
     run = TrackedRun(plan.monitor.tracking.uri, plan.monitor.tracking.experiment, tags)
-    status = "FINISHED"
-    try:
+    with run.closing():
         _monitoring_body(grid, plan, run)
-    except FedriskInputError as exc:
-        status = "FAILED"
-        run.set_tags({"fedrisk.status": "stopped", "fedrisk.stop_reason": exc.one_line()[:4000]})
-        raise
-    except Exception as exc:
-        status = "FAILED"
-        run.set_tags({"fedrisk.status": "failed", "fedrisk.error": str(exc)[:4000]})
-        raise
-    finally:
-        run.finish(status)
 
 
 def _monitoring_body(grid: Grid, plan: MonitorPlan, run: TrackedRun) -> None:

@@ -231,19 +231,8 @@ def app_for(config: CampaignConfig, campaign: str) -> ServerApp:
 def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
     run = CampaignRun(config, campaign)
     log(INFO, "fedrisk campaign %s: MLflow run %s at %s", campaign, run.run_id, config.tracking.uri)
-    status = "FINISHED"
-    try:
+    with run.closing():
         _campaign_body(grid, config, campaign, run)
-    except FedriskInputError as exc:
-        status = "FAILED"
-        run.set_tags({"fedrisk.status": "stopped", "fedrisk.stop_reason": exc.one_line()[:4000]})
-        raise
-    except Exception as exc:
-        status = "FAILED"
-        run.set_tags({"fedrisk.status": "failed", "fedrisk.error": str(exc)[:4000]})
-        raise
-    finally:
-        run.finish(status)
 
 
 def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -> None:
