@@ -101,9 +101,11 @@ def _monitor(args: argparse.Namespace) -> int:
         overrides["tracking.uri"] = args.tracking_uri
     if args.rounds is not None and not args.retrain:
         raise FedriskInputError("--rounds applies to the retraining campaign: add --retrain")
+    if args.rounds is not None and args.rounds < 1:
+        raise FedriskInputError("--rounds must be at least 1")
     plan = plan_monitoring(load_monitor_config(args.config, overrides), args.model)
-    if args.retrain and plan.monitor.windows.source == "files" and not plan.monitor.retrain.config:
-        raise FedriskInputError("--retrain with windows from files needs retrain.config, a campaign on the new data")
+    if args.retrain:  # a bad retraining campaign fails now, not after the last window
+        retrain_config(plan, 0, args.rounds)
     print(f"fedrisk: monitoring {plan.model.name} version {plan.model.version} ({plan.training.task}) over "
           f"{len(plan.windows)} windows of {len(plan.institutions)} institutions", file=sys.stderr)
     run = monitor(plan, verbose=args.verbose)
@@ -113,14 +115,15 @@ def _monitor(args: argparse.Namespace) -> int:
     print(f"{'window':<12} {'rows':>8} {'score PSI':>9} {'max CSI (input)':<28} {metric + ' (change)':<20} level   why")
     for window in client_report["windows"]:
         pooled = window["scopes"]["pooled"]
-        csi = {c: v for c, v in pooled["psi"].items() if c != "score"}
+        csi = {c: v for c, v in pooled["psi"].items() if c != "score" and v is not None}
         top = max(csi, key=csi.get) if csi else None
         perf = pooled["performance"].get(metric)
         drop = pooled["drops"].get(metric)
         change = "" if drop is None else f" ({-drop:+.1%})" if relative else f" ({-drop:+.4f})"
         perf_text = "no labels (2 classes)" if perf is None else f"{perf:.4f}{change}"
-        csi_text = f"{csi[top]:.3f} ({top})" if top else "-"
-        print(f"{window['label']:<12} {pooled['rows']:>8} {pooled['psi']['score']:>9.3f} {csi_text:<28} "
+        csi_text = f"{csi[top]:.3f} ({top})" if top and csi[top] is not None else "-"
+        score_psi = "-" if pooled["psi"]["score"] is None else f"{pooled['psi']['score']:.3f}"
+        print(f"{window['label']:<12} {pooled['rows']:>8} {score_psi:>9} {csi_text:<28} "
               f"{perf_text:<20} {window['level']:<7} {'; '.join(window['reasons'][:2])}")
         for name, reason in window["missing"].items():
             print(f"{'':<12} not measured: {reason}")

@@ -324,18 +324,32 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
 
     The model's columns are fixed, so only they are checked. Labels come back as floats, NaN
     where the outcome is not known yet; without a target column the window is unlabelled
-    (performance is not measured). Transactions need their labels for the terminal-risk
-    features. For transactions the window is the last `window_days`
-    days; earlier rows only feed the look-back features.
+    (performance is not measured). For transactions the window is the last `window_days`
+    days; earlier rows only feed the look-back features, whose terminal risk needs the
+    labels older than the label delay: only the last `delay_days` days may lack them.
     """
     names = institution_names(spec)
     if name not in names:
-        raise FedriskInputError(f"unknown institution (known: {', '.join(names)})", institution=name)
+        known = ", ".join(names)
+        reason = f"no file for this window (files for: {known})" if spec.files is not None else f"unknown institution (known: {known})"
+        raise FedriskInputError(reason, institution=name)
     frame, source, _ = _raw_frame(spec, name, names, seed)
     if len(frame) == 0:
         raise FedriskInputError("no rows", institution=name, file=source)
+    unknown = None
     if spec.transactions is not None:  # a quiet week without frauds is still a window
+        tx = spec.transactions
+        if spec.target in frame.columns:  # the terminal-risk features never read the newest labels
+            unknown = frame[spec.target].isna().to_numpy()
+            frame = frame.assign(**{spec.target: frame[spec.target].fillna(0)})
         frame = engineer_transactions(frame, spec, name, source, both_classes=False)
+        if unknown is not None and unknown.any():
+            days = frame[DAY].to_numpy()
+            early = int((unknown & (days <= days.max() - tx.delay_days)).sum())
+            if early:
+                raise FedriskInputError(
+                    f"target has {early} missing values older than the {tx.delay_days}-day label delay: the "
+                    "terminal-risk features need them", institution=name, file=source, column=spec.target)
         first_day = int(frame[DAY].max()) - window_days + 1
         history = max(spec.transactions.windows_days) + spec.transactions.delay_days
         if first_day - int(frame[DAY].min()) < history:
@@ -343,11 +357,17 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
                 f"{first_day - int(frame[DAY].min())} days of history before the {window_days}-day window; "
                 f"the look-back features need {history}", institution=name, file=source,
                 column=spec.transactions.timestamp)
-        frame = frame[frame[DAY] >= first_day].reset_index(drop=True)
+        inside = (frame[DAY] >= first_day).to_numpy()
+        frame = frame[inside].reset_index(drop=True)
+        if unknown is not None:
+            frame.loc[unknown[inside], spec.target] = np.nan
     for column in numeric + categorical:
         if column not in frame.columns:
             raise FedriskInputError("model input column missing", institution=name, file=source, column=column)
     for column in numeric:
+        if pd.api.types.is_datetime64_any_dtype(frame[column]) or pd.api.types.is_timedelta64_dtype(frame[column]):
+            raise FedriskInputError(f"numeric column holds {frame[column].dtype} values", institution=name,
+                                    file=source, column=column)
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = int((values.isna() & frame[column].notna()).sum())
         if bad:

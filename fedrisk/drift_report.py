@@ -33,11 +33,11 @@ def psi_chart(report: dict[str, Any]) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(8, 4))
     values = [w["scopes"][POOLED]["psi"][SCORE] for w in windows]
     institutions = sorted({s for w in windows for s in w["scopes"] if s != POOLED})
-    top = max([*values, 0.3])
+    top = float(np.nanmax([*values, 0.3]))
     for name in institutions:
-        series = [w["scopes"].get(name, {}).get("psi", {}).get(SCORE, np.nan) for w in windows]
+        series = np.array([w["scopes"].get(name, {}).get("psi", {}).get(SCORE, np.nan) for w in windows], dtype=float)
         ax.plot(labels, series, color="grey", lw=0.8, alpha=0.6)
-        top = max(top, np.nanmax(series) if not np.all(np.isnan(series)) else 0)
+        top = float(np.nanmax([top, *series]))
     ax.plot(labels, values, color="black", lw=2, label="pooled")
     ax.scatter(labels, values, s=80, zorder=3,
                c=[COLOURS[w["scopes"][POOLED]["level"]] for w in windows], edgecolors="black")
@@ -72,14 +72,14 @@ def csi_chart(report: dict[str, Any]) -> plt.Figure:
 
 def score_chart(report: dict[str, Any]) -> plt.Figure:
     """Share of rows per reference score decile: reference, first and last window."""
-    reference = np.asarray(report["reference"]["score_counts"], dtype=float)
     edges = report["reference"]["score_edges"]
     if edges:
         names = [f"< {edges[0]:.3f}"] + [f"{a:.3f}-{b:.3f}" for a, b in pairwise(edges)] + [f">= {edges[-1]:.3f}"]
     else:  # nine tenths of the training scores in the top fine bin: one bin
         names = ["all scores"]
-    shown = [("reference (training)", reference)]
-    for window in (report["windows"][0], report["windows"][-1]):
+    first, last = report["windows"][0], report["windows"][-1]
+    shown = [("reference (training, in the last window's mix)", np.asarray(last["reference_score_counts"], dtype=float))]
+    for window in (first, last):
         shown.append((window["label"], np.asarray(window["score_counts"], dtype=float)))
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / len(shown)
@@ -98,16 +98,19 @@ def performance_chart(report: dict[str, Any]) -> plt.Figure | None:
     """The rule's metric per window against its validation reference and retraining line."""
     rule = report["levels"]["performance"]
     metric = rule["metric"]
-    reference = report["reference"]["performance"].get(POOLED, {}).get(metric)
     windows = report["windows"]
-    values = [w["scopes"][POOLED]["performance"].get(metric, np.nan) for w in windows]
-    if reference is None or np.all(np.isnan(values)):
+    labels = [w["label"] for w in windows]
+    values = np.array([w["scopes"][POOLED]["performance"].get(metric, np.nan) for w in windows], dtype=float)
+    # the validation reference of the institutions that reported, in the window's mix
+    reference = np.array([w["scopes"][POOLED]["reference_performance"].get(metric, np.nan) for w in windows],
+                         dtype=float)
+    if np.all(np.isnan(values)) or np.all(np.isnan(reference)):
         return None
     limit = reference * (1 - rule["max_drop"]) if rule["mode"] == "relative" else reference - rule["max_drop"]
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.plot([w["label"] for w in windows], values, marker="o", color="black", label=f"pooled {metric}")
-    ax.axhline(reference, color=COLOURS["green"], ls="--", label=f"validation reference {reference:.4f}")
-    ax.axhline(limit, color=COLOURS["orange"], ls="--", label=f"retraining below {limit:.4f}")
+    ax.plot(labels, values, marker="o", color="black", label=f"pooled {metric}")
+    ax.plot(labels, reference, color=COLOURS["green"], ls="--", label="validation reference")
+    ax.plot(labels, limit, color=COLOURS["orange"], ls="--", label="retraining below")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per window")
     ax.tick_params(axis="x", rotation=30)
@@ -139,10 +142,21 @@ def _html(report: dict[str, Any], images: dict[str, str]) -> str:
     )
 
 
+def _no_nan(value: Any) -> Any:
+    """Strict JSON: NaN (a metric that could not be computed) becomes null."""
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
 def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
     """report.json, the charts as PNG and report.html in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(report, indent=1))
+    (folder / "report.json").write_text(json.dumps(_no_nan(report), indent=1))
     charts = {"Score PSI per window": ("psi_by_window.png", psi_chart(report)),
               "PSI and CSI per input": ("csi_by_feature.png", csi_chart(report)),
               "Score distribution shift": ("score_distribution.png", score_chart(report)),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fedrisk.config import _format_validation_error, _Strict, absolute_tracking_uri
 from fedrisk.errors import FedriskInputError
@@ -40,12 +40,19 @@ class Windows(_Strict):
     files: list[dict[str, str]] | None = Field(
         None, description="one mapping institution -> CSV/Parquet file per window, oldest first")
     names: list[str] | None = Field(None, description="a label per window (default: window-1, ...)")
+
+    @field_validator("names", mode="before")
+    @classmethod
+    def _names_as_text(cls, value: Any) -> Any:  # 2026-06-30 or 2026.06 in YAML are labels too
+        return [str(v) for v in value] if isinstance(value, list) else value
     days: int = Field(7, ge=1, le=366, description="fraud: days per window; earlier rows of a file feed the look-back features")
 
     @model_validator(mode="after")
     def _layout(self) -> Windows:
         if self.source == "files" and not self.files:
             raise ValueError("windows.source 'files' needs windows.files: a list of {institution: file}")
+        if self.files is not None and any(not window for window in self.files):
+            raise ValueError("every window in windows.files needs at least one institution")
         if self.source == "synthetic" and self.files is not None:
             raise ValueError("windows.files is given but windows.source is 'synthetic': set source: files")
         count = len(self.files) if self.source == "files" and self.files else len(self.synthetic.severities)
@@ -65,9 +72,9 @@ class Windows(_Strict):
 class Bands(_Strict):
     """PSI bands: yellow from `yellow`, orange from `orange`, red from `severe`."""
 
-    yellow: float = Field(0.10, gt=0.0)
-    orange: float = Field(0.25, gt=0.0)
-    severe: float = Field(0.50, gt=0.0)
+    yellow: float = Field(0.10, gt=0.0, allow_inf_nan=False)
+    orange: float = Field(0.25, gt=0.0, allow_inf_nan=False)
+    severe: float = Field(0.50, gt=0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ordered(self) -> Bands:
@@ -96,7 +103,7 @@ class Levels(_Strict):
     psi: Bands = Bands()
     csi: Bands = Bands()
     performance: Performance = Performance()
-    sustained_windows: int = Field(2, ge=1, description="orange this many windows in a row: red")
+    sustained_windows: int = Field(2, ge=2, description="orange this many windows in a row: red")
     noise_confidence: float = Field(
         0.99, gt=0.5, lt=1.0, description="a PSI below its sampling-noise bound at this confidence stays green")
 
@@ -146,8 +153,9 @@ def load_monitor_config(path: str | Path | None, overrides: dict[str, Any] | Non
         _set_dotted(raw, key, value)
     windows = raw.get("windows")
     if isinstance(windows, dict) and isinstance(windows.get("files"), list):
-        windows["files"] = [
-            {k: str((folder / v).resolve()) for k, v in w.items()} if isinstance(w, dict) else w
+        windows["files"] = [  # anything but a text path is left for validation to refuse
+            {k: str((folder / v).resolve()) if isinstance(v, str) else v for k, v in w.items()}
+            if isinstance(w, dict) else w
             for w in windows["files"]
         ]
     retrain = raw.get("retrain")

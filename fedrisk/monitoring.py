@@ -24,6 +24,7 @@ from fedrisk.errors import FedriskInputError
 from fedrisk.monitor_config import MonitorConfig
 from fedrisk.serving import read_model
 
+SCENARIOS = {"credit": ("none", "population_shift", "downturn"), "fraud": ("none", "population_shift", "new_fraud_pattern")}
 MODEL_PATTERN = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))$")
 
 
@@ -58,11 +59,13 @@ def resolve_model(uri: str, spec: str) -> ModelRef:
         raise FedriskInputError(f"model '{spec}': give a registered model as NAME@ALIAS or NAME/VERSION "
                                 "(e.g. fedrisk-credit@challenger)")
     name, alias, version = found["name"], found["alias"], found["version"]
-    client = MlflowClient(uri)
     try:
+        client = MlflowClient(uri)
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as exc:
         raise FedriskInputError(f"model '{spec}' not found in {uri}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # an unusable tracking URI raises several types
+        raise FedriskInputError(f"tracking URI {uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if not mv.run_id:
         raise FedriskInputError(f"model '{spec}' has no training run: it was not made by fedrisk")
     return ModelRef(name, str(mv.version), alias, str(mv.source), mv.run_id)
@@ -96,12 +99,16 @@ def window_config(training: CampaignConfig, monitor: MonitorConfig, index: int) 
             raise FedriskInputError("the model was trained on files: give its new data in windows.files "
                                     "(windows.source: files)")
         synthetic = windows.synthetic
+        allowed = SCENARIOS[training.task]
+        if synthetic.scenario not in allowed:
+            raise FedriskInputError(f"windows.synthetic.scenario '{synthetic.scenario}' is not a {training.task} "
+                                    f"scenario (use one of: {', '.join(allowed)})")
         drift = {"scenario": synthetic.scenario, "severity": synthetic.severities[index],
                  "stream": index + 1, "start_day": 0}
         if training.task == "fraud":
             tx = training.data.transactions
             assert tx is not None
-            history = max(tx.windows_days) + tx.delay_days  # look-back before the window's first day
+            history = max(tx.windows_days) + tx.delay_days + 1  # look-back before the window, a day spare
             data["synthetic"]["days"] = history + windows.days
             first = training.data.synthetic.drift.start_day + training.data.synthetic.days  # after the model's data
             drift["start_day"] = max(0, first + index * windows.days - history)
@@ -156,9 +163,10 @@ def retrain_config(plan: MonitorPlan, window: int, rounds: int | None = None) ->
     from fedrisk.config import load_config
 
     overrides: dict[str, Any] = {"training.initial_model": plan.model.uri,
-                                 "tracking.uri": plan.monitor.tracking.uri}
-    if rounds or plan.monitor.retrain.rounds:
-        overrides["training.rounds"] = rounds or plan.monitor.retrain.rounds
+                                 "tracking.uri": plan.monitor.tracking.uri,
+                                 "tracking.model_name": plan.model.name}  # a new version of the same model
+    if rounds is not None or plan.monitor.retrain.rounds is not None:
+        overrides["training.rounds"] = rounds if rounds is not None else plan.monitor.retrain.rounds
     if plan.monitor.retrain.config:
         return load_config(plan.monitor.retrain.config, overrides)
     if plan.monitor.windows.source != "synthetic":

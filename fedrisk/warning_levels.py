@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.stats import norm
@@ -43,6 +44,9 @@ class ScopeResult:
     level: int = GREEN
     reasons: list[str] = field(default_factory=list)
     significant: bool = False  # the performance drop exceeds sampling noise (AUC only; others always)
+    reference_performance: dict[str, float] = field(default_factory=dict)  # what the drops are against
+    score_counts: list[float] = field(default_factory=list)  # the window's score per reference bin
+    reference_score_counts: list[float] = field(default_factory=list)
 
 
 def band_level(value: float, bound: float, bands: Bands) -> int:
@@ -97,10 +101,13 @@ def auc_drop_is_noise(reference: dict[str, float], current: dict[str, float], co
     return not math.isnan(spread) and reference["auc"] - current["auc"] <= norm.ppf(confidence) * spread
 
 
-def measure_scope(reference_counts: dict[str, list[int]], counts: dict[str, np.ndarray], stats: EvalStats | None,
+def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray], stats: EvalStats | None,
                   performance_reference: dict[str, float] | None, levels: Levels) -> ScopeResult:
     """PSI, CSI and performance of one scope against its training reference, with its level."""
-    result = ScopeResult(rows=int(np.sum(counts[SCORE])), psi={}, bound={})
+    result = ScopeResult(rows=int(np.sum(counts[SCORE])), psi={}, bound={},
+                         reference_performance=dict(performance_reference or {}),
+                         score_counts=np.asarray(counts[SCORE], dtype=float).tolist(),
+                         reference_score_counts=np.asarray(reference_counts[SCORE], dtype=float).tolist())
     for column, mine in counts.items():
         base = np.asarray(reference_counts[column])
         result.psi[column] = psi(base, mine)
@@ -140,41 +147,77 @@ def retrain_due(pooled: ScopeResult, rule: Performance) -> bool:
     return not math.isnan(value) and value > rule.max_drop and pooled.significant
 
 
+def mixed_reference(own: dict[str, dict[str, list]], weights: dict[str, float], columns: list[str]) -> dict[str, np.ndarray]:
+    """The institutions' references mixed in the proportions `weights`, keeping their total size.
+
+    Under no drift, a pooled window is this mixture of its institutions' own distributions;
+    the total stays the real reference size, which the noise bound needs.
+    """
+    total_rows = sum(float(np.sum(own[n][columns[0]])) for n in weights)
+    total_weight = sum(weights.values())
+    return {c: sum(np.asarray(own[n][c], dtype=float) / max(float(np.sum(own[n][c])), 1.0)
+                   * weights[n] / total_weight * total_rows for n in weights) for c in columns}
+
+
+def _mixed_validation(validation: dict[str, dict[str, list]], parts: dict[str, tuple[dict, EvalStats | None]],
+                      names: list[str]) -> dict[str, float]:
+    """Validation metrics of `names`, each institution's histograms rescaled class by class to
+    its share of the window's labelled positives and negatives (a no-drift expectation)."""
+    stats = {n: parts[n][1] for n in names}
+    pos_total = sum(float(np.sum(s.hist_pos)) for s in stats.values())
+    neg_total = sum(float(np.sum(s.hist_neg)) for s in stats.values())
+    ref_pos = sum(float(np.sum(validation[n]["hist_pos"])) for n in names)
+    ref_neg = sum(float(np.sum(validation[n]["hist_neg"])) for n in names)
+
+    def mix(key: str, window_total: float, ref_total: float, field_name: str) -> np.ndarray:
+        return sum(np.asarray(validation[n][key], dtype=float) / max(float(np.sum(validation[n][key])), 1.0)
+                   * float(np.sum(getattr(stats[n], field_name))) / max(window_total, 1.0) * ref_total
+                   for n in names)
+
+    pos = mix("hist_pos", pos_total, ref_pos, "hist_pos")
+    neg = mix("hist_neg", neg_total, ref_neg, "hist_neg")
+    return ranking_metrics(EvalStats(int(ref_pos + ref_neg), 0.0, pos, neg, pos * 0.0, neg * 0.0, 0.0))
+
+
 def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray], EvalStats | None]],
                   levels: Levels, history: dict[str, list[int]]) -> dict[str, ScopeResult]:
     """Every scope of one window; `history` (earlier windows' levels per scope) is updated
     for the sustained-orange rule.
 
-    The pooled scope adds up the institutions that replied and compares them with the sum of
-    the same institutions' references (and validation histograms), so a missing
-    institution changes neither side's mix. An institution without a reference of its own
-    is judged against the consortium's and left out of the pool.
+    The pooled scope adds up the institutions that replied and have a reference of their
+    own, and compares them with those institutions' references mixed in the window's
+    proportions (rows for PSI; labelled positives and negatives for performance): neither a
+    missing institution nor a different mix of sizes looks like drift. An institution
+    without a reference of its own is judged against the consortium's and kept out of the
+    pool; when none has one, the pool is every institution against the consortium.
     """
+    columns = list(reference["columns"])
+    consortium = {c: np.asarray(spec["counts"]) for c, spec in reference["columns"].items()}
     own = reference.get("institutions", {})
     validation = reference.get("validation", {})
-    members = sorted(name for name in parts if name in own) if own else sorted(parts)
-    if own and members:
-        pooled_reference = {c: sum(np.asarray(own[n][c]) for n in members) for c in reference["columns"]}
+    performance = reference.get("performance", {})
+    members = sorted(n for n in parts if n in own)
+    if members:
+        weights = {n: float(np.sum(parts[n][0][SCORE])) for n in members}
+        pooled_reference = mixed_reference(own, weights, columns)
     else:
-        pooled_reference = {c: spec["counts"] for c, spec in reference["columns"].items()}
-    pooled_counts = {c: sum(np.asarray(parts[n][0][c]) for n in members) for c in reference["columns"]}
+        members, pooled_reference = sorted(parts), consortium
+    pooled_counts = {c: sum(np.asarray(parts[n][0][c]) for n in members) for c in columns}
     labelled = [n for n in members if parts[n][1] is not None]
     pooled_stats = sum((parts[n][1] for n in labelled[1:]), start=parts[labelled[0]][1]) if labelled else None
-    performance = reference.get("performance", {})
-    if labelled and all(n in validation for n in labelled):  # the same institutions on both sides
-        pos = sum(np.asarray(validation[n]["hist_pos"]) for n in labelled)
-        neg = sum(np.asarray(validation[n]["hist_neg"]) for n in labelled)
-        pooled_performance = ranking_metrics(EvalStats(int(pos.sum() + neg.sum()), 0.0, pos, neg, pos * 0.0,
-                                                       neg * 0.0, 0.0))
+    if labelled and all(n in validation for n in labelled):
+        pooled_performance = _mixed_validation(validation, parts, labelled)
     else:
         pooled_performance = performance.get(POOLED)
     results = {POOLED: measure_scope(pooled_reference, pooled_counts, pooled_stats, pooled_performance, levels)}
     for name in sorted(parts):
         counts, stats = parts[name]
         mine = own.get(name)
-        results[name] = measure_scope(mine or pooled_reference, counts, stats, performance.get(name), levels)
-        if own and mine is None:
-            results[name].reasons.append("no training reference of its own: compared with the consortium's")
+        results[name] = measure_scope(mine if mine is not None else consortium, counts, stats,
+                                      performance.get(name, performance.get(POOLED)), levels)
+        if mine is None:
+            results[name].reasons.append("no training reference of its own: judged against the consortium's, "
+                                         "left out of the pool")
     for scope in history:
         if scope not in results:
             history[scope].append(-1)  # not measured: breaks a run of orange windows

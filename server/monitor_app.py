@@ -65,7 +65,8 @@ def _parts(replies: list[Message]) -> tuple[dict[str, tuple[dict[str, np.ndarray
 
 def _scope_dict(result: ScopeResult) -> dict[str, Any]:
     return {"rows": result.rows, "psi": result.psi, "bound": result.bound, "performance": result.performance,
-            "drops": result.drops, "level": LEVELS[result.level], "reasons": result.reasons}
+            "reference_performance": result.reference_performance, "drops": result.drops,
+            "level": LEVELS[result.level], "reasons": result.reasons}
 
 
 def run_monitoring(grid: Grid, plan: MonitorPlan) -> None:
@@ -101,10 +102,10 @@ def _monitoring_body(grid: Grid, plan: MonitorPlan, run: TrackedRun) -> None:
             "institutions": json.dumps(plan.institutions),
         })
         started = time.perf_counter()
-        parts, errors = _parts(_query(grid, nodes, "query.monitor", RecordDict({"arrays": arrays, "config": record})))
-        for name in plan.institutions:
-            if name not in parts and not any(name in reason for reason in errors.values()):
-                errors[name] = f"institution {name}: no reply"
+        replies = _query(grid, nodes, "query.monitor", RecordDict({"arrays": arrays, "config": record}))
+        parts, errors = _parts(replies)
+        for node in sorted(set(nodes) - {msg.metadata.src_node_id for msg in replies}):
+            errors[f"node-{node}"] = f"node {node}: no reply"
         for reason in errors.values():
             log(WARNING, "%s: %s", label, reason)
         if not parts:
@@ -119,11 +120,11 @@ def _monitoring_body(grid: Grid, plan: MonitorPlan, run: TrackedRun) -> None:
             metric = levels.performance.metric
             trigger = {"window": label, "index": index, "metric": metric,
                        "value": pooled.performance[metric], "drop": pooled.drops[metric],
-                       "reference": plan.reference["performance"][POOLED][metric]}
+                       "reference": pooled.reference_performance[metric]}
         windows.append({
             "label": label, "severity": severity, "level": LEVELS[worst], "reasons": reasons,
             "retrain": due, "missing": errors,
-            "score_counts": np.asarray(sum(p[0][SCORE] for p in parts.values())).tolist(),
+            "score_counts": pooled.score_counts, "reference_score_counts": pooled.reference_score_counts,
             "scopes": {scope: _scope_dict(r) for scope, r in results.items()},
         })
         perf = pooled.performance.get(levels.performance.metric)

@@ -23,6 +23,7 @@ from fedrisk.metrics import EvalStats
 from fedrisk.monitor_config import Bands, Levels, Performance
 from fedrisk.preprocessing import Preprocessor
 from fedrisk.warning_levels import (
+    ranking_metrics,
     GREEN,
     ORANGE,
     RED,
@@ -179,8 +180,6 @@ def _stats(rng: np.random.Generator, n: int, separation: float) -> EvalStats:
 def test_retraining_trigger_fires_on_a_degraded_window_only():
     rng = np.random.default_rng(8)
     reference_stats = _stats(rng, 20_000, 1.6)
-    from fedrisk.warning_levels import ranking_metrics
-
     perf = ranking_metrics(reference_stats)
     counts = {SCORE: np.array([100, 100, 0])}
     reference_counts = {SCORE: [1000, 1000, 0]}
@@ -231,3 +230,28 @@ def test_pooled_scope_covers_the_same_institutions_on_both_sides_and_gaps_break_
     assess_window(reference, {"b": shifted["b"]}, levels, history)  # a did not report
     assert assess_window(reference, shifted, levels, history)["a"].level == ORANGE  # not two in a row
     assert assess_window(reference, shifted, levels, history)["a"].level == RED
+
+
+def test_pooled_performance_reference_follows_the_windows_labelled_mix():
+    """No drift, but one institution labels 2 % of its window: the pool must stay green."""
+    rng = np.random.default_rng(4)
+
+    def stats(n: int, separation: float) -> EvalStats:
+        return _stats(rng, n, separation)
+
+    strong, weak = stats(20_000, 3.0), stats(20_000, 1.2)
+    reference = {
+        "columns": {SCORE: {"kind": "numeric", "edges": [0.5], "counts": [200, 200, 0]}},
+        "institutions": {"a": {SCORE: [100, 100, 0]}, "b": {SCORE: [100, 100, 0]}},
+        "validation": {n: {"hist_pos": s.hist_pos.tolist(), "hist_neg": s.hist_neg.tolist()}
+                       for n, s in (("a", strong), ("b", weak))},
+        "performance": {"pooled": ranking_metrics(strong + weak)},
+    }
+    parts = {"a": ({SCORE: np.array([100, 100, 0])}, stats(400, 3.0)),
+             "b": ({SCORE: np.array([100, 100, 0])}, stats(20_000, 1.2))}
+    results = assess_window(reference, parts, Levels(), {})
+    assert results["pooled"].drops["auc"] < 0.02  # against the same mix, not the consortium's 50/50
+    assert not retrain_due(results["pooled"], Levels().performance) and results["pooled"].level == GREEN
+    naive = measure_scope({SCORE: [200, 200, 0]}, {SCORE: np.array([200, 200, 0])}, parts["a"][1] + parts["b"][1],
+                          reference["performance"]["pooled"], Levels())
+    assert naive.drops["auc"] > 0.05  # what comparing with the consortium's mix would have claimed

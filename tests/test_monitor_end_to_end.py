@@ -77,7 +77,8 @@ def test_population_shift_goes_green_yellow_orange_red_in_mlflow(trained):
     assert not report["retrain"]["triggered"]
 
     # The federated PSI equals the PSI the test computes itself on the pooled window rows,
-    # scored by the registered model, binned with NumPy on the reference edges.
+    # scored by the registered model, binned with NumPy on the reference edges, against the
+    # institutions' own training references mixed in the window's proportions.
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/fedrisk-credit/1")
     reference = load_reference(outcome.tags["fedrisk.model_uri"])
@@ -85,14 +86,19 @@ def test_population_shift_goes_green_yellow_orange_red_in_mlflow(trained):
     window = config_from_json(plan.windows[3][1])
     frames = [load_window(window.data, name, window.seed, ["income"], [], 7)[0] for name in plan.institutions]
     pooled_rows = pd.concat(frames)
+    share = {name: len(f) / len(pooled_rows) for name, f in zip(plan.institutions, frames)}
+
+    def mixture(column: str) -> np.ndarray:
+        own = reference["institutions"]
+        return sum(np.asarray(own[n][column], float) / sum(own[n][column]) * share[n] for n in plan.institutions)
+
     scores = np.asarray(model.predict(pooled_rows))
     hist, _ = np.histogram(scores, [-np.inf, *edges, np.inf])
-    assert psis[3] == pytest.approx(psi(reference["columns"][SCORE]["counts"], [*hist, 0]), rel=1e-9)
+    assert psis[3] == pytest.approx(psi(mixture(SCORE), [*hist, 0]), rel=1e-9)
     income_edges = reference["columns"]["income"]["edges"]
     hist, _ = np.histogram(pooled_rows["income"], [-np.inf, *income_edges, np.inf])
     csi = client.get_metric_history(run.info.run_id, "csi.income")
-    assert [m.value for m in csi if m.step == 4][0] == pytest.approx(
-        psi(reference["columns"]["income"]["counts"], [*hist, 0]), rel=1e-9)
+    assert [m.value for m in csi if m.step == 4][0] == pytest.approx(psi(mixture("income"), [*hist, 0]), rel=1e-9)
 
 
 def test_downturn_triggers_warm_started_retraining_from_the_cli(trained):
