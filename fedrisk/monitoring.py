@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,6 +60,8 @@ def resolve_model(uri: str, spec: str) -> ModelRef:
         raise FedriskInputError(f"model '{spec}': give a registered model as NAME@ALIAS or NAME/VERSION "
                                 "(e.g. fedrisk-credit@challenger)")
     name, alias, version = found["name"], found["alias"], found["version"]
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise FedriskInputError(f"no MLflow store at {uri}: run a campaign first, or give --tracking-uri")
     try:
         client = MlflowClient(uri)
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
@@ -74,7 +77,6 @@ def resolve_model(uri: str, spec: str) -> ModelRef:
 def training_config(uri: str, run_id: str) -> CampaignConfig:
     """The campaign config a model was trained with, as its run stored it."""
     import tempfile
-    from pathlib import Path
 
     client = MlflowClient(uri)
     with tempfile.TemporaryDirectory() as tmp:
