@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fedrisk.errors import FedriskInputError
 
 DEFAULT_CONFIG_NAME = "credit.yaml"
+DRIFT_SCENARIOS = {"credit": ("none", "population_shift", "downturn"),
+                   "fraud": ("none", "population_shift", "new_fraud_pattern")}
 
 # What `task: fraud` changes from the credit defaults; any key the user sets wins.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -215,7 +217,7 @@ class CampaignConfig(_Strict):
         if not fraud and (self.data.transactions is not None or self.data.time_split is not None):
             raise ValueError("data.transactions and data.time_split apply to task fraud only")
         scenario = self.data.synthetic.drift.scenario
-        allowed = ("none", "population_shift", "new_fraud_pattern") if fraud else ("none", "population_shift", "downturn")
+        allowed = DRIFT_SCENARIOS[self.task]
         if scenario not in allowed:
             raise ValueError(f"data.synthetic.drift.scenario '{scenario}' is not a {self.task} scenario "
                              f"(use one of: {', '.join(allowed)})")

@@ -164,9 +164,7 @@ def evaluate_round(
     """Evaluation statistics of the received model: overall, by protected group, and for fraud."""
     config = config_from_json(config_json)
     x, y = _matrices(config_json, name, preprocessor_json, part)
-    model = build_model(config.model, x.shape[1], config.seed)
-    model.load_state_dict(state)
-    scores = predict_proba(model, torch.as_tensor(x)).numpy()
+    scores = _score(config, x.shape[1], state, x)
     local = _local_data(config_json, name)
     frame = getattr(local.split, part)
     groups = {  # the same labels at every institution, whatever dtype its file gave the column
@@ -205,9 +203,9 @@ def importance_histograms(
     return out
 
 
-def _score(config: CampaignConfig, preprocessor: Preprocessor, state: dict[str, torch.Tensor],
-           x: np.ndarray) -> np.ndarray:
-    model = build_model(config.model, preprocessor.width, config.seed)
+def _score(config: CampaignConfig, width: int, state: dict[str, torch.Tensor], x: np.ndarray) -> np.ndarray:
+    """The received model's probabilities for the rows of `x`."""
+    model = build_model(config.model, width, config.seed)
     model.load_state_dict(state)
     return predict_proba(model, torch.as_tensor(x)).numpy()
 
@@ -223,7 +221,7 @@ def reference_counts(
     preprocessor = Preprocessor.from_json(preprocessor_json)
     x, _ = _matrices(config_json, name, preprocessor_json, "train")
     frame = _local_data(config_json, name).split.train
-    return column_counts(frame, _score(config, preprocessor, state, x), preprocessor,
+    return column_counts(frame, _score(config, preprocessor.width, state, x), preprocessor,
                          fine_grid(preprocessor, config.evaluation.bins))
 
 
@@ -236,7 +234,7 @@ def window_statistics(
     preprocessor = Preprocessor.from_json(preprocessor_json)
     frame, labels, _ = load_window(config.data, name, config.seed, preprocessor.numeric,
                                    preprocessor.categorical, window_days)
-    scores = _score(config, preprocessor, state, preprocessor.transform(frame))
+    scores = _score(config, preprocessor.width, state, preprocessor.transform(frame))
     counts = column_counts(frame, scores, preprocessor, edges)
     known = ~np.isnan(labels) if labels is not None else np.zeros(len(frame), dtype=bool)
     stats = EvalStats.from_scores(labels[known], scores[known], config.evaluation.bins) if known.any() else None

@@ -19,13 +19,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
-from fedrisk.config import CampaignConfig, _format_validation_error, config_to_json
+from fedrisk.config import DRIFT_SCENARIOS, CampaignConfig, _format_validation_error, config_to_json
 from fedrisk.data import institution_names
 from fedrisk.errors import FedriskInputError
 from fedrisk.monitor_config import MonitorConfig
 from fedrisk.serving import read_model
 
-SCENARIOS = {"credit": ("none", "population_shift", "downturn"), "fraud": ("none", "population_shift", "new_fraud_pattern")}
 MODEL_PATTERN = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))$")
 
 
@@ -101,7 +100,7 @@ def window_config(training: CampaignConfig, monitor: MonitorConfig, index: int) 
             raise FedriskInputError("the model was trained on files: give its new data in windows.files "
                                     "(windows.source: files)")
         synthetic = windows.synthetic
-        allowed = SCENARIOS[training.task]
+        allowed = DRIFT_SCENARIOS[training.task]
         if synthetic.scenario not in allowed:
             raise FedriskInputError(f"windows.synthetic.scenario '{synthetic.scenario}' is not a {training.task} "
                                     f"scenario (use one of: {', '.join(allowed)})")

@@ -67,16 +67,26 @@ def read_model(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any
 
     import mlflow.artifacts
 
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp,
-                                                        tracking_uri=tracking_uri, registry_uri=tracking_uri)) / "artifacts"
-        reference = root / "reference.json"
-        return {
-            "state": torch.load(root / "weights.pt", weights_only=True),
-            "preprocessor": Preprocessor.from_json((root / "preprocessor.json").read_text()),
-            "spec": ModelSpec(**json.loads((root / "model_spec.json").read_text())["model"]),
-            "reference": json.loads(reference.read_text()) if reference.is_file() else None,
-        }
+    previous = mlflow.get_tracking_uri()
+    if tracking_uri:  # a logged model's id (models:/m-...) is looked up in the current store
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri)) / "artifacts"
+            return _read_files(root)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _read_files(root: Path) -> dict[str, Any]:
+    reference = root / "reference.json"
+    return {
+        "state": torch.load(root / "weights.pt", weights_only=True),
+        "preprocessor": Preprocessor.from_json((root / "preprocessor.json").read_text()),
+        "spec": ModelSpec(**json.loads((root / "model_spec.json").read_text())["model"]),
+        "reference": json.loads(reference.read_text()) if reference.is_file() else None,
+    }
 
 
 def load_model_files(model_uri: str, tracking_uri: str | None = None) -> tuple[dict[str, torch.Tensor], Preprocessor, ModelSpec]:

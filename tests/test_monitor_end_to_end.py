@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,18 @@ def trained(tmp_path_factory):
 def _monitor_config(folder: Path, uri: str, **overrides):
     return load_monitor_config(None, {"tracking.uri": uri, "windows.synthetic.rows": 12_000, **overrides},
                                work_dir=folder)
+
+
+def _elsewhere(folder: Path) -> Path:
+    """A working folder without the store: the model must be read from --tracking-uri."""
+    other = folder / "elsewhere"
+    other.mkdir(exist_ok=True)
+    return other
+
+
+def _fresh_env() -> dict[str, str]:
+    """The environment of a new shell: MLflow exports the tracking URI set in this process."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
 
 
 def test_reference_is_stored_with_the_model(trained):
@@ -107,7 +120,7 @@ def test_downturn_triggers_warm_started_retraining_from_the_cli(trained):
         [sys.executable, "-m", "fedrisk.cli", "monitor", "fedrisk-credit/1", "--tracking-uri", uri,
          "--set", "windows.synthetic.scenario=downturn", "--set", "windows.synthetic.severities=[0.0, 1.0]",
          "--set", "windows.synthetic.rows=12000", "--retrain", "--rounds", "2"],
-        cwd=folder, capture_output=True, text=True, timeout=900,
+        cwd=_elsewhere(folder), env=_fresh_env(), capture_output=True, text=True, timeout=900,
     )
     assert result.returncode in (0, 3), result.stderr[-3000:]
     lines = result.stdout.splitlines()
@@ -142,7 +155,8 @@ def test_windows_from_files_labelled_unlabelled_and_broken(trained):
     config.write_text(json.dumps({"windows": {"source": "files", "files": windows, "names": ["2026-06", "2026-07"]}}))
     result = subprocess.run(
         [sys.executable, "-m", "fedrisk.cli", "monitor", "fedrisk-credit/1", "--config", str(config),
-         "--tracking-uri", uri], cwd=folder, capture_output=True, text=True, timeout=600)
+         "--tracking-uri", uri], cwd=_elsewhere(folder), env=_fresh_env(), capture_output=True, text=True,
+        timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     june = next(line for line in out.splitlines() if line.startswith("2026-06 "))
