@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from fedrisk.config import load_config
-from fedrisk.errors import INPUT_ERROR_EXIT_CODE, FedriskInputError
+from fedrisk.errors import INPUT_ERROR_EXIT_CODE, FedriskInputError, PromotionRefused
 
 BLOCKED_EXIT_CODE = 3
 
@@ -164,6 +164,80 @@ def _validate(args: argparse.Namespace) -> int:
     return BLOCKED_EXIT_CODE if verdict.verdict == "block" else 0
 
 
+def _promote(args: argparse.Namespace) -> int:
+    from fedrisk.promotion import APPROVERS_NEEDED, approve
+
+    if args.justification and not args.override:
+        raise FedriskInputError("--justification goes with --override (a blocked version)")
+    decision = approve(_tracking_uri(args), args.model, args.version, args.approver, override=args.override,
+                       justification=args.justification, audit_log=args.audit_log)
+    where = f"{decision.model}/{decision.version}"
+    if not decision.promoted:
+        print(f"approval {len(decision.approvers)} of {APPROVERS_NEEDED} recorded for {where} by {args.approver}"
+              f"{' (override)' if decision.override else ''}; waiting for another approver, not the trainer")
+    else:
+        mark = " OVERRIDE of a blocked gate:" if decision.override else ""
+        print(f"{where} is now champion:{mark} approved by {', '.join(decision.approvers)}")
+        print(f"previous     {f'{decision.model}/{decision.previous} archived' if decision.previous else 'none'}")
+    print(f"audit head   {decision.audit_head}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from fedrisk.audit import default_actor
+    from fedrisk.promotion import rollback
+
+    decision = rollback(_tracking_uri(args), args.model, args.actor or default_actor(), reason=args.reason,
+                        audit_log=args.audit_log)
+    print(f"{decision.model}/{decision.version} is champion again; {decision.model}/{decision.previous} archived")
+    print(f"audit head   {decision.audit_head}")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from fedrisk import audit
+    from fedrisk.tracking import audit_anchors
+
+    path = Path(args.path or audit.DEFAULT_PATH).resolve()
+    check = audit.verify(path)
+    if not check.intact:
+        print(f"audit log {path}: BROKEN at {check.problem}")
+        print(f"first bad    line {check.line}; the {check.entries} entries before it are intact")
+        return 1
+    head = audit.head_tag(check.head) if check.head else "-"
+    print(f"audit log {path}: chain intact, {check.entries} entries, head {head}")
+    uri = _tracking_uri(args)
+    store = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if store is not None and not store.is_file():
+        print(f"anchors      not checked: no MLflow store at {store}")
+        return 0
+    anchors = audit_anchors(uri, check.log_id or "")
+    problem = audit.verify_anchors(path, anchors)
+    if problem:
+        print(f"audit log {path}: BROKEN: {problem}")
+        return 1
+    print(f"anchors      {len(anchors)} MLflow run(s) hold a copy of an entry, all match")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedrisk.audit import default_actor
+    from fedrisk.evidence import write_evidence
+
+    out = Path(args.out or f"evidence-{args.run_id[:8]}")
+    page, data, head = write_evidence(_tracking_uri(args), args.run_id, out, default_actor())
+    print(f"evidence pack {page} and {data}")
+    print(f"MLflow run   {args.run_id}: attached as evidence/report.html and evidence/report.json")
+    print(f"audit head   {head} (the pack's hashes are in the log)")
+    return 0
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from fedrisk.config import absolute_tracking_uri
+
+    return absolute_tracking_uri(args.tracking_uri, Path.cwd())
+
+
 def _explain(args: argparse.Namespace) -> int:
     import mlflow
     import pandas as pd
@@ -233,6 +307,34 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--rounds", type=int, help="rounds of that retraining campaign")
     mon.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
     mon.set_defaults(func=_monitor)
+    pro = sub.add_parser("promote", help="approve a registered model version; two approvers make it champion")
+    pro.add_argument("model", help="registered model name, e.g. fedrisk-credit")
+    pro.add_argument("version")
+    pro.add_argument("--approver", required=True, help="your name; not the campaign's trainer")
+    pro.add_argument("--override", action="store_true", help="approve a version the gate blocked")
+    pro.add_argument("--justification", help="why a blocked version should serve (with --override)")
+    pro.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    pro.add_argument("--audit-log", dest="audit_log", help="default: the log of the version's campaign")
+    pro.set_defaults(func=_promote)
+    rol = sub.add_parser("rollback", help="give the champion alias back to the previous champion")
+    rol.add_argument("model", help="registered model name")
+    rol.add_argument("--actor", help="who rolls back (default: $FEDRISK_ACTOR or the OS user)")
+    rol.add_argument("--reason")
+    rol.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    rol.add_argument("--audit-log", dest="audit_log", help="default: the log of the version's campaign")
+    rol.set_defaults(func=_rollback)
+    aud = sub.add_parser("audit", help="check the hash-chained audit log")
+    aud_sub = aud.add_subparsers(dest="audit_command", required=True)
+    ver = aud_sub.add_parser("verify", help="exit 0 when intact, 1 naming the first bad entry")
+    ver.add_argument("path", nargs="?", help="audit log (default: .fedrisk/audit.jsonl)")
+    ver.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db",
+                     help="MLflow store whose runs hold copies of the log's head (catches a log cut short)")
+    ver.set_defaults(func=_audit_verify)
+    rep = sub.add_parser("report", help="the validators' evidence pack of a campaign run (HTML and JSON)")
+    rep.add_argument("run_id")
+    rep.add_argument("--out", help="folder (default: evidence-<run>)")
+    rep.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    rep.set_defaults(func=_report)
     exp = sub.add_parser("explain", help="points scorecard and reason codes of a logistic model")
     exp.add_argument("model", help="MLflow model URI, e.g. models:/fedrisk-credit@challenger")
     exp.add_argument("csv", help="applicants (raw feature columns)")
@@ -252,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except PromotionRefused as err:
+        print(f"fedrisk: refused: {err.one_line()}", file=sys.stderr)
+        return BLOCKED_EXIT_CODE
     except FedriskInputError as err:
         print(f"fedrisk: error: {err.one_line()}", file=sys.stderr)
         return INPUT_ERROR_EXIT_CODE

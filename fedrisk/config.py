@@ -31,6 +31,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
             "drop": ["transaction_id", "tx_fraud_scenario", "card_number", "customer_name"],
             "transactions": {},
             "time_split": {},
+            "quality": {"positive_rate": [0.0005, 0.05], "max_age_days": 30},
         },
         "training": {"local_epochs": 2},
         "privacy": {"delta": 1e-6},  # below 1 / transactions of the largest issuer
@@ -91,6 +92,29 @@ class TimeSplit(_Strict):
     end: date | None = Field(None, description="last day of the test window; None: each issuer's last day")
 
 
+class Quality(_Strict):
+    """The data spec each institution's rows are scored against, locally, before training."""
+
+    min_score: float = Field(90.0, ge=0.0, le=100.0, description="below it the institution sits out")
+    ranges: dict[str, tuple[float | None, float | None]] = Field(
+        {}, description="column -> [min, max], bounds included, null: open; built-in data have their own")
+    categories: dict[str, list[str]] = Field({}, description="column -> allowed values")
+    positive_rate: tuple[float, float] = Field((0.02, 0.5), description="expected share of positives")
+    max_age_days: int = Field(365, ge=1, description="freshness: the newest row at most this old")
+    date_column: str | None = Field(None, description="credit: the column dating each row; fraud: the timestamp")
+    as_of: date | None = Field(None, description="freshness is judged on this day; None: today")
+
+    @model_validator(mode="after")
+    def _bands(self) -> Quality:
+        low, high = self.positive_rate
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError("positive_rate must be [low, high] with 0 <= low < high <= 1")
+        for column, (lo, hi) in self.ranges.items():
+            if lo is not None and hi is not None and lo > hi:
+                raise ValueError(f"ranges.{column}: min {lo:g} is above max {hi:g}")
+        return self
+
+
 class Partition(_Strict):
     """How one file is cut into institutions for a simulation."""
 
@@ -117,6 +141,7 @@ class DataSpec(_Strict):
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5, description="credit: random split")
     transactions: TransactionSpec | None = Field(None, description="fraud: transaction columns")
     time_split: TimeSplit | None = Field(None, description="fraud: time-ordered split")
+    quality: Quality = Quality()
 
     @model_validator(mode="after")
     def _one_layout(self) -> DataSpec:
@@ -198,6 +223,11 @@ class Gate(_Strict):
     policy: str | None = Field(None, description="policy YAML; None: configs/gate_<task>.yaml")
 
 
+class Audit(_Strict):
+    path: str = Field(".fedrisk/audit.jsonl", description="hash-chained audit log; relative to the working directory")
+    actor: str | None = Field(None, description="who runs the campaign (its trainer); None: FEDRISK_ACTOR or the OS user")
+
+
 class CampaignConfig(_Strict):
     task: Literal["credit", "fraud"] = "credit"
     seed: int = Field(42, ge=0)
@@ -208,6 +238,7 @@ class CampaignConfig(_Strict):
     evaluation: Evaluation = Evaluation()
     tracking: Tracking = Tracking()
     gate: Gate = Gate()
+    audit: Audit = Audit()
 
     @model_validator(mode="after")
     def _task_data(self) -> CampaignConfig:
@@ -216,6 +247,9 @@ class CampaignConfig(_Strict):
             raise ValueError("task fraud needs data.transactions and data.time_split")
         if not fraud and (self.data.transactions is not None or self.data.time_split is not None):
             raise ValueError("data.transactions and data.time_split apply to task fraud only")
+        if fraud and self.data.quality.date_column:
+            raise ValueError("data.quality.date_column is for credit data; fraud freshness uses "
+                             "data.transactions.timestamp")
         scenario = self.data.synthetic.drift.scenario
         allowed = DRIFT_SCENARIOS[self.task]
         if scenario not in allowed:
@@ -295,6 +329,9 @@ def _resolve_paths(raw: dict[str, Any], config_dir: Path, work_dir: Path) -> Non
         ledger = privacy.get("ledger_dir", Privacy.model_fields["ledger_dir"].default)
         if isinstance(ledger, str):
             privacy["ledger_dir"] = str((work_dir / ledger).resolve())
+    audit = raw.setdefault("audit", {})
+    if isinstance(audit, dict) and isinstance(audit.get("path", Audit.model_fields["path"].default), str):
+        audit["path"] = str((work_dir / audit.get("path", Audit.model_fields["path"].default)).resolve())
     tracking = raw.setdefault("tracking", {})
     if isinstance(tracking, dict):
         uri = tracking.get("uri", Tracking.model_fields["uri"].default)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fedrisk import data_quality
 from fedrisk.config import DataSpec, Drift
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit, fraud
@@ -51,6 +53,7 @@ class InstitutionData:
     fingerprint: str  # identifies this institution's data for the privacy ledger
     frame: pd.DataFrame  # features + target + protected, identifiers already dropped
     columns: Columns
+    quality: dict[str, Any]  # the data-quality scorecard (counts only), see fedrisk.data_quality
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,8 @@ def _raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[
 def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file: str) -> Columns:
     """Which columns are inputs, and of which kind; personal identifiers never are."""
     excluded = {spec.target, *spec.drop, *spec.protected, DAY, CUSTOMER}
+    if spec.quality.date_column:
+        excluded.add(spec.quality.date_column)
     if spec.institution_column:
         excluded.add(spec.institution_column)
     if spec.features is not None:
@@ -298,13 +303,13 @@ def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
     if name not in names:
         raise FedriskInputError(f"unknown institution (known: {', '.join(names)})",
                                 institution=name)
-    frame, source, fingerprint = _raw_frame(spec, name, names, seed)
-    if len(frame) == 0:
+    raw, source, fingerprint = _raw_frame(spec, name, names, seed)
+    if len(raw) == 0:
         raise FedriskInputError("no rows", institution=name, file=source)
-    if spec.transactions is not None:
-        frame = engineer_transactions(frame, spec, name, source)
+    frame = engineer_transactions(raw, spec, name, source) if spec.transactions is not None else raw
     columns = resolve_columns(frame, spec, name, source)
     target = _check_target(frame, columns.target, name, source)
+    quality = quality_scorecard(raw, frame, spec, columns, target.to_numpy(), name, source)
     _check_leaks(frame, columns, target, name, source)
     if CUSTOMER in frame.columns:
         _check_card_identifiers(frame, columns, name, source)
@@ -315,7 +320,52 @@ def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
         columns = replace(columns, amount=amount)
     kept = frame[columns.features + measured].copy()
     kept[columns.target] = target.to_numpy()
-    return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns)
+    return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns, quality)
+
+
+def quality_scorecard(raw: pd.DataFrame, frame: pd.DataFrame, spec: DataSpec, columns: Columns,
+                      labels: np.ndarray, name: str, source: str) -> dict[str, Any]:
+    """The institution's data-quality scorecard, on its rows as read (before features)."""
+    q = spec.quality
+    generated = spec.source == "synthetic"
+    ranges = dict(q.ranges)
+    categories = dict(q.categories)
+    if generated:  # the built-in generators state the spec of their own columns
+        own = fraud if spec.transactions is not None else credit
+        ranges = {**own.RANGES, **ranges}
+        categories = {**getattr(own, "CATEGORIES", {}), **categories}
+    for column in [*ranges, *categories, *([q.date_column] if q.date_column else [])]:
+        if column not in raw.columns:
+            raise FedriskInputError("data.quality names a column the data do not have", institution=name,
+                                    file=source, column=column)
+    used = {*columns.features, *columns.protected, columns.target}
+    if spec.transactions is not None:
+        tx = spec.transactions
+        used |= {tx.timestamp, tx.customer, tx.terminal, tx.amount}
+    checked = [c for c in raw.columns if c in used]
+    as_of = q.as_of or date.today()
+    if generated:
+        newest, basis = None, "built-in data, generated at run time"
+    elif DAY in frame.columns:
+        newest, basis = date.fromordinal(date(1970, 1, 1).toordinal() + int(frame[DAY].max())), "timestamps"
+    elif q.date_column:
+        when = pd.to_datetime(raw[q.date_column], errors="coerce", format="mixed")
+        bad = int((when.isna() & raw[q.date_column].notna()).sum())
+        if bad or when.isna().all():
+            raise FedriskInputError(f"{bad} values are not dates" if bad else "no dates", institution=name,
+                                    file=source, column=q.date_column)
+        newest, basis = when.max().date(), f"column {q.date_column}"
+    else:
+        newest = date.fromtimestamp(Path(source).stat().st_mtime)
+        basis = "file modification date"
+    return data_quality.scorecard({
+        "completeness": data_quality.completeness(raw, checked),
+        "validity": data_quality.validity(raw, ranges, categories),
+        "duplicates": data_quality.duplicates(raw),
+        "label_sanity": data_quality.label_sanity(raw, columns.target),
+        "class_balance": data_quality.class_balance(labels, q.positive_rate),
+        "freshness": data_quality.freshness(newest, basis, as_of, q.max_age_days),
+    }, len(raw), q.min_score)
 
 
 def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], categorical: list[str],

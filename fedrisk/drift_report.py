@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedrisk.drift import SCORE  # noqa: E402
+from fedrisk.strict_json import nan_to_null  # noqa: E402
 from fedrisk.warning_levels import LEVELS, POOLED  # noqa: E402
 
 COLOURS = {"green": "#2e7d32", "yellow": "#f9a825", "orange": "#ef6c00", "red": "#c62828"}
@@ -142,21 +143,10 @@ def _html(report: dict[str, Any], images: dict[str, str]) -> str:
     )
 
 
-def _no_nan(value: Any) -> Any:
-    """Strict JSON: NaN (a metric that could not be computed) becomes null."""
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    return value
-
-
 def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
     """report.json, the charts as PNG and report.html in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "report.json").write_text(json.dumps(_no_nan(report), indent=1))
+    (folder / "report.json").write_text(json.dumps(nan_to_null(report), indent=1))
     charts = {"Score PSI per window": ("psi_by_window.png", psi_chart(report)),
               "PSI and CSI per input": ("csi_by_feature.png", csi_chart(report)),
               "Score distribution shift": ("score_distribution.png", score_chart(report)),

@@ -40,3 +40,7 @@ class FedriskInputError(Exception):
 
 class BudgetExhaustedError(FedriskInputError):
     """An institution's privacy budget cannot pay for the next round."""
+
+
+class PromotionRefused(FedriskInputError):
+    """The four-eyes rules refuse a promotion or rollback: exit code 3, like a blocked gate."""

@@ -69,6 +69,9 @@ def statistics(config_json: str, name: str) -> dict[str, Any]:
     """Preprocessing statistics of the institution's training rows."""
     local = _local_data(config_json, name)
     stats = local_statistics(local.split.train, local.data.columns)
+    # for the audit log and the data-quality gate: counts and a hash, never rows
+    stats["data"] = {"fingerprint": local.data.fingerprint, "source": local.data.source,
+                     "rows": len(local.data.frame), "quality": local.data.quality}
     stats["split_rows"] = {
         "train": len(local.split.train),
         "validation": len(local.split.validation),

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fedrisk import audit
 from fedrisk.config import CampaignConfig
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
@@ -89,8 +90,14 @@ def simulate(
     """Run one campaign on Flower's simulation engine; returns its MLflow run."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
-    names = preflight(config) if check_inputs else institution_names(config.data)
     campaign = campaign or uuid.uuid4().hex
+    try:
+        names = preflight(config) if check_inputs else institution_names(config.data)
+    except FedriskInputError as err:  # a refusal before any round is a decision too
+        kind = "budget" if isinstance(err, BudgetExhaustedError) else "input"
+        audit.append(config.audit.path, "campaign_refused", config.audit.actor or audit.default_actor(),
+                     {"campaign": campaign, "kind": kind, "reason": err.one_line()})
+        raise
 
     from clients.client_app import app as client_app
     from server.server_app import app_for

@@ -6,6 +6,7 @@ the config, the privacy ledger snapshot and the model.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 import time
@@ -19,7 +20,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 import fedrisk
-from fedrisk.config import CampaignConfig, flatten
+from fedrisk import audit
+from fedrisk.config import CampaignConfig, config_to_json, flatten
 from fedrisk.errors import FedriskInputError
 from fedrisk.preprocessing import Preprocessor
 from fedrisk.serving import save_model_files
@@ -101,12 +103,45 @@ class TrackedRun:
             self.finish(status)
 
 
+def audit_event(client: MlflowClient, run_id: str, path: str | Path, event: str, actor: str,
+                details: dict[str, Any]) -> dict[str, Any]:
+    """Append an event about a run to the audit log and copy the log's new head onto the run."""
+    entry = audit.append(path, event, actor, {"run_id": run_id, **details})
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in audit.anchor_tags(path, entry).items()])
+    return entry
+
+
+def audit_anchors(uri: str, log_id: str) -> dict[str, str]:
+    """Every copy of this log's head held by an MLflow run of the store: 'MLflow run ID' -> 'seq:hash'."""
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    anchors: dict[str, str] = {}
+    token = None
+    while experiments:
+        page = client.search_runs(experiments, f"tags.`{audit.ID_TAG}` = '{log_id}'", max_results=1000,
+                                  page_token=token)
+        anchors.update({f"MLflow run {r.info.run_id}": r.data.tags[audit.HEAD_TAG] for r in page})
+        token = page.token
+        if not token:
+            break
+    return anchors
+
+
+def config_hash(config: CampaignConfig) -> str:
+    return hashlib.sha256(config_to_json(config).encode()).hexdigest()
+
+
 class CampaignRun(TrackedRun):
-    """The MLflow run of one campaign: its config as params, metrics, the model."""
+    """The MLflow run of one campaign: its config as params, metrics, the model, its audit trail."""
 
     def __init__(self, config: CampaignConfig, campaign: str) -> None:
         self.config = config
+        self.campaign = campaign
+        self.actor = config.audit.actor or audit.default_actor()
         tags = {
+            "fedrisk.trainer": self.actor,
+            "fedrisk.config_sha256": config_hash(config),
+            "fedrisk.code_version": audit.code_version(),
             CAMPAIGN_TAG: campaign,
             "fedrisk.task": config.task,
             "fedrisk.version": fedrisk.__version__,
@@ -117,11 +152,16 @@ class CampaignRun(TrackedRun):
         }
         if config.training.initial_model:
             tags["fedrisk.warm_start"] = config.training.initial_model
+        self.tags = tags
         super().__init__(config.tracking.uri, config.tracking.experiment, tags)
         params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
         self.client.log_dict(self.run_id, config.model_dump(mode="json"), "config.yaml")
+
+    def audit(self, event: str, details: dict[str, Any]) -> dict[str, Any]:
+        return audit_event(self.client, self.run_id, self.config.audit.path, event, self.actor,
+                           {"campaign": self.campaign, **details})
 
     def log_model(self, state: dict[str, Any], preprocessor: Preprocessor,
                   reference: dict[str, Any] | None = None) -> str:

@@ -8,6 +8,7 @@ an alias and tagged with the rules it broke. Promotion to production is a human 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from dataclasses import fields
@@ -19,12 +20,14 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from fedrisk import audit
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import GroupHistograms
 from fedrisk.gate import Verdict, apply_policy
 from fedrisk.metrics import EvalStats
 from fedrisk.policy import load_policy
 from fedrisk.report import render_report
+from fedrisk.tracking import audit_event
 
 STATISTICS_ARTIFACT = "evaluation/test_statistics.json"
 CHALLENGER = "challenger"
@@ -84,10 +87,16 @@ def _withdraw_alias(client: MlflowClient, name: str, version: str) -> None:
         client.delete_registered_model_alias(name, CHALLENGER)
 
 
+def audit_path_of(tags: dict[str, str], override: str | None = None) -> str:
+    """The audit log a run's events go to: the one named, else the run's own, else the default."""
+    return override or tags.get(audit.LOG_TAG) or str(Path(audit.DEFAULT_PATH).resolve())
+
+
 def validate_run(
-    tracking_uri: str, run_id: str, policy_path: str | None = None, model_name: str | None = None
+    tracking_uri: str, run_id: str, policy_path: str | None = None, model_name: str | None = None,
+    audit_log: str | None = None, actor: str | None = None,
 ) -> Verdict:
-    """Apply a policy to a finished campaign run and record the outcome in MLflow."""
+    """Apply a policy to a finished campaign run and record the outcome in MLflow and the audit log."""
     client = MlflowClient(tracking_uri)
     try:
         run = client.get_run(run_id)
@@ -141,4 +150,11 @@ def validate_run(
         gate_tags["fedrisk.gate.alias"] = CHALLENGER if verdict.verdict != "block" else "none"
     for key, value in gate_tags.items():
         client.set_tag(run_id, key, value)
+    entry = audit_event(client, run_id, audit_path_of(tags, audit_log), "gate_verdict", actor or audit.default_actor(), {
+        "policy": policy.name, "policy_sha256": hashlib.sha256(policy.model_dump_json().encode()).hexdigest(), "verdict": verdict.verdict,
+        "failed_rules": failed, "warnings": warned, "model_version": gate_tags.get("fedrisk.gate.model_version"),
+    })
+    if model_uri:
+        for key, value in audit.anchor_tags(audit_path_of(tags, audit_log), entry).items():
+            client.set_model_version_tag(name, version, key, value)
     return verdict

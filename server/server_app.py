@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from tqdm import tqdm
 
 from fedrisk.config import CampaignConfig, config_to_json, from_run_config
+from fedrisk.data_quality import exclusion_reason
 from fedrisk.drift import SCORE, build_reference, coarsen, fine_grid
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import merge_group_histograms
@@ -69,8 +70,9 @@ def _query(grid: Grid, nodes: list[int], message_type: str, content: RecordDict)
 
 def collect_statistics(
     grid: Grid, nodes: list[int], base: ConfigRecord
-) -> tuple[dict[int, str], dict[str, dict], dict[str, str]]:
-    """Ask every node for its preprocessing statistics; returns names, stats, errors."""
+) -> tuple[dict[int, str], dict[str, dict], dict[str, str], dict[str, dict]]:
+    """Ask every node for its preprocessing statistics; returns names, stats, errors and
+    what each institution said about its data (fingerprint, rows, quality scorecard)."""
     replies = _query(grid, nodes, "query.statistics", RecordDict({"config": base}))
     names: dict[int, str] = {}
     stats: dict[str, dict] = {}
@@ -86,6 +88,7 @@ def collect_statistics(
             continue
         names[node] = name
         stats[name] = json.loads(str(msg.content["statistics"]["json"]))
+    data = {name: s["data"] for name, s in stats.items()}
     # Institutions must share one column schema; the majority's is the consortium's.
     if stats:
         schemas = Counter(json.dumps(s["schema"], sort_keys=True) for s in stats.values())
@@ -94,7 +97,10 @@ def collect_statistics(
             mine = stats.pop(name)["schema"]
             column = schema_difference(mine, json.loads(consortium))
             errors[name] = f"institution {name}, column '{column}': not of the consortium's schema"
-    return names, stats, errors
+    # Data quality is scored by each institution on its own rows; a low score sits it out.
+    for name in [n for n, s in stats.items() if not s["data"]["quality"]["passed"]]:
+        errors[name] = exclusion_reason(name, stats.pop(name)["data"]["quality"])
+    return names, stats, errors, data
 
 
 def schema_difference(mine: dict, theirs: dict) -> str:
@@ -231,8 +237,22 @@ def app_for(config: CampaignConfig, campaign: str) -> ServerApp:
 def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
     run = CampaignRun(config, campaign)
     log(INFO, "fedrisk campaign %s: MLflow run %s at %s", campaign, run.run_id, config.tracking.uri)
-    with run.closing():
-        _campaign_body(grid, config, campaign, run)
+    run.audit("campaign_started", {
+        "task": config.task, "config_sha256": run.tags["fedrisk.config_sha256"],
+        "code_version": run.tags["fedrisk.code_version"],
+        "institutions_expected": config.institution_count_hint(), "rounds": config.training.rounds,
+        "privacy": {"enabled": config.privacy.enabled, "target_epsilon": config.privacy.target_epsilon,
+                    "delta": config.privacy.delta, "accountant": config.privacy.accountant},
+        "warm_start": config.training.initial_model,
+    })
+    try:
+        with run.closing():
+            _campaign_body(grid, config, campaign, run)
+    except Exception as exc:
+        stopped = isinstance(exc, FedriskInputError)
+        reason = exc.one_line() if stopped else f"{type(exc).__name__}: {str(exc)[:500]}"
+        run.audit("campaign_ended", {"status": "stopped" if stopped else "failed", "reason": reason})
+        raise
 
 
 def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -> None:
@@ -240,12 +260,24 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     expected = config.institution_count_hint() or tr.min_institutions
     nodes = wait_for_nodes(grid, expected, NODE_WAIT_SECONDS)
     base = ConfigRecord({"campaign-config": config_to_json(config), "campaign": campaign})
-    names, stats, errors = collect_statistics(grid, nodes, base)
+    names, stats, errors, data = collect_statistics(grid, nodes, base)
     for name, reason in sorted(errors.items()):
         log(WARNING, "excluded %s", reason)
+    for name, mine in sorted(data.items()):
+        card = mine["quality"]
+        run.audit("institution_data", {"institution": name, "fingerprint": mine["fingerprint"],
+                                       "source": mine["source"], "rows": mine["rows"],
+                                       "quality_score": card["score"], "quality_passed": card["passed"]})
+        run.log_metrics({f"dq_score.{name}": card["score"],
+                         **{f"dq_{d}.{name}": v["score"] for d, v in card["dimensions"].items()}}, step=0)
+    run.log_dict({"min_score": config.data.quality.min_score, "score": "the weakest dimension",
+                  "institutions": {n: d["quality"] for n, d in data.items()}}, "institutions/data_quality.json")
     run.set_tags({"fedrisk.institutions": ",".join(sorted(stats))})
     run.log_dict({"excluded": errors}, "institutions/excluded.json")
     if len(stats) < tr.min_institutions:
+        for name, reason in sorted(errors.items()):  # the strategy that records exclusions is not set up yet
+            run.audit("institution_excluded", {"institution": name, "round": 0, "reason": reason,
+                                               "kind": "quality" if name in data else "input"})
         raise FedriskInputError(
             f"only {len(stats)} institution(s) with usable data, minimum is {tr.min_institutions}: "
             + "; ".join(errors.values())
@@ -257,7 +289,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         state, preprocessor = warm_start(tr.initial_model, config, preprocessor)
         initial = ArrayRecord(state)
     data_summary = {
-        name: {"rows": s["split_rows"], "imputed": missing_counts(s),
+        name: {"rows": s["split_rows"], "imputed": missing_counts(s), "fingerprint": s["data"]["fingerprint"],
                **({"days": s["split_days"]} if "split_days" in s else {})}
         for name, s in stats.items()
     }
@@ -283,7 +315,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         config=config,
     )
     for name, reason in errors.items():
-        strategy.exclude(name, reason, 0, "input")
+        strategy.exclude(name, reason, 0, "quality" if name in data and not data[name]["quality"]["passed"] else "input")
     shared = {"campaign-config": config_to_json(config), "campaign": campaign,
               "preprocessor": preprocessor.to_json()}
     stop_reason = ""
@@ -360,6 +392,13 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         tags["fedrisk.excluded"] = "; ".join(str(e["reason"]) for e in strategy.excluded.values())[:4000]
     run.set_tags(tags)
     run.flush()
+    run.audit("campaign_ended", {
+        "status": tags["fedrisk.status"], "rounds_completed": strategy.rounds_done, "model_uri": model_uri,
+        "epsilon_max": max(strategy.epsilon.values()) if strategy.epsilon else None,
+        "delta": config.privacy.delta, "accountant": config.privacy.accountant,
+        "institutions": sorted(stats), "excluded": sorted(strategy.excluded), "stop_reason": stop_reason or None,
+        "test_auc": test.get("test_auc"),
+    })
     if config.gate.enabled and test_parts:
         try:
             verdict = validate_run(config.tracking.uri, run.run_id, config.gate.policy)

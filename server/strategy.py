@@ -123,8 +123,11 @@ class CampaignMixin:
         self._round_start = 0.0
 
     def exclude(self, name: str, reason: str, server_round: int, kind: str) -> None:
+        """Sit an institution out for the rest of the campaign (kind: input, quality or budget)."""
         if name not in self.excluded:
             self.excluded[name] = {"reason": reason, "round": server_round, "kind": kind}
+            self.run.audit("institution_excluded", {"institution": name, "round": server_round,
+                                                    "kind": kind, "reason": reason})
 
     def active_nodes(self, grid: Grid) -> list[int]:
         return sorted(
@@ -212,6 +215,10 @@ class CampaignMixin:
         metrics["institutions_excluded"] = float(len(self.excluded))
         metrics["round_seconds"] = time.perf_counter() - self._round_start
         self.run.log_metrics(metrics, step=server_round)
+        self.run.audit("round_completed", {
+            "round": server_round, "trained": sorted(str(m.content["who"]["institution"]) for m in trained),
+            "epsilon_max": metrics.get("epsilon_max"),
+        })
         self.rounds_done = server_round
         self.on_round(server_round, {**self.latest_validation, **metrics})
         return arrays, aggregated

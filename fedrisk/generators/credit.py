@@ -32,6 +32,12 @@ NUMERIC_FEATURES = [
 CATEGORICAL_FEATURES = ["employment_type", "region", "loan_purpose"]
 PROTECTED = ["sex", "age_band"]
 TARGET = "default"
+# The data spec of the generated columns, for the data-quality scorecard's validity checks.
+RANGES = {"age": (18, 100), "income": (0, None), "employment_years": (0, 82), "debt_to_income": (0, 1),
+          "credit_utilisation": (0, 1), "credit_history_years": (0, 82), "past_delinquencies": (0, None),
+          "open_accounts": (0, None), "loan_amount": (0, None)}
+CATEGORIES = {"employment_type": EMPLOYMENT, "region": REGIONS, "loan_purpose": PURPOSE, "sex": SEXES,
+              "age_band": AGE_BANDS}
 
 _EMPLOYMENT_EFFECT = dict(zip(EMPLOYMENT, [0.0, 0.30, 0.45, 1.10, 0.10]))
 _PURPOSE_EFFECT = dict(zip(PURPOSE, [-0.35, -0.10, 0.20, 0.05, 0.30, 0.45]))

@@ -49,6 +49,7 @@ TAKEOVER_RATE = 2e-4  # new pattern: share of customers whose account is taken o
 TAKEOVER_DAYS = 7
 TAKEOVER_TX_PER_DAY = 3.0  # extra night-time purchases of a taken-over account, at its usual amounts
 LABEL_DERIVED = ["tx_fraud_scenario"]  # which scenario made a fraud: for analysis, never a feature
+RANGES = {"tx_amount": (0, None)}  # the data spec of the generated columns (data-quality scorecard)
 COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount",
            "tx_fraud", "tx_fraud_scenario"]
 

@@ -1,0 +1,236 @@
+"""The audit log: append-only JSON lines, each entry carrying the hash of the one before.
+
+Every entry is written in one canonical form (sorted keys, no spaces, UTF-8), so a check can
+compare each line byte for byte with the form its content implies: any changed byte breaks
+either that form, the entry's own hash, or the chain. Deleting, inserting or reordering
+entries breaks the sequence numbers and the chain. What the chain alone cannot show is a
+log cut short at its end or rewritten whole; for that the head of the log is copied onto
+the MLflow runs it covers (`anchor_tags`), and `verify_anchors` compares the two.
+
+Appends take an exclusive lock on a side file, so processes writing at once (the server, a
+validator promoting a model) each chain onto the true last entry.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fedrisk.errors import FedriskInputError
+from fedrisk.strict_json import nan_to_null
+
+GENESIS = "0" * 64
+FIELDS = ("actor", "details", "event", "hash", "prev", "seq", "time")
+LOG_TAG, ID_TAG, HEAD_TAG = "fedrisk.audit.log", "fedrisk.audit.log_id", "fedrisk.audit.head"
+DEFAULT_PATH = ".fedrisk/audit.jsonl"
+
+
+def default_actor() -> str:
+    """Who acts: FEDRISK_ACTOR when set (a service account, a named user), else the OS user."""
+    return os.environ.get("FEDRISK_ACTOR") or getpass.getuser()
+
+
+def code_version() -> str:
+    """fedrisk's version, and the git commit when it runs from a checkout (`+dirty` if changed)."""
+    import fedrisk
+
+    here = Path(fedrisk.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return fedrisk.__version__
+    return f"{fedrisk.__version__}+{commit[:12]}{'.dirty' if dirty else ''}"
+
+
+def canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The last entry's bytes, read from the end: appends stay fast on a long log."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        end = handle.tell()
+        block, data = 4096, b""
+        while True:
+            start = max(0, end - block)
+            handle.seek(start)
+            data = handle.read(end - start)
+            if data.count(b"\n") >= 2 or start == 0:
+                break
+            block *= 2
+    if not data.endswith(b"\n"):
+        raise FedriskInputError("audit log ends in an incomplete entry; run `fedrisk audit verify`",
+                                file=str(path))
+    return data[:-1].rsplit(b"\n", 1)[-1]
+
+
+def append(path: str | Path, event: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
+    """Chain one entry onto the log (creating it with a `log_created` entry); returns it."""
+    path = Path(path)
+    with _locked(path):
+        last = _last_line(path)
+        if last is None:
+            previous = _write(path, None, "log_created", actor, {"log_id": uuid.uuid4().hex})
+        else:
+            try:
+                previous = json.loads(last)
+                if canonical(previous) != last or entry_hash(previous) != previous["hash"]:
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                raise FedriskInputError("audit log's last entry is damaged; run `fedrisk audit verify`",
+                                        file=str(path)) from None
+        return _write(path, previous, event, actor, details)
+
+
+def _write(path: Path, previous: dict[str, Any] | None, event: str, actor: str,
+           details: dict[str, Any]) -> dict[str, Any]:
+    entry = {
+        "seq": 1 if previous is None else int(previous["seq"]) + 1,
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "event": event,
+        "actor": actor,
+        "details": nan_to_null(details),
+        "prev": GENESIS if previous is None else previous["hash"],
+    }
+    entry["hash"] = entry_hash(entry)
+    line = canonical(entry) + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return entry
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of `verify`: intact or not, and the first bad entry."""
+
+    path: str
+    entries: int  # entries read and found good before the first bad one
+    head: dict[str, Any] | None  # last good entry
+    log_id: str | None
+    problem: str | None = None
+    line: int | None = None
+
+    @property
+    def intact(self) -> bool:
+        return self.problem is None
+
+
+def read_entries(path: str | Path) -> Iterator[tuple[int, bytes, bool]]:
+    """(line number, bytes, complete): text after the last newline is an entry cut short."""
+    lines = Path(path).read_bytes().split(b"\n")
+    for number, line in enumerate(lines[:-1], start=1):
+        yield number, line, True
+    if lines[-1]:
+        yield len(lines), lines[-1], False
+
+
+def verify(path: str | Path) -> Check:
+    """Walk the chain from the first entry; stop at the first entry that is not as written."""
+    path = Path(path)
+    if not path.is_file():
+        raise FedriskInputError("audit log not found", file=str(path))
+    previous: dict[str, Any] | None = None
+    log_id = None
+    count = 0
+
+    def broken(number: int, why: str) -> Check:
+        return Check(str(path), count, previous, log_id, why, number)
+
+    for number, line, complete in read_entries(path):
+        if not complete:
+            return broken(number, f"line {number}: incomplete entry after the last complete one")
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return broken(number, f"line {number}: not a JSON entry (modified)")
+        if not isinstance(entry, dict) or tuple(sorted(entry)) != FIELDS:
+            return broken(number, f"line {number}: not an audit entry (fields changed)")
+        try:
+            same = canonical(entry) == line
+        except ValueError:
+            same = False
+        if not same or entry["hash"] != entry_hash(entry):
+            return broken(number, f"entry {entry.get('seq')} at line {number}: content does not match "
+                                  "its hash (modified)")
+        expected = 1 if previous is None else int(previous["seq"]) + 1
+        if entry["seq"] != expected:
+            return broken(number, f"line {number}: entry {entry['seq']} where entry {expected} should be "
+                                  "(entries deleted, inserted or reordered)")
+        if entry["prev"] != (GENESIS if previous is None else previous["hash"]):
+            return broken(number, f"entry {entry['seq']} at line {number}: does not chain to the entry "
+                                  "before it (entries replaced, inserted or reordered)")
+        if previous is None:
+            if entry["event"] != "log_created" or not isinstance(entry["details"].get("log_id"), str):
+                return broken(number, f"line {number}: the first entry is not the log's creation")
+            log_id = entry["details"]["log_id"]
+        previous, count = entry, count + 1
+    return Check(str(path), count, previous, log_id)
+
+
+def head_tag(entry: dict[str, Any]) -> str:
+    return f"{entry['seq']}:{entry['hash']}"
+
+
+def anchor_tags(path: str | Path, entry: dict[str, Any]) -> dict[str, str]:
+    """Tags that copy the log's head onto an MLflow run or model version."""
+    return {LOG_TAG: str(Path(path).resolve()), ID_TAG: log_id(path), HEAD_TAG: head_tag(entry)}
+
+
+def log_id(path: str | Path) -> str:
+    first = Path(path).read_bytes().split(b"\n", 1)[0]
+    return str(json.loads(first)["details"]["log_id"])
+
+
+def verify_anchors(path: str | Path, anchors: dict[str, str]) -> str | None:
+    """First anchor (where -> 'seq:hash') the log does not hold: cut short or rewritten."""
+    hashes: dict[int, str] = {}
+    for _, line, _ in read_entries(path):
+        try:
+            entry = json.loads(line)
+            hashes[int(entry["seq"])] = str(entry["hash"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    for where, value in sorted(anchors.items(), key=lambda kv: int(kv[1].split(":")[0])):
+        seq, digest = value.split(":", 1)
+        if int(seq) not in hashes:
+            return f"entry {seq}, recorded on {where}, is missing: the log was cut short"
+        if hashes[int(seq)] != digest:
+            return f"entry {seq} differs from the copy recorded on {where}: the log was rewritten"
+    return None

@@ -1,0 +1,288 @@
+"""The validators' evidence pack of one campaign: a self-contained HTML page and its JSON.
+
+Everything comes from the campaign's MLflow run, the registry and the audit log; every
+figure is an aggregate the server already holds, so the pack can go to an auditor as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from fedrisk import audit
+from fedrisk.errors import FedriskInputError
+from fedrisk.monitor_config import MonitorConfig
+from fedrisk.strict_json import nan_to_null
+from fedrisk.report import PER_INSTITUTION, _approval, _calibration, _roc_and_ks, _table
+from fedrisk.validation import _load_statistics, audit_path_of
+
+SECTIONS = ("identification", "intended_use", "data", "method", "privacy", "performance", "calibration",
+            "fairness", "data_quality", "monitoring_plan", "gate", "approvals", "audit")
+
+INTENDED_USE = {
+    "credit": {
+        "purpose": "Probability of default of applicants for credit, to support lending decisions.",
+        "users": "Credit-risk teams of the consortium's institutions; decisions stay with their credit officers.",
+        "risk_class": "High-risk AI system: evaluating the creditworthiness of natural persons or establishing "
+                      "their credit score is listed in Annex III, point 5(b), of the EU AI Act (Regulation (EU) "
+                      "2024/1689). Its requirements on risk management, data governance, technical "
+                      "documentation, record-keeping, transparency, human oversight, accuracy and robustness "
+                      "(Articles 9 to 15) apply.",
+        "out_of_scope": "Decisions without human review; populations or products unlike the training data; "
+                        "the protected attributes are measured for fairness, never used as inputs.",
+    },
+    "fraud": {
+        "purpose": "Ranking card transactions by fraud risk, to choose which ones analysts review.",
+        "users": "Fraud-operations teams of the consortium's card issuers, within a daily alert budget.",
+        "risk_class": "Not high-risk on the credit ground: Annex III, point 5(b), of the EU AI Act excludes "
+                      "AI systems used to detect financial fraud from the creditworthiness category.",
+        "out_of_scope": "Blocking cards or customers without review; credit decisions.",
+    },
+}
+
+
+def _artifact(client: MlflowClient, run_id: str, path: str) -> Any:
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(client.download_artifacts(run_id, path, tmp))
+            text = local.read_text()
+    except (MlflowException, OSError):
+        return None
+    if path.endswith(".json"):
+        return json.loads(text)
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _split_metrics(metrics: dict[str, float], split: str, institutions: list[str], words: tuple[str, ...] = ()) -> dict:
+    return {k[len(split) + 1:]: v for k, v in sorted(metrics.items())
+            if k.startswith(f"{split}_") and k.rsplit(".", 1)[-1] not in institutions
+            and (not words or any(w in k for w in words))}
+
+
+def _versions(client: MlflowClient, name: str, run_id: str) -> list[dict[str, Any]]:
+    try:
+        found = [mv for mv in client.search_model_versions(f"name='{name}'") if mv.tags.get("fedrisk.run_id") == run_id]
+        aliases = client.get_registered_model(name).aliases if found else {}
+    except MlflowException:
+        return []
+    out = []
+    for mv in found:
+        out.append({
+            "model": name, "version": str(mv.version),
+            "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
+            "gate_verdict": mv.tags.get("fedrisk.gate.verdict"),
+            "approvals": json.loads(mv.tags.get("fedrisk.approvals", "[]")),
+            "override": mv.tags.get("fedrisk.override") == "true",
+            "override_justification": mv.tags.get("fedrisk.override_justification"),
+            "archived": mv.tags.get("fedrisk.archived") == "true",
+            "champion_since": mv.tags.get("fedrisk.champion_since"),
+        })
+    return out
+
+
+def _earlier_campaigns(client: MlflowClient, run: Any, institutions: list[str]) -> list[dict[str, Any]]:
+    """Campaigns of the same experiment that trained on some of the same institutions before."""
+    earlier = client.search_runs([run.info.experiment_id], "tags.`fedrisk.privacy` = 'dp'", max_results=500)
+    out = []
+    for other in earlier:
+        shared = sorted(set(other.data.tags.get("fedrisk.institutions", "").split(",")) & set(institutions))
+        if other.info.run_id != run.info.run_id and other.info.start_time < run.info.start_time and shared:
+            out.append({"run": other.info.run_id, "institutions": ", ".join(shared),
+                        "epsilon_max_after": other.data.metrics.get("epsilon_final_max")})
+    return out
+
+
+def _audit_section(tags: dict[str, str], run_id: str) -> dict[str, Any]:
+    path = audit_path_of(tags)
+    section: dict[str, Any] = {"log": path, "head_on_run": tags.get(audit.HEAD_TAG), "log_id": tags.get(audit.ID_TAG)}
+    try:
+        check = audit.verify(path)
+    except FedriskInputError:
+        return {**section, "verification": "log not reachable from this machine; verify it where it lives"}
+    section["verification"] = "chain intact" if check.intact else f"BROKEN: {check.problem}"
+    events = []
+    for _, line, complete in audit.read_entries(path):
+        if not complete:
+            break
+        entry = json.loads(line)
+        if entry["details"].get("run_id") == run_id:
+            events.append({"seq": entry["seq"], "time": entry["time"], "event": entry["event"],
+                           "actor": entry["actor"], "hash": entry["hash"][:16]})
+    section["events"] = events
+    return section
+
+
+def build_evidence(tracking_uri: str, run_id: str) -> dict[str, Any]:
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise FedriskInputError(f"MLflow run {run_id} not found at {tracking_uri}") from None
+    tags, metrics = run.data.tags, run.data.metrics
+    if "fedrisk.campaign" not in tags:
+        raise FedriskInputError(f"MLflow run {run_id} is not a fedrisk campaign")
+    task = tags.get("fedrisk.task", "credit")
+    institutions = sorted(n for n in tags.get("fedrisk.institutions", "").split(",") if n)
+    config = _artifact(client, run_id, "config.yaml") or {}
+    summary = (_artifact(client, run_id, "institutions/data_summary.json") or {}).get("institutions", {})
+    excluded = (_artifact(client, run_id, "institutions/excluded.json") or {}).get("excluded", {})
+    quality = _artifact(client, run_id, "institutions/data_quality.json") or {}
+    ledger = _artifact(client, run_id, "privacy/ledger_snapshot.json") or {}
+    verdict = _artifact(client, run_id, "gate/verdict.json")
+    calibration = _artifact(client, run_id, "evaluation/calibration_test.json")
+    model_name = tags.get("fedrisk.model_name") or config.get("tracking", {}).get("model_name", f"fedrisk-{task}")
+    versions = _versions(client, model_name, run_id)
+    monitor = MonitorConfig()
+    monitoring_runs = []
+    experiment = client.get_experiment_by_name(monitor.tracking.experiment)
+    if experiment is not None:
+        for m in client.search_runs([experiment.experiment_id], f"tags.`fedrisk.training_run` = '{run_id}'"):
+            monitoring_runs.append({"run": m.info.run_id, "worst_level": m.data.tags.get("fedrisk.monitor.worst_level"),
+                                    "retrain": m.data.tags.get("fedrisk.monitor.retrain")})
+    columns = PER_INSTITUTION[task]
+    recall_keys = [k for k in metrics if k.startswith("test_recall_at_fpr_") and "." not in k.split("fpr_")[1][1:]]
+    recall_at_fpr = recall_keys[0][len("test_"):] if recall_keys else "recall_at_fpr"
+    evidence = {
+        "identification": {
+            "run": run_id, "campaign": tags.get("fedrisk.campaign"), "task": task,
+            "model_uri": tags.get("fedrisk.model_uri"), "registered": [f"{v['model']}/{v['version']}" for v in versions],
+            "trainer": tags.get("fedrisk.trainer"), "code_version": tags.get("fedrisk.code_version", tags.get("fedrisk.version")),
+            "config_sha256": tags.get("fedrisk.config_sha256"), "status": tags.get("fedrisk.status"),
+            "override": any(v["override"] for v in versions),
+        },
+        "intended_use": INTENDED_USE[task],
+        "data": {"institutions": {name: {**summary.get(name, {}),
+                                         "quality_score": quality.get("institutions", {}).get(name, {}).get("score")}
+                                  for name in sorted(set(summary) | set(quality.get("institutions", {})))},
+                 "excluded": excluded},
+        "method": {k: config.get(k) for k in ("model", "training", "privacy", "evaluation")},
+        "privacy": {**{k: ledger.get(k) for k in ("accountant", "delta", "target_epsilon", "federation_epsilon")},
+                    "per_institution": ledger.get("institutions", {}),
+                    "meaning": "epsilon per institution is its lifetime spend on the same data, across campaigns "
+                               "(its ledger); the federation's epsilon is the maximum, the data being disjoint",
+                    "earlier_campaigns": _earlier_campaigns(client, run, institutions)},
+        "performance": {"pooled": _split_metrics(metrics, "test", institutions),
+                        "per_institution": [{"institution": name, **{label: metrics.get(key.format(
+                            split="test", name=name, recall_at_fpr=recall_at_fpr)) for label, key in columns.items()}}
+                            for name in institutions]},
+        "calibration": calibration,
+        "fairness": _split_metrics(metrics, "test", institutions, ("approval", "opportunity", "tpr")),
+        "data_quality": quality,
+        "monitoring_plan": {
+            "reference": "monitoring/reference.json (score and input deciles, validation metrics)",
+            "command": f"fedrisk monitor {model_name}/{versions[0]['version'] if versions else 'VERSION'}",
+            "levels": monitor.levels.model_dump(), "window_days": monitor.windows.days,
+            "retraining": f"when {monitor.levels.performance.metric} falls by more than "
+                          f"{monitor.levels.performance.max_drop:g} ({monitor.levels.performance.mode}) "
+                          "against its validation value",
+            "runs": monitoring_runs,
+        },
+        "gate": {"verdict": tags.get("fedrisk.gate.verdict"), "policy": tags.get("fedrisk.gate.policy"),
+                 "failed_rules": tags.get("fedrisk.gate.failed_rules"), "warnings": tags.get("fedrisk.gate.warnings"),
+                 "rules": (verdict or {}).get("results", [])},
+        "approvals": versions,
+        "audit": _audit_section(tags, run_id),
+    }
+    return evidence
+
+
+def _section(title: str, body: str) -> str:
+    return f"<h2>{html.escape(title)}</h2>{body}"
+
+
+def _kv(mapping: dict[str, Any]) -> str:
+    rows = [{"item": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v} for k, v in mapping.items()]
+    return _table(rows)
+
+
+def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str) -> str:
+    ident = evidence["identification"]
+    parts = [f"<h1>Evidence pack: {html.escape(ident['task'])} model, run <code>{html.escape(run_id)}</code></h1>"]
+    if ident["override"]:
+        parts.append("<p style='color:#c62828;font-weight:bold'>OVERRIDE: this model serves although the "
+                     "validation gate blocked it; see Approvals.</p>")
+    parts.append(_section("1. Model identification", _kv(ident)))
+    parts.append(_section("2. Intended use", _kv(evidence["intended_use"])))
+    data = evidence["data"]
+    rows = [{"institution": n, "train rows": d.get("rows", {}).get("train"), "validation rows": d.get("rows", {}).get("validation"),
+             "test rows": d.get("rows", {}).get("test"), "imputed values": sum((d.get("imputed") or {}).values()),
+             "data fingerprint": (d.get("fingerprint") or "-")[:16], "quality score": d.get("quality_score")}
+            for n, d in data["institutions"].items()]
+    excluded = [{"institution": n, "kind": e.get("kind", "-") if isinstance(e, dict) else "-",
+                 "reason": e.get("reason") if isinstance(e, dict) else e} for n, e in data["excluded"].items()]
+    parts.append(_section("3. Data (aggregates per institution)", _table(rows) + "<h3>Excluded</h3>" + _table(excluded)))
+    parts.append(_section("4. Method and hyper-parameters",
+                          "".join(f"<h3>{k}</h3>{_kv(v or {})}" for k, v in evidence["method"].items())))
+    privacy = evidence["privacy"]
+    parts.append(_section("5. Privacy", _kv({k: v for k, v in privacy.items() if k not in ("per_institution", "earlier_campaigns")})
+                          + _table([{"institution": n, **v} for n, v in privacy["per_institution"].items()])
+                          + "<h3>Earlier campaigns on the same institutions</h3>" + _table(privacy["earlier_campaigns"])))
+    perf = evidence["performance"]
+    parts.append(_section("6. Performance (test)", _kv(perf["pooled"]) + _table(perf["per_institution"])))
+    stats, groups, threshold = _load_statistics(client, run_id)
+    calibration = ""
+    if stats is not None and stats.examples:
+        png, _ = _calibration(stats)
+        calibration = (f"<img src='data:image/png;base64,{_roc_and_ks(stats)}'>"
+                       f"<img src='data:image/png;base64,{png}'>")
+    parts.append(_section("7. Calibration (test, by score band)",
+                          calibration + _table((evidence["calibration"] or {}).get("bands", []))))
+    fairness = _kv(evidence["fairness"]) if evidence["fairness"] else "<p>no protected attribute measured</p>"
+    if groups:
+        fairness += f"<img src='data:image/png;base64,{_approval(groups, threshold)}'>"
+    parts.append(_section("8. Fairness (test)", fairness))
+    cards = evidence["data_quality"].get("institutions", {})
+    dq_rows = [{"institution": n, "score": c["score"], "passed": c["passed"],
+                **{d: v["score"] for d, v in c["dimensions"].items()}, "weakest": c["weakest"],
+                "why": c["dimensions"][c["weakest"]]["detail"]} for n, c in cards.items()]
+    parts.append(_section(f"9. Data-quality scorecards (minimum {evidence['data_quality'].get('min_score', '-')}; "
+                          "score = weakest dimension)", _table(dq_rows)))
+    plan = evidence["monitoring_plan"]
+    parts.append(_section("10. Monitoring plan", _kv({k: v for k, v in plan.items() if k != "runs"})
+                          + "<h3>Monitoring runs so far</h3>" + _table(plan["runs"])))
+    gate = evidence["gate"]
+    rules = [{k: r.get(k) for k in ("outcome", "metric", "scope", "comparator", "threshold", "value", "where")}
+             for r in gate["rules"]]
+    parts.append(_section("11. Gate verdict", _kv({k: v for k, v in gate.items() if k != "rules"}) + _table(rules)))
+    approvals = [{"version": f"{v['model']}/{v['version']}", "aliases": ", ".join(v["aliases"]) or "-",
+                  "archived": v["archived"], "override": v["override"], "approver": a["approver"], "time": a["time"],
+                  "justification": a.get("justification", "-")}
+                 for v in evidence["approvals"] for a in (v["approvals"] or [{"approver": "-", "time": "-"}])]
+    parts.append(_section("12. Approvals", _table(approvals)))
+    trail = evidence["audit"]
+    parts.append(_section("13. Audit", _kv({k: v for k, v in trail.items() if k != "events"})
+                          + _table(trail.get("events", []))))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
+             "font-size:13px;margin-bottom:8px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>fedrisk evidence {html.escape(run_id)}</title>"
+            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def write_evidence(tracking_uri: str, run_id: str, out_dir: str | Path, actor: str) -> tuple[Path, Path, str]:
+    """Write report.html and report.json, attach them to the run and log their hashes."""
+    from fedrisk.tracking import audit_event
+
+    client = MlflowClient(tracking_uri)
+    evidence = build_evidence(tracking_uri, run_id)
+    page = render_evidence(evidence, client, run_id)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    html_path, json_path = out / "report.html", out / "report.json"
+    html_path.write_text(page)
+    json_path.write_text(json.dumps(nan_to_null(evidence), indent=1, default=str, allow_nan=False))
+    client.log_artifact(run_id, str(html_path), "evidence")
+    client.log_artifact(run_id, str(json_path), "evidence")
+    tags = client.get_run(run_id).data.tags
+    entry = audit_event(client, run_id, audit_path_of(tags), "evidence_pack", actor, {
+        "html_sha256": hashlib.sha256(html_path.read_bytes()).hexdigest(),
+        "json_sha256": hashlib.sha256(json_path.read_bytes()).hexdigest()})
+    return html_path, json_path, audit.head_tag(entry)

@@ -1,0 +1,198 @@
+"""Governance from the command line, on real campaigns: a corrupted institution sits out,
+four-eyes promotion, rollback, an override, the evidence pack and the audit log."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from fedrisk import audit
+from fedrisk.evidence import SECTIONS
+from fedrisk.generators.credit import generate_institution
+
+pytestmark = pytest.mark.slow
+MODEL = "fedrisk-credit"
+
+
+def _cli(*args: str, cwd: Path, actor: str = "tom") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["FEDRISK_ACTOR"] = actor
+    return subprocess.run([sys.executable, "-m", "fedrisk.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory):
+    """Three lenders' files, the third one corrupted; two campaigns trained by tom."""
+    folder = tmp_path_factory.mktemp("governance")
+    files = {}
+    for index, name in enumerate(["inst01", "inst02", "inst03"]):
+        frame = generate_institution(index, 3, 12_000, 42)
+        if name == "inst03":  # a broken extract: replayed rows, ages in months, lost incomes
+            frame.loc[: len(frame) // 10, "age"] *= 12
+            frame.loc[len(frame) // 2:, "income"] = np.nan
+            frame = pd.concat([frame, frame.iloc[:300]], ignore_index=True)
+        files[name] = f"{name}.csv"
+        frame.to_csv(folder / files[name], index=False)
+    config = {"data": {"source": "files", "files": files, "quality": {"ranges": {"age": [18, 100]}}},
+              "training": {"rounds": 2, "batch_size": 128}, "privacy": {"target_epsilon": 2.0}}
+    (folder / "campaign.yaml").write_text(yaml.safe_dump(config))
+    first = _cli("simulate", "campaign.yaml", cwd=folder)
+    second = _cli("simulate", "campaign.yaml", "--no-dp", "--seed", "7", cwd=folder)
+    return folder, first, second
+
+
+def _run_id(result: subprocess.CompletedProcess) -> str:
+    line = next(line for line in result.stdout.splitlines() if line.startswith("MLflow run"))
+    return line.split()[2]
+
+
+def _client(folder: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{folder}/mlflow.db")
+
+
+def _events(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / ".fedrisk" / "audit.jsonl").read_text().splitlines()]
+
+
+def test_the_corrupted_institution_is_excluded_and_the_campaign_completes(consortium):
+    folder, first, _ = consortium
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "(completed)" in first.stdout
+    excluded = next(line for line in first.stdout.splitlines() if line.startswith("excluded"))
+    assert "institution inst03: data quality" in excluded and "below 90" in excluded
+    run = _client(folder).get_run(_run_id(first))
+    assert run.data.tags["fedrisk.institutions"] == "inst01,inst02"
+    assert run.data.metrics["dq_score.inst03"] < 90 <= run.data.metrics["dq_score.inst01"]
+    broken = pd.read_csv(folder / "inst03.csv")
+    assert run.data.metrics["dq_duplicates.inst03"] == pytest.approx(
+        round(100 * (1 - broken.duplicated().sum() / len(broken)), 2))
+    path = _client(folder).download_artifacts(run.info.run_id, "institutions/data_quality.json", str(folder))
+    cards = json.loads(Path(path).read_text())["institutions"]
+    assert not cards["inst03"]["passed"] and cards["inst01"]["passed"]
+    exclusion = [e for e in _events(folder) if e["event"] == "institution_excluded"][0]
+    assert exclusion["details"]["institution"] == "inst03" and exclusion["details"]["kind"] == "quality"
+    assert exclusion["details"]["run_id"] == run.info.run_id
+    started = [e for e in _events(folder) if e["event"] == "campaign_started"][0]
+    assert started["details"]["config_sha256"] == run.data.tags["fedrisk.config_sha256"]
+    assert started["actor"] == run.data.tags["fedrisk.trainer"] == "tom"
+    fingerprints = {e["details"]["institution"]: e["details"] for e in _events(folder) if e["event"] == "institution_data"}
+    assert fingerprints["inst01"]["fingerprint"] == __import__("hashlib").sha256(
+        (folder / "inst01.csv").read_bytes()).hexdigest()
+    assert fingerprints["inst01"]["rows"] == len(pd.read_csv(folder / "inst01.csv"))
+
+
+def test_four_eyes_promotion_rollback_and_override(consortium):
+    folder, first, second = consortium
+    assert second.returncode in (0, 3), second.stderr[-3000:]
+    client = _client(folder)
+    assert client.get_model_version(MODEL, "1").tags["fedrisk.gate.verdict"] in ("pass", "warn")
+    # the trainer cannot approve; one approver is not enough; nor is the same one twice
+    refused = _cli("promote", MODEL, "1", "--approver", "tom", cwd=folder, actor="tom")
+    assert refused.returncode == 3 and "tom trained this model" in refused.stderr
+    one = _cli("promote", MODEL, "1", "--approver", "alice", cwd=folder, actor="alice")
+    assert one.returncode == 0 and "approval 1 of 2" in one.stdout
+    with pytest.raises(Exception):
+        client.get_model_version_by_alias(MODEL, "champion")
+    again = _cli("promote", MODEL, "1", "--approver", "Alice", cwd=folder, actor="alice")
+    assert again.returncode == 3 and "already approved" in again.stderr
+    two = _cli("promote", MODEL, "1", "--approver", "bob", cwd=folder, actor="bob")
+    assert two.returncode == 0 and "is now champion" in two.stdout
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+
+    # version 2 (campaign 2) replaces it, then is rolled back
+    assert _cli("promote", MODEL, "2", "--approver", "alice", cwd=folder).returncode == 0
+    assert _cli("promote", MODEL, "2", "--approver", "carol", cwd=folder).returncode == 0
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
+    assert client.get_model_version(MODEL, "1").tags["fedrisk.archived"] == "true"
+    back = _cli("rollback", MODEL, "--reason", "complaints from branch staff", cwd=folder, actor="dora")
+    assert back.returncode == 0, back.stderr
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert client.get_model_version(MODEL, "2").tags["fedrisk.rolled_back"] == "true"
+    assert client.get_model_version(MODEL, "1").tags["fedrisk.archived"] == "false"
+    first_only = _cli("rollback", MODEL, cwd=folder)
+    assert first_only.returncode == 3 and "no earlier one" in first_only.stderr
+
+    # a stricter policy blocks version 2; only an override with two justified approvals promotes it
+    strict = folder / "strict.yaml"
+    strict.write_text(yaml.safe_dump({"name": "strict", "rules": [
+        {"metric": "auc", "comparator": ">=", "threshold": 0.99, "severity": "block"}]}))
+    blocked = _cli("validate", _run_id(second), "--policy", str(strict), cwd=folder)
+    assert blocked.returncode == 3
+    plain = _cli("promote", MODEL, "2", "--approver", "alice", cwd=folder)
+    assert plain.returncode == 3 and "blocked by the gate" in plain.stderr
+    terse = _cli("promote", MODEL, "2", "--approver", "alice", "--override", "--justification", "ok", cwd=folder)
+    assert terse.returncode == 3 and "justification" in terse.stderr
+    why = "Bridge model while the strict policy is recalibrated; see ticket RISK-142."
+    for approver in ("alice", "carol"):
+        done = _cli("promote", MODEL, "2", "--approver", approver, "--override", "--justification", why, cwd=folder)
+        assert done.returncode == 0, done.stderr
+    assert "OVERRIDE" in done.stdout
+    version = client.get_model_version(MODEL, "2")
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
+    assert version.tags["fedrisk.override"] == "true" and "RISK-142" in version.tags["fedrisk.override_justification"]
+    assert version.description.startswith("OVERRIDE")
+    assert client.get_run(_run_id(second)).data.tags["fedrisk.override"] == "true"
+    events = [e["event"] for e in _events(folder)]
+    assert events.count("promotion") == 2 and events.count("rollback") == 1 and events.count("override_promotion") == 1
+
+
+def test_the_evidence_pack_has_every_section(consortium):
+    folder, _, second = consortium
+    run_id = _run_id(second)
+    made = _cli("report", run_id, "--out", "pack", cwd=folder, actor="victor")
+    assert made.returncode == 0, made.stderr
+    page = (folder / "pack" / "report.html").read_text()
+    pack = json.loads((folder / "pack" / "report.json").read_text())
+    assert list(pack) == list(SECTIONS)
+    for title in ("Model identification", "Intended use", "Data (aggregates", "Method and hyper-parameters",
+                  "Privacy", "Performance", "Calibration", "Fairness", "Data-quality scorecards",
+                  "Monitoring plan", "Gate verdict", "Approvals", "Audit"):
+        assert f". {title}" in page, title
+    assert "Annex III" in page and "High-risk" in page and "OVERRIDE" in page
+    assert "src='http" not in page and "<script" not in page  # self-contained
+    assert pack["data_quality"]["institutions"]["inst03"]["passed"] is False
+    assert pack["data"]["excluded"]["inst03"]["kind"] == "quality"
+    assert pack["gate"]["verdict"] == "block" and pack["identification"]["override"] is True
+    assert {a["approver"] for a in pack["approvals"][0]["approvals"] if a["override"]} == {"alice", "carol"}
+    assert pack["audit"]["verification"] == "chain intact"
+    first_run = _client(folder).get_run(_run_id(consortium[1]))  # DP spend on the same lenders, earlier
+    assert pack["privacy"]["earlier_campaigns"] == [{"run": first_run.info.run_id, "institutions": "inst01, inst02",
+                                                     "epsilon_max_after": first_run.data.metrics["epsilon_final_max"]}]
+    attached = {a.path for a in _client(folder).list_artifacts(run_id, "evidence")}
+    assert attached == {"evidence/report.html", "evidence/report.json"}
+    last = _events(folder)[-1]
+    assert last["event"] == "evidence_pack" and last["actor"] == "victor"
+    assert last["details"]["json_sha256"] == __import__("hashlib").sha256(
+        (folder / "pack" / "report.json").read_bytes()).hexdigest()
+
+
+def test_the_audit_log_verifies_and_its_anchors_catch_a_cut(consortium):
+    folder = consortium[0]
+    ok = _cli("audit", "verify", cwd=folder)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "chain intact" in ok.stdout and "all match" in ok.stdout
+    head = audit.verify(folder / ".fedrisk" / "audit.jsonl").head
+    runs = _client(folder).search_runs([_client(folder).get_experiment_by_name("fedrisk-credit").experiment_id])
+    assert head["seq"] == max(int(r.data.tags[audit.HEAD_TAG].split(":")[0]) for r in runs)
+    copy = folder / "copy"
+    shutil.copytree(folder / ".fedrisk", copy)
+    log = copy / "audit.jsonl"
+    lines = log.read_bytes().split(b"\n")[:-1]
+    log.write_bytes(b"".join(line + b"\n" for line in lines[:-1]))  # the last entry removed
+    cut = _cli("audit", "verify", str(log), cwd=folder)
+    assert cut.returncode == 1 and "cut short" in cut.stdout
+    lines[5] = lines[5].replace(b'"tom"', b'"eve"')
+    log.write_bytes(b"".join(line + b"\n" for line in lines))
+    tampered = _cli("audit", "verify", str(log), cwd=folder)
+    assert tampered.returncode == 1 and "line 6" in tampered.stdout
