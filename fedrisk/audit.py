@@ -66,9 +66,9 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path, purpose: str = "lock") -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
+    with open(path.with_name(f"{path.name}.{purpose}"), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -100,7 +100,7 @@ def _last_line(path: Path) -> bytes | None:
 def append(path: str | Path, event: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
     """Chain one entry onto the log (creating it with a `log_created` entry); returns it."""
     path = Path(path)
-    with _locked(path):
+    with locked(path):
         last = _last_line(path)
         if last is None:
             previous = _write(path, None, "log_created", actor, {"log_id": uuid.uuid4().hex})
@@ -127,7 +127,7 @@ def _write(path: Path, previous: dict[str, Any] | None, event: str, actor: str,
     }
     entry["hash"] = entry_hash(entry)
     line = canonical(entry) + b"\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664)  # validators append too
     try:
         os.write(fd, line)
         os.fsync(fd)
@@ -173,6 +173,8 @@ def verify(path: str | Path) -> Check:
     def broken(number: int, why: str) -> Check:
         return Check(str(path), count, previous, log_id, why, number)
 
+    if path.stat().st_size == 0:
+        return Check(str(path), 0, None, None, "line 1: the log is empty (its creation entry is missing)", 1)
     for number, line, complete in read_entries(path):
         if not complete:
             return broken(number, f"line {number}: incomplete entry after the last complete one")
@@ -180,7 +182,8 @@ def verify(path: str | Path) -> Check:
             entry = json.loads(line)
         except ValueError:
             return broken(number, f"line {number}: not a JSON entry (modified)")
-        if not isinstance(entry, dict) or tuple(sorted(entry)) != FIELDS:
+        if (not isinstance(entry, dict) or tuple(sorted(entry)) != FIELDS or not isinstance(entry["details"], dict)
+                or type(entry["seq"]) is not int):
             return broken(number, f"line {number}: not an audit entry (fields changed)")
         try:
             same = canonical(entry) == line
@@ -227,8 +230,10 @@ def verify_anchors(path: str | Path, anchors: dict[str, str]) -> str | None:
             hashes[int(entry["seq"])] = str(entry["hash"])
         except (ValueError, KeyError, TypeError):
             continue
-    for where, value in sorted(anchors.items(), key=lambda kv: int(kv[1].split(":")[0])):
-        seq, digest = value.split(":", 1)
+    for where, value in sorted(anchors.items()):
+        seq, _, digest = value.partition(":")
+        if not seq.isdigit():
+            return f"{where} holds a malformed copy of the head ('{value[:80]}')"
         if int(seq) not in hashes:
             return f"entry {seq}, recorded on {where}, is missing: the log was cut short"
         if hashes[int(seq)] != digest:

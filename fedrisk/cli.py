@@ -143,21 +143,21 @@ def _monitor(args: argparse.Namespace) -> int:
 
 def _download_report(uri: str, run_id: str) -> dict[str, Any]:
     import json
-    import tempfile
 
     from mlflow.tracking import MlflowClient
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = MlflowClient(uri).download_artifacts(run_id, "drift/report.json", tmp)
-        return json.loads(Path(path).read_text())
+    from fedrisk.tracking import read_artifact
+
+    text = read_artifact(MlflowClient(uri), run_id, "drift/report.json")
+    if text is None:
+        raise RuntimeError(f"the monitoring run {run_id} has no drift/report.json")
+    return json.loads(text)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from fedrisk.config import absolute_tracking_uri
     from fedrisk.validation import validate_run
 
-    uri = absolute_tracking_uri(args.tracking_uri, Path.cwd())
-    verdict = validate_run(uri, args.run_id, args.policy)
+    verdict = validate_run(_tracking_uri(args), args.run_id, args.policy, audit_log=args.audit_log)
     print(f"verdict {verdict.verdict.upper()} (policy {verdict.policy})")
     for line in verdict.summary_lines():
         print(f"  {line}")
@@ -211,8 +211,11 @@ def _audit_verify(args: argparse.Namespace) -> int:
     if store is not None and not store.is_file():
         print(f"anchors      not checked: no MLflow store at {store}")
         return 0
-    anchors = audit_anchors(uri, check.log_id or "")
+    anchors, foreign = audit_anchors(uri, check.log_id or "", path)
     problem = audit.verify_anchors(path, anchors)
+    if foreign:
+        where, other = sorted(foreign.items())[0]
+        problem = f"{where} recorded log id {other} at this path; the file holds log {check.log_id}: the log was replaced"
     if problem:
         print(f"audit log {path}: BROKEN: {problem}")
         return 1
@@ -293,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate)
     val = sub.add_parser("validate", help="apply a gate policy to a campaign's MLflow run")
     val.add_argument("run_id")
-    val.add_argument("--policy", help="policy YAML (default: configs/gate_<task>.yaml)")
+    val.add_argument("--policy", help="policy YAML (default: the campaign's gate.policy, else configs/gate_<task>.yaml)")
     val.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    val.add_argument("--audit-log", dest="audit_log", help="default: the log of the run's campaign")
     val.set_defaults(func=_validate)
     mon = sub.add_parser("monitor", help="watch a registered model's new data windows for drift")
     mon.add_argument("model", nargs="?", help="NAME@ALIAS or NAME/VERSION, e.g. fedrisk-credit@challenger")

@@ -98,7 +98,7 @@ class Quality(_Strict):
     min_score: float = Field(90.0, ge=0.0, le=100.0, description="below it the institution sits out")
     ranges: dict[str, tuple[float | None, float | None]] = Field(
         {}, description="column -> [min, max], bounds included, null: open; built-in data have their own")
-    categories: dict[str, list[str]] = Field({}, description="column -> allowed values")
+    categories: dict[str, list[str | int | bool]] = Field({}, description="column -> allowed values")
     positive_rate: tuple[float, float] = Field((0.02, 0.5), description="expected share of positives")
     max_age_days: int = Field(365, ge=1, description="freshness: the newest row at most this old")
     date_column: str | None = Field(None, description="credit: the column dating each row; fraud: the timestamp")

@@ -349,8 +349,12 @@ def quality_scorecard(raw: pd.DataFrame, frame: pd.DataFrame, spec: DataSpec, co
     elif DAY in frame.columns:
         newest, basis = date.fromordinal(date(1970, 1, 1).toordinal() + int(frame[DAY].max())), "timestamps"
     elif q.date_column:
-        when = pd.to_datetime(raw[q.date_column], errors="coerce", format="mixed")
-        bad = int((when.isna() & raw[q.date_column].notna()).sum())
+        values = raw[q.date_column]
+        if pd.api.types.is_numeric_dtype(values):  # epoch numbers would silently read as 1970
+            raise FedriskInputError("numbers, not dates (write them as YYYY-MM-DD)", institution=name,
+                                    file=source, column=q.date_column)
+        when = pd.to_datetime(values, errors="coerce", format="mixed", utc=True)  # offsets may differ (DST)
+        bad = int((when.isna() & values.notna()).sum())
         if bad or when.isna().all():
             raise FedriskInputError(f"{bad} values are not dates" if bad else "no dates", institution=name,
                                     file=source, column=q.date_column)
@@ -361,8 +365,8 @@ def quality_scorecard(raw: pd.DataFrame, frame: pd.DataFrame, spec: DataSpec, co
     return data_quality.scorecard({
         "completeness": data_quality.completeness(raw, checked),
         "validity": data_quality.validity(raw, ranges, categories),
-        "duplicates": data_quality.duplicates(raw),
-        "label_sanity": data_quality.label_sanity(raw, columns.target),
+        "duplicates": data_quality.duplicates(raw[checked]),  # identifiers dropped: a replay may renumber rows
+        "label_sanity": data_quality.label_sanity(raw[checked], columns.target),
         "class_balance": data_quality.class_balance(labels, q.positive_rate),
         "freshness": data_quality.freshness(newest, basis, as_of, q.max_age_days),
     }, len(raw), q.min_score)

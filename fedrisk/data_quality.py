@@ -52,7 +52,10 @@ def validity(frame: pd.DataFrame, ranges: dict[str, tuple[float | None, float | 
         invalid[column], checked = invalid.get(column, 0) + int(bad.sum()), checked + len(present)
     for column, allowed in categories.items():
         present = frame[column].dropna()
-        bad = ~present.astype(str).isin([str(a) for a in allowed])
+        if pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present):
+            bad = ~present.isin(pd.to_numeric(pd.Series(allowed, dtype=object), errors="coerce").dropna())
+        else:  # text, or True/False however the file wrote them
+            bad = ~present.astype(str).str.casefold().isin([str(a).casefold() for a in allowed])
         invalid[column], checked = invalid.get(column, 0) + int(bad.sum()), checked + len(present)
     failed = sum(invalid.values())
     ruled = ", ".join(sorted({*ranges, *categories})) or "none"
@@ -96,22 +99,25 @@ def freshness(newest: date | None, basis: str, as_of: date, max_age_days: int) -
     if newest is None:
         return {"score": 100.0, "failed": 0, "checked": 0, "detail": f"{basis}: current"}
     age = (as_of - newest).days
-    score = 100.0 if age <= max_age_days else 100.0 * max_age_days / age
-    return {"score": score, "failed": int(age > max_age_days), "checked": 1,
-            "detail": f"newest record {newest.isoformat()} ({basis}), {age} days before {as_of.isoformat()}; "
-                      f"at most {max_age_days} expected"}
+    # a record dated after as_of is a wrong clock or a wrong column: scored like a stale one
+    distance = abs(age) if age < -1 else max(age, 0)
+    score = 100.0 if distance <= max_age_days else 100.0 * max_age_days / distance
+    when = f"{age} days before" if age >= 0 else f"{-age} days AFTER"
+    return {"score": score, "failed": int(distance > max_age_days), "checked": 1,
+            "detail": f"newest record {newest.isoformat()} ({basis}), {when} {as_of.isoformat()}; "
+                      f"at most {max_age_days} days old expected"}
 
 
 def scorecard(dimensions: dict[str, dict[str, Any]], rows: int, min_score: float) -> dict[str, Any]:
     """The card: every dimension, the score (the weakest dimension) and whether it passes."""
     weakest = min(DIMENSIONS, key=lambda d: dimensions[d]["score"])
-    score = round(float(dimensions[weakest]["score"]), 2)
-    return {"score": score, "passed": score >= min_score, "min_score": min_score, "weakest": weakest,
+    score = float(dimensions[weakest]["score"])
+    return {"score": round(score, 2), "passed": score >= min_score, "min_score": min_score, "weakest": weakest,
             "rows": rows, "dimensions": {d: {**dimensions[d], "score": round(float(dimensions[d]["score"]), 2)}
                                          for d in DIMENSIONS}}
 
 
-def exclusion_reason(name: str, card: dict[str, Any]) -> str:
+def exclusion_reason(name: str, source: str, card: dict[str, Any]) -> str:
     weakest = card["dimensions"][card["weakest"]]
-    return (f"institution {name}: data quality {card['score']:.1f} below {card['min_score']:g} "
+    return (f"institution {name}, file {source}: data quality {card['score']:.2f} below {card['min_score']:g} "
             f"({card['weakest'].replace('_', ' ')}: {weakest['detail']})")

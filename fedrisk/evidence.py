@@ -9,19 +9,21 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fedrisk import audit
 from fedrisk.errors import FedriskInputError
 from fedrisk.monitor_config import MonitorConfig
+from fedrisk.promotion import APPROVALS_TAG, APPROVED_BY_TAG
+from fedrisk.report import _approval, _calibration, _roc_and_ks, _table, per_institution_rows
 from fedrisk.strict_json import nan_to_null
-from fedrisk.report import PER_INSTITUTION, _approval, _calibration, _roc_and_ks, _table
-from fedrisk.validation import _load_statistics, audit_path_of
+from fedrisk.tracking import audit_event, read_artifact
+from fedrisk.validation import audit_log_of, load_statistics
 
 SECTIONS = ("identification", "intended_use", "data", "method", "privacy", "performance", "calibration",
             "fairness", "data_quality", "monitoring_plan", "gate", "approvals", "audit")
@@ -49,17 +51,10 @@ INTENDED_USE = {
 
 
 def _artifact(client: MlflowClient, run_id: str, path: str) -> Any:
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(client.download_artifacts(run_id, path, tmp))
-            text = local.read_text()
-    except (MlflowException, OSError):
+    text = read_artifact(client, run_id, path)
+    if text is None:
         return None
-    if path.endswith(".json"):
-        return json.loads(text)
-    import yaml
-
-    return yaml.safe_load(text)
+    return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
 
 
 def _split_metrics(metrics: dict[str, float], split: str, institutions: list[str], words: tuple[str, ...] = ()) -> dict:
@@ -80,7 +75,8 @@ def _versions(client: MlflowClient, name: str, run_id: str) -> list[dict[str, An
             "model": name, "version": str(mv.version),
             "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
             "gate_verdict": mv.tags.get("fedrisk.gate.verdict"),
-            "approvals": json.loads(mv.tags.get("fedrisk.approvals", "[]")),
+            "approvals": [*json.loads(mv.tags.get(APPROVED_BY_TAG, "[]")),  # used by a promotion
+                          *json.loads(mv.tags.get(APPROVALS_TAG, "[]"))],  # pending
             "override": mv.tags.get("fedrisk.override") == "true",
             "override_justification": mv.tags.get("fedrisk.override_justification"),
             "archived": mv.tags.get("fedrisk.archived") == "true",
@@ -102,17 +98,17 @@ def _earlier_campaigns(client: MlflowClient, run: Any, institutions: list[str]) 
 
 
 def _audit_section(tags: dict[str, str], run_id: str) -> dict[str, Any]:
-    path = audit_path_of(tags)
-    section: dict[str, Any] = {"log": path, "head_on_run": tags.get(audit.HEAD_TAG), "log_id": tags.get(audit.ID_TAG)}
+    section: dict[str, Any] = {"log": tags.get(audit.LOG_TAG), "head_on_run": tags.get(audit.HEAD_TAG),
+                               "log_id": tags.get(audit.ID_TAG)}
     try:
+        path = audit_log_of(tags)
         check = audit.verify(path)
-    except FedriskInputError:
-        return {**section, "verification": "log not reachable from this machine; verify it where it lives"}
-    section["verification"] = "chain intact" if check.intact else f"BROKEN: {check.problem}"
+    except FedriskInputError as err:
+        return {**section, "verification": f"not verified here: {err.one_line()}"}
+    problem = check.problem or audit.verify_anchors(path, {"this run": tags.get(audit.HEAD_TAG, "")})
+    section["verification"] = f"BROKEN: {problem}" if problem else "chain intact; the run's copy of the head matches"
     events = []
-    for _, line, complete in audit.read_entries(path):
-        if not complete:
-            break
+    for _, line, _ in list(audit.read_entries(path))[: check.entries]:  # only entries the chain vouches for
         entry = json.loads(line)
         if entry["details"].get("run_id") == run_id:
             events.append({"seq": entry["seq"], "time": entry["time"], "event": entry["event"],
@@ -148,9 +144,6 @@ def build_evidence(tracking_uri: str, run_id: str) -> dict[str, Any]:
         for m in client.search_runs([experiment.experiment_id], f"tags.`fedrisk.training_run` = '{run_id}'"):
             monitoring_runs.append({"run": m.info.run_id, "worst_level": m.data.tags.get("fedrisk.monitor.worst_level"),
                                     "retrain": m.data.tags.get("fedrisk.monitor.retrain")})
-    columns = PER_INSTITUTION[task]
-    recall_keys = [k for k in metrics if k.startswith("test_recall_at_fpr_") and "." not in k.split("fpr_")[1][1:]]
-    recall_at_fpr = recall_keys[0][len("test_"):] if recall_keys else "recall_at_fpr"
     evidence = {
         "identification": {
             "run": run_id, "campaign": tags.get("fedrisk.campaign"), "task": task,
@@ -171,9 +164,7 @@ def build_evidence(tracking_uri: str, run_id: str) -> dict[str, Any]:
                                "(its ledger); the federation's epsilon is the maximum, the data being disjoint",
                     "earlier_campaigns": _earlier_campaigns(client, run, institutions)},
         "performance": {"pooled": _split_metrics(metrics, "test", institutions),
-                        "per_institution": [{"institution": name, **{label: metrics.get(key.format(
-                            split="test", name=name, recall_at_fpr=recall_at_fpr)) for label, key in columns.items()}}
-                            for name in institutions]},
+                        "per_institution": per_institution_rows(metrics, task, institutions)},
         "calibration": calibration,
         "fairness": _split_metrics(metrics, "test", institutions, ("approval", "opportunity", "tpr")),
         "data_quality": quality,
@@ -228,7 +219,7 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
                           + "<h3>Earlier campaigns on the same institutions</h3>" + _table(privacy["earlier_campaigns"])))
     perf = evidence["performance"]
     parts.append(_section("6. Performance (test)", _kv(perf["pooled"]) + _table(perf["per_institution"])))
-    stats, groups, threshold = _load_statistics(client, run_id)
+    stats, groups, threshold = load_statistics(client, run_id)
     calibration = ""
     if stats is not None and stats.examples:
         png, _ = _calibration(stats)
@@ -269,8 +260,6 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
 
 def write_evidence(tracking_uri: str, run_id: str, out_dir: str | Path, actor: str) -> tuple[Path, Path, str]:
     """Write report.html and report.json, attach them to the run and log their hashes."""
-    from fedrisk.tracking import audit_event
-
     client = MlflowClient(tracking_uri)
     evidence = build_evidence(tracking_uri, run_id)
     page = render_evidence(evidence, client, run_id)
@@ -282,7 +271,7 @@ def write_evidence(tracking_uri: str, run_id: str, out_dir: str | Path, actor: s
     client.log_artifact(run_id, str(html_path), "evidence")
     client.log_artifact(run_id, str(json_path), "evidence")
     tags = client.get_run(run_id).data.tags
-    entry = audit_event(client, run_id, audit_path_of(tags), "evidence_pack", actor, {
+    entry = audit_event(client, run_id, audit_log_of(tags), "evidence_pack", actor, {
         "html_sha256": hashlib.sha256(html_path.read_bytes()).hexdigest(),
         "json_sha256": hashlib.sha256(json_path.read_bytes()).hexdigest()})
     return html_path, json_path, audit.head_tag(entry)

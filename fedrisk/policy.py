@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +45,11 @@ class Policy(BaseModel):
                 raise ValueError(f"metric '{rule.metric}' means nothing on imbalanced fraud data; "
                                  "use average_precision, recall_at_fpr_..., precision_top...")
         return self
+
+
+def policy_sha256(policy: Policy) -> str:
+    """Identifies the rules a verdict was reached under (the audit log and promotions check it)."""
+    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()
 
 
 def load_policy(path: str | Path | None, task: str = "credit") -> Policy:

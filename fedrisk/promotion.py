@@ -1,8 +1,10 @@
 """Four-eyes promotion to `champion`, overrides of a blocked gate, and rollback.
 
-State lives in the MLflow registry, where validators look: each version's approvals in a
-tag, the order of champions in a tag of the registered model. Every decision is appended
-to the audit log and the log's head copied onto the version and its training run.
+The audit log is the record of approvals: an approval counts only as an `approval` entry of
+an intact log, given on the version's current verdict from its campaign's own policy, and
+each promotion uses the approvals up. The registry mirrors the state where validators look
+(tags on versions, the order of champions on the registered model). One lock per log keeps
+two validators acting at once from losing an approval.
 
 Approvers are names the validator states; fedrisk checks who they are not (the trainer,
 each other), not who they are: in a bank, wrap the command in the identity check of the
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import getpass
 import json
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -22,13 +26,15 @@ from mlflow.tracking import MlflowClient
 
 from fedrisk import audit
 from fedrisk.errors import FedriskInputError, PromotionRefused
+from fedrisk.policy import load_policy, policy_sha256
 from fedrisk.tracking import audit_event
-from fedrisk.validation import audit_path_of
+from fedrisk.validation import audit_log_of, campaign_policy_path
 
 CHAMPION = "champion"
 APPROVERS_NEEDED = 2
 MIN_JUSTIFICATION = 20  # characters: a sentence, not "ok"
-APPROVALS_TAG = "fedrisk.approvals"
+APPROVALS_TAG = "fedrisk.approvals"  # pending approvals, mirrored from the audit log
+APPROVED_BY_TAG = "fedrisk.approved_by"  # the approvals a promotion used
 HISTORY_TAG = "fedrisk.champion_history"
 OVERRIDE_TAG = "fedrisk.override"
 ARCHIVED_TAG = "fedrisk.archived"
@@ -43,7 +49,14 @@ class Decision:
     previous: str | None = None
     override: bool = False
     audit_head: str = ""
-    notes: list[str] = field(default_factory=list)
+
+
+def normalise_name(name: str) -> str:
+    """One person, one key: compatibility forms folded, invisible characters dropped, case and
+    spacing ignored ('Alice', 'ａｌｉｃｅ' and 'alice\\u200b' are the same approver)."""
+    text = unicodedata.normalize("NFKC", name)
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cc"))
+    return " ".join(text.split()).casefold()
 
 
 def _now() -> str:
@@ -64,20 +77,28 @@ def champion_version(client: MlflowClient, name: str) -> str | None:
         return None
 
 
-def approvals(mv: Any) -> list[dict[str, Any]]:
-    return json.loads(mv.tags.get(APPROVALS_TAG, "[]"))
-
-
 def _set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
 
 
-def _record(client: MlflowClient, run_id: str, log: str, event: str, actor: str, details: dict[str, Any],
-            name: str, version: str) -> str:
-    entry = audit_event(client, run_id, log, event, actor, {"os_user": getpass.getuser(), **details})
-    _set_version_tags(client, name, version, audit.anchor_tags(log, entry))
-    return audit.head_tag(entry)
+def logged_approvals(log: str, name: str, version: str) -> list[dict[str, Any]]:
+    """Approvals of a version in the log since its last promotion; the log must be intact."""
+    check = audit.verify(log)
+    if not check.intact:
+        raise PromotionRefused(f"the audit log is broken ({check.problem}): no promotion until it is repaired")
+    found: list[dict[str, Any]] = []
+    for _, line, _ in audit.read_entries(log):
+        entry = json.loads(line)
+        details = entry["details"]
+        if details.get("model") != name or str(details.get("version")) != version:
+            continue
+        if entry["event"] == "approval":
+            found.append({"approver": entry["actor"], "time": entry["time"], **{k: details.get(k) for k in (
+                "verdict", "policy_sha256", "override", "justification", "os_user")}})
+        elif entry["event"] in ("promotion", "override_promotion"):
+            found = []  # used up
+    return found
 
 
 def approve(tracking_uri: str, name: str, version: str, approver: str, *, override: bool = False,
@@ -87,19 +108,33 @@ def approve(tracking_uri: str, name: str, version: str, approver: str, *, overri
     mv = _version(client, name, version)
     version = str(mv.version)
     run_id = mv.tags.get("fedrisk.run_id") or mv.run_id
-    run_tags = client.get_run(run_id).data.tags
+    run = client.get_run(run_id)
+    log = audit_log_of(run.data.tags, audit_log)
+    with audit.locked(Path(log), "promotion"):
+        mv = _version(client, name, version)  # fresh, under the lock
+        return _approve(client, mv, run, log, approver, override, justification)
+
+
+def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, override: bool,
+             justification: str | None) -> Decision:
+    name, version, run_id = mv.name, str(mv.version), run.info.run_id
     approver = " ".join(approver.split())
     justification = " ".join((justification or "").split())
-    trainer = run_tags.get("fedrisk.trainer")
+    trainer = run.data.tags.get("fedrisk.trainer")
     verdict = mv.tags.get("fedrisk.gate.verdict")
     where = f"{name}/{version}"
-    if not approver:
+    if not normalise_name(approver):
         raise FedriskInputError("--approver needs a name")
     if verdict is None:
         raise PromotionRefused(f"{where} has no gate verdict: run `fedrisk validate {run_id}` first")
+    policy = load_policy(campaign_policy_path(run), run.data.tags.get("fedrisk.task", "credit"))
+    if mv.tags.get("fedrisk.gate.policy_sha256") != policy_sha256(policy):
+        raise PromotionRefused(f"{where}: its verdict comes from policy '{mv.tags.get('fedrisk.gate.policy')}', not "
+                               f"from its campaign's policy '{policy.name}' as it stands; run `fedrisk validate "
+                               f"{run_id}` with that policy")
     if not trainer:
         raise PromotionRefused(f"{where}: its campaign run does not name a trainer, so four eyes cannot be checked")
-    if approver.casefold() == trainer.casefold():
+    if normalise_name(approver) == normalise_name(trainer):
         raise PromotionRefused(f"{where}: {approver} trained this model; the trainer cannot approve it")
     blocked = verdict == "block"
     if blocked and not override:
@@ -113,32 +148,38 @@ def approve(tracking_uri: str, name: str, version: str, approver: str, *, overri
                                f"{MIN_JUSTIFICATION} characters")
     if champion_version(client, name) == version:
         raise PromotionRefused(f"{where} is already the champion")
-    given = approvals(mv)
-    # approvals given before the gate blocked this version do not count for an override
-    if any(a["approver"].casefold() == approver.casefold() and (a["override"] or not blocked) for a in given):
-        raise PromotionRefused(f"{where}: {approver} has already approved; a second, different approver is needed")
 
-    given.append({"approver": approver, "time": _now(), "verdict": verdict, "override": override,
-                  **({"justification": justification} if justification else {})})
-    client.set_model_version_tag(name, version, APPROVALS_TAG, json.dumps(given))
-    log = audit_path_of(run_tags, audit_log)
-    head = _record(client, run_id, log, "approval", approver, {
-        "model": name, "version": version, "verdict": verdict, "override": override,
-        "justification": justification or None, "approval": len(given)}, name, version)
-    # A blocked version counts only override approvals: each approver signed the justification.
-    counted = [a for a in given if a["override"] or not blocked]
+    def counts(a: dict[str, Any]) -> bool:  # given on this verdict, from this policy, as an override if blocked
+        return (a["verdict"] == verdict and a["policy_sha256"] == policy_sha256(policy)
+                and (bool(a["override"]) or not blocked))
+
+    counted = [a for a in logged_approvals(log, name, version) if counts(a)]
+    if any(normalise_name(a["approver"]) == normalise_name(approver) for a in counted):
+        raise PromotionRefused(f"{where}: {approver} has already approved; a second, different approver is needed")
+    entry = audit_event(client, run_id, log, "approval", approver, {
+        "model": name, "version": version, "verdict": verdict, "policy_sha256": policy_sha256(policy),
+        "override": override, "justification": justification or None, "os_user": getpass.getuser()})
+    counted.append({"approver": approver, "time": entry["time"], "verdict": verdict, "override": override,
+                    "justification": justification or None, "os_user": getpass.getuser()})
+    _set_version_tags(client, name, version, {APPROVALS_TAG: json.dumps(counted), **audit.anchor_tags(log, entry)})
     if len(counted) < APPROVERS_NEEDED:
-        return Decision(name, version, [a["approver"] for a in counted], False, override=override, audit_head=head)
+        return Decision(name, version, [a["approver"] for a in counted], False, override=override,
+                        audit_head=audit.head_tag(entry))
 
     previous = champion_version(client, name)
+    approvers = [a["approver"] for a in counted]
+    entry = audit_event(client, run_id, log, "override_promotion" if blocked else "promotion", approver, {
+        "model": name, "version": version, "previous_champion": previous, "approvers": approvers,
+        "verdict": verdict, "os_user": getpass.getuser()})
     client.set_registered_model_alias(name, CHAMPION, version)
     history = json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
-    _set_version_tags(client, name, version, {"fedrisk.champion_since": _now(), ARCHIVED_TAG: "false"})
+    _set_version_tags(client, name, version, {"fedrisk.champion_since": _now(), ARCHIVED_TAG: "false",
+                                              APPROVALS_TAG: "[]", APPROVED_BY_TAG: json.dumps(counted),
+                                              **audit.anchor_tags(log, entry)})
     if previous is not None:
         _set_version_tags(client, name, previous, {ARCHIVED_TAG: "true", "fedrisk.archived_at": _now(),
                                                    "fedrisk.replaced_by": version})
-    approvers = [a["approver"] for a in counted]
     if blocked:  # the override mark: on the version, its description, its run, and the log
         reasons = " | ".join(f"{a['approver']}: {a['justification']}" for a in counted)
         mark = {OVERRIDE_TAG: "true", "fedrisk.override_rules": mv.tags.get("fedrisk.gate.failed_rules", "?"),
@@ -149,10 +190,7 @@ def approve(tracking_uri: str, name: str, version: str, approver: str, *, overri
                                                    f"{mark['fedrisk.override_approvers']}: {reasons}"[:5000])
         for key, value in mark.items():
             client.set_tag(run_id, key, value)
-    head = _record(client, run_id, log, "override_promotion" if blocked else "promotion", approver, {
-        "model": name, "version": version, "previous_champion": previous, "approvers": approvers,
-        "verdict": verdict}, name, version)
-    return Decision(name, version, approvers, True, previous, blocked, head)
+    return Decision(name, version, approvers, True, previous, blocked, audit.head_tag(entry))
 
 
 def rollback(tracking_uri: str, name: str, actor: str, *, reason: str | None = None,
@@ -160,29 +198,35 @@ def rollback(tracking_uri: str, name: str, actor: str, *, reason: str | None = N
     """Give `champion` back to the version that held it before the current one."""
     client = MlflowClient(tracking_uri)
     try:
-        model = client.get_registered_model(name)
+        client.get_registered_model(name)
     except MlflowException:
         raise FedriskInputError(f"registered model {name} not found") from None
     current = champion_version(client, name)
     if current is None:
         raise PromotionRefused(f"{name} has no champion to roll back")
-    history = json.loads(model.tags.get(HISTORY_TAG, "[]"))
-    if not history or history[-1] != current:
-        raise PromotionRefused(f"{name}: the champion alias ({current}) was moved outside fedrisk (its history "
-                               f"ends with {history[-1] if history else 'nothing'}); set it by hand in MLflow")
-    earlier = [v for v in history[:-1] if v != current]
-    if not earlier:
-        raise PromotionRefused(f"{name}/{current} is the first champion: there is no earlier one to restore")
-    restored = earlier[-1]
-    _version(client, name, restored)  # still registered
-    client.set_registered_model_alias(name, CHAMPION, restored)
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
-    _set_version_tags(client, name, current, {ARCHIVED_TAG: "true", "fedrisk.archived_at": _now(),
-                                              "fedrisk.rolled_back": "true", "fedrisk.replaced_by": restored})
-    _set_version_tags(client, name, restored, {ARCHIVED_TAG: "false", "fedrisk.restored_at": _now()})
-    mv = client.get_model_version(name, current)
-    run_tags = client.get_run(mv.tags.get("fedrisk.run_id") or mv.run_id).data.tags
-    head = _record(client, mv.tags.get("fedrisk.run_id") or mv.run_id, audit_path_of(run_tags, audit_log),
-                   "rollback", actor, {"model": name, "from_version": current, "to_version": restored,
-                                       "reason": " ".join((reason or "").split()) or None}, name, restored)
-    return Decision(name, restored, [], True, current, audit_head=head)
+    mv = _version(client, name, current)
+    run_id = mv.tags.get("fedrisk.run_id") or mv.run_id
+    log = audit_log_of(client.get_run(run_id).data.tags, audit_log)
+    with audit.locked(Path(log), "promotion"):
+        history = json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+        if champion_version(client, name) != current or not history or history[-1] != current:
+            raise PromotionRefused(f"{name}: the champion alias ({current}) was moved outside fedrisk (its history "
+                                   f"ends with {history[-1] if history else 'nothing'}); set it by hand in MLflow")
+        earlier = [v for v in history[:-1] if v != current]
+        if not earlier:
+            raise PromotionRefused(f"{name}/{current} is the first champion: there is no earlier one to restore")
+        restored = earlier[-1]
+        target = _version(client, name, restored)
+        if target.tags.get("fedrisk.gate.verdict") == "block" and target.tags.get(OVERRIDE_TAG) != "true":
+            raise PromotionRefused(f"{name}/{restored}, the previous champion, has since been blocked by the gate; "
+                                   "promote a version instead")
+        entry = audit_event(client, run_id, log, "rollback", actor, {
+            "model": name, "from_version": current, "to_version": restored,
+            "reason": " ".join((reason or "").split()) or None, "os_user": getpass.getuser()})
+        client.set_registered_model_alias(name, CHAMPION, restored)
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
+        _set_version_tags(client, name, current, {ARCHIVED_TAG: "true", "fedrisk.archived_at": _now(),
+                                                  "fedrisk.rolled_back": "true", "fedrisk.replaced_by": restored})
+        _set_version_tags(client, name, restored, {ARCHIVED_TAG: "false", "fedrisk.restored_at": _now(),
+                                                   **audit.anchor_tags(log, entry)})
+    return Decision(name, restored, [], True, current, audit_head=audit.head_tag(entry))

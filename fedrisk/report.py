@@ -80,6 +80,18 @@ PER_INSTITUTION = {
 }
 
 
+def per_institution_rows(metrics: dict[str, float], task: str, institutions: list[str],
+                         split: str = "test") -> list[dict[str, Any]]:
+    """The task's headline figures of each institution, NaN where a run lacks one."""
+    pooled_recall = [k for k in metrics if k.startswith(f"{split}_recall_at_fpr_")
+                     and not any(k.endswith(f".{n}") for n in institutions)]
+    recall_at_fpr = pooled_recall[0][len(split) + 1:] if pooled_recall else "recall_at_fpr"
+    return [{"institution": name,
+             **{label: metrics.get(key.format(split=split, name=name, recall_at_fpr=recall_at_fpr), float("nan"))
+                for label, key in PER_INSTITUTION[task].items()}}
+            for name in institutions]
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>none</p>"
@@ -110,16 +122,7 @@ def render_report(
          "why": r.description}
         for r in verdict.results
     ]
-    columns = PER_INSTITUTION[tags.get("fedrisk.task", "credit")]
-    pooled_recall = [k for k in metrics if k.startswith(f"{split}_recall_at_fpr_")
-                     and not any(k.endswith(f".{n}") for n in institutions)]
-    recall_at_fpr = pooled_recall[0][len(split) + 1:] if pooled_recall else "recall_at_fpr"
-    per_institution = [
-        {"institution": name,
-         **{label: metrics.get(key.format(split=split, name=name, recall_at_fpr=recall_at_fpr), float("nan"))
-            for label, key in columns.items()}}
-        for name in institutions
-    ]
+    per_institution = per_institution_rows(metrics, tags.get("fedrisk.task", "credit"), institutions, split)
     parts = [
         f"<h1>Validation report</h1><p>run <code>{html.escape(run_id)}</code> &middot; policy "
         f"<b>{html.escape(verdict.policy)}</b></p>",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
 import fedrisk
@@ -111,20 +111,35 @@ def audit_event(client: MlflowClient, run_id: str, path: str | Path, event: str,
     return entry
 
 
-def audit_anchors(uri: str, log_id: str) -> dict[str, str]:
-    """Every copy of this log's head held by an MLflow run of the store: 'MLflow run ID' -> 'seq:hash'."""
+def audit_anchors(uri: str, log_id: str, path: str | Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Copies of a log's head held by the store's runs, deleted ones too: ('MLflow run ID' -> 'seq:hash'
+    for this log, and 'MLflow run ID' -> log id for runs that name this file with another log's id)."""
     client = MlflowClient(uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    anchors: dict[str, str] = {}
-    token = None
-    while experiments:
-        page = client.search_runs(experiments, f"tags.`{audit.ID_TAG}` = '{log_id}'", max_results=1000,
-                                  page_token=token)
-        anchors.update({f"MLflow run {r.info.run_id}": r.data.tags[audit.HEAD_TAG] for r in page})
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
+        experiments += [e.experiment_id for e in page]
         token = page.token
         if not token:
             break
-    return anchors
+    anchors: dict[str, str] = {}
+    foreign: dict[str, str] = {}
+    where = str(Path(path).resolve())
+    for clause in (f"tags.`{audit.ID_TAG}` = '{log_id}'", f"tags.`{audit.LOG_TAG}` = '{where}'"):  # no OR in MLflow
+        token = None
+        while experiments:
+            page = client.search_runs(experiments, clause, run_view_type=ViewType.ALL, max_results=1000,
+                                      page_token=token)
+            for run in page:
+                tags = run.data.tags
+                if tags.get(audit.ID_TAG) == log_id:
+                    anchors[f"MLflow run {run.info.run_id}"] = tags.get(audit.HEAD_TAG, "")
+                else:
+                    foreign[f"MLflow run {run.info.run_id}"] = tags.get(audit.ID_TAG, "?")
+            token = page.token
+            if not token:
+                break
+    return anchors, foreign
 
 
 def config_hash(config: CampaignConfig) -> str:
@@ -186,6 +201,15 @@ class CampaignRun(TrackedRun):
                 )
             pyfunc_log.setLevel(level)
         return info.model_uri
+
+
+def read_artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
+    """The text of one artifact of a run, or None when the run has none at that path."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
 
 
 def find_campaign_run(uri: str, experiment: str, campaign: str) -> Any:

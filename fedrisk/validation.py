@@ -8,9 +8,7 @@ an alias and tagged with the rules it broke. Promotion to production is a human 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -25,9 +23,9 @@ from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import GroupHistograms
 from fedrisk.gate import Verdict, apply_policy
 from fedrisk.metrics import EvalStats
-from fedrisk.policy import load_policy
+from fedrisk.policy import load_policy, policy_sha256
 from fedrisk.report import render_report
-from fedrisk.tracking import audit_event
+from fedrisk.tracking import audit_event, read_artifact
 
 STATISTICS_ARTIFACT = "evaluation/test_statistics.json"
 CHALLENGER = "challenger"
@@ -48,13 +46,9 @@ def statistics_from_dict(raw: dict[str, Any]) -> tuple[EvalStats, GroupHistogram
     return EvalStats(**pooled), groups, float(raw["threshold"])
 
 
-def _load_statistics(client: MlflowClient, run_id: str) -> tuple[EvalStats | None, GroupHistograms | None, float]:
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(run_id, STATISTICS_ARTIFACT, tmp)
-            return statistics_from_dict(json.loads(Path(path).read_text()))
-    except (MlflowException, OSError):
-        return None, None, 0.2
+def load_statistics(client: MlflowClient, run_id: str) -> tuple[EvalStats | None, GroupHistograms | None, float]:
+    text = read_artifact(client, run_id, STATISTICS_ARTIFACT)
+    return (None, None, 0.2) if text is None else statistics_from_dict(json.loads(text))
 
 
 def _guard_alias(verdict: Verdict) -> None:
@@ -87,9 +81,28 @@ def _withdraw_alias(client: MlflowClient, name: str, version: str) -> None:
         client.delete_registered_model_alias(name, CHALLENGER)
 
 
-def audit_path_of(tags: dict[str, str], override: str | None = None) -> str:
-    """The audit log a run's events go to: the one named, else the run's own, else the default."""
-    return override or tags.get(audit.LOG_TAG) or str(Path(audit.DEFAULT_PATH).resolve())
+def audit_log_of(tags: dict[str, str], override: str | None = None) -> str:
+    """The audit log holding a run's events (the one named, else the run's own, else the default),
+    checked to be that log: an event written elsewhere would fork the chain."""
+    path = str(Path(override or tags.get(audit.LOG_TAG) or audit.DEFAULT_PATH).resolve())
+    known = tags.get(audit.ID_TAG)
+    if known:
+        if not Path(path).is_file():
+            raise FedriskInputError(f"the run's audit log (id {known}) is not here; run this where the log "
+                                    "lives, or name it with --audit-log", file=path)
+        try:
+            found = audit.log_id(path)
+        except (ValueError, KeyError, TypeError):
+            found = None
+        if found != known:
+            raise FedriskInputError(f"not the run's audit log (id {known}); run `fedrisk audit verify`", file=path)
+    return path
+
+
+def campaign_policy_path(run: Any) -> str | None:
+    """The gate policy the campaign named (None: its task's shipped default)."""
+    named = run.data.params.get("gate.policy")
+    return None if named in (None, "", "None") else named
 
 
 def validate_run(
@@ -105,7 +118,7 @@ def validate_run(
     if run.info.lifecycle_stage == "deleted":
         raise FedriskInputError(f"MLflow run {run_id} is deleted")
     tags, metrics = run.data.tags, run.data.metrics
-    policy = load_policy(policy_path, tags.get("fedrisk.task", "credit"))
+    policy = load_policy(policy_path or campaign_policy_path(run), tags.get("fedrisk.task", "credit"))
     # Every institution that took part must be judged; one without metrics fails its rules.
     institutions = sorted(n for n in tags.get("fedrisk.institutions", "").split(",") if n)
     reference_auc = None
@@ -122,7 +135,7 @@ def validate_run(
     completed = tags.get("fedrisk.status") == "completed"
     verdict = apply_policy(policy, metrics, institutions, reference_auc, completed)
 
-    stats, groups, threshold = _load_statistics(client, run_id)
+    stats, groups, threshold = load_statistics(client, run_id)
     report = render_report(run_id, verdict, metrics, tags, institutions, stats, groups, threshold,
                            policy.split)
     client.log_dict(run_id, verdict.to_dict(), "gate/verdict.json")
@@ -134,6 +147,7 @@ def validate_run(
         "fedrisk.gate.policy": policy.name,
         "fedrisk.gate.failed_rules": "; ".join(failed) or "-",
         "fedrisk.gate.warnings": "; ".join(warned) or "-",
+        "fedrisk.gate.policy_sha256": policy_sha256(policy),
     }
     model_uri = tags.get("fedrisk.model_uri")
     if model_uri:
@@ -150,11 +164,11 @@ def validate_run(
         gate_tags["fedrisk.gate.alias"] = CHALLENGER if verdict.verdict != "block" else "none"
     for key, value in gate_tags.items():
         client.set_tag(run_id, key, value)
-    entry = audit_event(client, run_id, audit_path_of(tags, audit_log), "gate_verdict", actor or audit.default_actor(), {
-        "policy": policy.name, "policy_sha256": hashlib.sha256(policy.model_dump_json().encode()).hexdigest(), "verdict": verdict.verdict,
+    entry = audit_event(client, run_id, audit_log_of(tags, audit_log), "gate_verdict", actor or audit.default_actor(), {
+        "policy": policy.name, "policy_sha256": policy_sha256(policy), "verdict": verdict.verdict,
         "failed_rules": failed, "warnings": warned, "model_version": gate_tags.get("fedrisk.gate.model_version"),
     })
     if model_uri:
-        for key, value in audit.anchor_tags(audit_path_of(tags, audit_log), entry).items():
+        for key, value in audit.anchor_tags(audit_log_of(tags, audit_log), entry).items():
             client.set_model_version_tag(name, version, key, value)
     return verdict

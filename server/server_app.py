@@ -36,6 +36,7 @@ from server.strategy import (
     CampaignFedProx,
     CampaignMixin,
     CampaignStopped,
+    error_reason,
     evaluation_metrics,
     evaluation_parts,
     group_parts,
@@ -80,7 +81,7 @@ def collect_statistics(
     for msg in replies:
         node = msg.metadata.src_node_id
         if msg.has_error():
-            errors[f"node-{node}"] = str(msg.error.reason).strip().splitlines()[-1]
+            errors[f"node-{node}"] = error_reason(msg.error.code, msg.error.reason, f"node-{node}")[1]
             continue
         name = str(msg.content["who"]["institution"])
         if name in stats:  # two nodes claiming one institution would share one budget
@@ -99,7 +100,8 @@ def collect_statistics(
             errors[name] = f"institution {name}, column '{column}': not of the consortium's schema"
     # Data quality is scored by each institution on its own rows; a low score sits it out.
     for name in [n for n, s in stats.items() if not s["data"]["quality"]["passed"]]:
-        errors[name] = exclusion_reason(name, stats.pop(name)["data"]["quality"])
+        mine = stats.pop(name)["data"]
+        errors[name] = exclusion_reason(name, mine["source"], mine["quality"])
     return names, stats, errors, data
 
 
@@ -234,24 +236,33 @@ def app_for(config: CampaignConfig, campaign: str) -> ServerApp:
     return bound
 
 
+def _exclusion_kind(name: str, data: dict[str, dict]) -> str:
+    return "quality" if name in data and not data[name]["quality"]["passed"] else "input"
+
+
 def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
     run = CampaignRun(config, campaign)
     log(INFO, "fedrisk campaign %s: MLflow run %s at %s", campaign, run.run_id, config.tracking.uri)
-    run.audit("campaign_started", {
+    started = {
         "task": config.task, "config_sha256": run.tags["fedrisk.config_sha256"],
         "code_version": run.tags["fedrisk.code_version"],
         "institutions_expected": config.institution_count_hint(), "rounds": config.training.rounds,
         "privacy": {"enabled": config.privacy.enabled, "target_epsilon": config.privacy.target_epsilon,
                     "delta": config.privacy.delta, "accountant": config.privacy.accountant},
         "warm_start": config.training.initial_model,
-    })
+    }
     try:
         with run.closing():
+            run.audit("campaign_started", started)  # inside: a log that refuses it ends the run
             _campaign_body(grid, config, campaign, run)
     except Exception as exc:
         stopped = isinstance(exc, FedriskInputError)
-        reason = exc.one_line() if stopped else f"{type(exc).__name__}: {str(exc)[:500]}"
-        run.audit("campaign_ended", {"status": "stopped" if stopped else "failed", "reason": reason})
+        # the server's own text only for fedrisk's errors: others may quote a value
+        reason = exc.one_line() if stopped else f"{type(exc).__name__} (see the server log)"
+        try:
+            run.audit("campaign_ended", {"status": "stopped" if stopped else "failed", "reason": reason})
+        except (FedriskInputError, OSError) as audit_error:
+            log(WARNING, "audit log: %s", audit_error)
         raise
 
 
@@ -277,7 +288,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     if len(stats) < tr.min_institutions:
         for name, reason in sorted(errors.items()):  # the strategy that records exclusions is not set up yet
             run.audit("institution_excluded", {"institution": name, "round": 0, "reason": reason,
-                                               "kind": "quality" if name in data else "input"})
+                                               "kind": _exclusion_kind(name, data)})
         raise FedriskInputError(
             f"only {len(stats)} institution(s) with usable data, minimum is {tr.min_institutions}: "
             + "; ".join(errors.values())
@@ -315,7 +326,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         config=config,
     )
     for name, reason in errors.items():
-        strategy.exclude(name, reason, 0, "quality" if name in data and not data[name]["quality"]["passed"] else "input")
+        strategy.exclude(name, reason, 0, _exclusion_kind(name, data))
     shared = {"campaign-config": config_to_json(config), "campaign": campaign,
               "preprocessor": preprocessor.to_json()}
     stop_reason = ""
@@ -401,7 +412,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
     })
     if config.gate.enabled and test_parts:
         try:
-            verdict = validate_run(config.tracking.uri, run.run_id, config.gate.policy)
+            verdict = validate_run(config.tracking.uri, run.run_id, config.gate.policy, actor=run.actor)
             log(INFO, "gate verdict: %s", verdict.verdict)
         except FedriskInputError as err:  # the campaign stands; the gate could not judge it
             run.set_tags({"fedrisk.gate.error": err.one_line()[:4000]})

@@ -25,12 +25,23 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from fedrisk.config import CampaignConfig
-from fedrisk.errors import BUDGET_REFUSED_REPLY
+from fedrisk.errors import BUDGET_REFUSED_REPLY, INPUT_ERROR_REPLY
 from fedrisk.fraud_metrics import FraudStats, fraud_summary
 from fedrisk.fairness import GroupHistograms, fairness_metrics, merge_group_histograms
 from fedrisk.metrics import EvalStats, evaluation_summary
 from fedrisk.tracking import CampaignRun
 
+
+
+def error_reason(code: int, text: str, name: str) -> tuple[str, str]:
+    """(kind, one line) of an error reply. Only fedrisk's own messages are quoted: any other
+    exception's text may quote a customer's value, and the audit log keeps what it is given."""
+    if code not in (INPUT_ERROR_REPLY, BUDGET_REFUSED_REPLY):
+        return "error", f"institution {name}: the ClientApp failed (Flower error code {code}); see the institution's log"
+    reason = (str(text).strip().splitlines() or ["(no reason given)"])[-1]
+    if name not in reason:
+        reason = f"institution {name}: {reason}"
+    return ("budget" if code == BUDGET_REFUSED_REPLY else "input"), reason
 
 
 class CampaignStopped(Exception):
@@ -140,10 +151,7 @@ class CampaignMixin:
         for msg in replies:
             name = self.names.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
             if msg.has_error():
-                kind = "budget" if msg.error.code == BUDGET_REFUSED_REPLY else "input"
-                reason = str(msg.error.reason).strip().splitlines()[-1]
-                if name not in reason:
-                    reason = f"institution {name}: {reason}"
+                kind, reason = error_reason(msg.error.code, msg.error.reason, name)
                 self.exclude(name, reason, server_round, kind)
             else:
                 ok.append(msg)

@@ -187,3 +187,29 @@ def test_cli_verify_exits_0_when_intact_and_1_naming_the_first_bad_entry(tmp_pat
     assert "BROKEN at entry 4 at line 4" in bad.stdout and "3 entries before it are intact" in bad.stdout
     missing = _cli("audit", "verify", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
     assert missing.returncode == 2 and "audit log not found" in missing.stderr
+
+
+def test_an_empty_or_headless_log_is_broken(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"")
+    assert not audit.verify(path).intact and "empty" in audit.verify(path).problem
+    path = _log(tmp_path / "b")
+    _write(path, _lines(path)[1:])  # the creation entry removed
+    assert not audit.verify(path).intact
+
+
+def test_a_malformed_copy_of_the_head_is_reported_not_raised(tmp_path):
+    path = _log(tmp_path)
+    assert "malformed" in audit.verify_anchors(path, {"MLflow run r": "garbage"})
+
+
+def test_exclusion_reasons_quote_only_fedrisk_messages():
+    """A crash's text may quote a customer's value; the audit log keeps what it is given."""
+    from fedrisk.errors import BUDGET_REFUSED_REPLY, INPUT_ERROR_REPLY
+    from server.strategy import error_reason
+
+    crash = error_reason(1, "ValueError: could not convert string to float: 'DE89 3704 0044 0532 0130 00'", "inst02")
+    assert crash[0] == "error" and "DE89" not in crash[1] and crash[1].startswith("institution inst02:")
+    assert error_reason(INPUT_ERROR_REPLY, "Traceback\ninstitution inst02, file f.csv: no rows", "inst02") == (
+        "input", "institution inst02, file f.csv: no rows")
+    assert error_reason(BUDGET_REFUSED_REPLY, "budget spent", "inst02") == ("budget", "institution inst02: budget spent")

@@ -91,8 +91,8 @@ def test_the_score_is_the_weakest_dimension_and_says_why():
     card = dq.scorecard(dims, len(frame), 90.0)
     assert card["weakest"] == "duplicates" and not card["passed"]
     assert card["score"] == round(100 * (1 - 130 / 1130), 2)
-    reason = dq.exclusion_reason("inst03", card)
-    assert reason.startswith("institution inst03: data quality 88.5 below 90 (duplicates: 130 of 1130 rows")
+    reason = dq.exclusion_reason("inst03", "inst03.csv", card)
+    assert reason.startswith("institution inst03, file inst03.csv: data quality 88.50 below 90 (duplicates: 130 of 1130")
 
 
 def _files_config(tmp_path, frames: dict[str, pd.DataFrame], **quality):
@@ -156,3 +156,47 @@ def test_quality_settings_are_checked_on_load(tmp_path):
         load_config(None, {"data.quality.ranges": {"age": [100, 18]}}, work_dir=tmp_path)
     with pytest.raises(FedriskInputError, match="date_column is for credit"):
         load_config(None, {"task": "fraud", "data.quality.date_column": "tx_datetime"}, work_dir=tmp_path)
+
+
+def test_numbers_and_booleans_match_their_allowed_categories():
+    frame = pd.DataFrame({"grade": [1.0, 2.0, np.nan, 3.0, 9.0], "flag": [True, False, True, True, False]})
+    card = dq.validity(frame, {}, {"grade": [1, 2, "3"], "flag": ["true", "false"]})
+    assert (card["failed"], card["checked"]) == (1, 9)  # only the 9 is outside
+
+
+def test_a_record_dated_after_as_of_is_not_fresh():
+    card = dq.freshness(date(2027, 6, 1), "column d", date(2026, 11, 23), 30)
+    assert card["score"] == pytest.approx(100 * 30 / 190) and "AFTER" in card["detail"]
+    assert dq.freshness(date(2026, 11, 24), "column d", date(2026, 11, 23), 30)["score"] == 100.0  # time zones
+
+
+def test_a_score_just_below_the_minimum_fails_even_if_it_rounds_to_it():
+    dims = {d: {"score": 100.0, "failed": 0, "checked": 1, "detail": ""} for d in dq.DIMENSIONS}
+    dims["duplicates"]["score"] = 89.996
+    card = dq.scorecard(dims, 10, 90.0)
+    assert card["score"] == 90.0 and not card["passed"]
+
+
+def test_replayed_rows_with_new_ids_and_relabelled_rows_are_caught(tmp_path):
+    frame = generate_institution(0, 3, 3000, 42)
+    replay = frame.iloc[:100].copy()
+    replay["customer_id"] = [f"new-{i}" for i in range(100)]  # renumbered by the extract
+    relabelled = frame.iloc[100:150].copy()
+    relabelled["customer_id"] = [f"re-{i}" for i in range(50)]
+    relabelled["default"] = 1 - relabelled["default"]
+    config = _files_config(tmp_path, {"inst01": pd.concat([frame, replay, relabelled]), "inst02": frame})
+    dims = load_institution(config.data, "inst01", config.seed).quality["dimensions"]
+    assert dims["duplicates"]["failed"] == 100 and dims["label_sanity"]["failed"] == 100
+
+
+def test_dates_across_a_daylight_saving_change_and_epoch_numbers(tmp_path):
+    frame = generate_institution(0, 3, 3000, 42)
+    frame["applied"] = np.where(np.arange(len(frame)) % 2, "2026-03-20T10:00:00+01:00", "2026-04-20T10:00:00+02:00")
+    config = _files_config(tmp_path, {"inst01": frame, "inst02": frame}, date_column="applied", as_of="2026-05-20",
+                           max_age_days=365)
+    card = load_institution(config.data, "inst01", config.seed).quality["dimensions"]["freshness"]
+    assert card["score"] == 100.0 and "2026-04-20" in card["detail"]
+    frame["applied"] = 1_700_000_000
+    config = _files_config(tmp_path, {"inst01": frame, "inst02": frame}, date_column="applied")
+    with pytest.raises(FedriskInputError, match="column 'applied': numbers, not dates"):
+        load_institution(config.data, "inst01", config.seed)

@@ -1,0 +1,137 @@
+"""What governance costs: the audit log, the data-quality scorecard and the evidence pack.
+
+Baselines run side by side on this machine:
+- audit append: a plain JSON-lines append of the same entries (open, write, fsync), without
+  the lock, the hash chain and the read of the last entry;
+- audit verify: parsing the same file with `json.loads`, line by line, checking nothing;
+- scorecard: loading the same institution (read or generate, check, features) without it;
+- evidence pack and a campaign's audit events: against the campaign itself.
+
+    python experiments/governance_benchmark.py [--out docs/governance_benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+from report_file import write_report  # experiments/report_file.py
+
+from fedrisk import audit, data, data_quality
+from fedrisk.config import load_config
+
+ENTRY = {"campaign": "c" * 32, "run_id": "r" * 32, "round": 3, "epsilon_max": 1.2345, "trained": ["inst01", "inst02"]}
+
+
+def _median(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _plain_append(path: Path, count: int) -> None:
+    for i in range(count):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, json.dumps({**ENTRY, "i": i}).encode() + b"\n")
+        os.fsync(fd)
+        os.close(fd)
+
+
+def audit_rows(count: int) -> list[str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        chained, plain = Path(tmp) / "audit.jsonl", Path(tmp) / "plain.jsonl"
+        t_chain = _median(lambda: [audit.append(chained, "round_completed", "bench", {**ENTRY, "i": i})
+                                   for i in range(count)], 1)
+        t_plain = _median(lambda: _plain_append(plain, count), 1)
+        size = chained.stat().st_size
+        t_verify = _median(lambda: audit.verify(chained))
+        t_parse = _median(lambda: [json.loads(line) for line in chained.read_bytes().splitlines()])
+        assert audit.verify(chained).intact
+    return [
+        f"| audit append ({count:,} entries, each fsynced) | {count / t_chain:,.0f} entries/s | "
+        f"{count / t_plain:,.0f} entries/s (plain append) | {t_chain / t_plain:.2f}x |",
+        f"| audit verify ({size / 1e6:.1f} MB) | {count / t_verify:,.0f} entries/s | "
+        f"{count / t_parse:,.0f} entries/s (json.loads only) | {t_verify / t_parse:.2f}x |",
+    ]
+
+
+def scorecard_rows() -> list[str]:
+    rows = []
+    for label, config in [("credit, largest of 5 lenders (60,000 rows in all)", load_config(None)),
+                          ("fraud, largest of 5 issuers (1.0 M transactions in all)",
+                           load_config(str(Path(__file__).parents[1] / "configs" / "fraud.yaml")))]:
+        with_card = _median(lambda: data.load_institution(config.data, "inst01", config.seed))
+        blank = {"score": 100.0, "passed": True}
+        with mock.patch.object(data, "quality_scorecard", lambda *a, **k: blank):
+            without = _median(lambda: data.load_institution(config.data, "inst01", config.seed))
+        rows_n = len(data.load_institution(config.data, "inst01", config.seed).frame)
+        rows.append(f"| scorecard, {label}: {rows_n:,} rows | {with_card:.3f} s load with scorecard | "
+                    f"{without:.3f} s load without | {with_card / without:.2f}x |")
+    return rows
+
+
+def campaign_rows(folder: Path) -> list[str]:
+    from fedrisk.evidence import write_evidence
+    from fedrisk.launcher import simulate
+
+    config = load_config(None, {"tracking_uri": f"sqlite:///{folder}/mlflow.db"}, work_dir=folder)
+    spent: list[float] = []
+    original = audit.append
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    with mock.patch.object(audit, "append", timed):
+        outcome = simulate(config)
+    campaign = time.perf_counter() - start
+    pack = _median(lambda: write_evidence(config.tracking.uri, outcome.run_id, folder / "pack", "bench"), 1)
+    return [
+        f"| audit events of the default credit campaign | {len(spent)} entries, {sum(spent):.3f} s | "
+        f"campaign {campaign:.1f} s | {sum(spent) / campaign:.4f}x |",
+        f"| evidence pack of that campaign (`fedrisk report`) | {pack:.2f} s | campaign {campaign:.1f} s | "
+        f"{pack / campaign:.3f}x |",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).parents[1] / "docs" / "governance_benchmarks.md"))
+    parser.add_argument("--entries", type=int, default=2000)
+    args = parser.parse_args()
+    rows = audit_rows(args.entries)
+    rows += scorecard_rows()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows += campaign_rows(Path(tmp))
+    write_report(args.out, [
+        "# Governance: what it costs",
+        "",
+        f"`python experiments/governance_benchmark.py` on this machine ({os.cpu_count()} cores, Python "
+        f"{sys.version.split()[0]}); medians of 3 runs except the appends and the campaign (one run).",
+        "",
+        "| measure | fedrisk | baseline, side by side | ratio |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        "An audit append reads the last entry, hashes the new one and writes it under an exclusive lock,",
+        "then fsyncs; the plain append only writes and fsyncs, so the ratio is the price of the chain.",
+        f"Scorecard dimensions: {', '.join(data_quality.DIMENSIONS)}.",
+    ])
+
+
+if __name__ == "__main__":
+    main()
