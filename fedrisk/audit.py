@@ -67,13 +67,17 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 @contextmanager
 def locked(path: Path, purpose: str = "lock") -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f"{path.name}.{purpose}"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """An exclusive lock on a side file, opened read-only so any user who can read it can lock."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(f"{path.name}.{purpose}"), os.O_RDONLY | os.O_CREAT, 0o664)
+    except OSError as exc:
+        raise FedriskInputError(f"audit log cannot be locked ({exc.strerror})", file=str(path)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _last_line(path: Path) -> bytes | None:
@@ -127,8 +131,13 @@ def _write(path: Path, previous: dict[str, Any] | None, event: str, actor: str,
     }
     entry["hash"] = entry_hash(entry)
     line = canonical(entry) + b"\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664)  # validators append too
     try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664)
+    except OSError as exc:
+        raise FedriskInputError(f"audit log is not writable ({exc.strerror})", file=str(path)) from None
+    try:
+        if previous is None:
+            os.fchmod(fd, 0o664)  # validators of the trainer's group append too, whatever the umask
         os.write(fd, line)
         os.fsync(fd)
     finally:

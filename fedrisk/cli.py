@@ -228,7 +228,7 @@ def _report(args: argparse.Namespace) -> int:
     from fedrisk.evidence import write_evidence
 
     out = Path(args.out or f"evidence-{args.run_id[:8]}")
-    page, data, head = write_evidence(_tracking_uri(args), args.run_id, out, default_actor())
+    page, data, head = write_evidence(_tracking_uri(args), args.run_id, out, default_actor(), args.audit_log)
     print(f"evidence pack {page} and {data}")
     print(f"MLflow run   {args.run_id}: attached as evidence/report.html and evidence/report.json")
     print(f"audit head   {head} (the pack's hashes are in the log)")
@@ -338,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_id")
     rep.add_argument("--out", help="folder (default: evidence-<run>)")
     rep.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    rep.add_argument("--audit-log", dest="audit_log", help="default: the log of the run's campaign")
     rep.set_defaults(func=_report)
     exp = sub.add_parser("explain", help="points scorecard and reason codes of a logistic model")
     exp.add_argument("model", help="MLflow model URI, e.g. models:/fedrisk-credit@challenger")

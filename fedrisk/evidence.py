@@ -105,8 +105,10 @@ def _audit_section(tags: dict[str, str], run_id: str) -> dict[str, Any]:
         check = audit.verify(path)
     except FedriskInputError as err:
         return {**section, "verification": f"not verified here: {err.one_line()}"}
-    problem = check.problem or audit.verify_anchors(path, {"this run": tags.get(audit.HEAD_TAG, "")})
-    section["verification"] = f"BROKEN: {problem}" if problem else "chain intact; the run's copy of the head matches"
+    head = tags.get(audit.HEAD_TAG)
+    problem = check.problem or (audit.verify_anchors(path, {"this run": head}) if head else None)
+    section["verification"] = (f"BROKEN: {problem}" if problem else "chain intact; the run's copy of the head matches"
+                               if head else "chain intact; this run holds no copy of the head (made before fedrisk audited)")
     events = []
     for _, line, _ in list(audit.read_entries(path))[: check.entries]:  # only entries the chain vouches for
         entry = json.loads(line)
@@ -258,9 +260,15 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
-def write_evidence(tracking_uri: str, run_id: str, out_dir: str | Path, actor: str) -> tuple[Path, Path, str]:
+def write_evidence(tracking_uri: str, run_id: str, out_dir: str | Path, actor: str,
+                   audit_log: str | None = None) -> tuple[Path, Path, str]:
     """Write report.html and report.json, attach them to the run and log their hashes."""
     client = MlflowClient(tracking_uri)
+    try:
+        tags = client.get_run(run_id).data.tags
+    except MlflowException:
+        raise FedriskInputError(f"MLflow run {run_id} not found at {tracking_uri}") from None
+    log = audit_log_of(tags, audit_log)  # first: a pack the log does not record is not attached
     evidence = build_evidence(tracking_uri, run_id)
     page = render_evidence(evidence, client, run_id)
     out = Path(out_dir)
@@ -270,8 +278,7 @@ def write_evidence(tracking_uri: str, run_id: str, out_dir: str | Path, actor: s
     json_path.write_text(json.dumps(nan_to_null(evidence), indent=1, default=str, allow_nan=False))
     client.log_artifact(run_id, str(html_path), "evidence")
     client.log_artifact(run_id, str(json_path), "evidence")
-    tags = client.get_run(run_id).data.tags
-    entry = audit_event(client, run_id, audit_log_of(tags), "evidence_pack", actor, {
+    entry = audit_event(client, run_id, log, "evidence_pack", actor, {
         "html_sha256": hashlib.sha256(html_path.read_bytes()).hexdigest(),
         "json_sha256": hashlib.sha256(json_path.read_bytes()).hexdigest()})
     return html_path, json_path, audit.head_tag(entry)

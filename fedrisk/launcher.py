@@ -95,8 +95,11 @@ def simulate(
         names = preflight(config) if check_inputs else institution_names(config.data)
     except FedriskInputError as err:  # a refusal before any round is a decision too
         kind = "budget" if isinstance(err, BudgetExhaustedError) else "input"
-        audit.append(config.audit.path, "campaign_refused", config.audit.actor or audit.default_actor(),
-                     {"campaign": campaign, "kind": kind, "reason": err.one_line()})
+        try:
+            audit.append(config.audit.path, "campaign_refused", config.audit.actor or audit.default_actor(),
+                         {"campaign": campaign, "kind": kind, "reason": err.one_line()})
+        except FedriskInputError as audit_error:  # the refusal's own reason is what the user needs
+            logging.getLogger("fedrisk").warning("not in the audit log: %s", audit_error.one_line())
         raise
 
     from clients.client_app import app as client_app

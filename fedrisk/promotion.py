@@ -82,8 +82,10 @@ def _set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[
         client.set_model_version_tag(name, version, key, value)
 
 
-def logged_approvals(log: str, name: str, version: str) -> list[dict[str, Any]]:
-    """Approvals of a version in the log since its last promotion; the log must be intact."""
+def logged_approvals(log: str, name: str, version: str, run_id: str) -> list[dict[str, Any]]:
+    """Approvals of a version in the log since its last promotion; the log must be intact.
+    The training run binds them: a version number is reused by a re-created model or
+    another store writing to the same log."""
     check = audit.verify(log)
     if not check.intact:
         raise PromotionRefused(f"the audit log is broken ({check.problem}): no promotion until it is repaired")
@@ -91,7 +93,7 @@ def logged_approvals(log: str, name: str, version: str) -> list[dict[str, Any]]:
     for _, line, _ in audit.read_entries(log):
         entry = json.loads(line)
         details = entry["details"]
-        if details.get("model") != name or str(details.get("version")) != version:
+        if details.get("model") != name or str(details.get("version")) != version or details.get("run_id") != run_id:
             continue
         if entry["event"] == "approval":
             found.append({"approver": entry["actor"], "time": entry["time"], **{k: details.get(k) for k in (
@@ -153,7 +155,7 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
         return (a["verdict"] == verdict and a["policy_sha256"] == policy_sha256(policy)
                 and (bool(a["override"]) or not blocked))
 
-    counted = [a for a in logged_approvals(log, name, version) if counts(a)]
+    counted = [a for a in logged_approvals(log, name, version, run_id) if counts(a)]
     if any(normalise_name(a["approver"]) == normalise_name(approver) for a in counted):
         raise PromotionRefused(f"{where}: {approver} has already approved; a second, different approver is needed")
     entry = audit_event(client, run_id, log, "approval", approver, {

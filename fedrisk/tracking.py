@@ -152,6 +152,7 @@ class CampaignRun(TrackedRun):
     def __init__(self, config: CampaignConfig, campaign: str) -> None:
         self.config = config
         self.campaign = campaign
+        self.ended = False  # its campaign_ended entry is written
         self.actor = config.audit.actor or audit.default_actor()
         tags = {
             "fedrisk.trainer": self.actor,

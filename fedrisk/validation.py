@@ -118,6 +118,7 @@ def validate_run(
     if run.info.lifecycle_stage == "deleted":
         raise FedriskInputError(f"MLflow run {run_id} is deleted")
     tags, metrics = run.data.tags, run.data.metrics
+    log = audit_log_of(tags, audit_log)  # before any change: a verdict the log lacks must not stand
     policy = load_policy(policy_path or campaign_policy_path(run), tags.get("fedrisk.task", "credit"))
     # Every institution that took part must be judged; one without metrics fails its rules.
     institutions = sorted(n for n in tags.get("fedrisk.institutions", "").split(",") if n)
@@ -164,11 +165,11 @@ def validate_run(
         gate_tags["fedrisk.gate.alias"] = CHALLENGER if verdict.verdict != "block" else "none"
     for key, value in gate_tags.items():
         client.set_tag(run_id, key, value)
-    entry = audit_event(client, run_id, audit_log_of(tags, audit_log), "gate_verdict", actor or audit.default_actor(), {
+    entry = audit_event(client, run_id, log, "gate_verdict", actor or audit.default_actor(), {
         "policy": policy.name, "policy_sha256": policy_sha256(policy), "verdict": verdict.verdict,
         "failed_rules": failed, "warnings": warned, "model_version": gate_tags.get("fedrisk.gate.model_version"),
     })
     if model_uri:
-        for key, value in audit.anchor_tags(audit_log_of(tags, audit_log), entry).items():
+        for key, value in audit.anchor_tags(log, entry).items():
             client.set_model_version_tag(name, version, key, value)
     return verdict

@@ -102,6 +102,7 @@ def collect_statistics(
     for name in [n for n, s in stats.items() if not s["data"]["quality"]["passed"]]:
         mine = stats.pop(name)["data"]
         errors[name] = exclusion_reason(name, mine["source"], mine["quality"])
+        data[name]["excluded_for"] = "quality"
     return names, stats, errors, data
 
 
@@ -237,7 +238,7 @@ def app_for(config: CampaignConfig, campaign: str) -> ServerApp:
 
 
 def _exclusion_kind(name: str, data: dict[str, dict]) -> str:
-    return "quality" if name in data and not data[name]["quality"]["passed"] else "input"
+    return data.get(name, {}).get("excluded_for", "input")
 
 
 def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
@@ -260,7 +261,8 @@ def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
         # the server's own text only for fedrisk's errors: others may quote a value
         reason = exc.one_line() if stopped else f"{type(exc).__name__} (see the server log)"
         try:
-            run.audit("campaign_ended", {"status": "stopped" if stopped else "failed", "reason": reason})
+            if not run.ended:  # a failure after the campaign's end (the gate) is not a second end
+                run.audit("campaign_ended", {"status": "stopped" if stopped else "failed", "reason": reason})
         except (FedriskInputError, OSError) as audit_error:
             log(WARNING, "audit log: %s", audit_error)
         raise
@@ -410,6 +412,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         "institutions": sorted(stats), "excluded": sorted(strategy.excluded), "stop_reason": stop_reason or None,
         "test_auc": test.get("test_auc"),
     })
+    run.ended = True
     if config.gate.enabled and test_parts:
         try:
             verdict = validate_run(config.tracking.uri, run.run_id, config.gate.policy, actor=run.actor)
