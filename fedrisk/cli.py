@@ -279,6 +279,12 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    """Where a decision about a run is read and recorded: its MLflow store and audit log."""
+    parser.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--audit-log", dest="audit_log", help="default: the log of the run's campaign")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedrisk", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -297,8 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="apply a gate policy to a campaign's MLflow run")
     val.add_argument("run_id")
     val.add_argument("--policy", help="policy YAML (default: the campaign's gate.policy, else configs/gate_<task>.yaml)")
-    val.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
-    val.add_argument("--audit-log", dest="audit_log", help="default: the log of the run's campaign")
+    _store_options(val)
     val.set_defaults(func=_validate)
     mon = sub.add_parser("monitor", help="watch a registered model's new data windows for drift")
     mon.add_argument("model", nargs="?", help="NAME@ALIAS or NAME/VERSION, e.g. fedrisk-credit@challenger")
@@ -317,15 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     pro.add_argument("--approver", required=True, help="your name; not the campaign's trainer")
     pro.add_argument("--override", action="store_true", help="approve a version the gate blocked")
     pro.add_argument("--justification", help="why a blocked version should serve (with --override)")
-    pro.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
-    pro.add_argument("--audit-log", dest="audit_log", help="default: the log of the version's campaign")
+    _store_options(pro)
     pro.set_defaults(func=_promote)
     rol = sub.add_parser("rollback", help="give the champion alias back to the previous champion")
     rol.add_argument("model", help="registered model name")
     rol.add_argument("--actor", help="who rolls back (default: $FEDRISK_ACTOR or the OS user)")
     rol.add_argument("--reason")
-    rol.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
-    rol.add_argument("--audit-log", dest="audit_log", help="default: the log of the version's campaign")
+    _store_options(rol)
     rol.set_defaults(func=_rollback)
     aud = sub.add_parser("audit", help="check the hash-chained audit log")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True)
@@ -337,8 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="the validators' evidence pack of a campaign run (HTML and JSON)")
     rep.add_argument("run_id")
     rep.add_argument("--out", help="folder (default: evidence-<run>)")
-    rep.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
-    rep.add_argument("--audit-log", dest="audit_log", help="default: the log of the run's campaign")
+    _store_options(rep)
     rep.set_defaults(func=_report)
     exp = sub.add_parser("explain", help="points scorecard and reason codes of a logistic model")
     exp.add_argument("model", help="MLflow model URI, e.g. models:/fedrisk-credit@challenger")
