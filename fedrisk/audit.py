@@ -174,7 +174,8 @@ def verify(path: str | Path) -> Check:
     """Walk the chain from the first entry; stop at the first entry that is not as written."""
     path = Path(path)
     if not path.is_file():
-        raise FedriskInputError("audit log not found", file=str(path))
+        raise FedriskInputError("not a file: name the audit log itself" if path.exists() else "audit log not found",
+                                file=str(path))
     previous: dict[str, Any] | None = None
     log_id = None
     count = 0

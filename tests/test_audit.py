@@ -187,6 +187,8 @@ def test_cli_verify_exits_0_when_intact_and_1_naming_the_first_bad_entry(tmp_pat
     assert "BROKEN at entry 4 at line 4" in bad.stdout and "3 entries before it are intact" in bad.stdout
     missing = _cli("audit", "verify", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
     assert missing.returncode == 2 and "audit log not found" in missing.stderr
+    folder = _cli("audit", "verify", str(tmp_path), cwd=tmp_path)
+    assert folder.returncode == 2 and "not a file" in folder.stderr
 
 
 def test_an_empty_or_headless_log_is_broken(tmp_path):
