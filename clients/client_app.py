@@ -27,16 +27,20 @@ from fedrisk.errors import BUDGET_REFUSED_REPLY, INPUT_ERROR_REPLY, BudgetExhaus
 from fedrisk.fairness import GroupHistograms
 from fedrisk.fraud_metrics import FraudStats
 from fedrisk.metrics import EvalStats
+from clients.mods import institution_clipping_mod, secure_aggregation_mod
 
 torch.set_num_threads(1)
-app = ClientApp()
+app = ClientApp(mods=[secure_aggregation_mod])
 
 
 def _campaign(msg: Message, context: Context) -> tuple[ConfigRecord, str]:
     config = msg.content["config"]
     config_json = str(config["campaign-config"])
     names = json.loads(str(config["institutions"])) if "institutions" in config else None
-    name = institution.resolve_institution(config_from_json(config_json), dict(context.node_config), names)
+    node = dict(context.node_config)
+    name = institution.resolve_institution(config_from_json(config_json), node, names)
+    if "data-path" in node or "ledger-dir" in node:  # a deployed node's own file and ledger
+        config["campaign-config"] = institution.for_node(config_json, name, node)
     return config, name
 
 
@@ -134,7 +138,7 @@ def monitor(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[institution_clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     try:
         config, name = _campaign(msg, context)

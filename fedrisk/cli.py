@@ -85,7 +85,9 @@ def _print_outcome(config: Any, outcome: Any) -> int:
               f"{outcome.tags.get('fedrisk.gate.alias')}")
         if verdict == "block":
             print(f"blocked by   {outcome.tags.get('fedrisk.gate.failed_rules')}")
-    print(f"open the UI  mlflow ui --backend-store-uri {config.tracking.uri}")
+    uri = config.tracking.uri
+    print(f"open the UI  {uri}" if uri.startswith(("http://", "https://")) else
+          f"open the UI  mlflow ui --backend-store-uri {uri}")
     if verdict == "block":
         return BLOCKED_EXIT_CODE
     return 0 if outcome.status == "completed" else 1
@@ -352,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--pdo", type=float, default=20.0)
     exp.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
     exp.set_defaults(func=_explain)
+    from fedrisk.federation_cli import add_parser
+
+    add_parser(sub)
     return parser
 
 

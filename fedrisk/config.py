@@ -182,6 +182,37 @@ class Training(_Strict):
         None, description="warm start: an MLflow model URI whose weights and preprocessing the campaign starts from")
 
 
+class InstitutionPrivacy(_Strict):
+    """Institution-level DP: Flower's DP wrapper bounds what one institution's whole update
+    can change in the global model (clipping) and adds Gaussian noise to the average."""
+
+    enabled: bool = False
+    clipping: Literal["client", "server"] = Field(
+        "client", description="client: each institution clips its own update (works with secure aggregation)")
+    clipping_norm: float = Field(1.0, gt=0.0, description="L2 bound of one institution's update in a round")
+    noise_multiplier: float | None = Field(
+        None, gt=0.0, description="None: calibrated to target_epsilon over training.rounds")
+    target_epsilon: float = Field(10.0, gt=0.0, description="budget of the campaign, per institution's participation")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+
+
+class SecureAggregation(_Strict):
+    """Flower's SecAgg+: the server learns only the weighted sum of the institutions' weights."""
+
+    enabled: bool = False
+    num_shares: int = Field(3, gt=2, description="secret shares per institution, at most the institutions in a round")
+    reconstruction_threshold: int = Field(2, ge=2, description="shares needed to unmask; fewer live peers abort the round")
+    clipping_range: float = Field(32.0, gt=0.0, description="every model weight must stay within +/- this")
+    quantization_range: int = Field(2**22, ge=2**10, description="integer levels over [-clipping_range, clipping_range]")
+    timeout: float = Field(600.0, gt=0.0, description="seconds to wait for each protocol stage")
+
+    @model_validator(mode="after")
+    def _threshold(self) -> SecureAggregation:
+        if self.reconstruction_threshold >= self.num_shares:
+            raise ValueError("secure_aggregation.reconstruction_threshold must be below num_shares")
+        return self
+
+
 class Privacy(_Strict):
     enabled: bool = True
     target_epsilon: float = Field(3.0, gt=0.0, description="lifetime budget per institution")
@@ -194,6 +225,7 @@ class Privacy(_Strict):
     )
     accountant: Literal["rdp"] = "rdp"
     ledger_dir: str = ".fedrisk/ledger"
+    institution_level: InstitutionPrivacy = InstitutionPrivacy()
 
 
 class Evaluation(_Strict):
@@ -239,6 +271,7 @@ class CampaignConfig(_Strict):
     tracking: Tracking = Tracking()
     gate: Gate = Gate()
     audit: Audit = Audit()
+    secure_aggregation: SecureAggregation = SecureAggregation()
 
     @model_validator(mode="after")
     def _task_data(self) -> CampaignConfig:
@@ -255,6 +288,14 @@ class CampaignConfig(_Strict):
         if scenario not in allowed:
             raise ValueError(f"data.synthetic.drift.scenario '{scenario}' is not a {self.task} scenario "
                              f"(use one of: {', '.join(allowed)})")
+        inst = self.privacy.institution_level
+        if self.secure_aggregation.enabled and inst.enabled and inst.clipping == "server":
+            raise ValueError("privacy.institution_level.clipping 'server' needs each institution's update, which "
+                             "secure aggregation hides; use clipping 'client'")
+        expected = self.institution_count_hint()
+        if self.secure_aggregation.enabled and expected is not None and expected < self.secure_aggregation.num_shares:
+            raise ValueError(f"secure_aggregation.num_shares {self.secure_aggregation.num_shares} needs at least as "
+                             f"many institutions; {expected} configured")
         return self
 
     def institution_count_hint(self) -> int | None:

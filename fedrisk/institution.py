@@ -6,8 +6,10 @@ are loaded once per process and institution and kept in memory across rounds.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,9 @@ from fedrisk.preprocessing import Preprocessor, category_labels, local_statistic
 from fedrisk.privacy import PrivacyLedger
 from fedrisk.metrics import EvalStats, score_histograms
 from fedrisk.training import DPSettings, dp_sampling, train_local
+
+
+AGGREGATION_WEIGHT = "aggregation-weight"  # the train metric FedAvg and SecAgg+ weight an update by
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,29 @@ def resolve_institution(config: CampaignConfig, node_config: dict[str, Any], nam
             f"simulation partition {partition} has no institution ({len(names)} configured)"
         )
     return names[partition]
+
+
+def for_node(config_json: str, name: str, node_config: dict[str, Any]) -> str:
+    """The campaign as this institution's node runs it. A deployed node's operator names, in
+    its node config, the file of its own data (`data-path`) and its privacy ledger
+    (`ledger-dir`): the campaign's config, written at the server, cannot know them."""
+    raw = json.loads(config_json)
+    if "data-path" in node_config:
+        path = _absolute_node_path(name, "data-path", node_config["data-path"])
+        if not path.is_file():
+            raise FedriskInputError("node config data-path: no such file", institution=name, file=str(path))
+        raw["data"].update(source="files", files={name: str(path)}, path=None, institution_column=None,
+                           partition=None)
+    if "ledger-dir" in node_config:
+        raw["privacy"]["ledger_dir"] = str(_absolute_node_path(name, "ledger-dir", node_config["ledger-dir"]))
+    return json.dumps(raw, sort_keys=True)
+
+
+def _absolute_node_path(name: str, key: str, value: Any) -> Path:
+    path = Path(str(value))
+    if not path.is_absolute():
+        raise FedriskInputError(f"node config {key} must be an absolute path", institution=name, file=str(value))
+    return path
 
 
 def statistics(config_json: str, name: str) -> dict[str, Any]:
@@ -150,6 +178,8 @@ def train_round(
     metrics.update(
         {
             "num-examples": float(result.examples),
+            # the average's weight: uniform under institution-level DP, whose noise assumes it
+            AGGREGATION_WEIGHT: 1.0 if config.privacy.institution_level.enabled else float(result.examples),
             "train-loss": result.mean_loss,
             "steps": float(result.steps),
             "train-seconds": result.seconds,

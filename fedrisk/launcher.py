@@ -18,7 +18,7 @@ from fedrisk.config import CampaignConfig
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.institution import check_delta, sampling_plan
-from fedrisk.privacy import PrivacyLedger, calibrate_noise_multiplier
+from fedrisk.privacy import PrivacyLedger, calibrate_noise_multiplier, institution_noise_multiplier
 from fedrisk.tracking import find_campaign_run
 
 if TYPE_CHECKING:
@@ -53,6 +53,9 @@ def preflight(config: CampaignConfig) -> list[str]:
             f"{config.training.min_institutions}"
         )
     pv = config.privacy
+    inst = pv.institution_level
+    if inst.enabled:  # the campaign's institution-level budget must pay for its rounds
+        institution_noise_multiplier(inst.target_epsilon, inst.delta, config.training.rounds, inst.noise_multiplier)
     seen: dict[str, str] = {}
     for name in names:
         data = load_institution(config.data, name, config.seed)

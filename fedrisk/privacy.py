@@ -99,6 +99,36 @@ def calibrate_noise_multiplier(
     return high
 
 
+def institution_noise_multiplier(
+    target_epsilon: float, delta: float, rounds: int, noise_multiplier: float | None = None
+) -> float:
+    """Noise multiplier of institution-level DP for a campaign, checked against its budget.
+
+    One Gaussian release of the clipped average per round, every institution in every round:
+    sample rate 1 (no amplification by sampling claimed), accounted like the record level.
+    """
+    if noise_multiplier is None:
+        try:
+            return calibrate_noise_multiplier(target_epsilon, delta, 1.0, rounds, max_noise_multiplier=1000.0)
+        except BudgetExhaustedError:
+            raise BudgetExhaustedError(
+                f"privacy.institution_level.target_epsilon {target_epsilon:g} cannot pay for {rounds} rounds "
+                "at any noise multiplier up to 1000"
+            ) from None
+    spent = institution_epsilon(noise_multiplier, rounds, delta)
+    if spent > target_epsilon:
+        raise BudgetExhaustedError(
+            f"privacy.institution_level.noise_multiplier {noise_multiplier:g} spends epsilon {spent:.3f} over "
+            f"{rounds} rounds at delta {delta:g}, above target_epsilon {target_epsilon:g}"
+        )
+    return noise_multiplier
+
+
+def institution_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
+    """Institution-level epsilon after `rounds` releases (sample rate 1, RDP accountant)."""
+    return epsilon_spent([(noise_multiplier, 1.0, rounds)], delta)
+
+
 @dataclass
 class PrivacyLedger:
     """What one institution's data has spent, across rounds and campaigns.

@@ -25,12 +25,16 @@ from fedrisk.data_quality import exclusion_reason
 from fedrisk.drift import SCORE, build_reference, coarsen, fine_grid
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import merge_group_histograms
+from fedrisk.institution import AGGREGATION_WEIGHT
 from fedrisk.metrics import EvalStats, calibration_bands, importance_from_histograms
 from fedrisk.models import build_model
 from fedrisk.preprocessing import Preprocessor, fit_preprocessor, merge_statistics, missing_counts
+from fedrisk.privacy import institution_noise_multiplier
 from fedrisk.tracking import CampaignRun
 from fedrisk.validation import STATISTICS_ARTIFACT, statistics_to_dict, validate_run
 from fedrisk.warning_levels import POOLED, ranking_metrics
+from server.institution_privacy import with_institution_dp
+from server.secure_aggregation import SecureAggregationFailed, SecureAggregationGrid
 from server.strategy import (
     CampaignFedAvg,
     CampaignFedProx,
@@ -249,7 +253,9 @@ def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
         "code_version": run.tags["fedrisk.code_version"],
         "institutions_expected": config.institution_count_hint(), "rounds": config.training.rounds,
         "privacy": {"enabled": config.privacy.enabled, "target_epsilon": config.privacy.target_epsilon,
-                    "delta": config.privacy.delta, "accountant": config.privacy.accountant},
+                    "delta": config.privacy.delta, "accountant": config.privacy.accountant,
+                    "institution_level": config.privacy.institution_level.model_dump(mode="json")},
+        "secure_aggregation": config.secure_aggregation.model_dump(mode="json"),
         "warm_start": config.training.initial_model,
     }
     try:
@@ -314,11 +320,15 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
 
     strategy_cls = CampaignFedProx if tr.strategy == "fedprox" else CampaignFedAvg
     kwargs = {"proximal_mu": tr.proximal_mu} if tr.strategy == "fedprox" else {}
+    inst_dp = config.privacy.institution_level
+    noise = (institution_noise_multiplier(inst_dp.target_epsilon, inst_dp.delta, tr.rounds, inst_dp.noise_multiplier)
+             if inst_dp.enabled else None)  # a budget the rounds would overspend stops the campaign here
     strategy = strategy_cls(
         fraction_train=tr.fraction,
         min_train_nodes=tr.min_institutions,
         min_evaluate_nodes=tr.min_institutions,
         min_available_nodes=tr.min_institutions,
+        weighted_by_key=AGGREGATION_WEIGHT,
         **kwargs,
     )
     bar = tqdm(total=tr.rounds, desc="fedrisk", unit="round", file=sys.stderr, dynamic_ncols=True)
@@ -331,9 +341,17 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         strategy.exclude(name, reason, 0, _exclusion_kind(name, data))
     shared = {"campaign-config": config_to_json(config), "campaign": campaign,
               "preprocessor": preprocessor.to_json()}
+    runner = strategy if noise is None else with_institution_dp(strategy, inst_dp, noise, len(stats))
+    secure = config.secure_aggregation
+    if secure.enabled:  # the largest weight any institution can send: its training rows, or 1
+        max_weight = 1.0 if inst_dp.enabled else float(max(s["split_rows"]["train"] for s in stats.values()))
+        grid = SecureAggregationGrid(grid, secure, max_weight)
+        run.set_tags({"fedrisk.secure_aggregation": f"SecAgg+ (num_shares {secure.num_shares}, reconstruction_"
+                      f"threshold {secure.reconstruction_threshold}, clipping_range {secure.clipping_range:g}, "
+                      f"max_weight {max_weight:g})"})
     stop_reason = ""
     try:
-        strategy.start(
+        runner.start(
             grid=grid,
             initial_arrays=initial,
             num_rounds=tr.rounds,
@@ -341,11 +359,14 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
             train_config=ConfigRecord(dict(shared)),
             evaluate_config=ConfigRecord(dict(shared)),
         )
-    except CampaignStopped as stop:
+    except (CampaignStopped, SecureAggregationFailed) as stop:
         stop_reason = str(stop)
         log(WARNING, "campaign stopped: %s", stop_reason)
     finally:
         bar.close()
+    if isinstance(grid, SecureAggregationGrid):
+        for step, seconds in enumerate(grid.seconds, start=1):
+            run.log_metrics({"secure_aggregation_seconds": seconds}, step=step)
 
     final = strategy.latest_arrays or initial
     replies = strategy.usable_replies(
@@ -375,6 +396,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
             "federation_epsilon": max(strategy.epsilon.values()) if strategy.epsilon else None,
             "institutions": strategy.privacy,
             "refused": {n: e for n, e in strategy.excluded.items() if e["kind"] == "budget"},
+            "institution_level": strategy.institution_privacy or None,
         },
         "privacy/ledger_snapshot.json",
     )
@@ -399,6 +421,11 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
             f"{max(strategy.epsilon.values()):.4f} (max over institutions, delta="
             f"{config.privacy.delta:g}, accountant={config.privacy.accountant})"
         )
+    if strategy.institution_privacy:
+        ip = strategy.institution_privacy
+        tags["fedrisk.institution_epsilon"] = (
+            f"{ip['epsilon']:.4f} (institution level, delta={ip['delta']:g}, accountant=rdp, "
+            f"{inst_dp.clipping}-side clipping {ip['clipping_norm']:g}, noise multiplier {ip['noise_multiplier']:.4g})")
     if stop_reason:
         tags["fedrisk.stop_reason"] = stop_reason
     if strategy.excluded:
@@ -409,6 +436,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
         "status": tags["fedrisk.status"], "rounds_completed": strategy.rounds_done, "model_uri": model_uri,
         "epsilon_max": max(strategy.epsilon.values()) if strategy.epsilon else None,
         "delta": config.privacy.delta, "accountant": config.privacy.accountant,
+        "institution_epsilon": strategy.institution_privacy.get("epsilon"),
         "institutions": sorted(stats), "excluded": sorted(strategy.excluded), "stop_reason": stop_reason or None,
         "test_auc": test.get("test_auc"),
     })

@@ -130,6 +130,7 @@ class CampaignMixin:
         self.privacy: dict[str, dict[str, float]] = {}
         self.latest_arrays: ArrayRecord | None = None
         self.latest_validation: dict[str, float] = {}
+        self.institution_privacy: dict[str, float | str] = {}  # set by the institution-level DP wrapper
         self.rounds_done = 0
         self._round_start = 0.0
 

@@ -1,0 +1,223 @@
+"""A real Flower deployment of fedrisk: SuperLink, SuperNodes, the flwr CLI and an MLflow server.
+
+Each role is a Flower (or MLflow) command; this module builds those commands, so an operator
+can read and run them by hand, and starts, watches and stops them for a trial federation on
+one machine. It never imports flwr: it talks to Flower's processes and CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from fedrisk.errors import FedriskInputError
+from fedrisk.launcher import QUIET_ENV
+
+CONNECTION = "fedrisk"  # the SuperLink connection's name in $FLWR_HOME/config.toml
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # the Flower app: pyproject.toml, server/, clients/
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _tool(name: str) -> str:
+    """A console script of this environment (flwr, flower-superlink, mlflow, ...)."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise FedriskInputError(f"'{name}' is not installed in this environment (pip install -e .)")
+    return found
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment of every Flower process: its own FLWR_HOME, no telemetry, no update
+    check, no runtime installs (the app's dependencies are installed with fedrisk)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # Flower starts its SuperExec
+    return {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home), "NO_COLOR": "1", "COLUMNS": "200", "PATH": path}
+
+
+def superlink_command(ca: Path, certificate: Path, private_key: Path, *, host: str = "127.0.0.1",
+                      port: int = 9093, database: Path | None = None) -> list[str]:
+    """The consortium's SuperLink: TLS on its one port, only registered SuperNodes admitted."""
+    cmd = [_tool("flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(certificate),
+           "--ssl-keyfile", str(private_key), "--enable-supernode-auth", "--host", host, "--port", str(port)]
+    return cmd + (["--database", str(database)] if database else [])
+
+
+def supernode_command(superlink: str, ca: Path | None, private_key: Path | None, institution: str, *,
+                      data_path: Path | None = None, ledger_dir: Path | None = None, port: int = 9094,
+                      max_retries: int | None = None) -> list[str]:
+    """An institution's SuperNode. Its node config names the institution and, when given, the
+    file of its own data and its privacy ledger: the campaign's config cannot see them."""
+    node_config = [f"institution='{institution}'"]
+    if data_path is not None:
+        node_config.append(f"data-path='{Path(data_path).resolve()}'")
+    if ledger_dir is not None:
+        node_config.append(f"ledger-dir='{Path(ledger_dir).resolve()}'")
+    cmd = [_tool("flower-supernode"), "--superlink", superlink]
+    cmd += ["--root-certificates", str(ca)] if ca is not None else ["--insecure"]
+    if private_key is not None:
+        cmd += ["--auth-supernode-private-key", str(private_key)]
+    cmd += ["--port", str(port), "--node-config", " ".join(node_config)]
+    return cmd + (["--max-retries", str(max_retries)] if max_retries is not None else [])
+
+
+def tracking_server_command(store: Path, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """MLflow's tracking server on a SQLite store, serving artifacts itself (validators browse it)."""
+    store = Path(store).resolve()
+    return [_tool("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination", str(store / "artifacts"), "--host", host, "--port", str(port),
+            "--workers", "1"]
+
+
+def write_connection(flwr_home: Path, address: str, ca: Path) -> Path:
+    """The flwr CLI's connection to the SuperLink, over TLS checked against the consortium's CA."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path = flwr_home / "config.toml"
+    path.write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+                    f'address = "{address}"\nroot-certificates = "{Path(ca).resolve()}"\n')
+    return path
+
+
+def flwr(flwr_home: Path, *args: str, timeout: float = 120.0) -> dict:
+    """One flwr CLI command with JSON output; a failure raises with Flower's own message."""
+    done = subprocess.run([_tool("flwr"), *args, "--format", "json"], env=flower_env(flwr_home),
+                          capture_output=True, text=True, timeout=timeout, cwd=flwr_home)
+    text = ANSI.sub("", done.stdout)
+    try:
+        out = json.loads(text[text.index("{"):])
+    except ValueError:
+        out = {"success": False, "error-message": (text + done.stderr).strip()[-500:]}
+    if done.returncode != 0 or not out.get("success", True):
+        message = str(out.get("error-message") or out).strip().splitlines()
+        raise FedriskInputError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''}: "
+                                f"{message[-1] if message else 'failed'}")
+    return out
+
+
+def register(flwr_home: Path, public_key: Path, institution: str) -> str:
+    """Admit an institution's key: only registered SuperNodes may connect. Returns the node id."""
+    return str(flwr(flwr_home, "supernode", "register", str(public_key), CONNECTION, "--name", institution)["node-id"])
+
+
+def nodes(flwr_home: Path) -> list[dict]:
+    return list(flwr(flwr_home, "supernode", "list", CONNECTION).get("nodes", []))
+
+
+def submit(flwr_home: Path, run_config: dict[str, str], app_dir: Path = PROJECT_DIR) -> str:
+    """Start a campaign on the federation; returns Flower's run id."""
+    # as a TOML file: Flower's inline KEY=VALUE form splits JSON values at their spaces
+    file = flwr_home / f"run-{uuid.uuid4().hex}.toml"
+    file.write_text("".join(f"{k} = {json.dumps(str(v))}\n" for k, v in run_config.items()))
+    return str(flwr(flwr_home, "run", str(app_dir), CONNECTION, "--run-config", str(file))["run-id"])
+
+
+def run_status(flwr_home: Path, run_id: str) -> str:
+    runs = flwr(flwr_home, "ls", CONNECTION, "--run-id", run_id).get("runs", [])
+    return str(runs[0]["status"]) if runs else "unknown"
+
+
+def wait_for_run(flwr_home: Path, run_id: str, timeout: float, progress: IO[str] | None = sys.stderr) -> str:
+    """Poll until the run finishes; `flwr run --stream` would exit 0 even when it failed."""
+    deadline = time.monotonic() + timeout
+    started, shown = time.monotonic(), ""
+    while time.monotonic() < deadline:
+        status = run_status(flwr_home, run_id)
+        if progress is not None and status != shown:
+            print(f"fedrisk: run {run_id} {status} ({time.monotonic() - started:.0f} s)", file=progress)
+            shown = status
+        if status.startswith("finished"):
+            return status
+        time.sleep(1.0)
+    raise FedriskInputError(f"run {run_id} did not finish within {timeout:.0f} s (status {shown})")
+
+
+def server_log(flwr_home: Path, run_id: str) -> str:
+    done = subprocess.run([_tool("flwr"), "log", run_id, CONNECTION, "--show"], env=flower_env(flwr_home),
+                          capture_output=True, text=True, timeout=120, cwd=flwr_home)
+    return ANSI.sub("", done.stdout + done.stderr)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_https(url: str, ca: Path | None, process: subprocess.Popen | None = None,
+                   timeout: float = 60.0) -> None:
+    """Until `url` answers (over TLS checked against `ca` when given) or its process exits."""
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, context=context, timeout=5):
+                return
+        except OSError as err:
+            if process is not None and process.poll() is not None:
+                raise FedriskInputError(f"{url}: the process serving it exited ({process.returncode})") from None
+            if time.monotonic() > deadline:
+                raise FedriskInputError(f"{url} did not answer within {timeout:.0f} s ({err})") from None
+            time.sleep(0.3)
+
+
+@dataclass
+class Processes:
+    """Processes this program started, each in its own session so that stopping one also
+    stops what it spawned (Flower's SuperExec). Stopped by process id, never by name."""
+
+    logs: Path
+    started: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (the process owns it)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+        log.close()
+        self.started[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return ANSI.sub("", path.read_text(errors="replace")) if path.exists() else ""
+
+    def stop(self, name: str, grace: float = 10.0) -> int | None:
+        proc = self.started.pop(name)
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(grace)
+        _signal_group(proc, signal.SIGKILL)  # children left behind in its session
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.started)):  # nodes before the link, the link before MLflow
+            self.stop(name)
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # start_new_session: the group id is the process id
+    except (ProcessLookupError, PermissionError):
+        pass

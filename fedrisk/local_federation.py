@@ -1,0 +1,149 @@
+"""A whole federation on one machine, as real processes: for trials, tests and benchmarks.
+
+The same pieces a consortium runs on separate machines: certificates from the project's own
+script, an MLflow tracking server, a TLS SuperLink admitting only registered keys, and one
+authenticated SuperNode per institution reading its own file. Everything lives under one
+folder and is stopped by process id when the federation closes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from fedrisk.certificates import make_node_key, make_server_certificates
+from fedrisk.errors import FedriskInputError
+from fedrisk.federation import (
+    Processes,
+    flower_env,
+    free_port,
+    nodes,
+    register,
+    server_log,
+    submit,
+    superlink_command,
+    supernode_command,
+    tracking_server_command,
+    wait_for_https,
+    wait_for_run,
+    write_connection,
+)
+
+
+@dataclass
+class LocalFederation:
+    folder: Path
+    processes: Processes
+    flwr_home: Path
+    ca: Path
+    superlink: str            # host:port of the SuperLink
+    tracking_uri: str | None  # the MLflow server's, when started
+    node_ids: dict[str, str]  # institution -> Flower node id
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.processes.stop_all()
+
+
+def _say(progress: IO[str] | None, text: str) -> None:
+    if progress is not None:
+        print(f"fedrisk: {text}", file=progress, flush=True)
+
+
+def start_federation(
+    folder: str | Path,
+    institutions: list[str],
+    *,
+    data_paths: dict[str, Path] | None = None,
+    tracking: bool = True,
+    node_timeout: float = 90.0,
+    progress: IO[str] | None = sys.stderr,
+) -> LocalFederation:
+    """Start the federation; on any failure, stop what was started and raise."""
+    root = Path(folder).resolve()
+    if root.exists() and any(root.iterdir()):
+        raise FedriskInputError("the federation folder is not empty: a trial starts from new keys", file=str(root))
+    processes = Processes(root / "logs")
+    try:
+        return _start(root, institutions, data_paths or {}, tracking, node_timeout, processes, progress)
+    except BaseException:
+        processes.stop_all()
+        raise
+
+
+def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tracking: bool,
+           node_timeout: float, processes: Processes, progress: IO[str] | None) -> LocalFederation:
+    flwr_home = root / "flwr"
+    env = flower_env(flwr_home)
+    certs = make_server_certificates(root / "certs")
+    _say(progress, f"certificates in {root / 'certs'} (CA, SuperLink certificate for localhost)")
+    tracking_uri = None
+    if tracking:
+        port = free_port()
+        mlflow_server = processes.start("mlflow", tracking_server_command(root / "mlflow", port=port), env, root)
+        tracking_uri = f"http://127.0.0.1:{port}"
+    port = free_port()
+    superlink = f"127.0.0.1:{port}"
+    link = processes.start("superlink", superlink_command(certs.ca_certificate, certs.certificate,
+                                                          certs.private_key, port=port,
+                                                          database=root / "superlink.db"), env, root)
+    wait_for_https(f"https://{superlink}/health", certs.ca_certificate, link)
+    _say(progress, f"SuperLink on {superlink} (TLS, SuperNode authentication)")
+    write_connection(flwr_home, superlink, certs.ca_certificate)
+    node_ids = {}
+    for name in institutions:
+        key = make_node_key(root / "institutions" / name / "keys", name)
+        node_ids[name] = register(flwr_home, key.public_key, name)
+        processes.start(f"supernode-{name}", supernode_command(
+            superlink, certs.ca_certificate, key.private_key, name, data_path=data_paths.get(name),
+            ledger_dir=root / "institutions" / name / "ledger", port=free_port()), env, root / "institutions" / name)
+    _say(progress, f"{len(institutions)} institution keys registered, SuperNodes started")
+    deadline = time.monotonic() + node_timeout
+    while sum(n.get("status") == "online" for n in nodes(flwr_home)) < len(institutions):
+        for name in institutions:
+            proc = processes.started[f"supernode-{name}"]
+            if proc.poll() is not None:
+                raise FedriskInputError(f"institution {name}: SuperNode exited ({proc.returncode}): "
+                                        f"{_last_line(processes.log(f'supernode-{name}'))}")
+        if time.monotonic() > deadline:
+            raise FedriskInputError(f"SuperNodes not online within {node_timeout:.0f} s (see {root / 'logs'})")
+        time.sleep(0.5)
+    if tracking_uri:
+        wait_for_https(f"{tracking_uri}/health", None, mlflow_server)
+        _say(progress, f"MLflow tracking server on {tracking_uri} (store {root / 'mlflow'})")
+    _say(progress, f"{len(institutions)} SuperNodes online")
+    return LocalFederation(root, processes, flwr_home, certs.ca_certificate, superlink, tracking_uri, node_ids)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def run_campaign(federation: LocalFederation, config_path: Path | None, overrides: dict, *,
+                 campaign: str | None = None, timeout: float = 3600.0,
+                 progress: IO[str] | None = sys.stderr) -> tuple[str, str, float]:
+    """Submit a campaign to the federation and wait: (campaign id, Flower's final status, seconds)."""
+    campaign = campaign or uuid.uuid4().hex
+    if federation.tracking_uri:
+        overrides = {**overrides, "tracking.uri": federation.tracking_uri}
+    run_config = {"config-path": str(Path(config_path).resolve()) if config_path else "",
+                  "overrides": json.dumps(overrides), "campaign-id": campaign}
+    started = time.monotonic()
+    run_id = submit(federation.flwr_home, run_config)
+    _say(progress, f"campaign {campaign} submitted as Flower run {run_id}")
+    status = wait_for_run(federation.flwr_home, run_id, timeout, progress)
+    seconds = time.monotonic() - started
+    log = server_log(federation.flwr_home, run_id)
+    (federation.folder / "logs" / f"serverapp-{run_id}.log").write_text(log)
+    if status != "finished:completed":
+        _say(progress, f"the ServerApp's log ends with: {_last_line(log)}")
+    return campaign, status, seconds
+

@@ -1,0 +1,72 @@
+"""Institution-level DP: Flower's fixed-clipping DP wrappers around the campaign strategy.
+
+The wrapper bounds each institution's update (clipped by the institution, or by the server)
+and adds Gaussian noise of standard deviation z*C/n to the uniform average of n updates. What
+this adds to Flower's wrapper:
+- exclusions first: an institution's error reply is recorded and the others are averaged
+  (the wrapper alone would skip the round);
+- n is the number of institutions actually averaged that round, so the noise matches it;
+- the noised model is the campaign's model (the strategy keeps the last aggregate);
+- the campaign's institution-level epsilon is logged each round by the RDP accountant used at
+  the record level (Flower's own accountant needs the `flwr[dp]` extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+)
+
+from fedrisk.config import InstitutionPrivacy
+from fedrisk.privacy import institution_epsilon
+from server.strategy import CampaignMixin
+
+
+class _Accounted:
+    strategy: CampaignMixin
+    noise_multiplier: float
+    clipping_norm: float
+    num_sampled_clients: int
+    delta: float
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        campaign = self.strategy
+        usable = campaign.usable_replies(list(replies), server_round)
+        trained = sum(m.metadata.message_type == MessageType.TRAIN for m in usable)
+        self.num_sampled_clients = max(trained, 1)
+        arrays, metrics = super().aggregate_train(server_round, usable)  # type: ignore[misc]
+        if arrays is not None:
+            campaign.latest_arrays = arrays
+            epsilon = institution_epsilon(self.noise_multiplier, server_round, self.delta)
+            campaign.institution_privacy = {
+                "epsilon": epsilon, "delta": self.delta, "rounds": server_round, "accountant": "rdp",
+                "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm,
+                "noise_stddev": self.noise_multiplier * self.clipping_norm / self.num_sampled_clients,
+            }
+            campaign.run.log_metrics({"institution_epsilon": epsilon,
+                                      "institution_noise_stddev": campaign.institution_privacy["noise_stddev"]},
+                                     step=server_round)
+        return arrays, metrics
+
+
+class ClientSideClipping(_Accounted, DifferentialPrivacyClientSideFixedClipping):
+    """Each institution clips its own update (`clients.mods.institution_clipping_mod`)."""
+
+
+class ServerSideClipping(_Accounted, DifferentialPrivacyServerSideFixedClipping):
+    """The server clips each institution's update: it sees them, so no secure aggregation."""
+
+
+def with_institution_dp(
+    strategy: CampaignMixin, settings: InstitutionPrivacy, noise_multiplier: float, institutions: int
+) -> ClientSideClipping | ServerSideClipping:
+    wrapper_cls = ClientSideClipping if settings.clipping == "client" else ServerSideClipping
+    wrapper = wrapper_cls(strategy, noise_multiplier, settings.clipping_norm, max(institutions, 1))
+    wrapper.delta = settings.delta
+    return wrapper

@@ -1,0 +1,38 @@
+"""A deployed SuperNode's own settings: its data file and its privacy ledger."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedrisk.config import config_to_json, load_config
+from fedrisk.errors import FedriskInputError
+from fedrisk.generators.credit import generate_institution
+from fedrisk.institution import for_node, statistics
+
+
+def test_data_path_replaces_the_campaigns_layout_with_the_nodes_file(tmp_path):
+    frame = generate_institution(1, 3, 6000, 42)
+    frame.to_csv(tmp_path / "mine.csv", index=False)
+    campaign = config_to_json(load_config(None, {"institutions": 3}, work_dir=tmp_path))
+    mine = for_node(campaign, "inst02", {"institution": "inst02", "data-path": str(tmp_path / "mine.csv"),
+                                          "ledger-dir": str(tmp_path / "ledger")})
+    raw = json.loads(mine)
+    assert raw["data"]["source"] == "files" and raw["data"]["files"] == {"inst02": str(tmp_path / "mine.csv")}
+    assert raw["privacy"]["ledger_dir"] == str(tmp_path / "ledger")
+    stats = statistics(mine, "inst02")
+    assert stats["data"]["rows"] == len(frame)
+    assert stats["data"]["source"] == str(tmp_path / "mine.csv")
+
+
+@pytest.mark.parametrize("node, message", [
+    ({"data-path": "relative.csv"}, "institution inst01, file relative.csv: node config data-path must be an absolute"),
+    ({"data-path": "/no/such/file.csv"}, "institution inst01, file /no/such/file.csv: node config data-path: no such"),
+    ({"ledger-dir": "ledger"}, "institution inst01, file ledger: node config ledger-dir must be an absolute"),
+])
+def test_bad_node_settings_fail_in_one_line_naming_institution_and_file(tmp_path, node, message):
+    campaign = config_to_json(load_config(None, {"institutions": 3}, work_dir=tmp_path))
+    with pytest.raises(FedriskInputError) as err:
+        for_node(campaign, "inst01", node)
+    assert err.value.one_line().startswith(message)
