@@ -292,10 +292,6 @@ class CampaignConfig(_Strict):
         if self.secure_aggregation.enabled and inst.enabled and inst.clipping == "server":
             raise ValueError("privacy.institution_level.clipping 'server' needs each institution's update, which "
                              "secure aggregation hides; use clipping 'client'")
-        expected = self.institution_count_hint()
-        if self.secure_aggregation.enabled and expected is not None and expected < self.secure_aggregation.num_shares:
-            raise ValueError(f"secure_aggregation.num_shares {self.secure_aggregation.num_shares} needs at least as "
-                             f"many institutions; {expected} configured")
         return self
 
     def institution_count_hint(self) -> int | None:
@@ -307,6 +303,14 @@ class CampaignConfig(_Strict):
         if self.data.partition is not None:
             return self.data.partition.institutions
         return None
+
+
+def check_secure_aggregation(config: CampaignConfig, institutions: int) -> None:
+    """SecAgg+ shares each institution's secret among `num_shares` institutions: they must exist."""
+    secure = config.secure_aggregation
+    if secure.enabled and institutions < secure.num_shares:
+        raise FedriskInputError(f"secure_aggregation.num_shares {secure.num_shares} needs at least as many "
+                                f"institutions; {institutions} can take part")
 
 
 # Short command-line names for the keys users override most.

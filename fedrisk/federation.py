@@ -174,11 +174,12 @@ def wait_for_https(url: str, ca: Path | None, process: subprocess.Popen | None =
 
 @dataclass
 class Processes:
-    """Processes this program started, each in its own session so that stopping one also
-    stops what it spawned (Flower's SuperExec). Stopped by process id, never by name."""
+    """Processes this program started, and what they spawned (Flower's SuperExec detaches into a
+    session of its own, MLflow forks workers). Stopped by process id, never by name."""
 
     logs: Path
     started: dict[str, subprocess.Popen] = field(default_factory=dict)
+    stopped: list[int] = field(default_factory=list)  # every process id stopped, descendants included
 
     def start(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -194,15 +195,23 @@ class Processes:
         return ANSI.sub("", path.read_text(errors="replace")) if path.exists() else ""
 
     def stop(self, name: str, grace: float = 10.0) -> int | None:
+        """SIGTERM to the process and its descendants, SIGKILL to what is left after `grace`."""
         proc = self.started.pop(name)
-        if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait(grace)
-        _signal_group(proc, signal.SIGKILL)  # children left behind in its session
+        family = [proc.pid, *descendants(proc.pid)]
+        self.stopped += family
+        for pid in family:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while any(alive(pid) for pid in family) and time.monotonic() < deadline:
+            proc.poll()  # reaps our own child
+            time.sleep(0.1)
+        for pid in family:
+            if alive(pid):
+                _signal(pid, signal.SIGKILL)
+        proc.wait(grace)
+        deadline = time.monotonic() + grace
+        while any(alive(pid) for pid in family) and time.monotonic() < deadline:
+            time.sleep(0.1)
         return proc.returncode
 
     def stop_all(self) -> None:
@@ -216,8 +225,36 @@ class Processes:
         self.stop_all()
 
 
-def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
+def _stat(pid: int) -> list[str] | None:
     try:
-        os.killpg(proc.pid, sig)  # start_new_session: the group id is the process id
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # after "pid (name) ": state, ppid, ...
+
+
+def alive(pid: int) -> bool:
+    """Running or stopped, not gone and not a zombie waiting to be reaped."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of `pid`, from /proc (Linux)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo += parents.get(child, [])
+    return out
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass

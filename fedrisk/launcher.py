@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedrisk import audit
-from fedrisk.config import CampaignConfig
+from fedrisk.config import CampaignConfig, check_secure_aggregation
 from fedrisk.data import institution_names, load_institution, split_institution
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.institution import check_delta, sampling_plan
@@ -52,6 +52,7 @@ def preflight(config: CampaignConfig) -> list[str]:
             f"{len(names)} institution(s) configured, training.min_institutions is "
             f"{config.training.min_institutions}"
         )
+    check_secure_aggregation(config, len(names))
     pv = config.privacy
     inst = pv.institution_level
     if inst.enabled:  # the campaign's institution-level budget must pay for its rounds

@@ -20,7 +20,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from tqdm import tqdm
 
-from fedrisk.config import CampaignConfig, config_to_json, from_run_config
+from fedrisk.config import CampaignConfig, check_secure_aggregation, config_to_json, from_run_config
 from fedrisk.data_quality import exclusion_reason
 from fedrisk.drift import SCORE, build_reference, coarsen, fine_grid
 from fedrisk.errors import FedriskInputError
@@ -301,6 +301,7 @@ def _campaign_body(grid: Grid, config: CampaignConfig, campaign: str, run: Campa
             f"only {len(stats)} institution(s) with usable data, minimum is {tr.min_institutions}: "
             + "; ".join(errors.values())
         )
+    check_secure_aggregation(config, len(stats))
     preprocessor = fit_preprocessor(merge_statistics(list(stats.values())))
     model = build_model(config.model, preprocessor.width, config.seed)
     initial = ArrayRecord(model.state_dict())

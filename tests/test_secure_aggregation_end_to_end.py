@@ -78,9 +78,14 @@ def test_institution_budget_too_small_refused_before_any_round(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     ({"secure_aggregation.enabled": True, "privacy.institution_level.enabled": True,
       "privacy.institution_level.clipping": "server"}, "secure aggregation hides"),
-    ({"secure_aggregation.enabled": True, "secure_aggregation.num_shares": 4}, "needs at least as many institutions"),
     ({"secure_aggregation.reconstruction_threshold": 3}, "reconstruction_threshold must be below num_shares"),
 ])
 def test_impossible_secure_aggregation_settings_fail_on_load(tmp_path, extra, message):
     with pytest.raises(FedriskInputError, match=message):
         _config(tmp_path, "x", **extra)
+
+
+def test_more_shares_than_institutions_refused_before_any_round(tmp_path):
+    config = _config(tmp_path, "shares", **{"secure_aggregation.enabled": True, "secure_aggregation.num_shares": 4})
+    with pytest.raises(FedriskInputError, match="num_shares 4 needs at least as many institutions; 3 can take part"):
+        simulate(config)

@@ -1,0 +1,78 @@
+"""A real deployment on loopback: a TLS SuperLink admitting only registered keys, three
+authenticated SuperNodes each reading its own file, an MLflow tracking server, SecAgg+.
+Refusals of an unregistered and a plaintext node; every process stopped at the end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fedrisk import audit
+from fedrisk.certificates import make_node_key
+from fedrisk.federation import alive, flower_env, nodes, supernode_command
+from fedrisk.generators.credit import generate_institution
+from fedrisk.local_federation import run_campaign, start_federation
+from fedrisk.tracking import find_campaign_run
+
+pytestmark = pytest.mark.slow
+NAMES = ["inst01", "inst02", "inst03"]
+
+
+def _refused(federation, name: str, cmd: list[str], timeout: float = 90.0) -> tuple[int, str]:
+    """Start a SuperNode that should be turned away; its exit code and log."""
+    proc = federation.processes.start(name, cmd, flower_env(federation.flwr_home), federation.folder)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    log = federation.processes.log(name)
+    federation.processes.stop(name)
+    return proc.returncode, log
+
+
+def test_tls_federation_with_authenticated_nodes_and_secure_aggregation(tmp_path):
+    files = {}
+    for index, name in enumerate(NAMES):  # each institution's own file, on "its" machine
+        files[name] = tmp_path / "banks" / name / f"{name}.csv"
+        files[name].parent.mkdir(parents=True)
+        generate_institution(index, 3, 9000, 42).to_csv(files[name], index=False)
+    with start_federation(tmp_path / "federation", NAMES, data_paths=files, progress=None) as fed:
+        started = dict(fed.processes.started)
+        rogue = make_node_key(tmp_path / "rogue", "rogue")
+        code, log = _refused(fed, "rogue", supernode_command(fed.superlink, fed.ca, rogue.private_key, "inst01",
+                                                             port=19991))
+        assert code != 0 and "Failed to activate SuperNode" in log, log[-2000:]
+        code, log = _refused(fed, "plaintext", supernode_command(fed.superlink, None, None, "inst01", port=19992,
+                                                                 max_retries=2))
+        assert code != 0 and "Server disconnected without sending a response" in log, log[-2000:]
+        assert sorted(n["status"] for n in nodes(fed.flwr_home)) == ["online"] * 3
+
+        overrides = {"data.source": "files", "training.rounds": 2, "secure_aggregation.enabled": True,
+                     # the campaign's config names the institutions; each node reads the file its operator gave
+                     "data.files": {n: f"/not/on/the/server/{n}.csv" for n in NAMES},
+                     "audit.path": str(tmp_path / "audit.jsonl")}
+        campaign, status, _ = run_campaign(fed, None, overrides, timeout=1200, progress=None)
+        assert status == "finished:completed", fed.processes.log("superlink")[-3000:]
+        client = MlflowClient(fed.tracking_uri)
+        run = find_campaign_run(fed.tracking_uri, "fedrisk-credit", campaign)
+        tags = run.data.tags
+        assert tags["fedrisk.status"] == "completed" and tags["fedrisk.rounds_completed"] == "2"
+        assert tags["fedrisk.institutions"] == ",".join(NAMES)
+        assert tags["fedrisk.secure_aggregation"].startswith("SecAgg+")
+        assert 0.6 < run.data.metrics["test_auc"] < 0.9
+        assert tags["fedrisk.gate.verdict"] in {"pass", "warn", "block"}
+        name, version = tags["fedrisk.gate.model_version"].split("/")
+        assert client.get_model_version(name, version).run_id == run.info.run_id
+        assert audit.verify(tmp_path / "audit.jsonl").problem is None
+        entries = [json.loads(line) for _, line, _ in audit.read_entries(tmp_path / "audit.jsonl")]
+        sources = {e["details"]["institution"]: e["details"]["source"] for e in entries
+                   if e["event"] == "institution_data"}
+        assert sources == {n: str(p) for n, p in files.items()}  # each node read the file its operator named
+        assert (tmp_path / "federation" / "institutions" / "inst01" / "ledger").is_dir()  # the node's own ledger
+    for proc in started.values():
+        assert proc.poll() is not None
+    stopped = fed.processes.stopped
+    assert len(stopped) > len(started)  # SuperExec and MLflow's workers, found and stopped too
+    assert not [pid for pid in stopped if alive(pid)]
