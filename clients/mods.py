@@ -44,7 +44,7 @@ def _range_error(msg: Message, ctxt: Context, out: Message) -> Message | None:
                   f"{max_weight:g} for secure aggregation")
         return Message(Error(code=INPUT_ERROR_REPLY, reason=reason), reply_to=msg)
     largest = max((float(np.max(np.abs(a.numpy()))) for a in out.content["arrays"].values()), default=0.0)
-    if largest > clipping_range:
+    if not np.isfinite(largest) or largest > clipping_range:
         reason = (f"institution {name}: a model weight of magnitude {largest:.3g} is outside "
                   f"secure_aggregation.clipping_range {clipping_range:g}; raise it")
         return Message(Error(code=INPUT_ERROR_REPLY, reason=reason), reply_to=msg)

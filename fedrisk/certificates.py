@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,13 @@ def make_server_certificates(folder: str | Path, hosts: tuple[str, ...] = DEFAUL
     """A CA and the SuperLink's certificate signed by it, valid for `hosts` (names or IPs)."""
     if not hosts:
         raise FedriskInputError("the SuperLink certificate needs at least one host name or IP address")
+    if days < 1:
+        raise FedriskInputError(f"certificates must be valid for at least 1 day, not {days}")
     out = Path(folder)
+    for name in ("ca.key", "ca.crt", "server.key", "server.pem"):
+        if (out / name).exists():
+            raise FedriskInputError("exists already; keys and certificates are never overwritten (rotate into "
+                                    "a new folder)", file=str(out / name))
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{consortium} CA")])
@@ -98,10 +105,15 @@ def make_server_certificates(folder: str | Path, hosts: tuple[str, ...] = DEFAUL
     return paths
 
 
+def check_institution_name(name: str) -> None:
+    """Letters, digits, '_', '.', '-': the name goes into file names and Flower's node config."""
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name or ""):
+        raise FedriskInputError(f"'{name}' is not a usable institution name (letters, digits, '_', '.', '-')")
+
+
 def make_node_key(folder: str | Path, institution: str) -> NodeKey:
     """An institution's SuperNode key pair (ECDSA P-384, OpenSSH format, as Flower expects)."""
-    if not institution or "/" in institution or institution.startswith("."):
-        raise FedriskInputError(f"'{institution}' is not a usable institution name for a key file")
+    check_institution_name(institution)
     out = Path(folder)
     key = ec.generate_private_key(ec.SECP384R1())
     paths = NodeKey(out / institution, out / f"{institution}.pub")

@@ -204,12 +204,17 @@ class SecureAggregation(_Strict):
     reconstruction_threshold: int = Field(2, ge=2, description="shares needed to unmask; fewer live peers abort the round")
     clipping_range: float = Field(32.0, gt=0.0, description="every model weight must stay within +/- this")
     quantization_range: int = Field(2**22, ge=2**10, description="integer levels over [-clipping_range, clipping_range]")
-    timeout: float = Field(600.0, gt=0.0, description="seconds to wait for each protocol stage")
+    timeout: float = Field(3600.0, gt=0.0, description="seconds to wait for each protocol stage, local training included")
 
     @model_validator(mode="after")
     def _threshold(self) -> SecureAggregation:
         if self.reconstruction_threshold >= self.num_shares:
             raise ValueError("secure_aggregation.reconstruction_threshold must be below num_shares")
+        if self.num_shares % 2 == 0:  # Flower 1.41 sends an even count to clients and uses one more itself
+            raise ValueError("secure_aggregation.num_shares must be odd")
+        if 2 * self.reconstruction_threshold <= self.num_shares:
+            raise ValueError("secure_aggregation.reconstruction_threshold must be more than half of num_shares, "
+                             "or the server could rebuild an institution's secrets from two groups of shares")
         return self
 
 
@@ -289,6 +294,9 @@ class CampaignConfig(_Strict):
             raise ValueError(f"data.synthetic.drift.scenario '{scenario}' is not a {self.task} scenario "
                              f"(use one of: {', '.join(allowed)})")
         inst = self.privacy.institution_level
+        if inst.enabled and self.training.fraction != 1.0:
+            raise ValueError("privacy.institution_level needs training.fraction 1.0: its accounting assumes every "
+                             "institution in every round")
         if self.secure_aggregation.enabled and inst.enabled and inst.clipping == "server":
             raise ValueError("privacy.institution_level.clipping 'server' needs each institution's update, which "
                              "secure aggregation hides; use clipping 'client'")
@@ -311,6 +319,9 @@ def check_secure_aggregation(config: CampaignConfig, institutions: int) -> None:
     if secure.enabled and institutions < secure.num_shares:
         raise FedriskInputError(f"secure_aggregation.num_shares {secure.num_shares} needs at least as many "
                                 f"institutions; {institutions} can take part")
+    if secure.enabled and institutions * secure.quantization_range >= 2**32:  # the masked sum is taken mod 2^32
+        raise FedriskInputError(f"secure_aggregation.quantization_range {secure.quantization_range} times "
+                                f"{institutions} institutions overflows the protocol's 2^32; lower it")
 
 
 # Short command-line names for the keys users override most.

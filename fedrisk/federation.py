@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from fedrisk.certificates import check_institution_name
 from fedrisk.errors import FedriskInputError
 from fedrisk.launcher import QUIET_ENV
 
@@ -51,7 +52,8 @@ def superlink_command(ca: Path, certificate: Path, private_key: Path, *, host: s
                       port: int = 9093, database: Path | None = None) -> list[str]:
     """The consortium's SuperLink: TLS on its one port, only registered SuperNodes admitted."""
     cmd = [_tool("flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(certificate),
-           "--ssl-keyfile", str(private_key), "--enable-supernode-auth", "--host", host, "--port", str(port)]
+           "--ssl-keyfile", str(private_key), "--enable-supernode-auth", "--disable-runtime-dependency-installation", "--host", host,
+           "--port", str(port)]
     return cmd + (["--database", str(database)] if database else [])
 
 
@@ -60,6 +62,7 @@ def supernode_command(superlink: str, ca: Path | None, private_key: Path | None,
                       max_retries: int | None = None) -> list[str]:
     """An institution's SuperNode. Its node config names the institution and, when given, the
     file of its own data and its privacy ledger: the campaign's config cannot see them."""
+    check_institution_name(institution)
     node_config = [f"institution='{institution}'"]
     if data_path is not None:
         node_config.append(f"data-path='{Path(data_path).resolve()}'")
@@ -83,6 +86,8 @@ def tracking_server_command(store: Path, *, host: str = "127.0.0.1", port: int =
 
 def write_connection(flwr_home: Path, address: str, ca: Path) -> Path:
     """The flwr CLI's connection to the SuperLink, over TLS checked against the consortium's CA."""
+    if not Path(ca).is_file():
+        raise FedriskInputError("the consortium's CA certificate is not there", file=str(Path(ca).resolve()))
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
     path.write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
@@ -100,15 +105,23 @@ def flwr(flwr_home: Path, *args: str, timeout: float = 120.0) -> dict:
     except ValueError:
         out = {"success": False, "error-message": (text + done.stderr).strip()[-500:]}
     if done.returncode != 0 or not out.get("success", True):
-        message = str(out.get("error-message") or out).strip().splitlines()
-        raise FedriskInputError(f"flwr {args[0]} {args[1] if len(args) > 1 else ''}: "
-                                f"{message[-1] if message else 'failed'}")
+        message = _flower_message(str(out.get("error-message") or "") + "\n" + done.stderr)
+        raise FedriskInputError(f"flwr {' '.join(args[:2])}: {message or 'failed'}")
     return out
+
+
+def _flower_message(text: str) -> str:
+    """Flower's error text without its box drawing, on one line."""
+    lines = [ANSI.sub("", line).strip(" \t│╭╮╰╯─") for line in text.splitlines()]
+    return " ".join(line for line in lines if line and line != "Error")
 
 
 def register(flwr_home: Path, public_key: Path, institution: str) -> str:
     """Admit an institution's key: only registered SuperNodes may connect. Returns the node id."""
-    return str(flwr(flwr_home, "supernode", "register", str(public_key), CONNECTION, "--name", institution)["node-id"])
+    key = Path(public_key).resolve()
+    if not key.is_file():
+        raise FedriskInputError("public key not found", institution=institution, file=str(key))
+    return str(flwr(flwr_home, "supernode", "register", str(key), CONNECTION, "--name", institution)["node-id"])
 
 
 def nodes(flwr_home: Path) -> list[dict]:
@@ -216,7 +229,10 @@ class Processes:
 
     def stop_all(self) -> None:
         for name in reversed(list(self.started)):  # nodes before the link, the link before MLflow
-            self.stop(name)
+            try:
+                self.stop(name)
+            except subprocess.TimeoutExpired:  # go on stopping the others
+                pass
 
     def __enter__(self) -> Processes:
         return self

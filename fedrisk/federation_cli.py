@@ -82,6 +82,9 @@ def _register(args: argparse.Namespace) -> int:
 def _supernode(args: argparse.Namespace) -> int:
     from fedrisk.federation import flower_env, supernode_command
 
+    for option, value in (("--key", args.key), ("--ca", args.ca)):
+        if not Path(value).is_file():
+            raise FedriskInputError(f"{option}: no such file", institution=args.institution, file=str(Path(value).resolve()))
     data = Path(args.data).resolve() if args.data else None
     if data is not None and not data.is_file():
         raise FedriskInputError("--data: no such file", institution=args.institution, file=str(data))

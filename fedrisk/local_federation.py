@@ -68,6 +68,8 @@ def start_federation(
 ) -> LocalFederation:
     """Start the federation; on any failure, stop what was started and raise."""
     root = Path(folder).resolve()
+    if root.exists() and not root.is_dir():
+        raise FedriskInputError("not a folder", file=str(root))
     if root.exists() and any(root.iterdir()):
         raise FedriskInputError("the federation folder is not empty: a trial starts from new keys", file=str(root))
     processes = Processes(root / "logs")

@@ -5,7 +5,8 @@ and adds Gaussian noise of standard deviation z*C/n to the uniform average of n 
 this adds to Flower's wrapper:
 - exclusions first: an institution's error reply is recorded and the others are averaged
   (the wrapper alone would skip the round);
-- n is the number of institutions actually averaged that round, so the noise matches it;
+- n is fixed: an institution that drops out stops the campaign (a changing divisor would
+  break the accounting);
 - the noised model is the campaign's model (the strategy keeps the last aggregate);
 - the campaign's institution-level epsilon is logged each round by the RDP accountant used at
   the record level (Flower's own accountant needs the `flwr[dp]` extra).
@@ -23,7 +24,7 @@ from flwr.serverapp.strategy import (
 
 from fedrisk.config import InstitutionPrivacy
 from fedrisk.privacy import institution_epsilon
-from server.strategy import CampaignMixin
+from server.strategy import CampaignMixin, CampaignStopped
 
 
 class _Accounted:
@@ -39,7 +40,9 @@ class _Accounted:
         campaign = self.strategy
         usable = campaign.usable_replies(list(replies), server_round)
         trained = sum(m.metadata.message_type == MessageType.TRAIN for m in usable)
-        self.num_sampled_clients = max(trained, 1)
+        if trained != self.num_sampled_clients:  # the noise and its accounting assume n fixed
+            raise CampaignStopped(f"round {server_round}: {trained} of {self.num_sampled_clients} institutions "
+                                  "trained; institution-level DP is accounted for a fixed set of institutions")
         arrays, metrics = super().aggregate_train(server_round, usable)  # type: ignore[misc]
         if arrays is not None:
             campaign.latest_arrays = arrays

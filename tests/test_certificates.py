@@ -62,5 +62,8 @@ def test_keys_and_certificates_are_never_overwritten(tmp_path):
     make_server_certificates(tmp_path / "c")
     with pytest.raises(FedriskInputError, match="never overwritten"):
         make_server_certificates(tmp_path / "c")
-    with pytest.raises(FedriskInputError, match="not a usable institution name"):
-        make_node_key(tmp_path, "../x")
+    for bad in ("../x", "O'Brien Bank", ""):
+        with pytest.raises(FedriskInputError, match="not a usable institution name"):
+            make_node_key(tmp_path, bad)
+    with pytest.raises(FedriskInputError, match="at least 1 day"):
+        make_server_certificates(tmp_path / "d", days=0)

@@ -79,6 +79,9 @@ def test_institution_budget_too_small_refused_before_any_round(tmp_path):
     ({"secure_aggregation.enabled": True, "privacy.institution_level.enabled": True,
       "privacy.institution_level.clipping": "server"}, "secure aggregation hides"),
     ({"secure_aggregation.reconstruction_threshold": 3}, "reconstruction_threshold must be below num_shares"),
+    ({"secure_aggregation.num_shares": 4, "secure_aggregation.reconstruction_threshold": 3}, "num_shares must be odd"),
+    ({"secure_aggregation.num_shares": 5, "secure_aggregation.reconstruction_threshold": 2}, "more than half"),
+    ({"privacy.institution_level.enabled": True, "training.fraction": 0.5}, "needs training.fraction 1.0"),
 ])
 def test_impossible_secure_aggregation_settings_fail_on_load(tmp_path, extra, message):
     with pytest.raises(FedriskInputError, match=message):
@@ -86,6 +89,7 @@ def test_impossible_secure_aggregation_settings_fail_on_load(tmp_path, extra, me
 
 
 def test_more_shares_than_institutions_refused_before_any_round(tmp_path):
-    config = _config(tmp_path, "shares", **{"secure_aggregation.enabled": True, "secure_aggregation.num_shares": 4})
-    with pytest.raises(FedriskInputError, match="num_shares 4 needs at least as many institutions; 3 can take part"):
+    config = _config(tmp_path, "shares", **{"secure_aggregation.enabled": True, "secure_aggregation.num_shares": 5,
+                                             "secure_aggregation.reconstruction_threshold": 3})
+    with pytest.raises(FedriskInputError, match="num_shares 5 needs at least as many institutions; 3 can take part"):
         simulate(config)
