@@ -156,6 +156,29 @@ def wait_for_run(flwr_home: Path, run_id: str, timeout: float, progress: IO[str]
     raise FedriskInputError(f"run {run_id} did not finish within {timeout:.0f} s (status {shown})")
 
 
+@dataclass(frozen=True)
+class Submitted:
+    campaign: str
+    run_id: str     # Flower's
+    status: str     # Flower's final status, e.g. finished:completed
+    seconds: float  # submit to finish
+    log: str        # the ServerApp's log
+
+
+def run_to_end(flwr_home: Path, config_path: str | Path | None, overrides: dict, *, timeout: float,
+               campaign: str | None = None, progress: IO[str] | None = sys.stderr) -> Submitted:
+    """Submit a campaign to the SuperLink, wait for it, and fetch the ServerApp's log."""
+    campaign = campaign or uuid.uuid4().hex
+    run_config = {"config-path": str(Path(config_path).resolve()) if config_path else "",
+                  "overrides": json.dumps(overrides), "campaign-id": campaign}
+    started = time.monotonic()
+    run_id = submit(flwr_home, run_config)
+    if progress is not None:
+        print(f"fedrisk: campaign {campaign} submitted as Flower run {run_id}", file=progress, flush=True)
+    status = wait_for_run(flwr_home, run_id, timeout, progress)
+    return Submitted(campaign, run_id, status, time.monotonic() - started, server_log(flwr_home, run_id))
+
+
 def server_log(flwr_home: Path, run_id: str) -> str:
     done = subprocess.run([_tool("flwr"), "log", run_id, CONNECTION, "--show"], env=flower_env(flwr_home),
                           capture_output=True, text=True, timeout=120, cwd=flwr_home)

@@ -102,16 +102,13 @@ def _tracking_server(args: argparse.Namespace) -> int:
 
 def _outcome(config: Any, campaign: str, status: str) -> int:
     from fedrisk.cli import _print_outcome
-    from fedrisk.launcher import Outcome
-    from fedrisk.tracking import find_campaign_run
+    from fedrisk.launcher import campaign_outcome
 
-    run = find_campaign_run(config.tracking.uri, config.tracking.experiment, campaign)
-    if run is None:
+    outcome = campaign_outcome(config, campaign)
+    if outcome is None:
         print(f"fedrisk: campaign {campaign} left no MLflow run (Flower status {status})", file=sys.stderr)
         return 1
-    return _print_outcome(config, Outcome(campaign, run.info.run_id, run.info.experiment_id,
-                                          run.data.tags.get("fedrisk.status", "unknown"),
-                                          dict(run.data.metrics), dict(run.data.tags)))
+    return _print_outcome(config, outcome)
 
 
 def _pinned(items: list[str] | None, config: Any) -> dict[str, Any]:
@@ -123,25 +120,15 @@ def _pinned(items: list[str] | None, config: Any) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
-    import uuid
-
     from fedrisk.cli import _set_values
     from fedrisk.config import load_config
-    from fedrisk.federation import server_log, submit, wait_for_run
+    from fedrisk.federation import run_to_end
 
     config = load_config(args.config, _set_values(args.set))  # a bad config fails here, not on the SuperLink
-    overrides = _pinned(args.set, config)
-    home = _connect(args)
-    campaign = uuid.uuid4().hex
-    run_config = {"config-path": str(Path(args.config).resolve()) if args.config else "",
-                  "overrides": json.dumps(overrides), "campaign-id": campaign}
-    run_id = submit(home, run_config)
-    print(f"fedrisk: campaign {campaign} is Flower run {run_id}", file=sys.stderr)
-    status = wait_for_run(home, run_id, args.timeout)
-    if status != "finished:completed":
-        print(server_log(home, run_id)[-3000:], file=sys.stderr)
-    return _outcome(config, campaign, status)
+    done = run_to_end(_connect(args), args.config, _pinned(args.set, config), timeout=args.timeout)
+    if done.status != "finished:completed":
+        print(done.log[-3000:], file=sys.stderr)
+    return _outcome(config, done.campaign, done.status)
 
 
 def _trial(args: argparse.Namespace) -> int:

@@ -110,9 +110,17 @@ def simulate(
     from server.server_app import app_for
 
     _run_engine(app_for(config, campaign), client_app, num_supernodes or len(names), verbose)
+    outcome = campaign_outcome(config, campaign)
+    if outcome is None:
+        raise RuntimeError(f"campaign {campaign} left no MLflow run")
+    return outcome
+
+
+def campaign_outcome(config: CampaignConfig, campaign: str) -> Outcome | None:
+    """A campaign's MLflow run as the CLI summarises it; None when it left no run."""
     run = find_campaign_run(config.tracking.uri, config.tracking.experiment, campaign)
     if run is None:
-        raise RuntimeError(f"campaign {campaign} left no MLflow run")
+        return None
     return Outcome(
         campaign=campaign,
         run_id=run.info.run_id,

@@ -8,10 +8,8 @@ folder and is stopped by process id when the federation closes.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -24,13 +22,11 @@ from fedrisk.federation import (
     free_port,
     nodes,
     register,
-    server_log,
-    submit,
+    run_to_end,
     superlink_command,
     supernode_command,
     tracking_server_command,
     wait_for_https,
-    wait_for_run,
     write_connection,
 )
 
@@ -133,19 +129,12 @@ def run_campaign(federation: LocalFederation, config_path: Path | None, override
                  campaign: str | None = None, timeout: float = 3600.0,
                  progress: IO[str] | None = sys.stderr) -> tuple[str, str, float]:
     """Submit a campaign to the federation and wait: (campaign id, Flower's final status, seconds)."""
-    campaign = campaign or uuid.uuid4().hex
     if federation.tracking_uri:
         overrides = {**overrides, "tracking.uri": federation.tracking_uri}
-    run_config = {"config-path": str(Path(config_path).resolve()) if config_path else "",
-                  "overrides": json.dumps(overrides), "campaign-id": campaign}
-    started = time.monotonic()
-    run_id = submit(federation.flwr_home, run_config)
-    _say(progress, f"campaign {campaign} submitted as Flower run {run_id}")
-    status = wait_for_run(federation.flwr_home, run_id, timeout, progress)
-    seconds = time.monotonic() - started
-    log = server_log(federation.flwr_home, run_id)
-    (federation.folder / "logs" / f"serverapp-{run_id}.log").write_text(log)
-    if status != "finished:completed":
-        _say(progress, f"the ServerApp's log ends with: {_last_line(log)}")
-    return campaign, status, seconds
+    done = run_to_end(federation.flwr_home, config_path, overrides, timeout=timeout, campaign=campaign,
+                      progress=progress)
+    (federation.folder / "logs" / f"serverapp-{done.run_id}.log").write_text(done.log)
+    if done.status != "finished:completed":
+        _say(progress, f"the ServerApp's log ends with: {_last_line(done.log)}")
+    return done.campaign, done.status, done.seconds
 
