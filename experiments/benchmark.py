@@ -26,7 +26,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from report_file import write_report  # experiments/report_file.py
 from fedrisk.config import ModelSpec, load_config
-from fedrisk.data import institution_names, load_institution, split_institution
+from fedrisk.data import load_institution
+from fedrisk.sources import institution_names
+from fedrisk.splits import split_institution
 from fedrisk.institution import sampling_plan
 from fedrisk.launcher import simulate
 from fedrisk.models import build_model

@@ -31,7 +31,10 @@ import torch  # noqa: E402
 
 from report_file import write_report  # experiments/report_file.py  # noqa: E402
 from fedrisk.config import CampaignConfig, load_config  # noqa: E402
-from fedrisk.data import DAY, Split, institution_names, load_institution, split_institution  # noqa: E402
+from fedrisk.columns import DAY  # noqa: E402
+from fedrisk.data import load_institution  # noqa: E402
+from fedrisk.sources import institution_names  # noqa: E402
+from fedrisk.splits import Split, split_institution  # noqa: E402
 from fedrisk.fraud_metrics import FraudStats, fraud_summary  # noqa: E402
 from fedrisk.launcher import simulate  # noqa: E402
 from fedrisk.metrics import EvalStats  # noqa: E402

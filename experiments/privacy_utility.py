@@ -21,7 +21,9 @@ from sklearn.metrics import roc_auc_score
 
 from report_file import write_report  # experiments/report_file.py
 from fedrisk.config import CampaignConfig, load_config
-from fedrisk.data import institution_names, load_institution, split_institution
+from fedrisk.data import load_institution
+from fedrisk.sources import institution_names
+from fedrisk.splits import split_institution
 from fedrisk.generators.credit import true_pd
 from fedrisk.launcher import simulate
 from fedrisk.models import build_model, predict_proba

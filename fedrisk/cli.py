@@ -248,7 +248,7 @@ def _explain(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from fedrisk.config import absolute_tracking_uri
-    from fedrisk.data import read_table
+    from fedrisk.sources import read_table
     from fedrisk.scorecard import build_scorecard
     from fedrisk.serving import load_model_files
 

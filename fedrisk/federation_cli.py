@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
 def _trial(args: argparse.Namespace) -> int:
     from fedrisk.cli import _set_values
     from fedrisk.config import load_config
-    from fedrisk.data import institution_names
+    from fedrisk.sources import institution_names
     from fedrisk.launcher import preflight
     from fedrisk.local_federation import run_campaign, start_federation
 

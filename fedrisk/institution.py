@@ -16,7 +16,10 @@ import numpy as np
 import torch
 
 from fedrisk.config import CampaignConfig, config_from_json
-from fedrisk.data import DAY, InstitutionData, Split, institution_names, load_institution, load_window, split_institution
+from fedrisk.columns import DAY
+from fedrisk.data import InstitutionData, load_institution, load_window
+from fedrisk.sources import institution_names
+from fedrisk.splits import Split, split_institution
 from fedrisk.drift import column_counts, fine_grid
 from fedrisk.fraud_metrics import FraudStats
 from fedrisk.errors import FedriskInputError

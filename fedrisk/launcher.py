@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from fedrisk import audit
 from fedrisk.config import CampaignConfig, check_secure_aggregation
-from fedrisk.data import institution_names, load_institution, split_institution
+from fedrisk.data import load_institution
+from fedrisk.sources import institution_names
+from fedrisk.splits import split_institution
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.institution import check_delta, sampling_plan
 from fedrisk.privacy import PrivacyLedger, calibrate_noise_multiplier, institution_noise_multiplier

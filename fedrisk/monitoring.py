@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from fedrisk.config import DRIFT_SCENARIOS, CampaignConfig, _format_validation_error, config_to_json
-from fedrisk.data import institution_names
+from fedrisk.sources import institution_names
 from fedrisk.errors import FedriskInputError
 from fedrisk.monitor_config import MonitorConfig
 from fedrisk.serving import read_model

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedrisk.data import Columns
+from fedrisk.columns import Columns
 from fedrisk.errors import FedriskInputError
 
 MISSING = "__missing__"

@@ -18,7 +18,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 def credit_institution():
     """One synthetic institution's split and its (single-institution) preprocessing."""
     from fedrisk.config import DataSpec
-    from fedrisk.data import load_institution, split_institution
+    from fedrisk.data import load_institution
+    from fedrisk.splits import split_institution
     from fedrisk.preprocessing import fit_preprocessor, local_statistics, merge_statistics
 
     spec = DataSpec.model_validate({"synthetic": {"institutions": 2, "rows": 8000}})

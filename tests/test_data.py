@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from fedrisk.config import DataSpec
-from fedrisk.data import institution_names, load_institution, split_institution
+from fedrisk.data import load_institution
+from fedrisk.sources import institution_names
+from fedrisk.splits import split_institution
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit
 

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from fedrisk.config import load_config
-from fedrisk.data import DAY, load_institution, split_institution, time_windows
+from fedrisk.columns import DAY
+from fedrisk.data import load_institution
+from fedrisk.splits import split_institution, time_windows
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators.fraud import generate_consortium
 
@@ -117,9 +119,9 @@ def test_partition_of_one_file_keeps_each_customer_with_one_issuer(files, tmp_pa
                                 "data.partition": {"institutions": 3, "method": "dirichlet", "alpha": 2.0}})
     sizes = [len(load_institution(config.data, n, config.seed).frame) for n in ("inst01", "inst02", "inst03")]
     assert sum(sizes) == len(pooled)
-    from fedrisk.data import _partition_rows
+    from fedrisk.sources import partition_rows
 
-    owner = _partition_rows(pooled, config.data, config.seed)
+    owner = partition_rows(pooled, config.data, config.seed)
     assert (pd.Series(owner).groupby(pooled["customer_id"]).nunique() == 1).all()
 
 

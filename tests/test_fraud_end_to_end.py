@@ -14,7 +14,9 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import average_precision_score
 
 from fedrisk.config import load_config
-from fedrisk.data import institution_names, load_institution, split_institution
+from fedrisk.data import load_institution
+from fedrisk.sources import institution_names
+from fedrisk.splits import split_institution
 from fedrisk.gate import apply_policy
 from fedrisk.launcher import simulate
 from fedrisk.metrics import bin_index

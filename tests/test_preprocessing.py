@@ -11,7 +11,8 @@ import pytest
 from fedrisk.errors import FedriskInputError
 
 from fedrisk.config import DataSpec
-from fedrisk.data import Columns, load_institution
+from fedrisk.columns import Columns
+from fedrisk.data import load_institution
 from fedrisk.generators import credit
 from fedrisk.preprocessing import (
     Preprocessor,

@@ -1,0 +1,204 @@
+"""Checks of one institution's rows: column roles, target, leaks, identifiers, transactions.
+
+Every failure is one line naming institution, file and column (`FedriskInputError`), and
+says how a column is wrong, never which values it holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fedrisk.columns import CUSTOMER, DAY, Columns
+from fedrisk.config import DataSpec
+from fedrisk.errors import FedriskInputError
+from fedrisk.transaction_features import transaction_features
+
+IDENTIFIER_SHARE = 0.5  # a text feature with more distinct values than this share of rows
+LEAK_CHECK_ROWS = 200  # below this, a pure feature value can happen by chance
+LEAK_CHECK_VALUES = 50
+CARD_ID_MIN_VALUES = 5  # a category with fewer values cannot single out customers
+
+
+def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file: str) -> Columns:
+    """Which columns are inputs, and of which kind; personal identifiers never are."""
+    excluded = {spec.target, *spec.drop, *spec.protected, DAY, CUSTOMER}
+    if spec.quality.date_column:
+        excluded.add(spec.quality.date_column)
+    if spec.institution_column:
+        excluded.add(spec.institution_column)
+    if spec.features is not None:
+        features = list(spec.features)
+        for column in features:
+            if column in spec.drop or column == spec.target:
+                raise FedriskInputError(
+                    "listed both as a feature and as target or dropped column",
+                    institution=institution, file=file, column=column,
+                )
+    else:
+        features = [c for c in frame.columns if c not in excluded]
+    required = [spec.target, *features, *spec.protected]
+    for column in required:
+        if column not in frame.columns:
+            kind = "target" if column == spec.target else (
+                "protected attribute" if column in spec.protected else "feature"
+            )
+            raise FedriskInputError(f"{kind} column missing", institution=institution,
+                                    file=file, column=column)
+    if spec.categorical is not None:
+        unknown = [c for c in spec.categorical if c not in features]
+        if unknown:
+            raise FedriskInputError("categorical column is not a feature",
+                                    institution=institution, file=file, column=unknown[0])
+        categorical = [c for c in features if c in spec.categorical]
+    else:
+        categorical = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
+    numeric = [c for c in features if c not in categorical]
+    for column in numeric:
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            bad = pd.to_numeric(frame[column], errors="coerce").isna() & frame[column].notna()
+            raise FedriskInputError(
+                f"numeric column has {int(bad.sum())} non-numeric values",
+                institution=institution, file=file, column=column,
+            )
+        infinite = int(np.isinf(frame[column].to_numpy(dtype=float)).sum())
+        if infinite:
+            raise FedriskInputError(f"numeric column has {infinite} infinite values",
+                                    institution=institution, file=file, column=column)
+    for column in categorical:
+        # A text column with mostly distinct values is an identifier, not a category: its
+        # values would travel in the shared vocabulary.
+        present = frame[column].dropna()
+        if len(present) >= 20 and present.nunique() > IDENTIFIER_SHARE * len(present):
+            raise FedriskInputError(
+                f"{present.nunique()} distinct values in {len(present)} rows: looks like an "
+                "identifier; add it to data.drop (or list the features in data.features)",
+                institution=institution, file=file, column=column,
+            )
+    return Columns(numeric, categorical, list(spec.protected), spec.target)
+
+
+def check_target(frame: pd.DataFrame, target: str, institution: str, file: str,
+                  both_classes: bool = True) -> pd.Series:
+    values = frame[target]
+    if values.isna().any():
+        raise FedriskInputError(f"target has {int(values.isna().sum())} missing values",
+                                institution=institution, file=file, column=target)
+    if pd.api.types.is_bool_dtype(values):
+        values = values.astype(int)
+    allowed = {0, 1}
+    seen = set(pd.unique(values).tolist())
+    if not pd.api.types.is_numeric_dtype(values) or not seen <= allowed:
+        # Say how, not what: a wrongly named target column may hold customer data.
+        raise FedriskInputError(
+            f"target is not binary 0/1 ({len(seen)} distinct values of type {values.dtype})",
+            institution=institution, file=file, column=target,
+        )
+    if both_classes and len(seen) < 2:
+        raise FedriskInputError(
+            f"target has a single class ({seen.pop()}): cannot train or evaluate",
+            institution=institution, file=file, column=target,
+        )
+    return values.astype(np.int64)
+
+
+def local_timestamps(raw: pd.Series, name: str, source: str, column: str) -> pd.Series:
+    """Timestamps as local wall-clock time: night and weekend are the cardholder's, not UTC's.
+
+    A UTC offset on a text timestamp is dropped, keeping the local clock, so one zone with
+    daylight-saving offsets (+01:00 in winter, +02:00 in summer) reads right.
+    """
+    if raw.isna().all():
+        raise FedriskInputError("no timestamps", institution=name, file=source, column=column)
+    if pd.api.types.is_numeric_dtype(raw):  # epoch numbers are ambiguous (s, ms, ns?)
+        raise FedriskInputError("timestamps are numbers: give dates and times (ISO 8601)",
+                                institution=name, file=source, column=column)
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        when = raw
+    else:
+        text = raw.astype("string").str.strip().str.replace(r"(Z|[+-]\d{2}:?\d{2})$", "", regex=True)
+        when = pd.to_datetime(text, errors="coerce")
+    if getattr(when.dt, "tz", None) is not None:
+        when = when.dt.tz_localize(None)  # keep the local time, drop the zone
+    return when
+
+
+def check_leaks(frame: pd.DataFrame, columns: Columns, target: pd.Series, name: str, source: str) -> None:
+    """A feature with a few values (missing counts as one), each of one class only, is the label in disguise."""
+    if len(frame) < LEAK_CHECK_ROWS:
+        return
+    for column in columns.features:
+        values = frame[column]
+        if (values.nunique(dropna=False) <= LEAK_CHECK_VALUES
+                and target.groupby(values.to_numpy(), dropna=False).nunique().max() == 1):
+            raise FedriskInputError(
+                "feature determines the target exactly (a label leak?): add it to data.drop",
+                institution=name, file=source, column=column,
+            )
+
+
+def check_card_identifiers(frame: pd.DataFrame, columns: Columns, name: str, source: str) -> None:
+    """A category whose values each belong to one customer is a card or account number.
+
+    Category values travel in the shared vocabulary, so such a column would send card
+    numbers to the server. Transactions repeat per card, so the share-of-rows test of
+    `resolve_columns` cannot see it; counting customers per value can, whatever the dtype.
+    """
+    for column in columns.categorical:
+        per_value = frame.groupby(column)[CUSTOMER].nunique()
+        single = float((per_value == 1).mean()) if len(per_value) else 0.0
+        if len(per_value) >= CARD_ID_MIN_VALUES and single >= IDENTIFIER_SHARE:
+            raise FedriskInputError(
+                f"{single:.0%} of its {len(per_value)} values belong to a single customer: looks like a "
+                "card or account number; add it to data.drop (or list the features in data.features)",
+                institution=name, file=source, column=column,
+            )
+
+
+def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source: str,
+                          both_classes: bool = True) -> pd.DataFrame:
+    """Check an issuer's raw transactions and replace identifiers by engineered features.
+
+    Returns the amount, the engineered features, every other raw column that is not an
+    identifier, timestamp or dropped column, the target and the transaction day. Customer
+    and terminal ids are used for the windows here and go no further.
+    """
+    tx = spec.transactions
+    assert tx is not None
+    for column, kind in [(tx.timestamp, "timestamp"), (tx.customer, "customer id"),
+                         (tx.terminal, "terminal id"), (tx.amount, "amount"), (spec.target, "target")]:
+        if column not in frame.columns:
+            raise FedriskInputError(f"{kind} column missing", institution=name, file=source, column=column)
+    when = local_timestamps(frame[tx.timestamp], name, source, tx.timestamp)
+    if when.isna().any():
+        raise FedriskInputError(f"{int(when.isna().sum())} values are missing or not timestamps",
+                                institution=name, file=source, column=tx.timestamp)
+    for column in (tx.customer, tx.terminal):
+        if frame[column].isna().any():
+            raise FedriskInputError(f"{int(frame[column].isna().sum())} missing ids",
+                                    institution=name, file=source, column=column)
+    amount = frame[tx.amount]
+    if not pd.api.types.is_numeric_dtype(amount):  # e.g. Parquet decimals arrive as objects
+        numbers = pd.to_numeric(amount, errors="coerce")
+        bad = numbers.isna() & amount.notna()
+        if bad.any():
+            raise FedriskInputError(f"amount has {int(bad.sum())} non-numeric values",
+                                    institution=name, file=source, column=tx.amount)
+        amount = numbers
+    values = amount.to_numpy(dtype=float)
+    for problem, count in [("missing", np.isnan(values).sum()), ("infinite", np.isinf(values).sum()),
+                           ("negative (refunds?)", (values < 0).sum())]:
+        if count:
+            raise FedriskInputError(f"amount has {int(count)} {problem} values",
+                                    institution=name, file=source, column=tx.amount)
+    target = check_target(frame, spec.target, name, source, both_classes)
+    features = transaction_features(when, frame[tx.customer], frame[tx.terminal], amount, target,
+                                    tx.windows_days, tx.delay_days)
+    identifiers = {tx.timestamp, tx.customer, tx.terminal, tx.amount, spec.target}
+    passthrough = [c for c in frame.columns
+                   if c not in identifiers and c not in spec.drop and c not in features.columns]
+    out = pd.concat([amount.rename(tx.amount), features, frame[passthrough]], axis=1)
+    out[CUSTOMER] = pd.factorize(frame[tx.customer])[0]
+    out[spec.target] = target.to_numpy()
+    out[DAY] = when.to_numpy(dtype="datetime64[D]").astype(np.int64)
+    return out

@@ -1,0 +1,27 @@
+"""The column roles of one institution's data: which are model inputs, and of which kind.
+
+Shared by the data layer, preprocessing and drift; it knows nothing of where rows come from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DAY = "_day"  # fraud: day of each transaction (days since 1970), kept for splits and top-k
+CUSTOMER = "_customer"  # fraud: customer codes, only while loading (identifier checks)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The model's inputs, split by kind, plus what is kept for measurement only."""
+
+    numeric: list[str]
+    categorical: list[str]
+    protected: list[str]
+    target: str
+    amount: str | None = None  # fraud: the transaction amount (amount-weighted recall)
+
+    @property
+    def features(self) -> list[str]:
+        return self.numeric + self.categorical
+

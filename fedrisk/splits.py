@@ -1,0 +1,90 @@
+"""Train, validation and test rows inside one institution: by seed for credit, by time for fraud."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fedrisk.columns import DAY
+from fedrisk.config import DataSpec
+from fedrisk.data import InstitutionData
+from fedrisk.errors import FedriskInputError
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+
+def split_institution(data: InstitutionData, spec: DataSpec, seed: int) -> Split:
+    """Seeded, stratified train/validation/test split inside one institution (by time for fraud)."""
+    if spec.time_split is not None:
+        return split_by_time(data, spec)
+    frame = data.frame
+    y = frame[data.columns.target].to_numpy()
+    rng = np.random.default_rng([seed, 40_009, int(data.fingerprint[:8], 16)])
+    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+    for value in (0, 1):
+        rows = rng.permutation(np.flatnonzero(y == value))
+        n_val = int(round(len(rows) * spec.validation_fraction))
+        n_test = int(round(len(rows) * spec.test_fraction))
+        parts["validation"].append(rows[:n_val])
+        parts["test"].append(rows[n_val : n_val + n_test])
+        parts["train"].append(rows[n_val + n_test :])
+    out = {}
+    for key, chunks in parts.items():
+        index = np.sort(np.concatenate(chunks))
+        if len(index) == 0 or len(np.unique(y[index])) < 2:
+            raise FedriskInputError(
+                f"too few rows ({len(frame)}) for a {key} split holding both classes",
+                institution=data.name, file=data.source, column=data.columns.target,
+            )
+        out[key] = frame.iloc[index].reset_index(drop=True)
+    return Split(**out)
+
+
+def time_windows(spec: DataSpec, last_day: int) -> dict[str, tuple[int, int]]:
+    """First and last day (inclusive, days since 1970) of train, validation and test.
+
+    Test ends on `time_split.end` (or the issuer's last day). A label delay separates train
+    from validation and validation from test: a model (and its alert threshold) can only
+    use frauds already known when it goes live.
+    """
+    ts, tx = spec.time_split, spec.transactions
+    assert ts is not None and tx is not None
+    end = (int(np.datetime64(ts.end, "D").astype(np.int64)) if ts.end is not None else last_day)
+    test = (end - ts.test_days + 1, end)
+    validation = (test[0] - tx.delay_days - ts.validation_days, test[0] - tx.delay_days - 1)
+    train_end = validation[0] - tx.delay_days - 1
+    return {"train": (train_end - ts.train_days + 1, train_end), "validation": validation, "test": test}
+
+
+def split_by_time(data: InstitutionData, spec: DataSpec) -> Split:
+    """Train, (delay), validation, (delay), test windows: never a random split for fraud."""
+    frame = data.frame
+    days = frame[DAY].to_numpy()
+    windows = time_windows(spec, int(days.max()))
+    if days.min() > windows["train"][0]:
+        first = np.datetime64(int(days.min()), "D")
+        start = np.datetime64(windows["train"][0], "D")
+        raise FedriskInputError(
+            f"data start on {first}, but the train window starts on {start}: shorten "
+            "data.time_split or give more history", institution=data.name, file=data.source,
+            column=spec.transactions.timestamp if spec.transactions else None,
+        )
+    out = {}
+    y = frame[data.columns.target].to_numpy()
+    for key, (first, last) in windows.items():
+        rows = (days >= first) & (days <= last)
+        if not rows.any() or len(np.unique(y[rows])) < 2:
+            raise FedriskInputError(
+                f"the {key} window {np.datetime64(first, 'D')}..{np.datetime64(last, 'D')} holds "
+                f"{int(rows.sum())} transactions and {int(y[rows].sum())} frauds: both classes needed",
+                institution=data.name, file=data.source, column=data.columns.target,
+            )
+        out[key] = frame[rows].reset_index(drop=True)
+    return Split(**out)
