@@ -19,8 +19,7 @@ from flwr.common import Code, FitRes, Status
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
 from flwr.compat.common import recorddict_compat as compat
 
-from fedrisk.errors import INPUT_ERROR_REPLY
-from fedrisk.institution import AGGREGATION_WEIGHT
+from fedrisk.protocol import AGGREGATION_WEIGHT, ARRAYS, INPUT_ERROR, METRICS, institution_of
 
 CLIPPING_NORM = "clipping_norm"  # Flower's key for the DP wrappers' clipping norm
 
@@ -37,17 +36,17 @@ def _range_error(msg: Message, ctxt: Context, out: Message) -> Message | None:
     """An error reply when the update would be clipped by SecAgg+'s fixed range."""
     protocol = ctxt.state.config_records[RECORD_KEY_STATE]
     clipping_range, max_weight = float(protocol["clipping_range"]), float(protocol["max_weight"])
-    name = str(out.content["who"]["institution"])
-    weight = float(out.content["metrics"][AGGREGATION_WEIGHT])
+    name = institution_of(out)
+    weight = float(out.content[METRICS][AGGREGATION_WEIGHT])
     if weight > max_weight:
         reason = (f"institution {name}: aggregation weight {weight:g} exceeds the round's max_weight "
                   f"{max_weight:g} for secure aggregation")
-        return Message(Error(code=INPUT_ERROR_REPLY, reason=reason), reply_to=msg)
-    largest = max((float(np.max(np.abs(a.numpy()))) for a in out.content["arrays"].values()), default=0.0)
+        return Message(Error(code=INPUT_ERROR, reason=reason), reply_to=msg)
+    largest = max((float(np.max(np.abs(a.numpy()))) for a in out.content[ARRAYS].values()), default=0.0)
     if not np.isfinite(largest) or largest > clipping_range:
         reason = (f"institution {name}: a model weight of magnitude {largest:.3g} is outside "
                   f"secure_aggregation.clipping_range {clipping_range:g}; raise it")
-        return Message(Error(code=INPUT_ERROR_REPLY, reason=reason), reply_to=msg)
+        return Message(Error(code=INPUT_ERROR, reason=reason), reply_to=msg)
     return None
 
 
@@ -66,8 +65,8 @@ def secure_aggregation_mod(msg: Message, ctxt: Context, call_next: ClientAppCall
             raise _Refused(refused)
         fitres = FitRes(
             status=Status(Code.OK, ""),
-            parameters=compat.arrayrecord_to_parameters(out.content["arrays"], keep_input=True),
-            num_examples=int(round(float(out.content["metrics"][AGGREGATION_WEIGHT]))),
+            parameters=compat.arrayrecord_to_parameters(out.content[ARRAYS], keep_input=True),
+            num_examples=int(round(float(out.content[METRICS][AGGREGATION_WEIGHT]))),
             metrics={},
         )
         for key, record in compat.fitres_to_recorddict(fitres, keep_input=True).items():

@@ -9,13 +9,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fedrisk.config import load_config
+from fedrisk.cli_output import BLOCKED_EXIT_CODE, print_outcome, set_values
 from fedrisk.errors import INPUT_ERROR_EXIT_CODE, FedriskInputError, PromotionRefused
-
-BLOCKED_EXIT_CODE = 3
-
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -25,20 +21,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             out[key] = value
     if args.no_dp:
         out["privacy.enabled"] = False
-    out.update(_set_values(args.set))
-    return out
-
-
-def _set_values(items: list[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise FedriskInputError(f"--set expects KEY=VALUE, got '{item}'")
-        key, value = item.split("=", 1)
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise FedriskInputError(f"--set {key}: value '{value}' is not valid YAML") from None
+    out.update(set_values(args.set))
     return out
 
 
@@ -54,43 +37,7 @@ def _simulate(args: argparse.Namespace) -> int:
         f"{config.training.rounds} rounds, {config.model.kind}, DP {dp}",
         file=sys.stderr,
     )
-    return _print_outcome(config, simulate(config, verbose=args.verbose))
-
-
-def _print_outcome(config: Any, outcome: Any) -> int:
-    """The closing summary of a campaign; returns the command's exit code."""
-    m = outcome.metrics
-    print(f"campaign     {outcome.campaign} ({outcome.status})")
-    if "fedrisk.stop_reason" in outcome.tags:
-        print(f"stopped      {outcome.tags['fedrisk.stop_reason']}")
-    if "fedrisk.excluded" in outcome.tags:
-        print(f"excluded     {outcome.tags['fedrisk.excluded']}")
-    if "val_auc" in m:
-        print(f"AUC          validation {m['val_auc']:.4f}, test {m.get('test_auc', float('nan')):.4f}")
-    if config.task == "fraud" and "test_average_precision" in m:
-        ev = config.evaluation
-        print(f"AUPRC        validation {m['val_average_precision']:.4f}, test {m['test_average_precision']:.4f}")
-        print(f"test         recall at {ev.max_fpr:.0%} FPR {m[f'test_recall_at_fpr_{ev.max_fpr:g}']:.3f}; "
-              f"with {ev.alerts_per_day} alerts/day per issuer: precision "
-              f"{m['test_precision_at_budget']:.3f}, recall {m['test_recall_at_budget']:.3f}, "
-              f"fraud value caught {m['test_amount_recall_at_budget']:.3f}")
-    if "epsilon_final_max" in m:
-        print(f"epsilon      {outcome.tags.get('fedrisk.epsilon')}")
-    print(f"MLflow run   {outcome.run_id} (experiment '{config.tracking.experiment}')")
-    print(f"model        {outcome.tags.get('fedrisk.model_uri', '-')}")
-    verdict = outcome.tags.get("fedrisk.gate.verdict")
-    if verdict:
-        print(f"gate         {verdict.upper()} (policy {outcome.tags.get('fedrisk.gate.policy')}); "
-              f"model {outcome.tags.get('fedrisk.gate.model_version')}, alias "
-              f"{outcome.tags.get('fedrisk.gate.alias')}")
-        if verdict == "block":
-            print(f"blocked by   {outcome.tags.get('fedrisk.gate.failed_rules')}")
-    uri = config.tracking.uri
-    print(f"open the UI  {uri}" if uri.startswith(("http://", "https://")) else
-          f"open the UI  mlflow ui --backend-store-uri {uri}")
-    if verdict == "block":
-        return BLOCKED_EXIT_CODE
-    return 0 if outcome.status == "completed" else 1
+    return print_outcome(config, simulate(config, verbose=args.verbose))
 
 
 def _monitor(args: argparse.Namespace) -> int:
@@ -98,7 +45,7 @@ def _monitor(args: argparse.Namespace) -> int:
     from fedrisk.monitor_config import load_monitor_config
     from fedrisk.monitoring import plan_monitoring, retrain_config
 
-    overrides = _set_values(args.set)
+    overrides = set_values(args.set)
     if args.tracking_uri:
         overrides["tracking.uri"] = args.tracking_uri
     if args.rounds is not None and not args.retrain:
@@ -110,7 +57,8 @@ def _monitor(args: argparse.Namespace) -> int:
         retrain_config(plan, 0, args.rounds)
     print(f"fedrisk: monitoring {plan.model.name} version {plan.model.version} ({plan.training.task}) over "
           f"{len(plan.windows)} windows of {len(plan.institutions)} institutions", file=sys.stderr)
-    run = monitor(plan, verbose=args.verbose)
+    run = monitor(plan.monitor, f"{plan.model.name}/{plan.model.version}", len(plan.institutions),
+                  verbose=args.verbose)
     client_report = _download_report(plan.monitor.tracking.uri, run.info.run_id)
     metric = plan.monitor.levels.performance.metric
     relative = plan.monitor.levels.performance.mode == "relative"
@@ -137,7 +85,7 @@ def _monitor(args: argparse.Namespace) -> int:
     if args.retrain and trigger["triggered"]:
         config = retrain_config(plan, trigger["index"], args.rounds)
         print(f"fedrisk: retraining, warm-started from {plan.model.uri}", file=sys.stderr)
-        return _print_outcome(config, simulate(config, verbose=args.verbose))
+        return print_outcome(config, simulate(config, verbose=args.verbose))
     if args.retrain:
         print("retraining not started: the rule was not met")
     return 0

@@ -489,7 +489,11 @@ def flatten(config: CampaignConfig) -> dict[str, str]:
 
 
 def from_run_config(run_config: dict[str, Any]) -> CampaignConfig:
-    """The campaign named by a Flower run config (`config-path`, `overrides` as JSON)."""
+    """The campaign of a Flower run config: `campaign-config` (a validated campaign as JSON),
+    else `config-path` with `overrides` (JSON of dotted keys)."""
+    validated = str(run_config.get("campaign-config", "") or "")
+    if validated:
+        return config_from_json(validated)
     path = str(run_config.get("config-path", "") or "") or None
     text = str(run_config.get("overrides", "") or "").strip()
     try:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 INPUT_ERROR_EXIT_CODE = 2
-# Codes of the error replies a ClientApp sends; the server tells refusals from bad data by them.
-INPUT_ERROR_REPLY = 2001
-BUDGET_REFUSED_REPLY = 2002
 
 
 class FedriskInputError(Exception):

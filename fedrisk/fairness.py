@@ -9,7 +9,6 @@ defaulters. These are fairlearn's definitions with y_true = 1 - default, y_pred 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -88,20 +87,6 @@ def fairness_by_attribute(groups: dict[str, tuple[np.ndarray, np.ndarray]], thre
     }
 
 
-def fairness_metrics(groups: GroupHistograms, threshold: float, prefix: str) -> dict[str, float]:
-    """Flat MLflow metrics: gaps per attribute and approval rate / AUC per group."""
-    out: dict[str, float] = {}
-    for attribute, by_group in sorted(groups.items()):
-        f = fairness_by_attribute(by_group, threshold)
-        for key in ("approval_rate_difference", "approval_rate_ratio",
-                    "equal_opportunity_difference", "equalized_odds_difference"):
-            out[f"{prefix}_{key}.{attribute}"] = f[key]
-        for group, rate in f["approval_rate"].items():
-            out[f"{prefix}_approval_rate.{attribute}:{metric_safe(group)}"] = rate
-            out[f"{prefix}_auc.{attribute}:{metric_safe(group)}"] = f["auc"][group]
-    return out
-
-
-def metric_safe(text: str) -> str:
-    """A group value as MLflow allows in a metric name ('50+' -> '50plus')."""
-    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text.replace("+", "plus"))
+def fairness_scores(groups: GroupHistograms, threshold: float) -> dict[str, dict[str, Any]]:
+    """`fairness_by_attribute` for every protected attribute."""
+    return {attribute: fairness_by_attribute(by_group, threshold) for attribute, by_group in sorted(groups.items())}

@@ -25,7 +25,7 @@ from typing import IO
 
 from fedrisk.certificates import check_institution_name
 from fedrisk.errors import FedriskInputError
-from fedrisk.launcher import QUIET_ENV
+from fedrisk.environment import QUIET_ENV
 
 CONNECTION = "fedrisk"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the Flower app: pyproject.toml, server/, clients/

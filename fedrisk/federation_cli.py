@@ -101,30 +101,30 @@ def _tracking_server(args: argparse.Namespace) -> int:
 
 
 def _outcome(config: Any, campaign: str, status: str) -> int:
-    from fedrisk.cli import _print_outcome
+    from fedrisk.cli_output import print_outcome
     from fedrisk.launcher import campaign_outcome
 
     outcome = campaign_outcome(config, campaign)
     if outcome is None:
         print(f"fedrisk: campaign {campaign} left no MLflow run (Flower status {status})", file=sys.stderr)
         return 1
-    return _print_outcome(config, outcome)
+    return print_outcome(config, outcome)
 
 
 def _pinned(items: list[str] | None, config: Any) -> dict[str, Any]:
     """The user's overrides plus the outputs' absolute paths as resolved here: the ServerApp
     runs in the SuperLink's working directory, not this one."""
-    from fedrisk.cli import _set_values
+    from fedrisk.cli_output import set_values
 
-    return {**_set_values(items), "audit.path": config.audit.path, "tracking.uri": config.tracking.uri}
+    return {**set_values(items), "audit.path": config.audit.path, "tracking.uri": config.tracking.uri}
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedrisk.cli import _set_values
+    from fedrisk.cli_output import set_values
     from fedrisk.config import load_config
     from fedrisk.federation import run_to_end
 
-    config = load_config(args.config, _set_values(args.set))  # a bad config fails here, not on the SuperLink
+    config = load_config(args.config, set_values(args.set))  # a bad config fails here, not on the SuperLink
     done = run_to_end(_connect(args), args.config, _pinned(args.set, config), timeout=args.timeout)
     if done.status != "finished:completed":
         print(done.log[-3000:], file=sys.stderr)
@@ -132,13 +132,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _trial(args: argparse.Namespace) -> int:
-    from fedrisk.cli import _set_values
+    from fedrisk.cli_output import set_values
     from fedrisk.config import load_config
     from fedrisk.sources import institution_names
     from fedrisk.launcher import preflight
     from fedrisk.local_federation import run_campaign, start_federation
 
-    overrides = _set_values(args.set)
+    overrides = set_values(args.set)
     if args.rounds is not None:
         overrides["training.rounds"] = args.rounds
     config = load_config(args.config, overrides)

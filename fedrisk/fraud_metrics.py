@@ -16,11 +16,13 @@ import numpy as np
 
 from fedrisk.metrics import (
     EvalStats,
+    Scores,
     auc_from_histograms,
     average_precision_from_histograms,
     bin_index,
     operating_points,
     recall_at_fpr,
+    spread,
 )
 
 
@@ -82,8 +84,8 @@ def ranking_metrics(stats: EvalStats, fraud: FraudStats, max_fpr: float, k: int)
     return {
         "auc": auc_from_histograms(pos, neg),
         "average_precision": average_precision_from_histograms(pos, neg),
-        f"recall_at_fpr_{max_fpr:g}": recall_at_fpr(pos, neg, max_fpr),
-        f"precision_top{k}_per_day": fraud.topk_hits / fraud.topk_alerts if fraud.topk_alerts else float("nan"),
+        "recall_at_fpr": recall_at_fpr(pos, neg, max_fpr),
+        "precision_top_k": fraud.topk_hits / fraud.topk_alerts if fraud.topk_alerts else float("nan"),
         "fraud_rate": float(pos.sum()) / stats.examples,
         "loss": stats.loss_sum / stats.examples,
     }
@@ -92,40 +94,32 @@ def ranking_metrics(stats: EvalStats, fraud: FraudStats, max_fpr: float, k: int)
 def fraud_summary(
     validation: dict[str, tuple[EvalStats, FraudStats]],
     parts: dict[str, tuple[EvalStats, FraudStats]],
-    prefix: str,
     max_fpr: float,
     alerts_per_day: int,
-) -> dict[str, float]:
+) -> Scores:
     """Pooled and per-issuer fraud metrics of `parts`, each issuer at its own alert budget.
 
     Thresholds come from the issuers' `validation` statistics; the pooled budget figures add
     up what every issuer catches at its own threshold.
     """
-    out: dict[str, float] = {}
     if not parts:
-        return out
+        return Scores({}, {})
     thresholds = {
         name: alert_threshold(s.hist_pos, s.hist_neg, f.days, alerts_per_day)
         for name, (s, f) in validation.items()
     }
     pooled_counts = np.zeros(6)
-    per_issuer_ap = {}
+    institutions = {}
     for name, (stats, fraud) in sorted(parts.items()):
         if name not in thresholds:
             continue
         counts = budget_counts(stats, fraud, thresholds[name])
         pooled_counts += counts
-        mine = {**ranking_metrics(stats, fraud, max_fpr, alerts_per_day), **budget_metrics(counts)}
-        out.update({f"{prefix}_{key}.{name}": value for key, value in mine.items()})
-        out[f"{prefix}_operating_threshold.{name}"] = thresholds[name] / len(stats.hist_pos)
-        per_issuer_ap[name] = mine["average_precision"]
+        institutions[name] = {**ranking_metrics(stats, fraud, max_fpr, alerts_per_day), **budget_metrics(counts),
+                              "operating_threshold": thresholds[name] / len(stats.hist_pos)}
     stats = sum((s for s, _ in parts.values()), start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
     fraud = sum((f for _, f in parts.values()), start=EMPTY_FRAUD)
-    out.update({f"{prefix}_{k}": v for k, v in ranking_metrics(stats, fraud, max_fpr, alerts_per_day).items()})
-    out.update({f"{prefix}_{k}": v for k, v in budget_metrics(pooled_counts).items()})
-    out[f"{prefix}_examples"] = float(stats.examples)
-    finite = [v for v in per_issuer_ap.values() if np.isfinite(v)]
-    if finite:
-        out[f"{prefix}_average_precision_worst_institution"] = float(min(finite))
-        out[f"{prefix}_average_precision_gap"] = float(max(finite) - min(finite))
-    return out
+    pooled = {**ranking_metrics(stats, fraud, max_fpr, alerts_per_day), **budget_metrics(pooled_counts),
+              "examples": float(stats.examples)}
+    pooled.update(spread({n: m["average_precision"] for n, m in institutions.items()}, "average_precision"))
+    return Scores(pooled, institutions)

@@ -187,6 +187,18 @@ class EvalStats:
         return EvalStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Metric values of the pooled consortium and of each institution, keyed by metric.
+
+    Keys name what is measured (`auc`, `recall_at_fpr`, `precision_at_threshold`); the
+    parameters (the FPR, the threshold) and the split are added by `fedrisk.run_schema`.
+    """
+
+    pooled: dict[str, float]
+    institutions: dict[str, dict[str, float]]
+
+
 def performance(stats: EvalStats, threshold: float, max_fpr: float) -> dict[str, float]:
     """The credit metric suite of one institution or of the pooled sums."""
     pos, neg = stats.hist_pos, stats.hist_neg
@@ -196,39 +208,35 @@ def performance(stats: EvalStats, threshold: float, max_fpr: float) -> dict[str,
         "gini": 2 * auc - 1,
         "ks": ks_from_histograms(pos, neg),
         "average_precision": average_precision_from_histograms(pos, neg),
-        "brier": brier_from_sums(stats.examples, stats.sum_p2, float(stats.score_sum_pos.sum()),
-                                 float(pos.sum())),
+        "brier": brier_from_sums(stats.examples, stats.sum_p2, float(stats.score_sum_pos.sum()), float(pos.sum())),
         "loss": stats.loss_sum / stats.examples,
-        f"recall_at_fpr_{max_fpr:g}": recall_at_fpr(pos, neg, max_fpr),
+        "recall_at_fpr": recall_at_fpr(pos, neg, max_fpr),
         "default_rate": float(pos.sum()) / stats.examples,
     }
-    out.update({f"{k}_at_{threshold:g}": v for k, v in classification_at_threshold(pos, neg, threshold).items()})
+    out.update({f"{k}_at_threshold": v for k, v in classification_at_threshold(pos, neg, threshold).items()})
     return out
 
 
-def evaluation_summary(
-    parts: dict[str, EvalStats], prefix: str = "val", threshold: float = 0.2, max_fpr: float = 0.1
-) -> dict[str, float]:
+def spread(values: dict[str, float], metric: str) -> dict[str, float]:
+    """The worst institution's value of a metric and the gap between best and worst."""
+    finite = [v for v in values.values() if np.isfinite(v)]
+    if not finite:
+        return {}
+    return {f"{metric}_worst_institution": float(min(finite)), f"{metric}_gap": float(max(finite) - min(finite))}
+
+
+def evaluation_summary(parts: dict[str, EvalStats], threshold: float = 0.2, max_fpr: float = 0.1) -> Scores:
     """Pooled and per-institution metrics from institutions' sums, plus their spread.
 
     The pooled figures come from the summed statistics, never from averaging institutions.
     """
-    out: dict[str, float] = {}
     if not parts:
-        return out
+        return Scores({}, {})
     pooled = sum(parts.values(), start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
-    out.update({f"{prefix}_{k}": v for k, v in performance(pooled, threshold, max_fpr).items()})
-    out[f"{prefix}_examples"] = float(pooled.examples)
-    aucs = {}
-    for name, stats in sorted(parts.items()):
-        for key, value in performance(stats, threshold, max_fpr).items():
-            out[f"{prefix}_{key}.{name}"] = value
-        aucs[name] = out[f"{prefix}_auc.{name}"]
-    finite = [a for a in aucs.values() if np.isfinite(a)]
-    if finite:
-        out[f"{prefix}_auc_worst_institution"] = float(min(finite))
-        out[f"{prefix}_auc_gap"] = float(max(finite) - min(finite))
-    return out
+    institutions = {name: performance(stats, threshold, max_fpr) for name, stats in sorted(parts.items())}
+    overall = {**performance(pooled, threshold, max_fpr), "examples": float(pooled.examples)}
+    overall.update(spread({n: m["auc"] for n, m in institutions.items()}, "auc"))
+    return Scores(overall, institutions)
 
 
 def importance_from_histograms(

@@ -126,7 +126,7 @@ def window_config(training: CampaignConfig, monitor: MonitorConfig, index: int) 
         raise FedriskInputError(_format_validation_error(err, f"monitoring {windows.label(index)}")) from None
 
 
-def plan_monitoring(monitor: MonitorConfig, model_spec: str | None) -> MonitorPlan:
+def plan_monitoring(monitor: MonitorConfig, model_spec: str | None, request: str | None = None) -> MonitorPlan:
     spec = model_spec or monitor.model
     if not spec:
         raise FedriskInputError("no model to monitor: give NAME@ALIAS or NAME/VERSION (or set model: in the config)")
@@ -151,7 +151,7 @@ def plan_monitoring(monitor: MonitorConfig, model_spec: str | None) -> MonitorPl
     if "pooled" in institutions:
         raise FedriskInputError("an institution named 'pooled' would be mistaken for the pooled scope: rename it")
     return MonitorPlan(model, training, monitor, state, preprocessor.to_json(), reference, windows, institutions,
-                       uuid.uuid4().hex)
+                       request or uuid.uuid4().hex)
 
 
 def retrain_config(plan: MonitorPlan, window: int, rounds: int | None = None) -> CampaignConfig:

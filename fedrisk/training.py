@@ -1,8 +1,9 @@
 """Local training of one institution, with record-level DP through Opacus's PrivacyEngine.
 
 DP-SGD here is Opacus's: Poisson sampling (DPDataLoader), per-sample clipping and Gaussian
-noise (DPOptimizer), and the RDP accountant, whose history is seeded from the ledger before
-training and read back after. The dataset hands out whole batches by index
+noise (DPOptimizer). What the optimizer did (noise, sample rate, steps) is read from the
+engine's accountant after training and charged to the institution's ledger, the one
+accountant that composes every release (`fedrisk.privacy`). The dataset hands out whole batches by index
 (`__getitems__`), so neither path pays for per-row Python collation.
 """
 
@@ -59,7 +60,6 @@ def batch_loader(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Da
 class DPSettings:
     noise_multiplier: float
     max_grad_norm: float
-    history: list[tuple[float, float, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -69,7 +69,7 @@ class TrainResult:
     steps: int
     mean_loss: float
     seconds: float
-    history: list[tuple[float, float, int]] = field(default_factory=list)
+    spend: list[tuple[float, float, int]] = field(default_factory=list)  # (noise, sample rate, steps) by Opacus
 
 
 def dp_sampling(rows: int, batch_size: int) -> tuple[float, int]:
@@ -138,7 +138,6 @@ def train_local(
     engine = None
     if dp is not None:
         engine = PrivacyEngine(accountant="rdp")
-        engine.accountant.history = list(dp.history)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # secure-RNG and empty-batch notices
             trained, optimizer, loader = engine.make_private(
@@ -163,7 +162,7 @@ def train_local(
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = TrainResult(state, len(x), steps, loss_total / max(steps, 1), seconds)
     if engine is not None:
-        result.history = [tuple(h) for h in engine.accountant.history]  # type: ignore[misc]
+        result.spend = [tuple(h) for h in engine.accountant.history]  # type: ignore[misc]
         if hasattr(trained, "_close"):
             trained._close()
     return result

@@ -8,42 +8,41 @@ score histograms when the window is labelled). The server adds them up, judges e
 
 from __future__ import annotations
 
-import json
+import logging
 import sys
 import tempfile
 import time
-from logging import WARNING
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.common.logger import log
+from flwr.app import ArrayRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from mlflow.tracking import MlflowClient
 
 import fedrisk
+from fedrisk import protocol, run_schema
 from fedrisk.drift import SCORE
 from fedrisk.drift_report import write_report
 from fedrisk.errors import FedriskInputError
 from fedrisk.metrics import EvalStats
-from fedrisk.monitoring import MonitorPlan
+from fedrisk.monitor_config import MonitorConfig
+from fedrisk.monitoring import MonitorPlan, plan_monitoring
 from fedrisk.tracking import TrackedRun
 from fedrisk.warning_levels import LEVELS, POOLED, ScopeResult, assess_window, retrain_due, window_metrics
-from server.server_app import NODE_WAIT_SECONDS, _query, wait_for_nodes
-from server.strategy import evaluation_parts
+from server.messaging import query, wait_for_nodes
 
-MONITOR_TAG = "fedrisk.monitor"
+log = logging.getLogger("fedrisk.server")
+app = ServerApp()
 
 
-def monitor_app_for(plan: MonitorPlan) -> ServerApp:
-    app = ServerApp()
-
-    @app.main()
-    def _main(grid: Grid, context: Context) -> None:
-        run_monitoring(grid, plan)
-
-    return app
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run config: `monitor-config` (a validated MonitorConfig as JSON), `model` (NAME@ALIAS or
+    NAME/VERSION; empty: the config's) and `request` (tags the run, so the caller finds it)."""
+    monitor = MonitorConfig.model_validate_json(str(context.run_config["monitor-config"]))
+    model = str(context.run_config.get("model", "") or "") or None
+    run_monitoring(grid, plan_monitoring(monitor, model, str(context.run_config.get("request", "") or "") or None))
 
 
 def _parts(replies: list[Message]) -> tuple[dict[str, tuple[dict[str, np.ndarray], EvalStats | None]], dict[str, str]]:
@@ -53,13 +52,12 @@ def _parts(replies: list[Message]) -> tuple[dict[str, tuple[dict[str, np.ndarray
         if msg.has_error():
             errors[f"node-{msg.metadata.src_node_id}"] = str(msg.error.reason).strip().splitlines()[-1]
             continue
-        name = str(msg.content["who"]["institution"])
+        name = protocol.institution_of(msg)
         if name in parts:  # two nodes claiming one institution: neither is trusted
             errors[f"node-{msg.metadata.src_node_id}"] = f"institution {name}: a second node claims this institution"
             continue
-        counts = {k: np.asarray(v) for k, v in json.loads(str(msg.content["counts"]["json"])).items()}
-        stats = evaluation_parts([msg], "window")[name] if "evaluation" in msg.content else None
-        parts[name] = (counts, stats)
+        window = protocol.read_evaluation(msg, "window").overall if protocol.has_evaluation(msg) else None
+        parts[name] = (protocol.read_counts(msg), window)
     return parts, errors
 
 
@@ -72,14 +70,14 @@ def _scope_dict(result: ScopeResult) -> dict[str, Any]:
 def run_monitoring(grid: Grid, plan: MonitorPlan) -> None:
     model = plan.model
     tags = {
-        MONITOR_TAG: plan.request,
-        "fedrisk.task": plan.training.task,
-        "fedrisk.version": fedrisk.__version__,
-        "fedrisk.model_name": model.name,
-        "fedrisk.model_version": model.version,
-        "fedrisk.model_uri": model.uri,
-        "fedrisk.training_run": model.training_run,
-        "mlflow.runName": f"monitor-{model.name}-v{model.version}",
+        run_schema.MONITOR: plan.request,
+        run_schema.TASK: plan.training.task,
+        run_schema.VERSION: fedrisk.__version__,
+        run_schema.MODEL_NAME: model.name,
+        run_schema.MODEL_VERSION: model.version,
+        run_schema.MODEL_URI: model.uri,
+        run_schema.TRAINING_RUN: model.training_run,
+        run_schema.RUN_NAME: f"monitor-{model.name}-v{model.version}",
     }
     run = TrackedRun(plan.monitor.tracking.uri, plan.monitor.tracking.experiment, tags)
     with run.closing():
@@ -88,30 +86,28 @@ def run_monitoring(grid: Grid, plan: MonitorPlan) -> None:
 
 def _monitoring_body(grid: Grid, plan: MonitorPlan, run: TrackedRun) -> None:
     levels = plan.monitor.levels
-    run.log_dict(plan.monitor.model_dump(mode="json"), "monitoring_config.yaml")
-    nodes = wait_for_nodes(grid, len(plan.institutions), NODE_WAIT_SECONDS)
+    run.log_dict(plan.monitor.model_dump(mode="json"), run_schema.MONITORING_CONFIG_ARTIFACT)
+    nodes = wait_for_nodes(grid, len(plan.institutions))
     arrays = ArrayRecord(plan.state)
     edges = {c: spec["edges"] for c, spec in plan.reference["columns"].items() if spec["kind"] == "numeric"}
     history: dict[str, list[int]] = {}
     windows: list[dict[str, Any]] = []
     trigger: dict[str, Any] | None = None
     for index, (label, config_json, severity) in enumerate(plan.windows):
-        record = ConfigRecord({
-            "campaign-config": config_json, "campaign": run.run_id, "preprocessor": plan.preprocessor_json,
-            "edges": json.dumps(edges), "window-days": plan.monitor.windows.days,
-            "institutions": json.dumps(plan.institutions),
-        })
+        record = protocol.request_config(config_json, run.run_id, preprocessor=plan.preprocessor_json, edges=edges,
+                                         window_days=plan.monitor.windows.days, institutions=plan.institutions)
         started = time.perf_counter()
-        replies = _query(grid, nodes, "query.monitor", RecordDict({"arrays": arrays, "config": record}))
+        replies = query(grid, nodes, protocol.MONITOR, record, arrays)
         parts, errors = _parts(replies)
         for node in sorted(set(nodes) - {msg.metadata.src_node_id for msg in replies}):
             errors[f"node-{node}"] = f"node {node}: no reply"
         for reason in errors.values():
-            log(WARNING, "%s: %s", label, reason)
+            log.warning("%s: %s", label, reason)
         if not parts:
             raise FedriskInputError(f"{label}: no institution could measure its window: " + "; ".join(errors.values()))
         results = assess_window(plan.reference, parts, levels, history)
-        run.log_metrics({**window_metrics(results), "window_seconds": time.perf_counter() - started}, step=index + 1)
+        run.log_metrics({**window_metrics(results), run_schema.WINDOW_SECONDS: time.perf_counter() - started},
+                        step=index + 1)
         pooled = results[POOLED]
         worst = max(r.level for r in results.values())
         reasons = [f"{scope}: {r.reasons[0]}" for scope, r in results.items() if r.level == worst and r.reasons]
@@ -128,20 +124,20 @@ def _monitoring_body(grid: Grid, plan: MonitorPlan, run: TrackedRun) -> None:
             "scopes": {scope: _scope_dict(r) for scope, r in results.items()},
         })
         perf = pooled.performance.get(levels.performance.metric)
-        print(f"fedrisk monitor: {label}: {LEVELS[worst]}, score PSI {pooled.psi[SCORE]:.3f}"
+        print(f"fedrisk monitor: {label}: {LEVELS[worst]}, score PSI {pooled.psi[SCORE]:.3f}"  # progress, per window
               + (f", {levels.performance.metric} {perf:.4f}" if perf is not None else "")
               + (" (retraining rule met)" if due else ""), file=sys.stderr)
     report = _report(plan, windows, trigger)
     with tempfile.TemporaryDirectory() as tmp:
         write_report(report, Path(tmp))
-        run.log_artifacts(Path(tmp), "drift")
+        run.log_artifacts(Path(tmp), run_schema.DRIFT_FOLDER)
     last, worst = windows[-1]["level"], max(windows, key=lambda w: LEVELS.index(w["level"]))["level"]
-    run.set_tags({"fedrisk.monitor.level": last, "fedrisk.monitor.worst_level": worst,
-                  "fedrisk.monitor.windows": str(len(windows)),
-                  "fedrisk.monitor.retrain": report["retrain"]["summary"][:4000], "fedrisk.status": "completed"})
+    run.set_tags({run_schema.MONITOR_LEVEL: last, run_schema.MONITOR_WORST_LEVEL: worst,
+                  run_schema.MONITOR_WINDOWS: str(len(windows)),
+                  run_schema.MONITOR_RETRAIN: report["retrain"]["summary"][:4000], run_schema.STATUS: "completed"})
     client = MlflowClient(plan.monitor.tracking.uri)
-    for key, value in {"fedrisk.monitor.level": last, "fedrisk.monitor.run": run.run_id,
-                       "fedrisk.monitor.retrain": "due" if trigger else "no"}.items():
+    for key, value in {run_schema.MONITOR_LEVEL: last, run_schema.MONITOR_RUN: run.run_id,
+                       run_schema.MONITOR_RETRAIN: "due" if trigger else "no"}.items():
         client.set_model_version_tag(plan.model.name, plan.model.version, key, value)
 
 

@@ -12,98 +12,28 @@ Aggregation of weights is Flower's (weighted by examples). What this adds:
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import fields
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from fedrisk import protocol, run_schema
 from fedrisk.config import CampaignConfig
-from fedrisk.errors import BUDGET_REFUSED_REPLY, INPUT_ERROR_REPLY
-from fedrisk.fraud_metrics import FraudStats, fraud_summary
-from fedrisk.fairness import GroupHistograms, fairness_metrics, merge_group_histograms
-from fedrisk.metrics import EvalStats, evaluation_summary
+from fedrisk.evaluation import SplitStatistics, split_metrics
 from fedrisk.tracking import CampaignRun
-
-
-
-def error_reason(code: int, text: str, name: str) -> tuple[str, str]:
-    """(kind, one line) of an error reply. Only fedrisk's own messages are quoted: any other
-    exception's text may quote a customer's value, and the audit log keeps what it is given."""
-    if code not in (INPUT_ERROR_REPLY, BUDGET_REFUSED_REPLY):
-        return "error", f"institution {name}: the ClientApp failed (Flower error code {code}); see the institution's log"
-    reason = (str(text).strip().splitlines() or ["(no reason given)"])[-1]
-    if name not in reason:
-        reason = f"institution {name}: {reason}"
-    return ("budget" if code == BUDGET_REFUSED_REPLY else "input"), reason
 
 
 class CampaignStopped(Exception):
     """Too few institutions remain to go on."""
 
 
-def evaluation_parts(replies: Iterable[Message], split: str = "validation") -> dict[str, EvalStats]:
-    """Per-institution evaluation statistics of a split, as the ClientApp sent them."""
-    parts = {}
-    for msg in replies:
-        e = msg.content["evaluation"]
-        values = {f.name: e[f"{split}.{f.name}"] for f in fields(EvalStats)}
-        parts[str(msg.content["who"]["institution"])] = EvalStats(
-            **{k: np.asarray(v) if isinstance(v, list) else v for k, v in values.items()}
-        )
-    return parts
-
-
-def group_parts(replies: Iterable[Message], split: str = "validation") -> dict[str, GroupHistograms]:
-    """Per-institution histograms by protected group of a split."""
-    parts = {}
-    for msg in replies:
-        raw = json.loads(str(msg.content["evaluation"][f"{split}.groups"]))
-        parts[str(msg.content["who"]["institution"])] = {
-            a: {g: (np.asarray(pos), np.asarray(neg)) for g, (pos, neg) in by.items()}
-            for a, by in raw.items()
-        }
-    return parts
-
-
-def fraud_parts(replies: Iterable[Message], split: str = "validation") -> dict[str, tuple[EvalStats, FraudStats]]:
-    """Per-issuer (evaluation, fraud) statistics of a split."""
-    overall = evaluation_parts(replies, split)
-    parts = {}
-    for msg in replies:
-        e = msg.content["evaluation"]
-        name = str(msg.content["who"]["institution"])
-        values = {f.name: e[f"{split}.fraud.{f.name}"] for f in fields(FraudStats)}
-        parts[name] = (overall[name], FraudStats(
-            **{k: np.asarray(v) if isinstance(v, list) else v for k, v in values.items()}
-        ))
-    return parts
-
-
-def evaluation_metrics(replies: list[Message], split: str, prefix: str,
-                       config: CampaignConfig) -> dict[str, float]:
-    """Performance and fairness, pooled and per institution, from the replies' sums.
-
-    Fraud: each issuer's alert threshold comes from its validation statistics.
-    """
-    ev = config.evaluation
-    if config.task == "fraud":
-        return fraud_summary(fraud_parts(replies, "validation"), fraud_parts(replies, split), prefix,
-                             ev.max_fpr, ev.alerts_per_day)
-    threshold, max_fpr = ev.threshold, ev.max_fpr
-    metrics = evaluation_summary(evaluation_parts(replies, split), prefix, threshold, max_fpr)
-    groups = group_parts(replies, split)
-    metrics.update(fairness_metrics(merge_group_histograms(list(groups.values())), threshold, prefix))
-    for name, mine in groups.items():
-        for key, value in fairness_metrics(mine, threshold, prefix).items():
-            metrics[f"{key}.{name}"] = value
-    return metrics
+def split_parts(replies: Iterable[Message], split: str = "validation") -> dict[str, SplitStatistics]:
+    """Each institution's statistics of a split, as its ClientApp sent them."""
+    return {protocol.institution_of(msg): protocol.read_evaluation(msg, split) for msg in replies}
 
 
 class CampaignMixin:
@@ -142,9 +72,7 @@ class CampaignMixin:
                                                     "kind": kind, "reason": reason})
 
     def active_nodes(self, grid: Grid) -> list[int]:
-        return sorted(
-            n for n in grid.get_node_ids() if n in self.names and self.names[n] not in self.excluded
-        )
+        return sorted(n for n in grid.get_node_ids() if n in self.names and self.names[n] not in self.excluded)
 
     def usable_replies(self, replies: Iterable[Message], server_round: int) -> list[Message]:
         """Replies without error; an error excludes its institution from the campaign."""
@@ -152,14 +80,14 @@ class CampaignMixin:
         for msg in replies:
             name = self.names.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
             if msg.has_error():
-                kind, reason = error_reason(msg.error.code, msg.error.reason, name)
+                kind, reason = protocol.error_reason(msg.error.code, msg.error.reason, name)
                 self.exclude(name, reason, server_round, kind)
             else:
                 ok.append(msg)
         return ok
 
     def log_validation(self, step: int, replies: list[Message]) -> dict[str, float]:
-        metrics = evaluation_metrics(replies, "validation", "val", self.config)
+        metrics = split_metrics(split_parts(replies, "validation"), run_schema.VALIDATION, self.config)
         self.run.log_metrics(metrics, step=step)
         self.latest_validation = metrics
         return metrics
@@ -171,13 +99,10 @@ class CampaignMixin:
         active = self.active_nodes(grid)
         if len(active) < self.min_institutions:
             raise CampaignStopped(
-                f"round {server_round}: {len(active)} institution(s) left, "
-                f"minimum is {self.min_institutions}"
-            )
+                f"round {server_round}: {len(active)} institution(s) left, minimum is {self.min_institutions}")
         wanted = max(math.ceil(len(active) * self.fraction_train), self.min_institutions)
         chosen = sorted(self.rng.sample(active, min(wanted, len(active))))
-        config["server-round"] = server_round
-        config["proximal-mu"] = float(getattr(self, "proximal_mu", 0.0))
+        protocol.with_round(config, server_round, float(getattr(self, "proximal_mu", 0.0)))
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         resting = [n for n in active if n not in chosen]
         return [
@@ -193,40 +118,33 @@ class CampaignMixin:
         trained = [m for m in ok if m.metadata.message_type == MessageType.TRAIN]
         metrics: dict[str, float] = {}
         for msg in trained:
-            name = str(msg.content["who"]["institution"])
-            values = dict(msg.content["metrics"])
-            metrics[f"train_loss.{name}"] = values["train-loss"]
-            metrics[f"train_seconds.{name}"] = values["train-seconds"]
+            name = protocol.institution_of(msg)
+            values = protocol.train_metrics(msg)
+            metrics[run_schema.at("train_loss", name)] = values["train-loss"]
+            metrics[run_schema.at("train_seconds", name)] = values["train-seconds"]
             if "epsilon" in values:
-                self.epsilon[name] = float(values["epsilon"])
+                self.epsilon[name] = values["epsilon"]
                 entry = self.privacy.setdefault(name, {"rounds": 0})
-                entry.update(
-                    epsilon=float(values["epsilon"]),
-                    delta=float(values["delta"]),
-                    noise_multiplier=float(values["noise-multiplier"]),
-                    sample_rate=float(values["sample-rate"]),
-                    steps_per_round=float(values["steps"]),
-                )
+                entry.update(epsilon=values["epsilon"], delta=values["delta"],
+                             noise_multiplier=values["noise-multiplier"], sample_rate=values["sample-rate"],
+                             steps_per_round=values["steps"])
                 entry["rounds"] += 1
         if len(trained) < self.min_institutions:  # after recording what they spent
             raise CampaignStopped(
-                f"round {server_round}: {len(trained)} institution(s) trained, "
-                f"minimum is {self.min_institutions}"
-            )
+                f"round {server_round}: {len(trained)} institution(s) trained, minimum is {self.min_institutions}")
         arrays, aggregated = super().aggregate_train(server_round, trained)  # type: ignore[misc]
         if arrays is not None:
             self.latest_arrays = arrays
-        for name, eps in self.epsilon.items():
-            metrics[f"epsilon.{name}"] = eps
+        metrics.update(run_schema.per_institution("epsilon", self.epsilon))
         if self.epsilon:
-            metrics["epsilon_max"] = max(self.epsilon.values())
-        metrics["institutions_trained"] = float(len(trained))
-        metrics["institutions_excluded"] = float(len(self.excluded))
-        metrics["round_seconds"] = time.perf_counter() - self._round_start
+            metrics[run_schema.EPSILON_MAX] = max(self.epsilon.values())
+        metrics[run_schema.INSTITUTIONS_TRAINED] = float(len(trained))
+        metrics[run_schema.INSTITUTIONS_EXCLUDED] = float(len(self.excluded))
+        metrics[run_schema.ROUND_SECONDS] = time.perf_counter() - self._round_start
         self.run.log_metrics(metrics, step=server_round)
         self.run.audit("round_completed", {
-            "round": server_round, "trained": sorted(str(m.content["who"]["institution"]) for m in trained),
-            "epsilon_max": metrics.get("epsilon_max"),
+            "round": server_round, "trained": sorted(protocol.institution_of(m) for m in trained),
+            "epsilon_max": metrics.get(run_schema.EPSILON_MAX),
         })
         self.rounds_done = server_round
         self.on_round(server_round, {**self.latest_validation, **metrics})

@@ -207,11 +207,10 @@ def test_a_malformed_copy_of_the_head_is_reported_not_raised(tmp_path):
 
 def test_exclusion_reasons_quote_only_fedrisk_messages():
     """A crash's text may quote a customer's value; the audit log keeps what it is given."""
-    from fedrisk.errors import BUDGET_REFUSED_REPLY, INPUT_ERROR_REPLY
-    from server.strategy import error_reason
+    from fedrisk.protocol import BUDGET_REFUSED, INPUT_ERROR, error_reason
 
     crash = error_reason(1, "ValueError: could not convert string to float: 'DE89 3704 0044 0532 0130 00'", "inst02")
     assert crash[0] == "error" and "DE89" not in crash[1] and crash[1].startswith("institution inst02:")
-    assert error_reason(INPUT_ERROR_REPLY, "Traceback\ninstitution inst02, file f.csv: no rows", "inst02") == (
+    assert error_reason(INPUT_ERROR, "Traceback\ninstitution inst02, file f.csv: no rows", "inst02") == (
         "input", "institution inst02, file f.csv: no rows")
-    assert error_reason(BUDGET_REFUSED_REPLY, "budget spent", "inst02") == ("budget", "institution inst02: budget spent")
+    assert error_reason(BUDGET_REFUSED, "budget spent", "inst02") == ("budget", "institution inst02: budget spent")

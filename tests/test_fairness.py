@@ -12,7 +12,8 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import roc_auc_score
 
-from fedrisk.fairness import fairness_by_attribute, fairness_metrics, group_histograms, merge_group_histograms
+from fedrisk import run_schema
+from fedrisk.fairness import fairness_by_attribute, fairness_scores, group_histograms, merge_group_histograms
 
 
 def _institution(seed: int, n: int, bias: float):
@@ -54,7 +55,7 @@ def test_federated_fairness_equals_fairlearn_on_pooled_data(bias):
 
 def test_flat_metric_names():
     y, p, g = _institution(4, 2000, 0.0)
-    out = fairness_metrics(group_histograms(y, p, g, 100), 0.2, "test")
+    out = run_schema.fairness_metrics("test", fairness_scores(group_histograms(y, p, g, 100), 0.2))
     assert "test_approval_rate_difference.sex" in out
     assert "test_approval_rate.sex:F" in out and "test_auc.age_band:50plus" in out
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score, roc_curve
 
+from fedrisk import run_schema
 from fedrisk.fraud_metrics import FraudStats, alert_threshold, fraud_summary
 from fedrisk.metrics import EvalStats
 
@@ -41,7 +42,7 @@ def test_ranking_metrics_match_sklearn_on_pooled_data():
     issuers = _issuers(1)
     parts = {n: _stats(f) for n, f in issuers.items()}
     pooled = pd.concat(issuers.values())
-    m = fraud_summary(parts, parts, "test", 0.01, K)
+    m = run_schema.scores_metrics("test", fraud_summary(parts, parts, 0.01, K), max_fpr=0.01, k=K)
     assert m["test_auc"] == pytest.approx(roc_auc_score(pooled.y, pooled.score), abs=RANKING_TOLERANCE)
     assert m["test_average_precision"] == pytest.approx(
         average_precision_score(pooled.y, pooled.score), abs=RANKING_TOLERANCE)
@@ -58,7 +59,7 @@ def test_ranking_metrics_match_sklearn_on_pooled_data():
 def test_top_k_precision_per_day_matches_a_pandas_ranking():
     issuers = _issuers(2)
     parts = {n: _stats(f) for n, f in issuers.items()}
-    m = fraud_summary(parts, parts, "val", 0.01, K)
+    m = run_schema.scores_metrics("val", fraud_summary(parts, parts, 0.01, K), max_fpr=0.01, k=K)
     hits = alerts = 0
     for name, frame in issuers.items():
         top = frame.sort_values(["day", "score"], ascending=[True, False], kind="stable").groupby("day").head(K)
@@ -81,7 +82,7 @@ def test_alert_budget_threshold_is_the_lowest_edge_within_budget():
 def test_budget_metrics_and_amount_recall_match_sklearn_at_each_issuers_threshold():
     issuers = _issuers(4)
     parts = {n: _stats(f) for n, f in issuers.items()}
-    m = fraud_summary(parts, parts, "test", 0.01, K)
+    m = run_schema.scores_metrics("test", fraud_summary(parts, parts, 0.01, K), max_fpr=0.01, k=K)
     flags, ys, amounts = [], [], []
     for name, frame in issuers.items():
         threshold = m[f"test_operating_threshold.{name}"]
@@ -104,7 +105,7 @@ def test_thresholds_come_from_validation_not_from_the_judged_split():
     val = {n: _stats(f) for n, f in _issuers(5).items()}
     test_frames = _issuers(6)
     test = {n: _stats(f) for n, f in test_frames.items()}
-    m = fraud_summary(val, test, "test", 0.01, K)
+    m = run_schema.scores_metrics("test", fraud_summary(val, test, 0.01, K), max_fpr=0.01, k=K)
     for name, (stats, fraud) in val.items():
         assert m[f"test_operating_threshold.{name}"] == alert_threshold(
             stats.hist_pos, stats.hist_neg, fraud.days, K) / BINS
@@ -127,4 +128,4 @@ def test_fraud_statistics_add_up_across_issuers():
 
 def test_no_accuracy_in_the_fraud_suite():
     parts = {n: _stats(f) for n, f in _issuers(8).items()}
-    assert not [k for k in fraud_summary(parts, parts, "test", 0.01, K) if "accuracy" in k or "flag_rate" in k]
+    assert not [k for k in run_schema.scores_metrics("test", fraud_summary(parts, parts, 0.01, K), max_fpr=0.01, k=K) if "accuracy" in k or "flag_rate" in k]

@@ -15,6 +15,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from fedrisk import run_schema
 from fedrisk.metrics import EvalStats, auc_from_histograms, bin_index, evaluation_summary, score_histograms
 
 
@@ -50,7 +51,8 @@ def test_federated_auc_equals_pooled(bins, tolerance):
     y = np.concatenate([p[0] for p in parts])
     s = np.concatenate([p[1] for p in parts])
     summed = {f"i{i}": EvalStats.from_scores(yy, ss, bins) for i, (yy, ss) in enumerate(parts)}
-    out = evaluation_summary(summed, "val", threshold=0.5, max_fpr=0.1)
+    out = run_schema.scores_metrics("val", evaluation_summary(summed, threshold=0.5, max_fpr=0.1), threshold=0.5,
+                                   max_fpr=0.1)
     assert out["val_auc"] == pytest.approx(roc_auc_score(y, s), abs=tolerance)
     assert out["val_loss"] == pytest.approx(log_loss(y, s), rel=1e-9)
     for i, (yy, ss) in enumerate(parts):

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from fedrisk.config import config_to_json, load_config
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators.credit import generate_institution
-from fedrisk.institution import for_node, statistics
+from fedrisk.institution import statistics
+from fedrisk.session import open_session
 
 
 def test_data_path_replaces_the_campaigns_layout_with_the_nodes_file(tmp_path):
     frame = generate_institution(1, 3, 6000, 42)
     frame.to_csv(tmp_path / "mine.csv", index=False)
     campaign = config_to_json(load_config(None, {"institutions": 3}, work_dir=tmp_path))
-    mine = for_node(campaign, "inst02", {"institution": "inst02", "data-path": str(tmp_path / "mine.csv"),
-                                          "ledger-dir": str(tmp_path / "ledger")})
-    raw = json.loads(mine)
-    assert raw["data"]["source"] == "files" and raw["data"]["files"] == {"inst02": str(tmp_path / "mine.csv")}
-    assert raw["privacy"]["ledger_dir"] == str(tmp_path / "ledger")
-    stats = statistics(mine, "inst02")
+    session = open_session(campaign, {"institution": "inst02", "data-path": str(tmp_path / "mine.csv"),
+                                      "ledger-dir": str(tmp_path / "ledger")})
+    assert session.name == "inst02"
+    assert session.config.data.source == "files"
+    assert session.config.data.files == {"inst02": str(tmp_path / "mine.csv")}
+    assert session.config.privacy.ledger_dir == str(tmp_path / "ledger")
+    stats = statistics(session)
     assert stats["data"]["rows"] == len(frame)
     assert stats["data"]["source"] == str(tmp_path / "mine.csv")
 
@@ -34,5 +34,5 @@ def test_data_path_replaces_the_campaigns_layout_with_the_nodes_file(tmp_path):
 def test_bad_node_settings_fail_in_one_line_naming_institution_and_file(tmp_path, node, message):
     campaign = config_to_json(load_config(None, {"institutions": 3}, work_dir=tmp_path))
     with pytest.raises(FedriskInputError) as err:
-        for_node(campaign, "inst01", node)
+        open_session(campaign, {"institution": "inst01", **node})
     assert err.value.one_line().startswith(message)

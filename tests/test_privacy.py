@@ -62,26 +62,24 @@ def test_training_epsilon_equals_opacus_accountant():
     res = train_local(model, x, y, epochs=2, batch_size=100, learning_rate=0.1,
                       dp=DPSettings(sigma, 1.0))
     assert res.steps == 2 * per_epoch
-    assert res.history == [(sigma, rate, 2 * per_epoch)]  # what the ledger is charged
+    assert res.spend == [(sigma, rate, 2 * per_epoch)]  # what Opacus did, and the ledger is charged
     reference = RDPAccountant()
     for _ in range(res.steps):
         reference.step(noise_multiplier=sigma, sample_rate=rate)
-    assert epsilon_spent(res.history, 1e-5) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
-    assert epsilon_spent(res.history, 1e-5) <= 2.0
+    assert epsilon_spent(res.spend, 1e-5) == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert epsilon_spent(res.spend, 1e-5) <= 2.0
 
 
-def test_history_is_carried_across_rounds():
-    """A fresh PrivacyEngine per round would forget round 1; the carried history does not."""
+def test_a_fresh_engine_per_round_charges_only_its_round(tmp_path):
+    """Each round's PrivacyEngine reports its own steps; the ledger composes the rounds."""
     x, y = _xy()
     model = build_model(ModelSpec(kind="logistic"), x.shape[1], 0)
-    first = train_local(model, x, y, epochs=1, batch_size=200, learning_rate=0.1,
-                        dp=DPSettings(1.0, 1.0))
-    second = train_local(model, x, y, epochs=1, batch_size=200, learning_rate=0.1,
-                         dp=DPSettings(1.0, 1.0, first.history))
-    one = epsilon_spent(first.history, 1e-5)
-    two = epsilon_spent(second.history, 1e-5)
-    assert two > one
-    assert two == pytest.approx(epsilon_spent([(1.0, 0.1, 20)], 1e-5), rel=1e-9)
+    ledger = PrivacyLedger.open(tmp_path, "inst01", "e" * 64)
+    for rnd in (1, 2):
+        res = train_local(model, x, y, epochs=1, batch_size=200, learning_rate=0.1, dp=DPSettings(1.0, 1.0))
+        assert res.spend == [(1.0, 0.1, 10)]
+        ledger.record("c1", rnd, res.spend, 1e-5)
+    assert ledger.spent(1e-5) == pytest.approx(epsilon_spent([(1.0, 0.1, 20)], 1e-5), rel=1e-9)
 
 
 def test_dp_clips_and_adds_noise():

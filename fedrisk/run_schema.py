@@ -1,0 +1,205 @@
+"""The MLflow run schema: every tag, artifact path and metric name fedrisk writes or reads.
+
+Writers (the campaign, the gate, promotion, monitoring) and readers (the gate, the CLI, the
+evidence pack, reports) take names from here, so a name changes in one place. The metric
+modules stay pure: they return values keyed by metric (`auc`, `approval_rate_difference`),
+and the functions below turn them into MLflow names:
+
+- `<split>_<metric>` pooled over institutions (`val_auc`, `test_ks`); split is `val` or `test`;
+- `<name>.<institution>` for one institution (`val_auc.inst03`, `epsilon.inst03`);
+- fairness: `<split>_<metric>.<attribute>` and, per group, `<split>_<metric>.<attribute>:<group>`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# --- tags of a campaign run -------------------------------------------------------------
+CAMPAIGN = "fedrisk.campaign"
+TASK = "fedrisk.task"
+VERSION = "fedrisk.version"
+CODE_VERSION = "fedrisk.code_version"
+CONFIG_SHA256 = "fedrisk.config_sha256"
+TRAINER = "fedrisk.trainer"
+PRIVACY = "fedrisk.privacy"  # "dp" or "none"
+ACCOUNTANT = "fedrisk.accountant"
+DELTA = "fedrisk.delta"
+EPSILON = "fedrisk.epsilon"
+INSTITUTION_EPSILON = "fedrisk.institution_epsilon"
+SECURE_AGGREGATION = "fedrisk.secure_aggregation"
+WARM_START = "fedrisk.warm_start"
+STATUS = "fedrisk.status"  # completed, stopped or failed
+STOP_REASON = "fedrisk.stop_reason"
+ERROR = "fedrisk.error"
+INSTITUTIONS = "fedrisk.institutions"
+EXCLUDED = "fedrisk.excluded"
+MODEL_URI = "fedrisk.model_uri"
+MODEL_NAME = "fedrisk.model_name"
+ROUNDS_COMPLETED = "fedrisk.rounds_completed"
+REFERENCE_ERROR = "fedrisk.reference_error"
+RUN_NAME = "mlflow.runName"
+
+# --- tags of the gate (on the run, and on the model version) -----------------------------
+GATE_VERDICT = "fedrisk.gate.verdict"
+GATE_POLICY = "fedrisk.gate.policy"
+GATE_POLICY_SHA256 = "fedrisk.gate.policy_sha256"
+GATE_FAILED_RULES = "fedrisk.gate.failed_rules"
+GATE_WARNINGS = "fedrisk.gate.warnings"
+GATE_MODEL_VERSION = "fedrisk.gate.model_version"
+GATE_ALIAS = "fedrisk.gate.alias"
+GATE_ERROR = "fedrisk.gate.error"
+
+# --- tags of a registered model version ---------------------------------------------------
+RUN_ID = "fedrisk.run_id"
+APPROVALS = "fedrisk.approvals"  # pending approvals, mirrored from the audit log
+APPROVED_BY = "fedrisk.approved_by"  # the approvals a promotion used
+CHAMPION_HISTORY = "fedrisk.champion_history"
+CHAMPION_SINCE = "fedrisk.champion_since"
+OVERRIDE = "fedrisk.override"
+OVERRIDE_JUSTIFICATION = "fedrisk.override_justification"
+OVERRIDE_RULES = "fedrisk.override_rules"
+OVERRIDE_APPROVERS = "fedrisk.override_approvers"
+ARCHIVED = "fedrisk.archived"
+ARCHIVED_AT = "fedrisk.archived_at"
+REPLACED_BY = "fedrisk.replaced_by"
+ROLLED_BACK = "fedrisk.rolled_back"
+RESTORED_AT = "fedrisk.restored_at"
+
+# --- tags of the audit log's head, copied onto runs and model versions ----------------------
+AUDIT_LOG = "fedrisk.audit.log"
+AUDIT_LOG_ID = "fedrisk.audit.log_id"
+AUDIT_HEAD = "fedrisk.audit.head"
+
+# --- tags of a monitoring run (and of the monitored model version) -------------------------
+MONITOR = "fedrisk.monitor"
+MONITOR_LEVEL = "fedrisk.monitor.level"
+MONITOR_WORST_LEVEL = "fedrisk.monitor.worst_level"
+MONITOR_WINDOWS = "fedrisk.monitor.windows"
+MONITOR_RETRAIN = "fedrisk.monitor.retrain"
+MONITOR_RUN = "fedrisk.monitor.run"
+MODEL_VERSION = "fedrisk.model_version"
+TRAINING_RUN = "fedrisk.training_run"
+
+# --- artifacts -----------------------------------------------------------------------------
+CONFIG_ARTIFACT = "config.yaml"
+DATA_QUALITY_ARTIFACT = "institutions/data_quality.json"
+DATA_SUMMARY_ARTIFACT = "institutions/data_summary.json"
+EXCLUDED_ARTIFACT = "institutions/excluded.json"
+CALIBRATION_ARTIFACT = "evaluation/calibration_test.json"
+TEST_STATISTICS_ARTIFACT = "evaluation/test_statistics.json"
+IMPORTANCE_ARTIFACT = "evaluation/feature_importance.json"
+LEDGER_ARTIFACT = "privacy/ledger_snapshot.json"
+REFERENCE_ARTIFACT = "monitoring/reference.json"
+VERDICT_ARTIFACT = "gate/verdict.json"
+GATE_REPORT_ARTIFACT = "gate/report.html"
+EVIDENCE_FOLDER = "evidence"
+MONITORING_CONFIG_ARTIFACT = "monitoring_config.yaml"
+DRIFT_FOLDER = "drift"
+DRIFT_REPORT_ARTIFACT = "drift/report.json"
+
+# --- metric names ----------------------------------------------------------------------------
+VALIDATION, TEST = "val", "test"  # split prefixes of evaluation metrics
+EPSILON_MAX = "epsilon_max"
+EPSILON_FINAL_MAX = "epsilon_final_max"
+ROUND_SECONDS = "round_seconds"
+INSTITUTIONS_TRAINED = "institutions_trained"
+INSTITUTIONS_EXCLUDED = "institutions_excluded"
+SECURE_AGGREGATION_SECONDS = "secure_aggregation_seconds"
+INSTITUTION_EPSILON_METRIC = "institution_epsilon"
+INSTITUTION_NOISE_STDDEV = "institution_noise_stddev"
+WINDOW_SECONDS = "window_seconds"
+
+
+def at(name: str, institution: str | None) -> str:
+    """`name` for one institution (`epsilon.inst03`), or as is for the pooled consortium."""
+    return name if institution is None else f"{name}.{institution}"
+
+
+def split_metric(split: str, metric: str, institution: str | None = None) -> str:
+    """`val_auc`, `test_ks.inst03`, `test_approval_rate_difference.sex`."""
+    return at(f"{split}_{metric}", institution)
+
+
+def group_safe(text: str) -> str:
+    """A group value as MLflow allows in a metric name ('50+' -> '50plus')."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text.replace("+", "plus"))
+
+
+def fairness_metric(metric: str, attribute: str, group: str | None = None) -> str:
+    """`approval_rate_difference.sex` for an attribute, `approval_rate.sex:F` for a group."""
+    return f"{metric}.{attribute}" if group is None else f"{metric}.{attribute}:{group_safe(group)}"
+
+
+def metric_name(key: str, *, threshold: float | None = None, max_fpr: float | None = None,
+                k: int | None = None) -> str:
+    """A metric module's key with its parameter: `recall_at_fpr` -> `recall_at_fpr_0.1`,
+    `precision_at_threshold` -> `precision_at_0.2`, `precision_top_k` -> `precision_top30_per_day`."""
+    if key == "recall_at_fpr" and max_fpr is not None:
+        return recall_at_fpr(max_fpr)
+    if key == "precision_top_k" and k is not None:
+        return precision_top_k(k)
+    if key.endswith("_at_threshold") and threshold is not None:
+        return f"{key[: -len('_at_threshold')]}_at_{threshold:g}"
+    return key
+
+
+def split_metrics(split: str, values: dict[str, float], institution: str | None = None,
+                  **params: Any) -> dict[str, float]:
+    """Metric values of one scope (pooled or one institution) under their MLflow names;
+    `params` are `metric_name`'s (threshold, max_fpr, k)."""
+    return {split_metric(split, metric_name(key, **params), institution): value for key, value in values.items()}
+
+
+def scores_metrics(split: str, scores: Any, **params: Any) -> dict[str, float]:
+    """A `Scores` (pooled and per institution) under MLflow names."""
+    out = split_metrics(split, scores.pooled, **params)
+    for institution, values in scores.institutions.items():
+        out.update(split_metrics(split, values, institution, **params))
+    return out
+
+
+FAIRNESS_GAPS = ("approval_rate_difference", "approval_rate_ratio", "equal_opportunity_difference",
+                 "equalized_odds_difference")
+
+
+def fairness_metrics(split: str, by_attribute: dict[str, dict[str, Any]],
+                     institution: str | None = None) -> dict[str, float]:
+    """Gaps per protected attribute, and approval rate and AUC per group, under MLflow names."""
+    out: dict[str, float] = {}
+    for attribute, result in sorted(by_attribute.items()):
+        for key in FAIRNESS_GAPS:
+            out[split_metric(split, fairness_metric(key, attribute), institution)] = result[key]
+        for group, rate in result["approval_rate"].items():
+            out[split_metric(split, fairness_metric("approval_rate", attribute, group), institution)] = rate
+            out[split_metric(split, fairness_metric("auc", attribute, group), institution)] = result["auc"][group]
+    return out
+
+
+def per_institution(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """`{institution: value}` as `{name.institution: value}`."""
+    return {at(name, institution): value for institution, value in values.items()}
+
+
+def data_quality_metrics(institution: str, card: dict[str, Any]) -> dict[str, float]:
+    return {at("dq_score", institution): card["score"],
+            **{at(f"dq_{d}", institution): v["score"] for d, v in card["dimensions"].items()}}
+
+
+def importance_metric(feature: str) -> str:
+    return f"importance.{feature}"
+
+
+def recall_at_fpr(max_fpr: float) -> str:
+    return f"recall_at_fpr_{max_fpr:g}"
+
+
+def precision_top_k(k: int) -> str:
+    return f"precision_top{k}_per_day"
+
+
+def of_split(metrics: dict[str, float], split: str, institutions: list[str]) -> dict[str, float]:
+    """The pooled metrics of a split, without prefix: what a policy's rules name."""
+    prefix = f"{split}_"
+    return {k[len(prefix):]: v for k, v in sorted(metrics.items())
+            if k.startswith(prefix) and k.rsplit(".", 1)[-1] not in institutions}
