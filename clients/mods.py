@@ -16,10 +16,19 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+)
 from flwr.compat.common import recorddict_compat as compat
 
-from fedrisk.protocol import AGGREGATION_WEIGHT, ARRAYS, INPUT_ERROR, METRICS, institution_of
+from fedrisk.protocol import (
+    AGGREGATION_WEIGHT,
+    ARRAYS,
+    INPUT_ERROR,
+    METRICS,
+    institution_of,
+)
 
 CLIPPING_NORM = "clipping_norm"  # Flower's key for the DP wrappers' clipping norm
 

@@ -21,19 +21,19 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 from opacus import PrivacyEngine
+from report_file import write_report  # experiments/report_file.py
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from report_file import write_report  # experiments/report_file.py
 from fedrisk.config import ModelSpec, load_config
 from fedrisk.data import load_institution
-from fedrisk.sources import institution_names
-from fedrisk.splits import split_institution
 from fedrisk.institution import sampling_plan
 from fedrisk.launcher import simulate
 from fedrisk.models import build_model
 from fedrisk.preprocessing import fit_preprocessor, local_statistics, merge_statistics
 from fedrisk.privacy import calibrate_noise_multiplier
+from fedrisk.sources import institution_names
+from fedrisk.splits import split_institution
 from fedrisk.training import DPSettings, train_local
 
 warnings.filterwarnings("ignore")

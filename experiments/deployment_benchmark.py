@@ -83,7 +83,8 @@ def main() -> None:
         "empty privacy ledgers). Round time: the strategy's `round_seconds` (send to aggregate), mean over rounds; "
         "ratio against simulation without SecAgg+.",
         "",
-        "| run | mean round (s) | rounds (s) | SecAgg+ protocol per round (s) | campaign, submit to end (s) | test AUC | round ratio |",
+        "| run | mean round (s) | rounds (s) | SecAgg+ protocol per round (s) | campaign, submit to end (s) | test AUC "
+        "| round ratio |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, r in results.items():

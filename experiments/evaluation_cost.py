@@ -17,13 +17,17 @@ import pandas as pd
 from fairlearn.metrics import demographic_parity_difference
 from flwr.app import ArrayRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
+from report_file import write_report  # experiments/report_file.py
 from scipy.stats import ks_2samp
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from clients.client_app import _evaluation
-from report_file import write_report  # experiments/report_file.py
 from fedrisk.config import load_config
-from fedrisk.fairness import fairness_by_attribute, group_histograms, merge_group_histograms
+from fedrisk.evaluation import SplitStatistics
+from fedrisk.fairness import (
+    fairness_by_attribute,
+    group_histograms,
+    merge_group_histograms,
+)
 from fedrisk.generators.credit import generate_consortium, true_pd
 from fedrisk.metrics import (
     EvalStats,
@@ -32,6 +36,7 @@ from fedrisk.metrics import (
     ks_from_histograms,
 )
 from fedrisk.models import build_model
+from fedrisk.protocol import evaluation_record
 
 
 def wire_bytes(bins: int) -> list[str]:
@@ -42,9 +47,9 @@ def wire_bytes(bins: int) -> list[str]:
     y = (rng.random(2000) < 0.2).astype(int)
     p = rng.random(2000)
     groups = {"sex": rng.choice(["F", "M"], 2000), "age_band": rng.choice(["18-29", "30-49", "50+"], 2000)}
-    stats = (EvalStats.from_scores(y, p, bins), group_histograms(y, p, groups, bins))
+    stats = SplitStatistics(EvalStats.from_scores(y, p, bins), group_histograms(y, p, groups, bins))
     weight_bytes = recorddict_to_proto(RecordDict({"arrays": weights})).ByteSize()
-    eval_bytes = recorddict_to_proto(RecordDict({"evaluation": _evaluation({"validation": stats})})).ByteSize()
+    eval_bytes = recorddict_to_proto(RecordDict({"evaluation": evaluation_record({"validation": stats})})).ByteSize()
     # A round: weights down and up, validation statistics up.
     share = eval_bytes / (2 * weight_bytes + eval_bytes)
     return [f"| {bins} | {weight_bytes:,} | {eval_bytes:,} | {100 * share:.0f} % |"]

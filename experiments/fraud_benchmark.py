@@ -22,9 +22,11 @@ import time
 
 import numpy as np
 import pandas as pd
-
-from benchmark import overhead  # experiments/benchmark.py: the same measure as for credit
+from benchmark import (
+    overhead,  # experiments/benchmark.py: the same measure as for credit
+)
 from report_file import write_report  # experiments/report_file.py
+
 from fedrisk.generators import fraud
 from fedrisk.transaction_features import transaction_features
 
@@ -135,7 +137,8 @@ def main() -> None:
     ours_sample_s, _ = _median_seconds(lambda: ours_features(sample))
     lines.append(f"| local features, largest issuer ({len(largest):,} tx) | {feat_s:.2f} s = "
                  f"{len(largest) / feat_s:,.0f} tx/s | handbook pandas code, {len(sample):,} tx of 300 customers in "
-                 f"{ref_s:.1f} s = {len(sample) / ref_s:,.0f} tx/s | **{(len(largest) / feat_s) / (len(sample) / ref_s):.0f}x** |")
+                 f"{ref_s:.1f} s = {len(sample) / ref_s:,.0f} tx/s | "
+                 f"**{(len(largest) / feat_s) / (len(sample) / ref_s):.0f}x** |")
     lines.append(f"| local features, the same {len(sample):,} tx | {ours_sample_s:.3f} s | {ref_s:.1f} s | "
                  f"{ref_s / ours_sample_s:.0f}x |")
     print(lines[-2:], flush=True)

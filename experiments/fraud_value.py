@@ -28,19 +28,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
 from report_file import write_report  # experiments/report_file.py  # noqa: E402
-from fedrisk.config import CampaignConfig, load_config  # noqa: E402
+
 from fedrisk.columns import DAY  # noqa: E402
+from fedrisk.config import CampaignConfig, load_config  # noqa: E402
 from fedrisk.data import load_institution  # noqa: E402
-from fedrisk.sources import institution_names  # noqa: E402
-from fedrisk.splits import Split, split_institution  # noqa: E402
 from fedrisk.fraud_metrics import FraudStats, fraud_summary  # noqa: E402
 from fedrisk.launcher import simulate  # noqa: E402
 from fedrisk.metrics import EvalStats  # noqa: E402
 from fedrisk.models import build_model, predict_proba  # noqa: E402
-from fedrisk.preprocessing import Preprocessor, fit_preprocessor, local_statistics, merge_statistics  # noqa: E402
+from fedrisk.preprocessing import (  # noqa: E402
+    Preprocessor,
+    fit_preprocessor,
+    local_statistics,
+    merge_statistics,
+)
 from fedrisk.privacy import calibrate_noise_multiplier  # noqa: E402
+from fedrisk.sources import institution_names  # noqa: E402
+from fedrisk.splits import Split, split_institution  # noqa: E402
 from fedrisk.training import DPSettings, dp_sampling, train_local  # noqa: E402
 
 METRICS = {"average_precision": "AUPRC", "recall_at_fpr_0.01": "recall at 1 % FPR",
@@ -149,7 +154,8 @@ def main() -> None:
     _plot(table, out.with_suffix(".png"))
     mean = table.groupby(["issuer", "setting"])[list(METRICS)].mean()
     lines = [
-        f"Fraud campaign of configs/fraud.yaml with {args.institutions} issuers, seeds {args.seeds}: each seed is a new simulated "
+        f"Fraud campaign of configs/fraud.yaml with {args.institutions} issuers, seeds {args.seeds}: "
+        "each seed is a new simulated "
         "consortium. Test window of each issuer; mean over seeds (sd in brackets for AUPRC). Alert "
         "thresholds from each issuer's validation window.", "",
         "| issuer | train transactions (frauds), first seed | " + " | ".join(f"AUPRC {s}" for s in SETTINGS) + " |",

@@ -70,10 +70,13 @@ def scorecard_rows() -> list[str]:
     for label, config in [("credit, largest of 5 lenders (60,000 rows in all)", load_config(None)),
                           ("fraud, largest of 5 issuers (1.0 M transactions in all)",
                            load_config(str(Path(__file__).parents[1] / "configs" / "fraud.yaml")))]:
-        with_card = _median(lambda: data.load_institution(config.data, "inst01", config.seed))
+        def load(config=config):
+            return data.load_institution(config.data, "inst01", config.seed)
+
+        with_card = _median(load)
         blank = {"score": 100.0, "passed": True}
-        with mock.patch.object(data, "quality_scorecard", lambda *a, **k: blank):
-            without = _median(lambda: data.load_institution(config.data, "inst01", config.seed))
+        with mock.patch.object(data, "quality_scorecard", lambda *a, blank=blank, **k: blank):
+            without = _median(load)
         rows_n = len(data.load_institution(config.data, "inst01", config.seed).frame)
         rows.append(f"| scorecard, {label}: {rows_n:,} rows | {with_card:.3f} s load with scorecard | "
                     f"{without:.3f} s load without | {with_card / without:.2f}x |")

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
-
 from report_file import write_report  # experiments/report_file.py
+
 from fedrisk.drift import SCORE
 from fedrisk.institution import window_statistics
 from fedrisk.monitor_config import load_monitor_config

@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from report_file import write_report  # experiments/report_file.py
 from sklearn.metrics import roc_auc_score
 
-from report_file import write_report  # experiments/report_file.py
 from fedrisk.config import CampaignConfig, load_config
 from fedrisk.data import load_institution
-from fedrisk.sources import institution_names
-from fedrisk.splits import split_institution
 from fedrisk.generators.credit import true_pd
 from fedrisk.launcher import simulate
+from fedrisk.metrics import EvalStats, auc_from_histograms
 from fedrisk.models import build_model, predict_proba
 from fedrisk.preprocessing import fit_preprocessor, local_statistics, merge_statistics
-from fedrisk.metrics import EvalStats, auc_from_histograms
+from fedrisk.sources import institution_names
+from fedrisk.splits import split_institution
 from fedrisk.training import train_local
 
 

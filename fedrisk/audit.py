@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fedrisk import run_schema
 from fedrisk.errors import FedriskInputError
 from fedrisk.strict_json import nan_to_null
 
 GENESIS = "0" * 64
 FIELDS = ("actor", "details", "event", "hash", "prev", "seq", "time")
-LOG_TAG, ID_TAG, HEAD_TAG = "fedrisk.audit.log", "fedrisk.audit.log_id", "fedrisk.audit.head"
 DEFAULT_PATH = ".fedrisk/audit.jsonl"
 
 
@@ -223,7 +223,8 @@ def head_tag(entry: dict[str, Any]) -> str:
 
 def anchor_tags(path: str | Path, entry: dict[str, Any]) -> dict[str, str]:
     """Tags that copy the log's head onto an MLflow run or model version."""
-    return {LOG_TAG: str(Path(path).resolve()), ID_TAG: log_id(path), HEAD_TAG: head_tag(entry)}
+    return {run_schema.AUDIT_LOG: str(Path(path).resolve()), run_schema.AUDIT_LOG_ID: log_id(path),
+            run_schema.AUDIT_HEAD: head_tag(entry)}
 
 
 def log_id(path: str | Path) -> str:

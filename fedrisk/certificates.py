@@ -73,7 +73,7 @@ def make_server_certificates(folder: str | Path, hosts: tuple[str, ...] = DEFAUL
         if (out / name).exists():
             raise FedriskInputError("exists already; keys and certificates are never overwritten (rotate into "
                                     "a new folder)", file=str(out / name))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{consortium} CA")])
     ca = (

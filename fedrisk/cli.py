@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from fedrisk.config import load_config
+from fedrisk import run_schema
 from fedrisk.cli_output import BLOCKED_EXIT_CODE, print_outcome, set_values
+from fedrisk.config import load_config
+from fedrisk.environment import quiet
 from fedrisk.errors import INPUT_ERROR_EXIT_CODE, FedriskInputError, PromotionRefused
+
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -75,11 +78,11 @@ def _monitor(args: argparse.Namespace) -> int:
         score_psi = "-" if pooled["psi"]["score"] is None else f"{pooled['psi']['score']:.3f}"
         print(f"{window['label']:<12} {pooled['rows']:>8} {score_psi:>9} {csi_text:<28} "
               f"{perf_text:<20} {window['level']:<7} {'; '.join(window['reasons'][:2])}")
-        for name, reason in window["missing"].items():
+        for reason in window["missing"].values():
             print(f"{'':<12} not measured: {reason}")
     print(client_report["retrain"]["summary"])
     print(f"MLflow run   {run.info.run_id} (experiment '{plan.monitor.tracking.experiment}'), "
-          f"report drift/report.html; tags fedrisk.monitor.level={run.data.tags.get('fedrisk.monitor.level')}")
+          f"report drift/report.html; tags {run_schema.MONITOR_LEVEL}={run.data.tags.get(run_schema.MONITOR_LEVEL)}")
     print(f"model        {plan.model.name}/{plan.model.version} tagged fedrisk.monitor.level, fedrisk.monitor.run")
     trigger = client_report["retrain"]
     if args.retrain and trigger["triggered"]:
@@ -98,7 +101,7 @@ def _download_report(uri: str, run_id: str) -> dict[str, Any]:
 
     from fedrisk.tracking import read_artifact
 
-    text = read_artifact(MlflowClient(uri), run_id, "drift/report.json")
+    text = read_artifact(MlflowClient(uri), run_id, run_schema.DRIFT_REPORT_ARTIFACT)
     if text is None:
         raise RuntimeError(f"the monitoring run {run_id} has no drift/report.json")
     return json.loads(text)
@@ -196,9 +199,9 @@ def _explain(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from fedrisk.config import absolute_tracking_uri
-    from fedrisk.sources import read_table
     from fedrisk.scorecard import build_scorecard
     from fedrisk.serving import load_model_files
+    from fedrisk.sources import read_table
 
     mlflow.set_tracking_uri(absolute_tracking_uri(args.tracking_uri, Path.cwd()))
     try:
@@ -252,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate)
     val = sub.add_parser("validate", help="apply a gate policy to a campaign's MLflow run")
     val.add_argument("run_id")
-    val.add_argument("--policy", help="policy YAML (default: the campaign's gate.policy, else configs/gate_<task>.yaml)")
+    val.add_argument("--policy", help="policy YAML (default: the campaign's gate.policy, else the shipped policy of "
+                                      "its task, as configs/gate_<task>.yaml)")
     _store_options(val)
     val.set_defaults(func=_validate)
     mon = sub.add_parser("monitor", help="watch a registered model's new data windows for drift")
@@ -309,9 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stderr to one line
     args = build_parser().parse_args(argv)
+    _entry_point_settings(verbose=bool(getattr(args, "verbose", False)))
     try:
         return int(args.func(args))
     except PromotionRefused as err:
@@ -322,6 +325,19 @@ def main(argv: list[str] | None = None) -> int:
         return INPUT_ERROR_EXIT_CODE
     except KeyboardInterrupt:
         return 130
+
+
+def _entry_point_settings(verbose: bool) -> None:
+    """What only an entry point sets: warnings, the fedrisk logger's output, the environment."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quiet()
+    logger = logging.getLogger("fedrisk")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("fedrisk: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 if __name__ == "__main__":

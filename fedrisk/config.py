@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedrisk.errors import FedriskInputError
 
-DEFAULT_CONFIG_NAME = "credit.yaml"
 DRIFT_SCENARIOS = {"credit": ("none", "population_shift", "downturn"),
                    "fraud": ("none", "population_shift", "new_fraud_pattern")}
 
@@ -41,11 +40,11 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Drift(_Strict):
+class Drift(StrictModel):
     """A controlled shift of the built-in generators: later windows for monitoring."""
 
     scenario: Literal["none", "population_shift", "downturn", "new_fraud_pattern"] = "none"
@@ -54,7 +53,7 @@ class Drift(_Strict):
     start_day: int = Field(0, ge=0, description="fraud: first day of the window's history, after the start")
 
 
-class SyntheticData(_Strict):
+class SyntheticData(StrictModel):
     """The built-in generators: credit applicants (`rows`) or card transactions (fraud)."""
 
     institutions: int = Field(5, ge=1, le=1000)
@@ -66,7 +65,7 @@ class SyntheticData(_Strict):
     drift: Drift = Drift()
 
 
-class TransactionSpec(_Strict):
+class TransactionSpec(StrictModel):
     """Fraud: which columns make a transaction, and how features look back in time."""
 
     timestamp: str = "tx_datetime"
@@ -83,7 +82,7 @@ class TransactionSpec(_Strict):
         return self
 
 
-class TimeSplit(_Strict):
+class TimeSplit(StrictModel):
     """Fraud: train, label delay, validation, label delay, test; never random."""
 
     train_days: int = Field(28, ge=1)
@@ -92,7 +91,7 @@ class TimeSplit(_Strict):
     end: date | None = Field(None, description="last day of the test window; None: each issuer's last day")
 
 
-class Quality(_Strict):
+class Quality(StrictModel):
     """The data spec each institution's rows are scored against, locally, before training."""
 
     min_score: float = Field(90.0, ge=0.0, le=100.0, description="below it the institution sits out")
@@ -115,7 +114,7 @@ class Quality(_Strict):
         return self
 
 
-class Partition(_Strict):
+class Partition(StrictModel):
     """How one file is cut into institutions for a simulation."""
 
     institutions: int = Field(ge=1, le=1000)
@@ -123,7 +122,7 @@ class Partition(_Strict):
     alpha: float = Field(1.0, gt=0.0, description="Dirichlet concentration; small = skewed")
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     """Where each institution's rows are and what the columns mean."""
 
     source: Literal["synthetic", "files"] = "synthetic"
@@ -161,12 +160,12 @@ class DataSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     kind: Literal["logistic", "mlp"] = "mlp"
     hidden: list[int] = Field([32], description="hidden layer widths of the MLP")
 
 
-class Training(_Strict):
+class Training(StrictModel):
     rounds: int = Field(8, ge=1, le=10_000)
     local_epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(256, ge=1)
@@ -182,7 +181,7 @@ class Training(_Strict):
         None, description="warm start: an MLflow model URI whose weights and preprocessing the campaign starts from")
 
 
-class InstitutionPrivacy(_Strict):
+class InstitutionPrivacy(StrictModel):
     """Institution-level DP: Flower's DP wrapper bounds what one institution's whole update
     can change in the global model (clipping) and adds Gaussian noise to the average."""
 
@@ -196,7 +195,7 @@ class InstitutionPrivacy(_Strict):
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
 
 
-class SecureAggregation(_Strict):
+class SecureAggregation(StrictModel):
     """Flower's SecAgg+: the server learns only the weighted sum of the institutions' weights."""
 
     enabled: bool = False
@@ -218,7 +217,7 @@ class SecureAggregation(_Strict):
         return self
 
 
-class Privacy(_Strict):
+class Privacy(StrictModel):
     enabled: bool = True
     target_epsilon: float = Field(3.0, gt=0.0, description="lifetime budget per institution")
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
@@ -228,12 +227,11 @@ class Privacy(_Strict):
     max_noise_multiplier: float = Field(
         20.0, gt=0.0, description="more noise than this means the budget left is too small"
     )
-    accountant: Literal["rdp"] = "rdp"
     ledger_dir: str = ".fedrisk/ledger"
     institution_level: InstitutionPrivacy = InstitutionPrivacy()
 
 
-class Evaluation(_Strict):
+class Evaluation(StrictModel):
     bins: int = Field(1000, ge=10, le=100_000, multiple_of=10,
                       description="score histogram bins on [0, 1]; 10 calibration bands")
     threshold: float = Field(0.2, gt=0.0, lt=1.0, description="PD at or above it: flagged")
@@ -249,23 +247,23 @@ class Evaluation(_Strict):
         return self
 
 
-class Tracking(_Strict):
+class Tracking(StrictModel):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "fedrisk-credit"
     model_name: str = Field("fedrisk-credit", description="registered model of passing runs")
 
 
-class Gate(_Strict):
+class Gate(StrictModel):
     enabled: bool = True
-    policy: str | None = Field(None, description="policy YAML; None: configs/gate_<task>.yaml")
+    policy: str | None = Field(None, description="policy YAML; None: the task's shipped policy (configs/gate_<task>.yaml)")
 
 
-class Audit(_Strict):
+class Audit(StrictModel):
     path: str = Field(".fedrisk/audit.jsonl", description="hash-chained audit log; relative to the working directory")
     actor: str | None = Field(None, description="who runs the campaign (its trainer); None: FEDRISK_ACTOR or the OS user")
 
 
-class CampaignConfig(_Strict):
+class CampaignConfig(StrictModel):
     task: Literal["credit", "fraud"] = "credit"
     seed: int = Field(42, ge=0)
     data: DataSpec = DataSpec()
@@ -334,7 +332,7 @@ OVERRIDE_ALIASES = {
 }
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -357,7 +355,7 @@ def _with_task_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return merge(defaults, raw)
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     msg = first["msg"]
@@ -440,14 +438,14 @@ def load_config(
         raw = loaded
         config_dir = file.parent.resolve()
     for key, value in (overrides or {}).items():
-        _set_dotted(raw, OVERRIDE_ALIASES.get(key, key), value)
+        set_dotted(raw, OVERRIDE_ALIASES.get(key, key), value)
     raw = _with_task_defaults(raw)
     if isinstance(raw.get("data"), dict) or "data" not in raw:
         _resolve_paths(raw, config_dir, work)
     try:
         config = CampaignConfig.model_validate(raw)
     except ValidationError as err:
-        raise FedriskInputError(_format_validation_error(err, source)) from None
+        raise FedriskInputError(format_validation_error(err, source)) from None
     if config.gate.enabled:  # a bad policy fails now, not after the last round
         from fedrisk.policy import load_policy
 
@@ -470,7 +468,7 @@ def config_from_json(text: str) -> CampaignConfig:
     try:
         return CampaignConfig.model_validate(json.loads(text))
     except ValidationError as err:
-        raise FedriskInputError(_format_validation_error(err, "campaign config")) from None
+        raise FedriskInputError(format_validation_error(err, "campaign config")) from None
 
 
 def flatten(config: CampaignConfig) -> dict[str, str]:

@@ -128,7 +128,8 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
     names = institution_names(spec)
     if name not in names:
         known = ", ".join(names)
-        reason = f"no file for this window (files for: {known})" if spec.files is not None else f"unknown institution (known: {known})"
+        reason = (f"no file for this window (files for: {known})" if spec.files is not None
+                  else f"unknown institution (known: {known})")
         raise FedriskInputError(reason, institution=name)
     frame, source, _ = raw_frame(spec, name, names, seed)
     if len(frame) == 0:

@@ -8,30 +8,29 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fedrisk.drift import SCORE  # noqa: E402
-from fedrisk.strict_json import nan_to_null  # noqa: E402
-from fedrisk.warning_levels import LEVELS, POOLED  # noqa: E402
+from fedrisk.drift import SCORE
+from fedrisk.strict_json import nan_to_null
+from fedrisk.warning_levels import LEVELS, POOLED
 
 COLOURS = {"green": "#2e7d32", "yellow": "#f9a825", "orange": "#ef6c00", "red": "#c62828"}
 
 
-def _bands(ax: plt.Axes, bands: dict[str, float], top: float) -> None:
+def _bands(ax: Axes, bands: dict[str, float], top: float) -> None:
     edges = [0.0, bands["yellow"], bands["orange"], bands["severe"], max(top, bands["severe"] * 1.2)]
     for level, low, high in zip(LEVELS, edges[:-1], edges[1:]):
         ax.axhspan(low, high, color=COLOURS[level], alpha=0.08)
 
 
-def psi_chart(report: dict[str, Any]) -> plt.Figure:
+def psi_chart(report: dict[str, Any]) -> Figure:
     """Score PSI per window, pooled and per institution, on the warning bands."""
     windows = report["windows"]
     labels = [w["label"] for w in windows]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     values = [w["scopes"][POOLED]["psi"][SCORE] for w in windows]
     institutions = sorted({s for w in windows for s in w["scopes"] if s != POOLED})
     top = float(np.nanmax([*values, 0.3]))
@@ -52,12 +51,13 @@ def psi_chart(report: dict[str, Any]) -> plt.Figure:
     return fig
 
 
-def csi_chart(report: dict[str, Any]) -> plt.Figure:
+def csi_chart(report: dict[str, Any]) -> Figure:
     """Pooled PSI of the score and CSI of every input, window by window."""
     windows = report["windows"]
     columns = [SCORE, *sorted(c for c in windows[0]["scopes"][POOLED]["psi"] if c != SCORE)]
     matrix = np.array([[w["scopes"][POOLED]["psi"][c] for w in windows] for c in columns])
-    fig, ax = plt.subplots(figsize=(1.2 * len(windows) + 3, 0.4 * len(columns) + 1.5))
+    fig = Figure(figsize=(1.2 * len(windows) + 3, 0.4 * len(columns) + 1.5))
+    ax = fig.subplots()
     image = ax.imshow(matrix, cmap="YlOrRd", vmin=0, vmax=max(report["levels"]["csi"]["severe"], 1e-9),
                       aspect="auto")
     ax.set_xticks(range(len(windows)), [w["label"] for w in windows], rotation=30)
@@ -71,7 +71,7 @@ def csi_chart(report: dict[str, Any]) -> plt.Figure:
     return fig
 
 
-def score_chart(report: dict[str, Any]) -> plt.Figure:
+def score_chart(report: dict[str, Any]) -> Figure:
     """Share of rows per reference score decile: reference, first and last window."""
     edges = report["reference"]["score_edges"]
     if edges:
@@ -82,7 +82,8 @@ def score_chart(report: dict[str, Any]) -> plt.Figure:
     shown = [("reference (training, in the last window's mix)", np.asarray(last["reference_score_counts"], dtype=float))]
     for window in (first, last):
         shown.append((window["label"], np.asarray(window["score_counts"], dtype=float)))
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig = Figure(figsize=(9, 4))
+    ax = fig.subplots()
     width = 0.8 / len(shown)
     for k, (label, counts) in enumerate(shown):
         share = counts[:-1] / max(counts.sum(), 1)  # the last bin is missing: a score never is
@@ -95,7 +96,7 @@ def score_chart(report: dict[str, Any]) -> plt.Figure:
     return fig
 
 
-def performance_chart(report: dict[str, Any]) -> plt.Figure | None:
+def performance_chart(report: dict[str, Any]) -> Figure | None:
     """The rule's metric per window against its validation reference and retraining line."""
     rule = report["levels"]["performance"]
     metric = rule["metric"]
@@ -108,7 +109,8 @@ def performance_chart(report: dict[str, Any]) -> plt.Figure | None:
     if np.all(np.isnan(values)) or np.all(np.isnan(reference)):
         return None
     limit = reference * (1 - rule["max_drop"]) if rule["mode"] == "relative" else reference - rule["max_drop"]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.subplots()
     ax.plot(labels, values, marker="o", color="black", label=f"pooled {metric}")
     ax.plot(labels, reference, color=COLOURS["green"], ls="--", label="validation reference")
     ax.plot(labels, limit, color=COLOURS["orange"], ls="--", label="retraining below")
@@ -156,7 +158,6 @@ def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
         if fig is None:
             continue
         fig.savefig(folder / name, dpi=90, bbox_inches="tight")
-        plt.close(fig)
         images[title] = name
     (folder / "report.html").write_text(_html(report, images))
     return sorted(folder.iterdir())

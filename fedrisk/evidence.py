@@ -16,11 +16,16 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fedrisk import audit
+from fedrisk import audit, run_schema
 from fedrisk.errors import FedriskInputError
 from fedrisk.monitor_config import MonitorConfig
-from fedrisk.promotion import APPROVALS_TAG, APPROVED_BY_TAG
-from fedrisk.report import _approval, _calibration, _roc_and_ks, _table, per_institution_rows
+from fedrisk.report import (
+    approval_chart,
+    calibration_chart,
+    html_table,
+    per_institution_rows,
+    roc_ks_chart,
+)
 from fedrisk.strict_json import nan_to_null
 from fedrisk.tracking import audit_event, read_artifact
 from fedrisk.validation import audit_log_of, load_statistics
@@ -58,14 +63,13 @@ def _artifact(client: MlflowClient, run_id: str, path: str) -> Any:
 
 
 def _split_metrics(metrics: dict[str, float], split: str, institutions: list[str], words: tuple[str, ...] = ()) -> dict:
-    return {k[len(split) + 1:]: v for k, v in sorted(metrics.items())
-            if k.startswith(f"{split}_") and k.rsplit(".", 1)[-1] not in institutions
-            and (not words or any(w in k for w in words))}
+    return {k: v for k, v in run_schema.of_split(metrics, split, institutions).items()
+            if not words or any(w in k for w in words)}
 
 
 def _versions(client: MlflowClient, name: str, run_id: str) -> list[dict[str, Any]]:
     try:
-        found = [mv for mv in client.search_model_versions(f"name='{name}'") if mv.tags.get("fedrisk.run_id") == run_id]
+        found = [mv for mv in client.search_model_versions(f"name='{name}'") if mv.tags.get(run_schema.RUN_ID) == run_id]
         aliases = client.get_registered_model(name).aliases if found else {}
     except MlflowException:
         return []
@@ -74,13 +78,13 @@ def _versions(client: MlflowClient, name: str, run_id: str) -> list[dict[str, An
         out.append({
             "model": name, "version": str(mv.version),
             "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
-            "gate_verdict": mv.tags.get("fedrisk.gate.verdict"),
-            "approvals": [*json.loads(mv.tags.get(APPROVED_BY_TAG, "[]")),  # used by a promotion
-                          *json.loads(mv.tags.get(APPROVALS_TAG, "[]"))],  # pending
-            "override": mv.tags.get("fedrisk.override") == "true",
-            "override_justification": mv.tags.get("fedrisk.override_justification"),
-            "archived": mv.tags.get("fedrisk.archived") == "true",
-            "champion_since": mv.tags.get("fedrisk.champion_since"),
+            "gate_verdict": mv.tags.get(run_schema.GATE_VERDICT),
+            "approvals": [*json.loads(mv.tags.get(run_schema.APPROVED_BY, "[]")),  # used by a promotion
+                          *json.loads(mv.tags.get(run_schema.APPROVALS, "[]"))],  # pending
+            "override": mv.tags.get(run_schema.OVERRIDE) == "true",
+            "override_justification": mv.tags.get(run_schema.OVERRIDE_JUSTIFICATION),
+            "archived": mv.tags.get(run_schema.ARCHIVED) == "true",
+            "champion_since": mv.tags.get(run_schema.CHAMPION_SINCE),
         })
     return out
 
@@ -90,7 +94,7 @@ def _earlier_campaigns(client: MlflowClient, run: Any, institutions: list[str]) 
     earlier = client.search_runs([run.info.experiment_id], "tags.`fedrisk.privacy` = 'dp'", max_results=500)
     out = []
     for other in earlier:
-        shared = sorted(set(other.data.tags.get("fedrisk.institutions", "").split(",")) & set(institutions))
+        shared = sorted(set(other.data.tags.get(run_schema.INSTITUTIONS, "").split(",")) & set(institutions))
         if other.info.run_id != run.info.run_id and other.info.start_time < run.info.start_time and shared:
             out.append({"run": other.info.run_id, "institutions": ", ".join(shared),
                         "epsilon_max_after": other.data.metrics.get("epsilon_final_max")})
@@ -98,14 +102,14 @@ def _earlier_campaigns(client: MlflowClient, run: Any, institutions: list[str]) 
 
 
 def _audit_section(tags: dict[str, str], run_id: str) -> dict[str, Any]:
-    section: dict[str, Any] = {"log": tags.get(audit.LOG_TAG), "head_on_run": tags.get(audit.HEAD_TAG),
-                               "log_id": tags.get(audit.ID_TAG)}
+    section: dict[str, Any] = {"log": tags.get(run_schema.AUDIT_LOG), "head_on_run": tags.get(run_schema.AUDIT_HEAD),
+                               "log_id": tags.get(run_schema.AUDIT_LOG_ID)}
     try:
         path = audit_log_of(tags)
         check = audit.verify(path)
     except FedriskInputError as err:
         return {**section, "verification": f"not verified here: {err.one_line()}"}
-    head = tags.get(audit.HEAD_TAG)
+    head = tags.get(run_schema.AUDIT_HEAD)
     problem = check.problem or (audit.verify_anchors(path, {"this run": head}) if head else None)
     section["verification"] = (f"BROKEN: {problem}" if problem else "chain intact; the run's copy of the head matches"
                                if head else "chain intact; this run holds no copy of the head (made before fedrisk audited)")
@@ -126,32 +130,33 @@ def build_evidence(tracking_uri: str, run_id: str) -> dict[str, Any]:
     except MlflowException:
         raise FedriskInputError(f"MLflow run {run_id} not found at {tracking_uri}") from None
     tags, metrics = run.data.tags, run.data.metrics
-    if "fedrisk.campaign" not in tags:
+    if run_schema.CAMPAIGN not in tags:
         raise FedriskInputError(f"MLflow run {run_id} is not a fedrisk campaign")
-    task = tags.get("fedrisk.task", "credit")
-    institutions = sorted(n for n in tags.get("fedrisk.institutions", "").split(",") if n)
-    config = _artifact(client, run_id, "config.yaml") or {}
-    summary = (_artifact(client, run_id, "institutions/data_summary.json") or {}).get("institutions", {})
-    excluded = (_artifact(client, run_id, "institutions/excluded.json") or {}).get("excluded", {})
-    quality = _artifact(client, run_id, "institutions/data_quality.json") or {}
-    ledger = _artifact(client, run_id, "privacy/ledger_snapshot.json") or {}
-    verdict = _artifact(client, run_id, "gate/verdict.json")
-    calibration = _artifact(client, run_id, "evaluation/calibration_test.json")
-    model_name = tags.get("fedrisk.model_name") or config.get("tracking", {}).get("model_name", f"fedrisk-{task}")
+    task = tags.get(run_schema.TASK, "credit")
+    institutions = sorted(n for n in tags.get(run_schema.INSTITUTIONS, "").split(",") if n)
+    config = _artifact(client, run_id, run_schema.CONFIG_ARTIFACT) or {}
+    summary = (_artifact(client, run_id, run_schema.DATA_SUMMARY_ARTIFACT) or {}).get("institutions", {})
+    excluded = (_artifact(client, run_id, run_schema.EXCLUDED_ARTIFACT) or {}).get("excluded", {})
+    quality = _artifact(client, run_id, run_schema.DATA_QUALITY_ARTIFACT) or {}
+    ledger = _artifact(client, run_id, run_schema.LEDGER_ARTIFACT) or {}
+    verdict = _artifact(client, run_id, run_schema.VERDICT_ARTIFACT)
+    calibration = _artifact(client, run_id, run_schema.CALIBRATION_ARTIFACT)
+    model_name = tags.get(run_schema.MODEL_NAME) or config.get("tracking", {}).get("model_name", f"fedrisk-{task}")
     versions = _versions(client, model_name, run_id)
     monitor = MonitorConfig()
     monitoring_runs = []
     experiment = client.get_experiment_by_name(monitor.tracking.experiment)
     if experiment is not None:
         for m in client.search_runs([experiment.experiment_id], f"tags.`fedrisk.training_run` = '{run_id}'"):
-            monitoring_runs.append({"run": m.info.run_id, "worst_level": m.data.tags.get("fedrisk.monitor.worst_level"),
-                                    "retrain": m.data.tags.get("fedrisk.monitor.retrain")})
+            monitoring_runs.append({"run": m.info.run_id, "worst_level": m.data.tags.get(run_schema.MONITOR_WORST_LEVEL),
+                                    "retrain": m.data.tags.get(run_schema.MONITOR_RETRAIN)})
     evidence = {
         "identification": {
-            "run": run_id, "campaign": tags.get("fedrisk.campaign"), "task": task,
-            "model_uri": tags.get("fedrisk.model_uri"), "registered": [f"{v['model']}/{v['version']}" for v in versions],
-            "trainer": tags.get("fedrisk.trainer"), "code_version": tags.get("fedrisk.code_version", tags.get("fedrisk.version")),
-            "config_sha256": tags.get("fedrisk.config_sha256"), "status": tags.get("fedrisk.status"),
+            "run": run_id, "campaign": tags.get(run_schema.CAMPAIGN), "task": task,
+            "model_uri": tags.get(run_schema.MODEL_URI), "registered": [f"{v['model']}/{v['version']}" for v in versions],
+            "trainer": tags.get(run_schema.TRAINER),
+            "code_version": tags.get(run_schema.CODE_VERSION, tags.get(run_schema.VERSION)),
+            "config_sha256": tags.get(run_schema.CONFIG_SHA256), "status": tags.get(run_schema.STATUS),
             "override": any(v["override"] for v in versions),
         },
         "intended_use": INTENDED_USE[task],
@@ -165,10 +170,10 @@ def build_evidence(tracking_uri: str, run_id: str) -> dict[str, Any]:
                     "meaning": "epsilon per institution is its lifetime spend on the same data, across campaigns "
                                "(its ledger); the federation's epsilon is the maximum, the data being disjoint",
                     "earlier_campaigns": _earlier_campaigns(client, run, institutions)},
-        "performance": {"pooled": _split_metrics(metrics, "test", institutions),
+        "performance": {"pooled": _split_metrics(metrics, run_schema.TEST, institutions),
                         "per_institution": per_institution_rows(metrics, task, institutions)},
         "calibration": calibration,
-        "fairness": _split_metrics(metrics, "test", institutions, ("approval", "opportunity", "tpr")),
+        "fairness": _split_metrics(metrics, run_schema.TEST, institutions, ("approval", "opportunity", "tpr")),
         "data_quality": quality,
         "monitoring_plan": {
             "reference": "monitoring/reference.json (score and input deciles, validation metrics)",
@@ -179,8 +184,8 @@ def build_evidence(tracking_uri: str, run_id: str) -> dict[str, Any]:
                           "against its validation value",
             "runs": monitoring_runs,
         },
-        "gate": {"verdict": tags.get("fedrisk.gate.verdict"), "policy": tags.get("fedrisk.gate.policy"),
-                 "failed_rules": tags.get("fedrisk.gate.failed_rules"), "warnings": tags.get("fedrisk.gate.warnings"),
+        "gate": {"verdict": tags.get(run_schema.GATE_VERDICT), "policy": tags.get(run_schema.GATE_POLICY),
+                 "failed_rules": tags.get(run_schema.GATE_FAILED_RULES), "warnings": tags.get(run_schema.GATE_WARNINGS),
                  "rules": (verdict or {}).get("results", [])},
         "approvals": versions,
         "audit": _audit_section(tags, run_id),
@@ -194,7 +199,7 @@ def _section(title: str, body: str) -> str:
 
 def _kv(mapping: dict[str, Any]) -> str:
     rows = [{"item": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v} for k, v in mapping.items()]
-    return _table(rows)
+    return html_table(rows)
 
 
 def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str) -> str:
@@ -206,54 +211,56 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
     parts.append(_section("1. Model identification", _kv(ident)))
     parts.append(_section("2. Intended use", _kv(evidence["intended_use"])))
     data = evidence["data"]
-    rows = [{"institution": n, "train rows": d.get("rows", {}).get("train"), "validation rows": d.get("rows", {}).get("validation"),
+    rows = [{"institution": n, "train rows": d.get("rows", {}).get("train"),
+             "validation rows": d.get("rows", {}).get("validation"),
              "test rows": d.get("rows", {}).get("test"), "imputed values": sum((d.get("imputed") or {}).values()),
              "data fingerprint": (d.get("fingerprint") or "-")[:16], "quality score": d.get("quality_score")}
             for n, d in data["institutions"].items()]
     excluded = [{"institution": n, "kind": e.get("kind", "-") if isinstance(e, dict) else "-",
                  "reason": e.get("reason") if isinstance(e, dict) else e} for n, e in data["excluded"].items()]
-    parts.append(_section("3. Data (aggregates per institution)", _table(rows) + "<h3>Excluded</h3>" + _table(excluded)))
+    parts.append(_section("3. Data (aggregates per institution)", html_table(rows) + "<h3>Excluded</h3>" + html_table(excluded)))
     parts.append(_section("4. Method and hyper-parameters",
                           "".join(f"<h3>{k}</h3>{_kv(v or {})}" for k, v in evidence["method"].items())))
     privacy = evidence["privacy"]
-    parts.append(_section("5. Privacy", _kv({k: v for k, v in privacy.items() if k not in ("per_institution", "earlier_campaigns")})
-                          + _table([{"institution": n, **v} for n, v in privacy["per_institution"].items()])
-                          + "<h3>Earlier campaigns on the same institutions</h3>" + _table(privacy["earlier_campaigns"])))
+    parts.append(_section("5. Privacy", _kv({k: v for k, v in privacy.items()
+                                             if k not in ("per_institution", "earlier_campaigns")})
+                          + html_table([{"institution": n, **v} for n, v in privacy["per_institution"].items()])
+                          + "<h3>Earlier campaigns on the same institutions</h3>" + html_table(privacy["earlier_campaigns"])))
     perf = evidence["performance"]
-    parts.append(_section("6. Performance (test)", _kv(perf["pooled"]) + _table(perf["per_institution"])))
+    parts.append(_section("6. Performance (test)", _kv(perf["pooled"]) + html_table(perf["per_institution"])))
     stats, groups, threshold = load_statistics(client, run_id)
     calibration = ""
     if stats is not None and stats.examples:
-        png, _ = _calibration(stats)
-        calibration = (f"<img src='data:image/png;base64,{_roc_and_ks(stats)}'>"
+        png, _ = calibration_chart(stats)
+        calibration = (f"<img src='data:image/png;base64,{roc_ks_chart(stats)}'>"
                        f"<img src='data:image/png;base64,{png}'>")
     parts.append(_section("7. Calibration (test, by score band)",
-                          calibration + _table((evidence["calibration"] or {}).get("bands", []))))
+                          calibration + html_table((evidence["calibration"] or {}).get("bands", []))))
     fairness = _kv(evidence["fairness"]) if evidence["fairness"] else "<p>no protected attribute measured</p>"
     if groups:
-        fairness += f"<img src='data:image/png;base64,{_approval(groups, threshold)}'>"
+        fairness += f"<img src='data:image/png;base64,{approval_chart(groups, threshold)}'>"
     parts.append(_section("8. Fairness (test)", fairness))
     cards = evidence["data_quality"].get("institutions", {})
     dq_rows = [{"institution": n, "score": c["score"], "passed": c["passed"],
                 **{d: v["score"] for d, v in c["dimensions"].items()}, "weakest": c["weakest"],
                 "why": c["dimensions"][c["weakest"]]["detail"]} for n, c in cards.items()]
     parts.append(_section(f"9. Data-quality scorecards (minimum {evidence['data_quality'].get('min_score', '-')}; "
-                          "score = weakest dimension)", _table(dq_rows)))
+                          "score = weakest dimension)", html_table(dq_rows)))
     plan = evidence["monitoring_plan"]
     parts.append(_section("10. Monitoring plan", _kv({k: v for k, v in plan.items() if k != "runs"})
-                          + "<h3>Monitoring runs so far</h3>" + _table(plan["runs"])))
+                          + "<h3>Monitoring runs so far</h3>" + html_table(plan["runs"])))
     gate = evidence["gate"]
     rules = [{k: r.get(k) for k in ("outcome", "metric", "scope", "comparator", "threshold", "value", "where")}
              for r in gate["rules"]]
-    parts.append(_section("11. Gate verdict", _kv({k: v for k, v in gate.items() if k != "rules"}) + _table(rules)))
+    parts.append(_section("11. Gate verdict", _kv({k: v for k, v in gate.items() if k != "rules"}) + html_table(rules)))
     approvals = [{"version": f"{v['model']}/{v['version']}", "aliases": ", ".join(v["aliases"]) or "-",
                   "archived": v["archived"], "override": v["override"], "approver": a["approver"], "time": a["time"],
                   "justification": a.get("justification", "-")}
                  for v in evidence["approvals"] for a in (v["approvals"] or [{"approver": "-", "time": "-"}])]
-    parts.append(_section("12. Approvals", _table(approvals)))
+    parts.append(_section("12. Approvals", html_table(approvals)))
     trail = evidence["audit"]
     parts.append(_section("13. Audit", _kv({k: v for k, v in trail.items() if k != "events"})
-                          + _table(trail.get("events", []))))
+                          + html_table(trail.get("events", []))))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
              "font-size:13px;margin-bottom:8px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>fedrisk evidence {html.escape(run_id)}</title>"
@@ -276,8 +283,8 @@ def write_evidence(tracking_uri: str, run_id: str, out_dir: str | Path, actor: s
     html_path, json_path = out / "report.html", out / "report.json"
     html_path.write_text(page)
     json_path.write_text(json.dumps(nan_to_null(evidence), indent=1, default=str, allow_nan=False))
-    client.log_artifact(run_id, str(html_path), "evidence")
-    client.log_artifact(run_id, str(json_path), "evidence")
+    client.log_artifact(run_id, str(html_path), run_schema.EVIDENCE_FOLDER)
+    client.log_artifact(run_id, str(json_path), run_schema.EVIDENCE_FOLDER)
     entry = audit_event(client, run_id, log, "evidence_pack", actor, {
         "html_sha256": hashlib.sha256(html_path.read_bytes()).hexdigest(),
         "json_sha256": hashlib.sha256(json_path.read_bytes()).hexdigest()})

@@ -8,6 +8,7 @@ one machine. It never imports flwr: it talks to Flower's processes and CLI.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,12 +22,12 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from fedrisk.certificates import check_institution_name
-from fedrisk.errors import FedriskInputError
 from fedrisk.environment import QUIET_ENV
+from fedrisk.errors import FedriskInputError
 
+log = logging.getLogger(__name__)
 CONNECTION = "fedrisk"  # the SuperLink connection's name in $FLWR_HOME/config.toml
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the Flower app: pyproject.toml, server/, clients/
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -52,7 +53,8 @@ def superlink_command(ca: Path, certificate: Path, private_key: Path, *, host: s
                       port: int = 9093, database: Path | None = None) -> list[str]:
     """The consortium's SuperLink: TLS on its one port, only registered SuperNodes admitted."""
     cmd = [_tool("flower-superlink"), "--ssl-ca-certfile", str(ca), "--ssl-certfile", str(certificate),
-           "--ssl-keyfile", str(private_key), "--enable-supernode-auth", "--disable-runtime-dependency-installation", "--host", host,
+           "--ssl-keyfile", str(private_key), "--enable-supernode-auth", "--disable-runtime-dependency-installation",
+           "--host", host,
            "--port", str(port)]
     return cmd + (["--database", str(database)] if database else [])
 
@@ -141,14 +143,14 @@ def run_status(flwr_home: Path, run_id: str) -> str:
     return str(runs[0]["status"]) if runs else "unknown"
 
 
-def wait_for_run(flwr_home: Path, run_id: str, timeout: float, progress: IO[str] | None = sys.stderr) -> str:
+def wait_for_run(flwr_home: Path, run_id: str, timeout: float) -> str:
     """Poll until the run finishes; `flwr run --stream` would exit 0 even when it failed."""
     deadline = time.monotonic() + timeout
     started, shown = time.monotonic(), ""
     while time.monotonic() < deadline:
         status = run_status(flwr_home, run_id)
-        if progress is not None and status != shown:
-            print(f"fedrisk: run {run_id} {status} ({time.monotonic() - started:.0f} s)", file=progress)
+        if status != shown:
+            log.info("run %s %s (%.0f s)", run_id, status, time.monotonic() - started)
             shown = status
         if status.startswith("finished"):
             return status
@@ -166,16 +168,15 @@ class Submitted:
 
 
 def run_to_end(flwr_home: Path, config_path: str | Path | None, overrides: dict, *, timeout: float,
-               campaign: str | None = None, progress: IO[str] | None = sys.stderr) -> Submitted:
+               campaign: str | None = None) -> Submitted:
     """Submit a campaign to the SuperLink, wait for it, and fetch the ServerApp's log."""
     campaign = campaign or uuid.uuid4().hex
     run_config = {"config-path": str(Path(config_path).resolve()) if config_path else "",
                   "overrides": json.dumps(overrides), "campaign-id": campaign}
     started = time.monotonic()
     run_id = submit(flwr_home, run_config)
-    if progress is not None:
-        print(f"fedrisk: campaign {campaign} submitted as Flower run {run_id}", file=progress, flush=True)
-    status = wait_for_run(flwr_home, run_id, timeout, progress)
+    log.info("campaign %s submitted as Flower run %s", campaign, run_id)
+    status = wait_for_run(flwr_home, run_id, timeout)
     return Submitted(campaign, run_id, status, time.monotonic() - started, server_log(flwr_home, run_id))
 
 

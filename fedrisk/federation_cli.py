@@ -134,9 +134,9 @@ def _run(args: argparse.Namespace) -> int:
 def _trial(args: argparse.Namespace) -> int:
     from fedrisk.cli_output import set_values
     from fedrisk.config import load_config
-    from fedrisk.sources import institution_names
     from fedrisk.launcher import preflight
     from fedrisk.local_federation import run_campaign, start_federation
+    from fedrisk.sources import institution_names
 
     overrides = set_values(args.set)
     if args.rounds is not None:

@@ -11,6 +11,7 @@ import operator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from fedrisk import run_schema
 from fedrisk.policy import PRIVACY_AUC_LOSS, Policy, Rule
 
 COMPARE = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
@@ -84,13 +85,13 @@ def apply_policy(
                                           rule.severity, None, "not applicable",
                                           "no reference run named", rule.description))
                 continue
-            auc = metrics.get(f"{prefix}_auc")
+            auc = metrics.get(run_schema.split_metric(prefix, "auc"))
             value = None if auc is None else (reference_auc - auc) / reference_auc
             values = {"pooled": value}
         elif rule.scope == "pooled":
-            values = {"pooled": metrics.get(f"{prefix}_{rule.metric}")}
+            values = {"pooled": metrics.get(run_schema.split_metric(prefix, rule.metric))}
         else:
-            values = {name: metrics.get(f"{prefix}_{rule.metric}.{name}") for name in institutions}
+            values = {name: metrics.get(run_schema.split_metric(prefix, rule.metric, name)) for name in institutions}
         checks = {where: _check(rule, v) for where, v in values.items()}
         failing = sorted(where for where, ok in checks.items() if ok is not True)
         if not values:

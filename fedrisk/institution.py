@@ -15,8 +15,8 @@ from fedrisk.columns import DAY
 from fedrisk.config import CampaignConfig
 from fedrisk.data import load_window
 from fedrisk.drift import column_counts, fine_grid
-from fedrisk.evaluation import SplitStatistics
 from fedrisk.errors import FedriskInputError
+from fedrisk.evaluation import SplitStatistics
 from fedrisk.fairness import group_histograms
 from fedrisk.fraud_metrics import FraudStats
 from fedrisk.metrics import EvalStats, score_histograms

@@ -22,7 +22,11 @@ from fedrisk.config import CampaignConfig, check_secure_aggregation, config_to_j
 from fedrisk.environment import quiet
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.institution import check_delta, sampling_plan
-from fedrisk.privacy import PrivacyLedger, calibrate_noise_multiplier, institution_noise_multiplier
+from fedrisk.privacy import (
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    institution_noise_multiplier,
+)
 from fedrisk.sources import institution_names
 from fedrisk.tracking import find_campaign_run
 
@@ -143,9 +147,6 @@ def _run_engine(server_app: str, run_config: dict[str, str], num_supernodes: int
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
-    if not verbose:  # after Flower's imports: they put DeprecationWarnings back to "once"
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
     backend: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 2, "include_dashboard": False,
@@ -159,9 +160,13 @@ def _run_engine(server_app: str, run_config: dict[str, str], num_supernodes: int
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
     try:
-        _run_simulation(num_supernodes=num_supernodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-                        server_app=load_component(server_app), client_app=load_component(CLIENT_APP),
-                        backend_config=backend, server_app_context=context, verbose_logging=verbose)
+        with warnings.catch_warnings():  # after Flower's imports: they put DeprecationWarnings back to "once"
+            if not verbose:
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                warnings.filterwarnings("ignore", category=FutureWarning)
+            _run_simulation(num_supernodes=num_supernodes, exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+                            server_app=load_component(server_app), client_app=load_component(CLIENT_APP),
+                            backend_config=backend, server_app_context=context, verbose_logging=verbose)
     except RuntimeError as exc:
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, FedriskInputError):

@@ -8,11 +8,10 @@ folder and is stopped by process id when the federation closes.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from fedrisk.certificates import make_node_key, make_server_certificates
 from fedrisk.errors import FedriskInputError
@@ -48,9 +47,7 @@ class LocalFederation:
         self.processes.stop_all()
 
 
-def _say(progress: IO[str] | None, text: str) -> None:
-    if progress is not None:
-        print(f"fedrisk: {text}", file=progress, flush=True)
+log = logging.getLogger(__name__)
 
 
 def start_federation(
@@ -60,7 +57,6 @@ def start_federation(
     data_paths: dict[str, Path] | None = None,
     tracking: bool = True,
     node_timeout: float = 90.0,
-    progress: IO[str] | None = sys.stderr,
 ) -> LocalFederation:
     """Start the federation; on any failure, stop what was started and raise."""
     root = Path(folder).resolve()
@@ -70,18 +66,18 @@ def start_federation(
         raise FedriskInputError("the federation folder is not empty: a trial starts from new keys", file=str(root))
     processes = Processes(root / "logs")
     try:
-        return _start(root, institutions, data_paths or {}, tracking, node_timeout, processes, progress)
+        return _start(root, institutions, data_paths or {}, tracking, node_timeout, processes)
     except BaseException:
         processes.stop_all()
         raise
 
 
 def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tracking: bool,
-           node_timeout: float, processes: Processes, progress: IO[str] | None) -> LocalFederation:
+           node_timeout: float, processes: Processes) -> LocalFederation:
     flwr_home = root / "flwr"
     env = flower_env(flwr_home)
     certs = make_server_certificates(root / "certs")
-    _say(progress, f"certificates in {root / 'certs'} (CA, SuperLink certificate for localhost)")
+    log.info(f"certificates in {root / 'certs'} (CA, SuperLink certificate for localhost)")
     tracking_uri = None
     if tracking:
         port = free_port()
@@ -93,7 +89,7 @@ def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tra
                                                           certs.private_key, port=port,
                                                           database=root / "superlink.db"), env, root)
     wait_for_https(f"https://{superlink}/health", certs.ca_certificate, link)
-    _say(progress, f"SuperLink on {superlink} (TLS, SuperNode authentication)")
+    log.info(f"SuperLink on {superlink} (TLS, SuperNode authentication)")
     write_connection(flwr_home, superlink, certs.ca_certificate)
     node_ids = {}
     for name in institutions:
@@ -102,7 +98,7 @@ def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tra
         processes.start(f"supernode-{name}", supernode_command(
             superlink, certs.ca_certificate, key.private_key, name, data_path=data_paths.get(name),
             ledger_dir=root / "institutions" / name / "ledger", port=free_port()), env, root / "institutions" / name)
-    _say(progress, f"{len(institutions)} institution keys registered, SuperNodes started")
+    log.info(f"{len(institutions)} institution keys registered, SuperNodes started")
     deadline = time.monotonic() + node_timeout
     while sum(n.get("status") == "online" for n in nodes(flwr_home)) < len(institutions):
         for name in institutions:
@@ -115,8 +111,8 @@ def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tra
         time.sleep(0.5)
     if tracking_uri:
         wait_for_https(f"{tracking_uri}/health", None, mlflow_server)
-        _say(progress, f"MLflow tracking server on {tracking_uri} (store {root / 'mlflow'})")
-    _say(progress, f"{len(institutions)} SuperNodes online")
+        log.info(f"MLflow tracking server on {tracking_uri} (store {root / 'mlflow'})")
+    log.info(f"{len(institutions)} SuperNodes online")
     return LocalFederation(root, processes, flwr_home, certs.ca_certificate, superlink, tracking_uri, node_ids)
 
 
@@ -126,15 +122,13 @@ def _last_line(text: str) -> str:
 
 
 def run_campaign(federation: LocalFederation, config_path: Path | None, overrides: dict, *,
-                 campaign: str | None = None, timeout: float = 3600.0,
-                 progress: IO[str] | None = sys.stderr) -> tuple[str, str, float]:
+                 campaign: str | None = None, timeout: float = 3600.0) -> tuple[str, str, float]:
     """Submit a campaign to the federation and wait: (campaign id, Flower's final status, seconds)."""
     if federation.tracking_uri:
         overrides = {**overrides, "tracking.uri": federation.tracking_uri}
-    done = run_to_end(federation.flwr_home, config_path, overrides, timeout=timeout, campaign=campaign,
-                      progress=progress)
+    done = run_to_end(federation.flwr_home, config_path, overrides, timeout=timeout, campaign=campaign)
     (federation.folder / "logs" / f"serverapp-{done.run_id}.log").write_text(done.log)
     if done.status != "finished:completed":
-        _say(progress, f"the ServerApp's log ends with: {_last_line(done.log)}")
+        log.warning("the ServerApp's log ends with: %s", _last_line(done.log))
     return done.campaign, done.status, done.seconds
 

@@ -12,13 +12,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from fedrisk.config import _format_validation_error, _Strict, absolute_tracking_uri
+from fedrisk.config import StrictModel, absolute_tracking_uri, format_validation_error
 from fedrisk.errors import FedriskInputError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-
-class SyntheticWindows(_Strict):
+class SyntheticWindows(StrictModel):
     """Later windows of the built-in generator, one per severity, each with new rows."""
 
     scenario: Literal["none", "population_shift", "downturn", "new_fraud_pattern"] = "population_shift"
@@ -32,7 +30,7 @@ class SyntheticWindows(_Strict):
         return self
 
 
-class Windows(_Strict):
+class Windows(StrictModel):
     """The new data, window after window; each institution reads only its own files."""
 
     source: Literal["synthetic", "files"] = "synthetic"
@@ -69,7 +67,7 @@ class Windows(_Strict):
         return self.names[index] if self.names else f"window-{index + 1}"
 
 
-class Bands(_Strict):
+class Bands(StrictModel):
     """PSI bands: yellow from `yellow`, orange from `orange`, red from `severe`."""
 
     yellow: float = Field(0.10, gt=0.0, allow_inf_nan=False)
@@ -83,7 +81,7 @@ class Bands(_Strict):
         return self
 
 
-class Performance(_Strict):
+class Performance(StrictModel):
     """Drift of the model's ranking power against its validation reference."""
 
     metric: Literal["auc", "ks", "average_precision"] = "auc"
@@ -99,7 +97,7 @@ class Performance(_Strict):
         return self
 
 
-class Levels(_Strict):
+class Levels(StrictModel):
     psi: Bands = Bands()
     csi: Bands = Bands()
     performance: Performance = Performance()
@@ -108,19 +106,19 @@ class Levels(_Strict):
         0.99, gt=0.5, lt=1.0, description="a PSI below its sampling-noise bound at this confidence stays green")
 
 
-class Retrain(_Strict):
+class Retrain(StrictModel):
     config: str | None = Field(
         None, description="campaign YAML on the new data; None: the model's own campaign (built-in "
                           "data: on the triggering window's data)")
     rounds: int | None = Field(None, ge=1, description="None: as the model's campaign")
 
 
-class MonitorTracking(_Strict):
+class MonitorTracking(StrictModel):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "fedrisk-monitoring"
 
 
-class MonitorConfig(_Strict):
+class MonitorConfig(StrictModel):
     model: str | None = Field(None, description="registered model: NAME@ALIAS, NAME/VERSION or models:/...")
     windows: Windows = Windows()
     levels: Levels = Levels()
@@ -131,7 +129,7 @@ class MonitorConfig(_Strict):
 def load_monitor_config(path: str | Path | None, overrides: dict[str, Any] | None = None,
                         work_dir: str | Path | None = None) -> MonitorConfig:
     """Load and validate; file paths resolve against the config's folder, the store against work_dir."""
-    from fedrisk.config import _set_dotted
+    from fedrisk.config import set_dotted
 
     work = Path(work_dir or Path.cwd()).resolve()
     raw: dict[str, Any] = {}
@@ -150,7 +148,7 @@ def load_monitor_config(path: str | Path | None, overrides: dict[str, Any] | Non
             raise FedriskInputError("a config must be a mapping of keys", file=str(file))
         source, folder = str(file), file.parent.resolve()
     for key, value in (overrides or {}).items():
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     windows = raw.get("windows")
     if isinstance(windows, dict) and isinstance(windows.get("files"), list):
         windows["files"] = [  # anything but a text path is left for validation to refuse
@@ -167,4 +165,4 @@ def load_monitor_config(path: str | Path | None, overrides: dict[str, Any] | Non
     try:
         return MonitorConfig.model_validate(raw)
     except ValidationError as err:
-        raise FedriskInputError(_format_validation_error(err, source)) from None
+        raise FedriskInputError(format_validation_error(err, source)) from None

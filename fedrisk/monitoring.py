@@ -19,11 +19,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
-from fedrisk.config import DRIFT_SCENARIOS, CampaignConfig, _format_validation_error, config_to_json
-from fedrisk.sources import institution_names
+from fedrisk import run_schema
+from fedrisk.config import (
+    DRIFT_SCENARIOS,
+    CampaignConfig,
+    config_to_json,
+    format_validation_error,
+)
 from fedrisk.errors import FedriskInputError
 from fedrisk.monitor_config import MonitorConfig
 from fedrisk.serving import read_model
+from fedrisk.sources import institution_names
 
 MODEL_PATTERN = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))$")
 
@@ -80,14 +86,14 @@ def training_config(uri: str, run_id: str) -> CampaignConfig:
     client = MlflowClient(uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = client.download_artifacts(run_id, "config.yaml", tmp)
+            path = client.download_artifacts(run_id, run_schema.CONFIG_ARTIFACT, tmp)
         except MlflowException:
             raise FedriskInputError(f"run {run_id} has no config.yaml: not a fedrisk campaign") from None
         raw = yaml.safe_load(Path(path).read_text())
     try:
         return CampaignConfig.model_validate(raw)
     except ValidationError as err:
-        raise FedriskInputError(_format_validation_error(err, f"config of run {run_id}")) from None
+        raise FedriskInputError(format_validation_error(err, f"config of run {run_id}")) from None
 
 
 def window_config(training: CampaignConfig, monitor: MonitorConfig, index: int) -> CampaignConfig:
@@ -123,7 +129,7 @@ def window_config(training: CampaignConfig, monitor: MonitorConfig, index: int) 
     try:
         return CampaignConfig.model_validate(raw)
     except ValidationError as err:
-        raise FedriskInputError(_format_validation_error(err, f"monitoring {windows.label(index)}")) from None
+        raise FedriskInputError(format_validation_error(err, f"monitoring {windows.label(index)}")) from None
 
 
 def plan_monitoring(monitor: MonitorConfig, model_spec: str | None, request: str | None = None) -> MonitorPlan:
@@ -185,4 +191,4 @@ def retrain_config(plan: MonitorPlan, window: int, rounds: int | None = None) ->
     try:
         return CampaignConfig.model_validate(raw)
     except ValidationError as err:
-        raise FedriskInputError(_format_validation_error(err, "retraining campaign")) from None
+        raise FedriskInputError(format_validation_error(err, "retraining campaign")) from None

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedrisk.errors import FedriskInputError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-DEFAULT_POLICIES = {"credit": CONFIGS / "gate_credit.yaml", "fraud": CONFIGS / "gate_fraud.yaml"}
+DEFAULTS = Path(__file__).resolve().parent / "defaults"  # package data: installed with fedrisk
+DEFAULT_POLICIES = {"credit": DEFAULTS / "gate_credit.yaml", "fraud": DEFAULTS / "gate_fraud.yaml"}
 # On 0.1-1 % positives a model that flags nothing is 99 % accurate: never a fraud gate metric.
 NOT_FOR_FRAUD = ("accuracy", "flag_rate", "loss")
 PRIVACY_AUC_LOSS = "privacy_auc_loss"  # relative AUC lost against the named non-private run

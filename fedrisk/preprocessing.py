@@ -17,8 +17,6 @@ import pandas as pd
 from fedrisk.columns import Columns
 from fedrisk.errors import FedriskInputError
 
-MISSING = "__missing__"
-
 
 def category_labels(series: pd.Series) -> pd.Series:
     """Categories as text, the same at every institution: a code read as 2.0 is '2'."""

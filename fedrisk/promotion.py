@@ -24,7 +24,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fedrisk import audit
+from fedrisk import audit, run_schema
 from fedrisk.errors import FedriskInputError, PromotionRefused
 from fedrisk.policy import load_policy, policy_sha256
 from fedrisk.tracking import audit_event
@@ -33,11 +33,6 @@ from fedrisk.validation import audit_log_of, campaign_policy_path
 CHAMPION = "champion"
 APPROVERS_NEEDED = 2
 MIN_JUSTIFICATION = 20  # characters: a sentence, not "ok"
-APPROVALS_TAG = "fedrisk.approvals"  # pending approvals, mirrored from the audit log
-APPROVED_BY_TAG = "fedrisk.approved_by"  # the approvals a promotion used
-HISTORY_TAG = "fedrisk.champion_history"
-OVERRIDE_TAG = "fedrisk.override"
-ARCHIVED_TAG = "fedrisk.archived"
 
 
 @dataclass(frozen=True)
@@ -109,7 +104,7 @@ def approve(tracking_uri: str, name: str, version: str, approver: str, *, overri
     client = MlflowClient(tracking_uri)
     mv = _version(client, name, version)
     version = str(mv.version)
-    run_id = mv.tags.get("fedrisk.run_id") or mv.run_id
+    run_id = mv.tags.get(run_schema.RUN_ID) or mv.run_id
     run = client.get_run(run_id)
     log = audit_log_of(run.data.tags, audit_log)
     with audit.locked(Path(log), "promotion"):
@@ -122,16 +117,16 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
     name, version, run_id = mv.name, str(mv.version), run.info.run_id
     approver = " ".join(approver.split())
     justification = " ".join((justification or "").split())
-    trainer = run.data.tags.get("fedrisk.trainer")
-    verdict = mv.tags.get("fedrisk.gate.verdict")
+    trainer = run.data.tags.get(run_schema.TRAINER)
+    verdict = mv.tags.get(run_schema.GATE_VERDICT)
     where = f"{name}/{version}"
     if not normalise_name(approver):
         raise FedriskInputError("--approver needs a name")
     if verdict is None:
         raise PromotionRefused(f"{where} has no gate verdict: run `fedrisk validate {run_id}` first")
-    policy = load_policy(campaign_policy_path(run), run.data.tags.get("fedrisk.task", "credit"))
-    if mv.tags.get("fedrisk.gate.policy_sha256") != policy_sha256(policy):
-        raise PromotionRefused(f"{where}: its verdict comes from policy '{mv.tags.get('fedrisk.gate.policy')}', not "
+    policy = load_policy(campaign_policy_path(run), run.data.tags.get(run_schema.TASK, "credit"))
+    if mv.tags.get(run_schema.GATE_POLICY_SHA256) != policy_sha256(policy):
+        raise PromotionRefused(f"{where}: its verdict comes from policy '{mv.tags.get(run_schema.GATE_POLICY)}', not "
                                f"from its campaign's policy '{policy.name}' as it stands; run `fedrisk validate "
                                f"{run_id}` with that policy")
     if not trainer:
@@ -141,7 +136,7 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
     blocked = verdict == "block"
     if blocked and not override:
         raise PromotionRefused(
-            f"{where} was blocked by the gate ({mv.tags.get('fedrisk.gate.failed_rules', '?')}); promoting it "
+            f"{where} was blocked by the gate ({mv.tags.get(run_schema.GATE_FAILED_RULES, '?')}); promoting it "
             "needs --override with a --justification, from two approvers")
     if override and not blocked:
         raise FedriskInputError(f"--override is for a version the gate blocked; {where}'s verdict is {verdict}")
@@ -163,7 +158,7 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
         "override": override, "justification": justification or None, "os_user": getpass.getuser()})
     counted.append({"approver": approver, "time": entry["time"], "verdict": verdict, "override": override,
                     "justification": justification or None, "os_user": getpass.getuser()})
-    _set_version_tags(client, name, version, {APPROVALS_TAG: json.dumps(counted), **audit.anchor_tags(log, entry)})
+    _set_version_tags(client, name, version, {run_schema.APPROVALS: json.dumps(counted), **audit.anchor_tags(log, entry)})
     if len(counted) < APPROVERS_NEEDED:
         return Decision(name, version, [a["approver"] for a in counted], False, override=override,
                         audit_head=audit.head_tag(entry))
@@ -174,22 +169,22 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
         "model": name, "version": version, "previous_champion": previous, "approvers": approvers,
         "verdict": verdict, "os_user": getpass.getuser()})
     client.set_registered_model_alias(name, CHAMPION, version)
-    history = json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*history, version]))
-    _set_version_tags(client, name, version, {"fedrisk.champion_since": _now(), ARCHIVED_TAG: "false",
-                                              APPROVALS_TAG: "[]", APPROVED_BY_TAG: json.dumps(counted),
+    history = json.loads(client.get_registered_model(name).tags.get(run_schema.CHAMPION_HISTORY, "[]"))
+    client.set_registered_model_tag(name, run_schema.CHAMPION_HISTORY, json.dumps([*history, version]))
+    _set_version_tags(client, name, version, {run_schema.CHAMPION_SINCE: _now(), run_schema.ARCHIVED: "false",
+                                              run_schema.APPROVALS: "[]", run_schema.APPROVED_BY: json.dumps(counted),
                                               **audit.anchor_tags(log, entry)})
     if previous is not None:
-        _set_version_tags(client, name, previous, {ARCHIVED_TAG: "true", "fedrisk.archived_at": _now(),
-                                                   "fedrisk.replaced_by": version})
+        _set_version_tags(client, name, previous, {run_schema.ARCHIVED: "true", run_schema.ARCHIVED_AT: _now(),
+                                                   run_schema.REPLACED_BY: version})
     if blocked:  # the override mark: on the version, its description, its run, and the log
         reasons = " | ".join(f"{a['approver']}: {a['justification']}" for a in counted)
-        mark = {OVERRIDE_TAG: "true", "fedrisk.override_rules": mv.tags.get("fedrisk.gate.failed_rules", "?"),
-                "fedrisk.override_justification": reasons[:4000], "fedrisk.override_approvers": ", ".join(approvers)}
+        mark = {run_schema.OVERRIDE: "true", run_schema.OVERRIDE_RULES: mv.tags.get(run_schema.GATE_FAILED_RULES, "?"),
+                run_schema.OVERRIDE_JUSTIFICATION: reasons[:4000], run_schema.OVERRIDE_APPROVERS: ", ".join(approvers)}
         _set_version_tags(client, name, version, mark)
         client.update_model_version(name, version, f"OVERRIDE: champion although the gate blocked it "
-                                                   f"({mark['fedrisk.override_rules']}). Approved by "
-                                                   f"{mark['fedrisk.override_approvers']}: {reasons}"[:5000])
+                                                   f"({mark[run_schema.OVERRIDE_RULES]}). Approved by "
+                                                   f"{mark[run_schema.OVERRIDE_APPROVERS]}: {reasons}"[:5000])
         for key, value in mark.items():
             client.set_tag(run_id, key, value)
     return Decision(name, version, approvers, True, previous, blocked, audit.head_tag(entry))
@@ -207,10 +202,10 @@ def rollback(tracking_uri: str, name: str, actor: str, *, reason: str | None = N
     if current is None:
         raise PromotionRefused(f"{name} has no champion to roll back")
     mv = _version(client, name, current)
-    run_id = mv.tags.get("fedrisk.run_id") or mv.run_id
+    run_id = mv.tags.get(run_schema.RUN_ID) or mv.run_id
     log = audit_log_of(client.get_run(run_id).data.tags, audit_log)
     with audit.locked(Path(log), "promotion"):
-        history = json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+        history = json.loads(client.get_registered_model(name).tags.get(run_schema.CHAMPION_HISTORY, "[]"))
         if champion_version(client, name) != current or not history or history[-1] != current:
             raise PromotionRefused(f"{name}: the champion alias ({current}) was moved outside fedrisk (its history "
                                    f"ends with {history[-1] if history else 'nothing'}); set it by hand in MLflow")
@@ -219,16 +214,16 @@ def rollback(tracking_uri: str, name: str, actor: str, *, reason: str | None = N
             raise PromotionRefused(f"{name}/{current} is the first champion: there is no earlier one to restore")
         restored = earlier[-1]
         target = _version(client, name, restored)
-        if target.tags.get("fedrisk.gate.verdict") == "block" and target.tags.get(OVERRIDE_TAG) != "true":
+        if target.tags.get(run_schema.GATE_VERDICT) == "block" and target.tags.get(run_schema.OVERRIDE) != "true":
             raise PromotionRefused(f"{name}/{restored}, the previous champion, has since been blocked by the gate; "
                                    "promote a version instead")
         entry = audit_event(client, run_id, log, "rollback", actor, {
             "model": name, "from_version": current, "to_version": restored,
             "reason": " ".join((reason or "").split()) or None, "os_user": getpass.getuser()})
         client.set_registered_model_alias(name, CHAMPION, restored)
-        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[:-1]))
-        _set_version_tags(client, name, current, {ARCHIVED_TAG: "true", "fedrisk.archived_at": _now(),
-                                                  "fedrisk.rolled_back": "true", "fedrisk.replaced_by": restored})
-        _set_version_tags(client, name, restored, {ARCHIVED_TAG: "false", "fedrisk.restored_at": _now(),
+        client.set_registered_model_tag(name, run_schema.CHAMPION_HISTORY, json.dumps(history[:-1]))
+        _set_version_tags(client, name, current, {run_schema.ARCHIVED: "true", run_schema.ARCHIVED_AT: _now(),
+                                                  run_schema.ROLLED_BACK: "true", run_schema.REPLACED_BY: restored})
+        _set_version_tags(client, name, restored, {run_schema.ARCHIVED: "false", run_schema.RESTORED_AT: _now(),
                                                    **audit.anchor_tags(log, entry)})
     return Decision(name, restored, [], True, current, audit_head=audit.head_tag(entry))

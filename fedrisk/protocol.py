@@ -35,7 +35,6 @@ STATISTICS = "query.statistics"
 IMPORTANCE = "query.importance"
 REFERENCE = "query.reference"
 MONITOR = "query.monitor"
-MESSAGE_TYPES = (STATISTICS, TRAIN, EVALUATE, IMPORTANCE, REFERENCE, MONITOR)
 
 # Codes of the error replies a ClientApp sends: the server tells refusals from bad data by them.
 INPUT_ERROR = 2001

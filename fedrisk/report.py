@@ -11,28 +11,26 @@ import html
 import io
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fedrisk.fairness import GroupHistograms, fairness_by_attribute  # noqa: E402
-from fedrisk.gate import Verdict  # noqa: E402
-from fedrisk.metrics import EvalStats, calibration_bands  # noqa: E402
+from fedrisk import run_schema
+from fedrisk.fairness import GroupHistograms, fairness_by_attribute
+from fedrisk.gate import Verdict
+from fedrisk.metrics import EvalStats, calibration_bands
 
 
-def _png(fig: plt.Figure) -> str:
+def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _roc_and_ks(stats: EvalStats) -> str:
+def roc_ks_chart(stats: EvalStats) -> str:
     tp = np.append(np.cumsum(stats.hist_pos[::-1])[::-1], 0) / max(stats.hist_pos.sum(), 1)
     fp = np.append(np.cumsum(stats.hist_neg[::-1])[::-1], 0) / max(stats.hist_neg.sum(), 1)
-    fig, (roc, ks) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig = Figure(figsize=(9, 3.6))
+    roc, ks = fig.subplots(1, 2)
     roc.plot(fp, tp, lw=1.5)
     roc.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     roc.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC")
@@ -46,9 +44,10 @@ def _roc_and_ks(stats: EvalStats) -> str:
     return _png(fig)
 
 
-def _calibration(stats: EvalStats) -> tuple[str, list[dict[str, float]]]:
+def calibration_chart(stats: EvalStats) -> tuple[str, list[dict[str, float]]]:
     bands = calibration_bands(stats.hist_pos, stats.hist_neg, stats.score_sum_pos + stats.score_sum_neg)
-    fig, ax = plt.subplots(figsize=(4.5, 3.6))
+    fig = Figure(figsize=(4.5, 3.6))
+    ax = fig.subplots()
     ax.plot([b["predicted"] for b in bands], [b["observed"] for b in bands], "o-")
     top = max([b["predicted"] for b in bands] + [b["observed"] for b in bands] + [0.05])
     ax.plot([0, top], [0, top], ls="--", c="grey", lw=0.8)
@@ -56,9 +55,10 @@ def _calibration(stats: EvalStats) -> tuple[str, list[dict[str, float]]]:
     return _png(fig), bands
 
 
-def _approval(groups: GroupHistograms, threshold: float) -> str:
+def approval_chart(groups: GroupHistograms, threshold: float) -> str:
     attributes = sorted(groups)
-    fig, axes = plt.subplots(1, max(len(attributes), 1), figsize=(4 * max(len(attributes), 1), 3.2))
+    fig = Figure(figsize=(4 * max(len(attributes), 1), 3.2))
+    axes = fig.subplots(1, max(len(attributes), 1))
     for ax, attribute in zip(np.atleast_1d(axes), attributes):
         rates = fairness_by_attribute(groups[attribute], threshold)["approval_rate"]
         ax.bar(list(rates), list(rates.values()))
@@ -66,33 +66,33 @@ def _approval(groups: GroupHistograms, threshold: float) -> str:
     return _png(fig)
 
 
-PER_INSTITUTION = {
-    "credit": {"AUC": "{split}_auc.{name}", "KS": "{split}_ks.{name}",
-               "default rate": "{split}_default_rate.{name}",
-               "approval gap (sex)": "{split}_approval_rate_difference.sex.{name}",
-               "epsilon": "epsilon.{name}"},
-    "fraud": {"AUPRC": "{split}_average_precision.{name}", "AUC": "{split}_auc.{name}",
-              "recall at fixed FPR": "{split}_{recall_at_fpr}.{name}",
-              "recall at budget": "{split}_recall_at_budget.{name}",
-              "fraud value caught": "{split}_amount_recall_at_budget.{name}",
-              "alerts/day": "{split}_alerts_per_day.{name}", "fraud rate": "{split}_fraud_rate.{name}",
-              "epsilon": "epsilon.{name}"},
+# The task's headline figures of each institution: label -> metric (None: its epsilon).
+PER_INSTITUTION: dict[str, dict[str, str | None]] = {
+    "credit": {"AUC": "auc", "KS": "ks", "default rate": "default_rate",
+               "approval gap (sex)": run_schema.fairness_metric("approval_rate_difference", "sex"), "epsilon": None},
+    "fraud": {"AUPRC": "average_precision", "AUC": "auc", "recall at fixed FPR": "recall_at_fpr",
+              "recall at budget": "recall_at_budget", "fraud value caught": "amount_recall_at_budget",
+              "alerts/day": "alerts_per_day", "fraud rate": "fraud_rate", "epsilon": None},
 }
 
 
 def per_institution_rows(metrics: dict[str, float], task: str, institutions: list[str],
-                         split: str = "test") -> list[dict[str, Any]]:
+                         split: str = run_schema.TEST) -> list[dict[str, Any]]:
     """The task's headline figures of each institution, NaN where a run lacks one."""
-    pooled_recall = [k for k in metrics if k.startswith(f"{split}_recall_at_fpr_")
-                     and not any(k.endswith(f".{n}") for n in institutions)]
-    recall_at_fpr = pooled_recall[0][len(split) + 1:] if pooled_recall else "recall_at_fpr"
-    return [{"institution": name,
-             **{label: metrics.get(key.format(split=split, name=name, recall_at_fpr=recall_at_fpr), float("nan"))
-                for label, key in PER_INSTITUTION[task].items()}}
+    pooled = run_schema.of_split(metrics, split, institutions)
+    recall = next((k for k in pooled if k.startswith("recall_at_fpr_")), "recall_at_fpr")
+
+    def name_of(metric: str | None, institution: str) -> str:
+        if metric is None:
+            return run_schema.at("epsilon", institution)
+        return run_schema.split_metric(split, recall if metric == "recall_at_fpr" else metric, institution)
+
+    return [{"institution": name, **{label: metrics.get(name_of(metric, name), float("nan"))
+                                     for label, metric in PER_INSTITUTION[task].items()}}
             for name in institutions]
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def html_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>none</p>"
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
@@ -122,29 +122,27 @@ def render_report(
          "why": r.description}
         for r in verdict.results
     ]
-    per_institution = per_institution_rows(metrics, tags.get("fedrisk.task", "credit"), institutions, split)
+    per_institution = per_institution_rows(metrics, tags.get(run_schema.TASK, "credit"), institutions, split)
     parts = [
         f"<h1>Validation report</h1><p>run <code>{html.escape(run_id)}</code> &middot; policy "
         f"<b>{html.escape(verdict.policy)}</b></p>",
         f"<h2 style='color:{colour}'>Verdict: {verdict.verdict.upper()}</h2>",
-        f"<p>Privacy: {html.escape(tags.get('fedrisk.epsilon', 'no DP'))}</p>",
-        "<h3>Rules</h3>", _table(rules),
+        f"<p>Privacy: {html.escape(tags.get(run_schema.EPSILON, 'no DP'))}</p>",
+        "<h3>Rules</h3>", html_table(rules),
         f"<h3>Pooled {split} metrics</h3>",
-        _table([{k[len(split) + 1:]: v for k, v in sorted(metrics.items())
-                 if k.startswith(f"{split}_") and ":" not in k
-                 and k.rsplit(".", 1)[-1] not in institutions}]),
-        "<h3>Per institution</h3>", _table(per_institution),
+        html_table([{k: v for k, v in run_schema.of_split(metrics, split, institutions).items() if ":" not in k}]),
+        "<h3>Per institution</h3>", html_table(per_institution),
     ]
     if stats is not None and stats.examples:  # the final model's test statistics
         parts.append("<h3>Final model on the test rows</h3>")
-        calibration_png, bands = _calibration(stats)
-        parts += [f"<img src='data:image/png;base64,{_roc_and_ks(stats)}'>",
+        calibration_png, bands = calibration_chart(stats)
+        parts += [f"<img src='data:image/png;base64,{roc_ks_chart(stats)}'>",
                   f"<img src='data:image/png;base64,{calibration_png}'>",
                   "<h3>Calibration (Jeffreys test: small p = more defaults than predicted)</h3>",
-                  _table(bands)]
+                  html_table(bands)]
     if groups:
         parts.append(f"<h3>Approval (PD &lt; {threshold:g}) by group</h3>")
-        parts.append(f"<img src='data:image/png;base64,{_approval(groups, threshold)}'>")
+        parts.append(f"<img src='data:image/png;base64,{approval_chart(groups, threshold)}'>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}")
     return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(parts)}</body></html>"

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,18 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
 import fedrisk
-from fedrisk import audit
+from fedrisk import audit, run_schema
 from fedrisk.config import CampaignConfig, config_to_json, flatten
 from fedrisk.errors import FedriskInputError
 from fedrisk.preprocessing import Preprocessor
 from fedrisk.serving import save_model_files
 
-CAMPAIGN_TAG = "fedrisk.campaign"
-PIP_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "pydantic", "pyyaml", "opacus==1.6.0"]
+MODEL_REQUIREMENTS = ("torch", "numpy", "pandas", "pydantic", "pyyaml", "opacus")  # what the served model imports
+
+
+def pip_requirements() -> list[str]:
+    """The served model's requirements at the versions installed here (pyproject.toml pins them)."""
+    return [f"{name}=={version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]  # no local label (+cpu)
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -93,11 +98,11 @@ class TrackedRun:
             yield
         except FedriskInputError as exc:
             status = "FAILED"
-            self.set_tags({"fedrisk.status": "stopped", "fedrisk.stop_reason": exc.one_line()[:4000]})
+            self.set_tags({run_schema.STATUS: "stopped", run_schema.STOP_REASON: exc.one_line()[:4000]})
             raise
         except Exception as exc:
             status = "FAILED"
-            self.set_tags({"fedrisk.status": "failed", "fedrisk.error": str(exc)[:4000]})
+            self.set_tags({run_schema.STATUS: "failed", run_schema.ERROR: str(exc)[:4000]})
             raise
         finally:
             self.finish(status)
@@ -125,17 +130,18 @@ def audit_anchors(uri: str, log_id: str, path: str | Path) -> tuple[dict[str, st
     anchors: dict[str, str] = {}
     foreign: dict[str, str] = {}
     where = str(Path(path).resolve())
-    for clause in (f"tags.`{audit.ID_TAG}` = '{log_id}'", f"tags.`{audit.LOG_TAG}` = '{where}'"):  # no OR in MLflow
+    # MLflow's search has no OR: one search per clause
+    for clause in (f"tags.`{run_schema.AUDIT_LOG_ID}` = '{log_id}'", f"tags.`{run_schema.AUDIT_LOG}` = '{where}'"):
         token = None
         while experiments:
             page = client.search_runs(experiments, clause, run_view_type=ViewType.ALL, max_results=1000,
                                       page_token=token)
             for run in page:
                 tags = run.data.tags
-                if tags.get(audit.ID_TAG) == log_id:
-                    anchors[f"MLflow run {run.info.run_id}"] = tags.get(audit.HEAD_TAG, "")
+                if tags.get(run_schema.AUDIT_LOG_ID) == log_id:
+                    anchors[f"MLflow run {run.info.run_id}"] = tags.get(run_schema.AUDIT_HEAD, "")
                 else:
-                    foreign[f"MLflow run {run.info.run_id}"] = tags.get(audit.ID_TAG, "?")
+                    foreign[f"MLflow run {run.info.run_id}"] = tags.get(run_schema.AUDIT_LOG_ID, "?")
             token = page.token
             if not token:
                 break
@@ -155,25 +161,25 @@ class CampaignRun(TrackedRun):
         self.ended = False  # its campaign_ended entry is written
         self.actor = config.audit.actor or audit.default_actor()
         tags = {
-            "fedrisk.trainer": self.actor,
-            "fedrisk.config_sha256": config_hash(config),
-            "fedrisk.code_version": audit.code_version(),
-            CAMPAIGN_TAG: campaign,
-            "fedrisk.task": config.task,
-            "fedrisk.version": fedrisk.__version__,
-            "fedrisk.privacy": "dp" if config.privacy.enabled else "none",
-            "fedrisk.accountant": config.privacy.accountant,
-            "fedrisk.delta": f"{config.privacy.delta:g}",  # every epsilon metric is at this delta
-            "mlflow.runName": f"{config.task}-{campaign[:8]}",
+            run_schema.TRAINER: self.actor,
+            run_schema.CONFIG_SHA256: config_hash(config),
+            run_schema.CODE_VERSION: audit.code_version(),
+            run_schema.CAMPAIGN: campaign,
+            run_schema.TASK: config.task,
+            run_schema.VERSION: fedrisk.__version__,
+            run_schema.PRIVACY: "dp" if config.privacy.enabled else "none",
+            run_schema.ACCOUNTANT: "rdp",  # the one accountant: every epsilon of the run is RDP's
+            run_schema.DELTA: f"{config.privacy.delta:g}",  # every epsilon metric is at this delta
+            run_schema.RUN_NAME: f"{config.task}-{campaign[:8]}",
         }
         if config.training.initial_model:
-            tags["fedrisk.warm_start"] = config.training.initial_model
+            tags[run_schema.WARM_START] = config.training.initial_model
         self.tags = tags
         super().__init__(config.tracking.uri, config.tracking.experiment, tags)
         params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
-        self.client.log_dict(self.run_id, config.model_dump(mode="json"), "config.yaml")
+        self.client.log_dict(self.run_id, config.model_dump(mode="json"), run_schema.CONFIG_ARTIFACT)
 
     def audit(self, event: str, details: dict[str, Any]) -> dict[str, Any]:
         return audit_event(self.client, self.run_id, self.config.audit.path, event, self.actor,
@@ -198,7 +204,7 @@ class CampaignRun(TrackedRun):
                     # echoes the rows it refused; the model checks its columns itself.
                     metadata={"input_columns": preprocessor.input_columns,
                               "output": "probability of the positive class (default)"},
-                    pip_requirements=PIP_REQUIREMENTS,
+                    pip_requirements=pip_requirements(),
                 )
             pyfunc_log.setLevel(level)
         return info.model_uri
@@ -219,5 +225,5 @@ def find_campaign_run(uri: str, experiment: str, campaign: str) -> Any:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    runs = client.search_runs([exp.experiment_id], f"tags.`{CAMPAIGN_TAG}` = '{campaign}'")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{run_schema.CAMPAIGN}` = '{campaign}'")
     return runs[0] if runs else None

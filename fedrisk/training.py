@@ -23,7 +23,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 
-
 class TensorBatches(Dataset):
     """Rows of (x, y) tensors; `__getitems__` gathers a batch with one index operation."""
 

@@ -18,7 +18,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fedrisk import audit
+from fedrisk import audit, run_schema
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import GroupHistograms
 from fedrisk.gate import Verdict, apply_policy
@@ -27,7 +27,6 @@ from fedrisk.policy import load_policy, policy_sha256
 from fedrisk.report import render_report
 from fedrisk.tracking import audit_event, read_artifact
 
-STATISTICS_ARTIFACT = "evaluation/test_statistics.json"
 CHALLENGER = "challenger"
 
 
@@ -47,20 +46,15 @@ def statistics_from_dict(raw: dict[str, Any]) -> tuple[EvalStats, GroupHistogram
 
 
 def load_statistics(client: MlflowClient, run_id: str) -> tuple[EvalStats | None, GroupHistograms | None, float]:
-    text = read_artifact(client, run_id, STATISTICS_ARTIFACT)
+    text = read_artifact(client, run_id, run_schema.TEST_STATISTICS_ARTIFACT)
     return (None, None, 0.2) if text is None else statistics_from_dict(json.loads(text))
-
-
-def _guard_alias(verdict: Verdict) -> None:
-    if verdict.verdict == "block":  # the one place an alias is set checks this first
-        raise PermissionError("a blocked model never gets a deployable alias")
 
 
 def _version_of_run(client: MlflowClient, uri: str, name: str, model_uri: str, run_id: str) -> str:
     """The registered version of this run's model, registering it the first time only."""
     try:
         for mv in client.search_model_versions(f"name='{name}'"):
-            if mv.tags.get("fedrisk.run_id") == run_id:
+            if mv.tags.get(run_schema.RUN_ID) == run_id:
                 return mv.version
     except MlflowException:
         pass  # the registered model does not exist yet
@@ -84,8 +78,8 @@ def _withdraw_alias(client: MlflowClient, name: str, version: str) -> None:
 def audit_log_of(tags: dict[str, str], override: str | None = None) -> str:
     """The audit log holding a run's events (the one named, else the run's own, else the default),
     checked to be that log: an event written elsewhere would fork the chain."""
-    path = str(Path(override or tags.get(audit.LOG_TAG) or audit.DEFAULT_PATH).resolve())
-    known = tags.get(audit.ID_TAG)
+    path = str(Path(override or tags.get(run_schema.AUDIT_LOG) or audit.DEFAULT_PATH).resolve())
+    known = tags.get(run_schema.AUDIT_LOG_ID)
     if known:
         if not Path(path).is_file():
             raise FedriskInputError(f"the run's audit log (id {known}) is not here; run this where the log "
@@ -119,55 +113,55 @@ def validate_run(
         raise FedriskInputError(f"MLflow run {run_id} is deleted")
     tags, metrics = run.data.tags, run.data.metrics
     log = audit_log_of(tags, audit_log)  # before any change: a verdict the log lacks must not stand
-    policy = load_policy(policy_path or campaign_policy_path(run), tags.get("fedrisk.task", "credit"))
+    policy = load_policy(policy_path or campaign_policy_path(run), tags.get(run_schema.TASK, "credit"))
     # Every institution that took part must be judged; one without metrics fails its rules.
-    institutions = sorted(n for n in tags.get("fedrisk.institutions", "").split(",") if n)
+    institutions = sorted(n for n in tags.get(run_schema.INSTITUTIONS, "").split(",") if n)
     reference_auc = None
     if policy.reference_run:
         try:
             reference = client.get_run(policy.reference_run)
         except MlflowException:
             raise FedriskInputError(f"reference run {policy.reference_run} not found") from None
-        if reference.data.tags.get("fedrisk.privacy") != "none":
+        if reference.data.tags.get(run_schema.PRIVACY) != "none":
             raise FedriskInputError(f"reference run {policy.reference_run} is not a non-private run")
-        reference_auc = reference.data.metrics.get(f"{policy.split}_auc")
+        reference_auc = reference.data.metrics.get(run_schema.split_metric(policy.split, "auc"))
         if reference_auc is None or not np.isfinite(reference_auc):
-            raise FedriskInputError(f"reference run {policy.reference_run} has no {policy.split}_auc")
-    completed = tags.get("fedrisk.status") == "completed"
+            raise FedriskInputError(f"reference run {policy.reference_run} has no "
+                                    f"{run_schema.split_metric(policy.split, 'auc')}")
+    completed = tags.get(run_schema.STATUS) == "completed"
     verdict = apply_policy(policy, metrics, institutions, reference_auc, completed)
 
     stats, groups, threshold = load_statistics(client, run_id)
     report = render_report(run_id, verdict, metrics, tags, institutions, stats, groups, threshold,
                            policy.split)
-    client.log_dict(run_id, verdict.to_dict(), "gate/verdict.json")
-    client.log_text(run_id, report, "gate/report.html")
+    client.log_dict(run_id, verdict.to_dict(), run_schema.VERDICT_ARTIFACT)
+    client.log_text(run_id, report, run_schema.GATE_REPORT_ARTIFACT)
     failed = [f"{r.metric} ({r.where})" for r in verdict.results if r.outcome == "block"]
     warned = [f"{r.metric} ({r.where})" for r in verdict.results if r.outcome == "warn"]
     gate_tags = {
-        "fedrisk.gate.verdict": verdict.verdict,
-        "fedrisk.gate.policy": policy.name,
-        "fedrisk.gate.failed_rules": "; ".join(failed) or "-",
-        "fedrisk.gate.warnings": "; ".join(warned) or "-",
-        "fedrisk.gate.policy_sha256": policy_sha256(policy),
+        run_schema.GATE_VERDICT: verdict.verdict,
+        run_schema.GATE_POLICY: policy.name,
+        run_schema.GATE_FAILED_RULES: "; ".join(failed) or "-",
+        run_schema.GATE_WARNINGS: "; ".join(warned) or "-",
+        run_schema.GATE_POLICY_SHA256: policy_sha256(policy),
     }
-    model_uri = tags.get("fedrisk.model_uri")
+    model_uri = tags.get(run_schema.MODEL_URI)
     if model_uri:
-        name = model_name or tags.get("fedrisk.model_name") or f"fedrisk-{tags.get('fedrisk.task', 'credit')}"
+        name = model_name or tags.get(run_schema.MODEL_NAME) or f"fedrisk-{tags.get(run_schema.TASK, 'credit')}"
         version = _version_of_run(client, tracking_uri, name, model_uri, run_id)
-        for key, value in {**gate_tags, "fedrisk.run_id": run_id}.items():
+        for key, value in {**gate_tags, run_schema.RUN_ID: run_id}.items():
             client.set_model_version_tag(name, version, key, value)
         if verdict.verdict != "block":
-            _guard_alias(verdict)
             client.set_registered_model_alias(name, CHALLENGER, version)
         else:
             _withdraw_alias(client, name, version)
-        gate_tags["fedrisk.gate.model_version"] = f"{name}/{version}"
-        gate_tags["fedrisk.gate.alias"] = CHALLENGER if verdict.verdict != "block" else "none"
+        gate_tags[run_schema.GATE_MODEL_VERSION] = f"{name}/{version}"
+        gate_tags[run_schema.GATE_ALIAS] = CHALLENGER if verdict.verdict != "block" else "none"
     for key, value in gate_tags.items():
         client.set_tag(run_id, key, value)
     entry = audit_event(client, run_id, log, "gate_verdict", actor or audit.default_actor(), {
         "policy": policy.name, "policy_sha256": policy_sha256(policy), "verdict": verdict.verdict,
-        "failed_rules": failed, "warnings": warned, "model_version": gate_tags.get("fedrisk.gate.model_version"),
+        "failed_rules": failed, "warnings": warned, "model_version": gate_tags.get(run_schema.GATE_MODEL_VERSION),
     })
     if model_uri:
         for key, value in audit.anchor_tags(log, entry).items():

@@ -22,8 +22,14 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
+from fedrisk import run_schema
 from fedrisk.drift import SCORE, noise_bound, psi
-from fedrisk.metrics import EvalStats, auc_from_histograms, average_precision_from_histograms, ks_from_histograms
+from fedrisk.metrics import (
+    EvalStats,
+    auc_from_histograms,
+    average_precision_from_histograms,
+    ks_from_histograms,
+)
 from fedrisk.monitor_config import Bands, Levels, Performance
 
 LEVELS = ("green", "yellow", "orange", "red")
@@ -235,17 +241,17 @@ def window_metrics(results: dict[str, ScopeResult]) -> dict[str, float]:
     """MLflow metrics of one window: pooled without suffix, institutions as `.<name>`."""
     out: dict[str, float] = {}
     for scope, result in results.items():
-        suffix = "" if scope == POOLED else f".{scope}"
-        out[f"rows{suffix}"] = result.rows
-        out[f"psi_score{suffix}"] = result.psi[SCORE]
-        out[f"psi_score_noise_bound{suffix}"] = result.bound[SCORE]
+        where = None if scope == POOLED else scope
+        out[run_schema.at("rows", where)] = result.rows
+        out[run_schema.at("psi_score", where)] = result.psi[SCORE]
+        out[run_schema.at("psi_score_noise_bound", where)] = result.bound[SCORE]
         for column, value in result.psi.items():
             if column != SCORE:
-                out[f"csi.{column}{suffix}"] = value
+                out[run_schema.at(f"csi.{column}", where)] = value
         for key, value in result.performance.items():
-            out[f"{key}{suffix}"] = value
+            out[run_schema.at(key, where)] = value
         for key, value in result.drops.items():
-            out[f"{key}_drop{suffix}"] = value
-        out[f"level{suffix}"] = result.level
+            out[run_schema.at(f"{key}_drop", where)] = value
+        out[run_schema.at("level", where)] = result.level
     out["level_worst"] = max(r.level for r in results.values())
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}

@@ -38,7 +38,12 @@ from fedrisk.errors import FedriskInputError
 from fedrisk.evaluation import SplitStatistics, pooled, split_metrics
 from fedrisk.metrics import calibration_bands, importance_from_histograms
 from fedrisk.models import build_model
-from fedrisk.preprocessing import Preprocessor, fit_preprocessor, merge_statistics, missing_counts
+from fedrisk.preprocessing import (
+    Preprocessor,
+    fit_preprocessor,
+    merge_statistics,
+    missing_counts,
+)
 from fedrisk.privacy import institution_noise_multiplier
 from fedrisk.tracking import CampaignRun
 from fedrisk.validation import statistics_to_dict, validate_run
@@ -46,7 +51,13 @@ from fedrisk.warning_levels import POOLED, ranking_metrics
 from server.institution_privacy import with_institution_dp
 from server.messaging import REPLY_TIMEOUT_SECONDS, query, wait_for_nodes
 from server.secure_aggregation import SecureAggregationFailed, SecureAggregationGrid
-from server.strategy import CampaignFedAvg, CampaignFedProx, CampaignMixin, CampaignStopped, split_parts
+from server.strategy import (
+    CampaignFedAvg,
+    CampaignFedProx,
+    CampaignMixin,
+    CampaignStopped,
+    split_parts,
+)
 
 log = logging.getLogger("fedrisk.server")
 
@@ -384,7 +395,7 @@ def judge(config: CampaignConfig, evaluation: FinalEvaluation, run: CampaignRun)
         return
     try:
         verdict = validate_run(config.tracking.uri, run.run_id, config.gate.policy, actor=run.actor)
-        log.info("gate verdict: %s", verdict.verdict)
+        log.debug("gate verdict: %s", verdict.verdict)
     except FedriskInputError as err:
         run.set_tags({run_schema.GATE_ERROR: err.one_line()[:4000]})
 
@@ -424,7 +435,7 @@ def _started(config: CampaignConfig, run: CampaignRun) -> dict[str, Any]:
 def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
     """The whole campaign; its MLflow run and audit entries end however it ends."""
     run = CampaignRun(config, campaign)
-    log.info("fedrisk campaign %s: MLflow run %s at %s", campaign, run.run_id, config.tracking.uri)
+    log.debug("campaign %s: MLflow run %s at %s", campaign, run.run_id, config.tracking.uri)
     try:
         with run.closing():
             run.audit("campaign_started", _started(config, run))  # inside: a log that refuses it ends the run

@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
 )
 
+from fedrisk import run_schema
 from fedrisk.config import InstitutionPrivacy
 from fedrisk.privacy import institution_epsilon
 from server.strategy import CampaignMixin, CampaignStopped
@@ -52,8 +53,8 @@ class _Accounted:
                 "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm,
                 "noise_stddev": self.noise_multiplier * self.clipping_norm / self.num_sampled_clients,
             }
-            campaign.run.log_metrics({"institution_epsilon": epsilon,
-                                      "institution_noise_stddev": campaign.institution_privacy["noise_stddev"]},
+            campaign.run.log_metrics({run_schema.INSTITUTION_EPSILON_METRIC: epsilon,
+                                      run_schema.INSTITUTION_NOISE_STDDEV: campaign.institution_privacy["noise_stddev"]},
                                      step=server_round)
         return arrays, metrics
 

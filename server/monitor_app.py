@@ -9,7 +9,6 @@ score histograms when the window is labelled). The server adds them up, judges e
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,14 @@ from fedrisk.metrics import EvalStats
 from fedrisk.monitor_config import MonitorConfig
 from fedrisk.monitoring import MonitorPlan, plan_monitoring
 from fedrisk.tracking import TrackedRun
-from fedrisk.warning_levels import LEVELS, POOLED, ScopeResult, assess_window, retrain_due, window_metrics
+from fedrisk.warning_levels import (
+    LEVELS,
+    POOLED,
+    ScopeResult,
+    assess_window,
+    retrain_due,
+    window_metrics,
+)
 from server.messaging import query, wait_for_nodes
 
 log = logging.getLogger("fedrisk.server")
@@ -124,9 +130,9 @@ def _monitoring_body(grid: Grid, plan: MonitorPlan, run: TrackedRun) -> None:
             "scopes": {scope: _scope_dict(r) for scope, r in results.items()},
         })
         perf = pooled.performance.get(levels.performance.metric)
-        print(f"fedrisk monitor: {label}: {LEVELS[worst]}, score PSI {pooled.psi[SCORE]:.3f}"  # progress, per window
-              + (f", {levels.performance.metric} {perf:.4f}" if perf is not None else "")
-              + (" (retraining rule met)" if due else ""), file=sys.stderr)
+        log.info("monitor: %s: %s, score PSI %.3f%s%s", label, LEVELS[worst], pooled.psi[SCORE],
+                 f", {levels.performance.metric} {perf:.4f}" if perf is not None else "",
+                 " (retraining rule met)" if due else "")
     report = _report(plan, windows, trigger)
     with tempfile.TemporaryDirectory() as tmp:
         write_report(report, Path(tmp))

@@ -19,8 +19,12 @@ def credit_institution():
     """One synthetic institution's split and its (single-institution) preprocessing."""
     from fedrisk.config import DataSpec
     from fedrisk.data import load_institution
+    from fedrisk.preprocessing import (
+        fit_preprocessor,
+        local_statistics,
+        merge_statistics,
+    )
     from fedrisk.splits import split_institution
-    from fedrisk.preprocessing import fit_preprocessor, local_statistics, merge_statistics
 
     spec = DataSpec.model_validate({"synthetic": {"institutions": 2, "rows": 8000}})
     data = load_institution(spec, "inst01", 42)

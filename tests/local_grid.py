@@ -1,8 +1,9 @@
 """A Flower Grid that delivers each message to the real ClientApp in this process.
 
-The transport is the only stand-in: messages are real Flower `Message` objects, the
-ClientApp is the project's, with its mods, and each node keeps its own `Context` across
-messages (SecAgg+ keeps its protocol state there). A whole campaign runs in seconds,
+The transport is the only stand-in: messages are real Flower `Message` objects, serialised
+with Flower's own protobuf serde on the way in and out (each node gets its own copy, as over
+a network), the ClientApp is the project's, with its mods, and each node keeps its own
+`Context` across messages (SecAgg+ keeps its protocol state there). A whole campaign runs in seconds,
 without Ray, so the fast test tier covers the server's phases and the ClientApp handlers.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -62,14 +64,21 @@ class LocalGrid(Grid):
         return ids
 
     def _deliver(self, msg: Message) -> Message:
+        received = _wire(msg)
         try:
-            return self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+            reply = self.client_app(received, self.contexts[msg.metadata.dst_node_id])
         except Exception as exc:  # what Flower's runtime sends back when a ClientApp raises
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"),
-                           reply_to=msg)
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"),
+                            reply_to=received)
+        return _wire(reply)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.replies.pop(i) for i in message_ids if i in self.replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return list(self.pull_messages(self.push_messages(messages)))
+
+
+def _wire(msg: Message) -> Message:
+    """The message as the other side receives it: through Flower's protobuf serde."""
+    return message_from_proto(message_to_proto(msg))

@@ -10,9 +10,16 @@ import subprocess
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from cryptography.hazmat.primitives.serialization import (
+    load_ssh_private_key,
+    load_ssh_public_key,
+)
 
-from fedrisk.certificates import make_node_key, make_server_certificates, public_key_fingerprint
+from fedrisk.certificates import (
+    make_node_key,
+    make_server_certificates,
+    public_key_fingerprint,
+)
 from fedrisk.errors import FedriskInputError
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from fedrisk.config import DataSpec
 from fedrisk.data import load_institution
-from fedrisk.sources import institution_names
-from fedrisk.splits import split_institution
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit
+from fedrisk.sources import institution_names
+from fedrisk.splits import split_institution
 
 SEED = 42
 

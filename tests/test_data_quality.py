@@ -138,7 +138,8 @@ def test_freshness_comes_from_a_date_column_or_the_file_date(tmp_path):
     os.utime(tmp_path / "inst02.csv", (0, date(2026, 1, 1).toordinal()))  # mtime is ignored with a date column
     frame.loc[5, "application_date"] = "not a date"
     config = _files_config(tmp_path, {"inst01": frame, "inst02": frame.iloc[:500]}, date_column="application_date")
-    with pytest.raises(FedriskInputError, match=r"institution inst01, file .*inst01.csv, column 'application_date': 1 values are not dates"):
+    with pytest.raises(FedriskInputError,
+                       match=r"institution inst01, file .*inst01.csv, column 'application_date': 1 values are not dates"):
         load_institution(config.data, "inst01", config.seed)
 
 

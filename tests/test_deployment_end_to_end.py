@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from fedrisk import audit
 from fedrisk.certificates import make_node_key
+from fedrisk.cli import main
 from fedrisk.federation import alive, flower_env, nodes, supernode_command
 from fedrisk.generators.credit import generate_institution
-from fedrisk.cli import main
 from fedrisk.local_federation import start_federation
 from fedrisk.tracking import find_campaign_run
 
@@ -40,7 +40,7 @@ def test_tls_federation_with_authenticated_nodes_and_secure_aggregation(tmp_path
         files[name] = tmp_path / "banks" / name / f"{name}.csv"
         files[name].parent.mkdir(parents=True)
         generate_institution(index, 3, 9000, 42).to_csv(files[name], index=False)
-    with start_federation(tmp_path / "federation", NAMES, data_paths=files, progress=None) as fed:
+    with start_federation(tmp_path / "federation", NAMES, data_paths=files) as fed:
         started = dict(fed.processes.started)
         rogue = make_node_key(tmp_path / "rogue", "rogue")
         code, log = _refused(fed, "rogue", supernode_command(fed.superlink, fed.ca, rogue.private_key, "inst01",

@@ -23,7 +23,6 @@ from fedrisk.metrics import EvalStats
 from fedrisk.monitor_config import Bands, Levels, Performance
 from fedrisk.preprocessing import Preprocessor
 from fedrisk.warning_levels import (
-    ranking_metrics,
     GREEN,
     ORANGE,
     RED,
@@ -34,6 +33,7 @@ from fedrisk.warning_levels import (
     drop,
     measure_scope,
     performance_level,
+    ranking_metrics,
     retrain_due,
     sustain,
 )

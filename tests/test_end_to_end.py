@@ -82,7 +82,8 @@ def test_three_institutions_two_rounds(tmp_path):
     assert roc_auc_score(raw["default"], scores) > 0.65
 
     # The ledger snapshot states accountant and delta; epsilons equal the run's.
-    ledger = json.loads(Path(client.download_artifacts(outcome.run_id, "privacy/ledger_snapshot.json", str(tmp_path))).read_text())
+    ledger_file = client.download_artifacts(outcome.run_id, "privacy/ledger_snapshot.json", str(tmp_path))
+    ledger = json.loads(Path(ledger_file).read_text())
     assert ledger["accountant"] == "rdp" and ledger["delta"] == 1e-5
     assert ledger["federation_epsilon"] == pytest.approx(eps_max)
 

@@ -13,7 +13,12 @@ from fairlearn.metrics import (
 from sklearn.metrics import roc_auc_score
 
 from fedrisk import run_schema
-from fedrisk.fairness import fairness_by_attribute, fairness_scores, group_histograms, merge_group_histograms
+from fedrisk.fairness import (
+    fairness_by_attribute,
+    fairness_scores,
+    group_histograms,
+    merge_group_histograms,
+)
 
 
 def _institution(seed: int, n: int, bias: float):

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedrisk.config import load_config
 from fedrisk.columns import DAY
+from fedrisk.config import load_config
 from fedrisk.data import load_institution
-from fedrisk.splits import split_institution, time_windows
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators.fraud import generate_consortium
+from fedrisk.splits import split_institution, time_windows
 
 DAYS = 84
 
@@ -186,7 +186,8 @@ def test_timestamps_keep_local_time_and_numbers_are_refused(files, tmp_path):
     with pytest.raises(FedriskInputError, match="timestamps are numbers"):
         _load_changed(files, tmp_path, lambda f: f.assign(tx_datetime=pd.to_datetime(f.tx_datetime).astype("int64") // 10**9))
     # one zone across a daylight-saving change: +01:00 then +02:00, local clock kept
-    dst = lambda f: f.assign(tx_datetime=np.where(f.index % 2, pd.to_datetime(f.tx_datetime).dt.strftime("%Y-%m-%dT%H:%M:%S+01:00"),
+    dst = lambda f: f.assign(tx_datetime=np.where(f.index % 2,
+                                                  pd.to_datetime(f.tx_datetime).dt.strftime("%Y-%m-%dT%H:%M:%S+01:00"),
                                                   pd.to_datetime(f.tx_datetime).dt.strftime("%Y-%m-%dT%H:%M:%S+02:00")))
     _, summer = _load_changed(files, tmp_path, dst)
     pd.testing.assert_series_equal(summer.frame["tx_during_night"], naive.frame["tx_during_night"])

@@ -15,13 +15,13 @@ from sklearn.metrics import average_precision_score
 
 from fedrisk.config import load_config
 from fedrisk.data import load_institution
-from fedrisk.sources import institution_names
-from fedrisk.splits import split_institution
 from fedrisk.gate import apply_policy
 from fedrisk.launcher import simulate
 from fedrisk.metrics import bin_index
 from fedrisk.policy import load_policy
 from fedrisk.serving import load_model_files
+from fedrisk.sources import institution_names
+from fedrisk.splits import split_institution
 
 pytestmark = pytest.mark.slow
 

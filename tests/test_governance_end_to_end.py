@@ -10,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from fedrisk import audit
+from fedrisk import audit, run_schema
 from fedrisk.evidence import SECTIONS
 from fedrisk.generators.credit import generate_institution
 
@@ -117,7 +118,7 @@ def test_four_eyes_promotion_rollback_and_override(consortium):
         assert refused.returncode == 3 and "trained this model" in refused.stderr, spelling
     one = _cli("promote", MODEL, "1", "--approver", "alice", cwd=folder, actor="alice")
     assert one.returncode == 0 and "approval 1 of 2" in one.stdout
-    with pytest.raises(Exception):
+    with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(MODEL, "champion")
     again = _cli("promote", MODEL, "1", "--approver", "Alice\u200b", cwd=folder, actor="alice")
     assert again.returncode == 3 and "already approved" in again.stderr
@@ -202,7 +203,7 @@ def test_the_audit_log_verifies_and_its_anchors_catch_a_cut(consortium):
     assert "chain intact" in ok.stdout and "all match" in ok.stdout
     head = audit.verify(folder / ".fedrisk" / "audit.jsonl").head
     runs = _client(folder).search_runs([_client(folder).get_experiment_by_name("fedrisk-credit").experiment_id])
-    assert head["seq"] == max(int(r.data.tags[audit.HEAD_TAG].split(":")[0]) for r in runs)
+    assert head["seq"] == max(int(r.data.tags[run_schema.AUDIT_HEAD].split(":")[0]) for r in runs)
     copy = folder / "copy"
     shutil.copytree(folder / ".fedrisk", copy)
     log = copy / "audit.jsonl"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import ks_2samp
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -16,7 +17,20 @@ from sklearn.metrics import (
 )
 
 from fedrisk import run_schema
-from fedrisk.metrics import EvalStats, auc_from_histograms, bin_index, evaluation_summary, score_histograms
+from fedrisk.metrics import (
+    EvalStats,
+    auc_from_histograms,
+    average_precision_from_histograms,
+    bin_index,
+    brier_from_sums,
+    calibration_bands,
+    classification_at_threshold,
+    evaluation_summary,
+    gini_from_histograms,
+    ks_from_histograms,
+    recall_at_fpr,
+    score_histograms,
+)
 
 
 def _institutions(k=4, seed=0):
@@ -74,17 +88,6 @@ def test_single_class_gives_nan():
 
 
 # ------------------------------------------------------------ the full suite from histograms
-from scipy.stats import ks_2samp
-
-from fedrisk.metrics import (
-    average_precision_from_histograms,
-    brier_from_sums,
-    calibration_bands,
-    classification_at_threshold,
-    gini_from_histograms,
-    ks_from_histograms,
-    recall_at_fpr,
-)
 
 
 def _pooled_histograms(parts, bins):

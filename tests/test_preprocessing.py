@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedrisk.errors import FedriskInputError
-
-from fedrisk.config import DataSpec
 from fedrisk.columns import Columns
+from fedrisk.config import DataSpec
 from fedrisk.data import load_institution
+from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit
 from fedrisk.preprocessing import (
     Preprocessor,

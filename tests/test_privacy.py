@@ -11,7 +11,12 @@ from opacus.accountants.utils import get_noise_multiplier
 from fedrisk.config import ModelSpec
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.models import build_model
-from fedrisk.privacy import EPSILON_TOLERANCE, PrivacyLedger, calibrate_noise_multiplier, epsilon_spent
+from fedrisk.privacy import (
+    EPSILON_TOLERANCE,
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    epsilon_spent,
+)
 from fedrisk.training import DPSettings, dp_sampling, train_local
 
 

@@ -8,8 +8,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fedrisk.config import ModelSpec
-from fedrisk.models import build_model, predict_proba
 from fedrisk.metrics import EvalStats, auc_from_histograms
+from fedrisk.models import build_model, predict_proba
 from fedrisk.training import DPSettings, batch_loader, dp_sampling, train_local
 
 

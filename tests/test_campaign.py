@@ -1,0 +1,266 @@
+"""The campaign's phases, strategy and ClientApp handlers, driven in this process.
+
+`LocalGrid` hands real Flower messages to the real ClientApp (no Ray), so these run in the
+fast tier; the slow tests run the same apps on Flower's simulation engine and on real
+SuperLink/SuperNode processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from local_grid import LocalGrid
+from mlflow.tracking import MlflowClient
+
+from clients.client_app import app as client_app
+from fedrisk import protocol, run_schema
+from fedrisk.config import config_to_json, load_config
+from fedrisk.errors import FedriskInputError
+from fedrisk.generators.credit import generate_consortium
+from fedrisk.launcher import campaign_outcome
+from server import campaign as phases
+from server.campaign import run_campaign
+from server.strategy import CampaignStopped
+
+NAMES = json.loads((Path(__file__).parent / "data" / "run_names.json").read_text())
+SMALL = {"institutions": 3, "rounds": 2, "data.synthetic.rows": 9000, "training.batch_size": 128}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_flower():
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+def _config(tmp_path: Path, **extra):
+    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                 "privacy.ledger_dir": str(tmp_path / "ledger"), "audit.path": str(tmp_path / "audit.jsonl"), **extra}
+    return load_config(None, overrides, work_dir=tmp_path)
+
+
+def _files(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _files(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def _names(names, institutions) -> list[str]:
+    pattern = re.compile(r"\.(" + "|".join(map(re.escape, institutions)) + r")\b")
+    return sorted({pattern.sub(".<institution>", n) for n in names})
+
+
+LENIENT = "name: lenient\nrules:\n  - {metric: auc, comparator: '>=', threshold: 0.6, severity: block}\n"
+
+
+@pytest.fixture(scope="module")
+def credit_run(tmp_path_factory):
+    """One campaign whose own policy it passes, trained by tom."""
+    tmp = tmp_path_factory.mktemp("campaign")
+    (tmp / "lenient.yaml").write_text(LENIENT)
+    config = _config(tmp, **{"gate.policy": str(tmp / "lenient.yaml"), "audit.actor": "tom"})
+    run_campaign(LocalGrid.simulation(client_app, 3), config, "local1")
+    return config, campaign_outcome(config, "local1")
+
+
+def test_a_campaign_completes_with_the_pinned_mlflow_names(credit_run):
+    """The run schema is a contract: every tag, metric, param and artifact name as before."""
+    config, outcome = credit_run
+    assert outcome.status == "completed"
+    client = MlflowClient(config.tracking.uri)
+    run = client.get_run(outcome.run_id)
+    institutions = ["inst01", "inst02", "inst03"]
+    pinned = NAMES["credit"]
+    assert _names(run.data.metrics, institutions) == pinned["metrics"]
+    assert _names(run.data.tags, institutions) == pinned["tags"]
+    assert _names(run.data.params, institutions) == pinned["params"]
+    assert sorted(_files(client, outcome.run_id)) == pinned["artifacts"]
+    name, version = run.data.tags[run_schema.GATE_MODEL_VERSION].split("/")
+    assert sorted(client.get_model_version(name, version).tags) == pinned["model_version_tags"]
+    steps = [m.step for m in client.get_metric_history(outcome.run_id, run_schema.split_metric("val", "auc"))]
+    assert steps == [0, 1, 2]  # the initial model, then each round's
+
+
+def test_admission_excludes_an_institution_of_another_schema_and_goes_on(tmp_path):
+    frames = generate_consortium(3, 9000, seed=3)
+    files = {}
+    for name, frame in frames.items():
+        if name == "inst02":
+            frame = frame.drop(columns=["debt_to_income"])
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+        files[name] = str(tmp_path / f"{name}.csv")
+    config = _config(tmp_path, **{"data.source": "files", "data.files": files})
+    from fedrisk.tracking import CampaignRun
+
+    run = CampaignRun(config, "admit1")
+    admission = phases.admit(LocalGrid.simulation(client_app, 3), config, "admit1", run)
+    assert sorted(admission.statistics) == ["inst01", "inst03"]
+    assert "inst02" in admission.errors["inst02"] and "debt_to_income" in admission.errors["inst02"]
+    start = phases.start_model(config, admission, run)
+    assert "debt_to_income" in start.preprocessor.numeric  # the consortium's schema is the majority's
+    run.finish()
+
+
+def test_too_few_institutions_stop_before_any_round(tmp_path):
+    config = _config(tmp_path, **{"training.min_institutions": 3, "data.synthetic.rows": 3000})
+    grid = LocalGrid.simulation(client_app, 3)
+    grid.silent.add(101)  # one institution never answers
+    with pytest.raises(FedriskInputError, match="only 2 institution"):
+        run_campaign(grid, config, "few")
+    outcome = campaign_outcome(config, "few")
+    assert outcome.status == "stopped" and "only 2 institution" in outcome.tags[run_schema.STOP_REASON]
+
+
+def test_a_refusing_institution_is_excluded_and_the_campaign_stops_below_the_minimum(tmp_path):
+    """Budgets spent by a first campaign: through the real handlers, every institution refuses."""
+    config = _config(tmp_path, rounds=1)
+    run_campaign(LocalGrid.simulation(client_app, 3), config, "first")
+    second = _config(tmp_path, rounds=1, epsilon=1.5)
+    run_campaign(LocalGrid.simulation(client_app, 3), second, "second")
+    outcome = campaign_outcome(second, "second")
+    assert outcome.status == "stopped" and "minimum is 2" in outcome.tags[run_schema.STOP_REASON]
+    assert "budget" in outcome.tags[run_schema.EXCLUDED] and "inst01" in outcome.tags[run_schema.EXCLUDED]
+
+
+def test_every_message_type_round_trips_through_the_client_app(tmp_path):
+    """Each handler answers a real Flower Message; the protocol decodes what it sent."""
+    config = _config(tmp_path)
+    grid = LocalGrid.simulation(client_app, 3)
+    request = protocol.request_config(config_to_json(config), "rt1")
+    replies = grid.send_and_receive([_message(protocol.STATISTICS, request, 100)])
+    stats = protocol.read_statistics(replies[0])
+    assert protocol.institution_of(replies[0]) == "inst01" and stats["rows"] > 0
+    from fedrisk.models import build_model
+    from fedrisk.preprocessing import fit_preprocessor, merge_statistics
+
+    preprocessor = fit_preprocessor(merge_statistics([stats]))
+    shared = protocol.request_config(config_to_json(config), "rt1", preprocessor=preprocessor.to_json(),
+                                     splits=("validation", "test"))
+    model = build_model(config.model, preprocessor.width, 0).state_dict()
+    from flwr.app import ArrayRecord
+
+    evaluated = grid.send_and_receive([_message(protocol.EVALUATE, shared, 100, ArrayRecord(model))])[0]
+    test = protocol.read_evaluation(evaluated, "test")
+    assert test.overall.examples == int(test.overall.hist_pos.sum() + test.overall.hist_neg.sum())
+    assert set(test.groups) == {"sex", "age_band"}
+    importance = grid.send_and_receive([_message(protocol.IMPORTANCE, shared, 100, ArrayRecord(model))])[0]
+    assert set(protocol.read_importance(importance)) == set(preprocessor.input_columns)
+    reference = grid.send_and_receive([_message(protocol.REFERENCE, shared, 100, ArrayRecord(model))])[0]
+    counts = protocol.read_counts(reference)
+    assert int(counts["score"].sum()) == stats["rows"]
+
+
+def _message(message_type: str, config, node: int, arrays=None):
+    from flwr.app import Message, RecordDict
+
+    content = RecordDict({protocol.CONFIG: config})
+    if arrays is not None:
+        content[protocol.ARRAYS] = arrays
+    return Message(content, dst_node_id=node, message_type=message_type)
+
+
+def test_a_crashing_client_app_is_excluded_without_quoting_its_text(tmp_path, monkeypatch):
+    """Any exception text may quote a customer's value: only the error code reaches the log."""
+    from fedrisk import institution
+
+    def crash(*args, **kwargs):
+        raise ValueError("could not convert 'DE89 3704 0044 0532 0130 00' to float")
+
+    config = _config(tmp_path, **{"data.synthetic.rows": 3000})
+    monkeypatch.setattr(institution, "train_round", crash)
+    run_campaign(LocalGrid.simulation(client_app, 3), config, "crash")
+    outcome = campaign_outcome(config, "crash")
+    assert outcome.status == "stopped"
+    assert "ClientApp failed" in outcome.tags[run_schema.EXCLUDED]
+    log = Path(config.audit.path).read_text()
+    assert "DE89" not in log and "DE89" not in json.dumps(outcome.tags)
+
+
+def test_the_strategy_stops_when_too_few_institutions_train():
+    from server.strategy import CampaignFedAvg
+
+    class Run:
+        def audit(self, *a, **k):
+            return {}
+
+        def log_metrics(self, *a, **k):
+            return None
+
+    strategy = CampaignFedAvg(min_train_nodes=2, min_available_nodes=2)
+    strategy.setup(names={1: "a", 2: "b"}, min_institutions=2, seed=0, run=Run(), on_round=lambda *a: None,
+                   config=load_config(None))
+    with pytest.raises(CampaignStopped, match="0 institution"):
+        strategy.aggregate_train(1, [])
+
+
+def test_secure_aggregation_round_gives_the_weighted_average(tmp_path):
+    """SecAgg+ stages through the real mods: the masked sum equals plain FedAvg's."""
+    plain = _config(tmp_path / "plain", **{"privacy.enabled": False, "rounds": 1, "data.synthetic.rows": 6000})
+    secure = _config(tmp_path / "secure", **{"privacy.enabled": False, "rounds": 1, "data.synthetic.rows": 6000,
+                                             "secure_aggregation.enabled": True})
+    weights = {}
+    for label, config in (("plain", plain), ("secure", secure)):
+        run_campaign(LocalGrid.simulation(client_app, 3), config, label)
+        outcome = campaign_outcome(config, label)
+        assert outcome.status == "completed", outcome.tags
+        from fedrisk.serving import load_model_files
+
+        state, _, _ = load_model_files(outcome.tags[run_schema.MODEL_URI], config.tracking.uri)
+        weights[label] = state
+    for key in weights["plain"]:
+        assert np.allclose(weights["plain"][key].numpy(), weights["secure"][key].numpy(), atol=1e-3)
+
+
+def test_the_gate_records_its_verdict_and_moves_the_alias(credit_run, tmp_path):
+    from fedrisk.validation import validate_run
+
+    config, outcome = credit_run
+    assert outcome.tags[run_schema.GATE_VERDICT] == "pass" and outcome.tags[run_schema.GATE_ALIAS] == "challenger"
+    client = MlflowClient(config.tracking.uri)
+    assert client.get_model_version_by_alias("fedrisk-credit", "challenger").run_id == outcome.run_id
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("name: strict\nrules:\n  - {metric: auc, comparator: '>=', threshold: 0.99, severity: block}\n")
+    verdict = validate_run(config.tracking.uri, outcome.run_id, str(strict))
+    assert verdict.verdict == "block" and verdict.results[0].where == "pooled"
+    with pytest.raises(Exception, match="alias"):  # a blocked version loses the deployable alias
+        client.get_model_version_by_alias("fedrisk-credit", "challenger")
+    assert validate_run(config.tracking.uri, outcome.run_id).verdict == "pass"  # its own policy again
+    assert client.get_model_version_by_alias("fedrisk-credit", "challenger").run_id == outcome.run_id
+
+
+def test_four_eyes_promotion_and_rollback(credit_run):
+    from fedrisk.errors import PromotionRefused
+    from fedrisk.promotion import approve, rollback
+
+    config, outcome = credit_run
+    uri, version = config.tracking.uri, outcome.tags[run_schema.GATE_MODEL_VERSION].split("/")[1]
+    with pytest.raises(PromotionRefused, match="trained this model"):
+        approve(uri, "fedrisk-credit", version, "ＴＯＭ")
+    first = approve(uri, "fedrisk-credit", version, "alice")
+    assert not first.promoted
+    with pytest.raises(PromotionRefused, match="already approved"):
+        approve(uri, "fedrisk-credit", version, "Alice\u200b")
+    second = approve(uri, "fedrisk-credit", version, "bob")
+    assert second.promoted and second.approvers == ["alice", "bob"]
+    client = MlflowClient(uri)
+    assert str(client.get_model_version_by_alias("fedrisk-credit", "champion").version) == version
+    with pytest.raises(PromotionRefused, match="first champion"):
+        rollback(uri, "fedrisk-credit", "carol")
+    events = [json.loads(line)["event"] for line in Path(config.audit.path).read_text().splitlines()]
+    assert events.count("approval") == 2 and events[-1] == "promotion"
+
+
+def test_the_evidence_pack_has_every_section(credit_run, tmp_path):
+    from fedrisk.evidence import SECTIONS, write_evidence
+
+    config, outcome = credit_run
+    page, data, head = write_evidence(config.tracking.uri, outcome.run_id, tmp_path / "pack", "vera")
+    evidence = json.loads(data.read_text())
+    assert list(evidence) == list(SECTIONS)
+    assert evidence["audit"]["verification"].startswith("chain intact")
+    assert evidence["privacy"]["federation_epsilon"] <= 3.0
+    assert "Evidence pack" in page.read_text() and ":" in head
