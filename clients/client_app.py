@@ -1,10 +1,11 @@
-"""fedrisk ClientApp: reads this node's own data, calls the library, replies with records.
+"""fedrisk ClientApp: the institution's guard first, then its own data, the library, the reply.
 
 Every handler opens the node's session for the campaign (config parsed and data loaded once
-per campaign), calls one function of `fedrisk.institution` and encodes its result with
-`fedrisk.protocol`. A train message also evaluates the model it carries on the validation
-rows, so one exchange per round brings back both. Input errors and budget refusals become
-error replies carrying one line; the server excludes the institution and goes on.
+per campaign), checks the request against the institution's own policy before reading any
+data (`NodeSession.guard`), calls one function of `fedrisk.institution` (which charges each
+release to the ledger before noising it) and encodes the result with `fedrisk.protocol`.
+Bad input, a spent budget and a policy refusal become error replies carrying one line; the
+server excludes the institution and goes on.
 """
 
 from __future__ import annotations
@@ -24,63 +25,100 @@ torch.set_num_threads(1)
 app = ClientApp(mods=[secure_aggregation_mod])
 
 
-def _handle(msg: Message, context: Context, work: Callable[[NodeSession, protocol.Request], Message]) -> Message:
-    """Open the node's session for the request and run `work`; a fedrisk error becomes a reply."""
+def _handle(msg: Message, context: Context, message_type: str,
+            work: Callable[[NodeSession, protocol.Request], Message], monitoring: bool = False) -> Message:
+    """Open the node's session, guard it, run `work`; a fedrisk error becomes a one-line reply."""
+    session: NodeSession | None = None
     try:
         request = protocol.read_request(msg)
         session = open_session(request.campaign_config, dict(context.node_config), request.institutions)
+        session.guard(message_type, monitoring)
         return work(session, request)
     except FedriskInputError as err:
+        if session is not None and err.institution is None:  # every refusal names the institution it speaks for
+            err.institution = session.name
         return protocol.error_reply(msg, err)
+
+
+def _privacy(session: NodeSession, request: protocol.Request) -> dict:
+    return institution.privacy_summary(session, request.campaign)
+
+
+@app.query("bounds")
+def bounds(msg: Message, context: Context) -> Message:
+    def work(session: NodeSession, request: protocol.Request) -> Message:
+        admission = institution.admit(session, request.campaign)
+        return protocol.admission_reply(msg, session.name, admission, _privacy(session, request))
+
+    return _handle(msg, context, protocol.BOUNDS, work)
 
 
 @app.query("statistics")
 def statistics(msg: Message, context: Context) -> Message:
-    return _handle(msg, context, lambda session, request: protocol.statistics_reply(
-        msg, session.name, institution.statistics(session)))
+    def work(session: NodeSession, request: protocol.Request) -> Message:
+        if request.bounds is None:
+            raise FedriskInputError("a statistics request without the consortium's bounds", institution=session.name)
+        stats = institution.statistics(session, request.campaign, request.bounds)
+        return protocol.statistics_reply(msg, session.name, stats, _privacy(session, request))
+
+    return _handle(msg, context, protocol.STATISTICS, work)
 
 
 @app.train(mods=[institution_clipping_mod])
 def train(msg: Message, context: Context) -> Message:
     def work(session: NodeSession, request: protocol.Request) -> Message:
         received = protocol.model_of(msg)
-        validation = institution.evaluate_split(session, request.shared, received, "validation")
-        result = institution.train_round(session, request.shared, received, request.server_round,
-                                         request.campaign, request.proximal_mu)
-        return protocol.train_reply(msg, session.name, result, validation)
+        validation = None
+        if session.config.evaluation.every_round:  # the model this round starts from, on the validation rows
+            validation = institution.evaluate_split(session, request.shared, received, "validation", request.campaign,
+                                                    request.score_grid, request.groups or {}, request.server_round)
+        result = institution.train_round(session, request.shared, received, request.server_round, request.campaign,
+                                         request.proximal_mu)
+        return protocol.train_reply(msg, session.name, result, validation, _privacy(session, request))
 
-    return _handle(msg, context, work)
+    return _handle(msg, context, protocol.TRAIN, work)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     def work(session: NodeSession, request: protocol.Request) -> Message:
         received = protocol.model_of(msg)
-        return protocol.evaluate_reply(msg, session.name, {
-            split: institution.evaluate_split(session, request.shared, received, split)
-            for split in request.splits})
+        stats = {split: institution.evaluate_split(session, request.shared, received, split, request.campaign,
+                                                   request.score_grid, request.groups or {}, request.server_round)
+                 for split in request.splits}
+        return protocol.evaluate_reply(msg, session.name, stats, _privacy(session, request))
 
-    return _handle(msg, context, work)
+    return _handle(msg, context, protocol.EVALUATE, work)
 
 
 @app.query("importance")
 def importance(msg: Message, context: Context) -> Message:
-    return _handle(msg, context, lambda session, request: protocol.importance_reply(
-        msg, session.name, institution.importance_histograms(session, request.shared,
-                                                             protocol.model_of(msg))))
+    def work(session: NodeSession, request: protocol.Request) -> Message:
+        histograms = institution.importance_histograms(session, request.shared, protocol.model_of(msg),
+                                                       request.campaign, request.score_grid)
+        return protocol.importance_reply(msg, session.name, histograms, _privacy(session, request))
+
+    return _handle(msg, context, protocol.IMPORTANCE, work)
 
 
 @app.query("reference")
 def reference(msg: Message, context: Context) -> Message:
-    return _handle(msg, context, lambda session, request: protocol.counts_reply(
-        msg, session.name, institution.reference_counts(session, request.shared, protocol.model_of(msg))))
+    def work(session: NodeSession, request: protocol.Request) -> Message:
+        counts = institution.reference_counts(session, request.shared, protocol.model_of(msg), request.campaign,
+                                              request.edges or {})
+        noise = session.plan(request.campaign).statistics
+        return protocol.counts_reply(msg, session.name, counts, _privacy(session, request), noise=noise)
+
+    return _handle(msg, context, protocol.REFERENCE, work)
 
 
 @app.query("monitor")
 def monitor(msg: Message, context: Context) -> Message:
     def work(session: NodeSession, request: protocol.Request) -> Message:
-        counts, window = institution.window_statistics(session, request.shared, protocol.model_of(msg),
-                                                       request.edges or {}, request.window_days)
-        return protocol.counts_reply(msg, session.name, counts, window)
+        counts, window = institution.window_statistics(
+            session, request.shared, protocol.model_of(msg), request.campaign, request.edges or {}, request.score_grid,
+            request.window_days, request.window, request.windows)
+        noise = float(session.ledger().plans[request.campaign]["noise"]["monitoring"])
+        return protocol.counts_reply(msg, session.name, counts, _privacy(session, request), window, noise)
 
-    return _handle(msg, context, work)
+    return _handle(msg, context, protocol.MONITOR, work, monitoring=True)

@@ -20,9 +20,11 @@ LEAK_CHECK_VALUES = 50
 CARD_ID_MIN_VALUES = 5  # a category with fewer values cannot single out customers
 
 
-def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file: str) -> Columns:
+def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file: str,
+                    never_use: tuple[str, ...] = ()) -> Columns:
     """Which columns are inputs, and of which kind; personal identifiers never are."""
-    excluded = {spec.target, *spec.drop, *spec.protected, DAY, CUSTOMER}
+    never = {c.casefold() for c in never_use}  # the institution's own policy: never an input, whatever the campaign
+    excluded = {spec.target, *spec.drop, *spec.protected, DAY, CUSTOMER, *(c for c in frame.columns if c.casefold() in never)}
     if spec.quality.date_column:
         excluded.add(spec.quality.date_column)
     if spec.institution_column:

@@ -218,33 +218,34 @@ class SecureAggregation(StrictModel):
 
 
 class Privacy(StrictModel):
+    """What the campaign asks of every institution; each institution's own policy
+    (`fedrisk.guard`) decides whether to accept, and its ledger what it has left."""
+
     enabled: bool = True
-    target_epsilon: float = Field(3.0, gt=0.0, description="lifetime budget per institution")
-    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    target_epsilon: float = Field(3.0, gt=0.0, description="this campaign's epsilon, per institution")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="the largest delta an institution may state epsilon at")
+    statistics_share: float = Field(0.25, gt=0.0, lt=1.0,
+                                    description="share of the epsilon for released statistics (each part alone)")
+    monitoring_epsilon: float = Field(1.5, gt=0.0, description="epsilon of each monitoring run of the model")
     max_grad_norm: float = Field(
         4.0, gt=0.0, description="per-sample clipping; tighter clipping biases PD downwards"
     )
     max_noise_multiplier: float = Field(
         20.0, gt=0.0, description="more noise than this means the budget left is too small"
     )
-    ledger_dir: str = ".fedrisk/ledger"
     institution_level: InstitutionPrivacy = InstitutionPrivacy()
 
 
 class Evaluation(StrictModel):
-    bins: int = Field(1000, ge=10, le=100_000, multiple_of=10,
-                      description="score histogram bins on [0, 1]; 10 calibration bands")
-    threshold: float = Field(0.2, gt=0.0, lt=1.0, description="PD at or above it: flagged")
+    bins: int = Field(50, ge=10, le=1000, description="score bins of the evaluation grid the server fixes per campaign")
+    threshold: float = Field(0.2, gt=0.0, lt=1.0, description="PD at or above it: flagged (an edge of the grid)")
     max_fpr: float = Field(0.1, gt=0.0, lt=1.0, description="for recall at this FPR")
     alerts_per_day: int = Field(
         30, ge=1, description="fraud: alert budget per issuer and day; top-k precision uses it too"
     )
-
-    @model_validator(mode="after")
-    def _threshold_on_grid(self) -> Evaluation:
-        if abs(self.threshold * self.bins - round(self.threshold * self.bins)) > 1e-9:
-            raise ValueError(f"evaluation.threshold must be a multiple of 1/bins (1/{self.bins})")
-        return self
+    every_round: bool = Field(False, description="also release validation histograms every round (costs epsilon)")
+    importance: bool = Field(False, description="release each feature's ablated histogram at the end (costs epsilon)")
+    amount_cap: float = Field(1000.0, gt=0.0, description="fraud: amounts are clipped here in amount-weighted recall")
 
 
 class Tracking(StrictModel):
@@ -378,11 +379,6 @@ def _resolve_paths(raw: dict[str, Any], config_dir: Path, work_dir: Path) -> Non
     gate = raw.get("gate") or {}
     if isinstance(gate, dict) and isinstance(gate.get("policy"), str):
         gate["policy"] = str((config_dir / gate["policy"]).resolve())
-    privacy = raw.setdefault("privacy", {})
-    if isinstance(privacy, dict):
-        ledger = privacy.get("ledger_dir", Privacy.model_fields["ledger_dir"].default)
-        if isinstance(ledger, str):
-            privacy["ledger_dir"] = str((work_dir / ledger).resolve())
     audit = raw.setdefault("audit", {})
     if isinstance(audit, dict) and isinstance(audit.get("path", Audit.model_fields["path"].default), str):
         audit["path"] = str((work_dir / audit.get("path", Audit.model_fields["path"].default)).resolve())

@@ -40,7 +40,7 @@ class InstitutionData:
     quality: dict[str, Any]  # the data-quality scorecard (counts only), see fedrisk.data_quality
 
 
-def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
+def load_institution(spec: DataSpec, name: str, seed: int, never_use: list[str] | tuple[str, ...] = ()) -> InstitutionData:
     """Load and check one institution's rows; the only data a client ever reads."""
     names = institution_names(spec)
     if name not in names:
@@ -50,7 +50,7 @@ def load_institution(spec: DataSpec, name: str, seed: int) -> InstitutionData:
     if len(raw) == 0:
         raise FedriskInputError("no rows", institution=name, file=source)
     frame = engineer_transactions(raw, spec, name, source) if spec.transactions is not None else raw
-    columns = resolve_columns(frame, spec, name, source)
+    columns = resolve_columns(frame, spec, name, source, tuple(never_use))
     target = check_target(frame, columns.target, name, source)
     quality = quality_scorecard(raw, frame, spec, columns, target.to_numpy(), name, source)
     check_leaks(frame, columns, target, name, source)

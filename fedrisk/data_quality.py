@@ -121,3 +121,16 @@ def exclusion_reason(name: str, source: str, card: dict[str, Any]) -> str:
     weakest = card["dimensions"][card["weakest"]]
     return (f"institution {name}, file {source}: data quality {card['score']:.2f} below {card['min_score']:g} "
             f"({card['weakest'].replace('_', ' ')}: {weakest['detail']})")
+
+
+def suppressed(card: dict[str, Any], minimum: int) -> dict[str, Any]:
+    """The scorecard as it may leave the institution: a count of failed checks below the policy's
+    minimum is withheld (its detail says so) and scores are rounded to one decimal."""
+    dimensions = {}
+    for name, dim in card["dimensions"].items():
+        small = 0 < int(dim.get("failed", 0)) < minimum and int(dim.get("checked", 0)) > 1
+        dimensions[name] = {**dim, "score": round(float(dim["score"]), 1),
+                            **({"failed": None, "detail": f"fewer than {minimum} of {dim['checked']} checks failed"}
+                               if small else {})}
+    return {**card, "score": round(float(card["score"]), 1), "dimensions": dimensions,
+            "rows": None if 0 < card["rows"] < minimum else card["rows"]}

@@ -1,11 +1,13 @@
 """Population stability from summed bin counts: reference deciles, PSI and CSI.
 
-Every institution counts its rows in bins the server fixes; the counts add up, so the
-federated PSI equals the PSI of the pooled rows on the same bins. Numeric columns (and the
-score) are first counted on a fine grid, from which the server reads the pooled decile
-edges; the edges are grid edges, so the reference counts per decile are exact sums of the
-fine counts. A categorical column's bins are its vocabulary, one bin for unseen values,
-and every column has a last bin for missing values.
+Every institution counts its rows in bins the server fixes, and releases the counts with DP
+noise; they add up, so the federated PSI is the PSI of the pooled rows on the same bins, up
+to that noise (which `noise_bound` allows for). A numeric input's bins are its federated
+decile edges (from the DP histogram that also gave its clipping bounds); the score is first
+counted on a fine log-odds grid, from which the server reads the pooled decile edges, grid
+edges, so the reference counts per decile are sums of the fine counts. A categorical
+column's bins are its vocabulary, one bin for unseen values, and every column has a last
+bin for missing values.
 
 PSI = sum over bins of (a - e) ln(a / e) for current and reference shares a and e; it is
 the symmetric Kullback-Leibler divergence. Under no drift, n_eff * PSI is asymptotically
@@ -22,23 +24,20 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
+from fedrisk.mechanisms import significant
+from fedrisk.metrics import logit_edges
 from fedrisk.preprocessing import Preprocessor, category_labels
 
 SHARE_FLOOR = 1e-4  # an empty bin counts as this share, so that ln(a/e) stays finite
-GRID_SIGMAS = 5.0  # the fine grid of a numeric column spans mean +- 5 standard deviations
-GRID_STEPS = 200  # ... in steps of 0.05 standard deviations
 DECILES = np.arange(1, 10) / 10
 SCORE = "score"
 UNSEEN = "__unseen__"
 
 
-def fine_grid(preprocessor: Preprocessor, score_bins: int) -> dict[str, list[float]]:
-    """Fine-grid edges of the score and of every numeric column (federated mean and scale)."""
-    grid = {SCORE: list(np.linspace(0.0, 1.0, score_bins + 1)[1:-1])}
-    steps = np.linspace(-GRID_SIGMAS, GRID_SIGMAS, GRID_STEPS + 1)
-    for column, mean, scale in zip(preprocessor.numeric, preprocessor.means, preprocessor.scales):
-        grid[column] = list(mean + scale * steps)
-    return grid
+def reference_edges(numeric_deciles: dict[str, list[float]], score_bins: int) -> dict[str, list[float]]:
+    """The bins of the drift reference: a fine log-odds grid for the score (its deciles are read
+    from the sums) and each numeric column's federated decile edges (`fedrisk.preprocessing`)."""
+    return {SCORE: logit_edges(score_bins).tolist(), **{c: list(e) for c, e in numeric_deciles.items()}}
 
 
 def bin_counts(values: np.ndarray, edges: list[float]) -> np.ndarray:
@@ -69,13 +68,14 @@ def column_counts(frame: pd.DataFrame, scores: np.ndarray, preprocessor: Preproc
     return out
 
 
-def decile_edges(fine_counts: np.ndarray, grid: list[float]) -> list[float]:
+def decile_edges(fine_counts: np.ndarray, grid: list[float], noise: float = 0.0) -> list[float]:
     """Pooled decile edges, as grid edges, from summed fine counts (last entry: missing).
 
     Each decile edge is the upper edge of the fine bin holding that quantile; repeated
-    edges (a column with few distinct values) collapse, so such a column has fewer bins.
+    edges (a column with few distinct values) collapse, so such a column has fewer bins. Cells
+    within four standard deviations of the sums' `noise` count as empty.
     """
-    present = np.asarray(fine_counts[:-1], dtype=float)
+    present = significant(np.asarray(fine_counts[:-1], dtype=float), noise)
     if present.sum() == 0:
         return []
     cdf = np.cumsum(present) / present.sum()
@@ -94,17 +94,20 @@ def coarsen(fine_counts: np.ndarray, grid: list[float], edges: list[float]) -> n
     # fine bin i lies in coarse bin j = number of coarse edges <= its lower edge grid[i-1]
     coarse_of_bin = np.concatenate([[0], position])
     coarse = np.bincount(coarse_of_bin, weights=fine[:-1], minlength=len(edges) + 1)
-    return np.append(coarse, fine[-1]).astype(np.int64)
+    return np.append(coarse, fine[-1])
 
 
-def build_reference(fine: dict[str, np.ndarray], grid: dict[str, list[float]],
-                    categorical: dict[str, np.ndarray], vocabularies: dict[str, list[str]]) -> dict[str, Any]:
-    """Reference edges and counts of every column from the institutions' summed counts."""
-    columns: dict[str, Any] = {}
-    for column, counts in fine.items():
-        edges = decile_edges(counts, grid[column])
-        columns[column] = {"kind": "numeric", "edges": edges,
-                           "counts": coarsen(counts, grid[column], edges).tolist()}
+def build_reference(score: np.ndarray, score_grid: list[float], numeric: dict[str, np.ndarray],
+                    numeric_edges: dict[str, list[float]], categorical: dict[str, np.ndarray],
+                    vocabularies: dict[str, list[str]], noise: float = 0.0) -> dict[str, Any]:
+    """Reference edges and counts of every column from the institutions' summed counts: the
+    score's deciles read from its fine grid, the inputs on the bins they were counted on."""
+    edges = decile_edges(score, score_grid, noise)
+    columns: dict[str, Any] = {SCORE: {"kind": "numeric", "edges": edges,
+                                       "counts": coarsen(score, score_grid, edges).tolist()}}
+    for column, counts in numeric.items():
+        columns[column] = {"kind": "numeric", "edges": list(numeric_edges[column]),
+                           "counts": np.asarray(counts, dtype=float).tolist()}
     for column, counts in categorical.items():
         columns[column] = {"kind": "categorical", "values": [*vocabularies[column], UNSEEN],
                            "counts": np.asarray(counts).tolist()}
@@ -122,10 +125,19 @@ def psi(reference: np.ndarray, current: np.ndarray) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def noise_bound(reference: np.ndarray, current: np.ndarray, confidence: float = 0.99) -> float:
-    """PSI that sampling noise alone exceeds with probability 1 - confidence."""
-    n, big_n = float(np.sum(current)), float(np.sum(reference))
-    used = int(np.count_nonzero(np.asarray(reference) + np.asarray(current)))
+def noise_bound(reference: np.ndarray, current: np.ndarray, confidence: float = 0.99,
+                reference_noise: float = 0.0, current_noise: float = 0.0) -> float:
+    """PSI that sampling noise, and the DP noise of the counts, exceed with probability 1 - confidence.
+
+    Without DP noise, n_eff PSI is chi-square with bins - 1 degrees of freedom, 1/n_eff = 1/n +
+    1/N. Gaussian noise of standard deviation s per count adds s^2/n^2 to each share's variance,
+    which enters PSI weighted by 1/share: it is added to 1/n_eff as its average over the bins.
+    """
+    e, a = np.clip(np.asarray(reference, dtype=float), 0, None), np.clip(np.asarray(current, dtype=float), 0, None)
+    n, big_n = float(a.sum()), float(e.sum())
+    used = int(np.count_nonzero((e + a) > 0))
     if n == 0 or big_n == 0 or used < 2:
         return float("nan") if n == 0 or big_n == 0 else 0.0
-    return float(chi2.ppf(confidence, used - 1) * (1.0 / n + 1.0 / big_n))
+    shares = np.maximum(e / big_n, SHARE_FLOOR)
+    dp = (current_noise ** 2 / n ** 2 + reference_noise ** 2 / big_n ** 2) * float(np.sum(1.0 / shares)) / (used - 1)
+    return float(chi2.ppf(confidence, used - 1) * (1.0 / n + 1.0 / big_n + dp))

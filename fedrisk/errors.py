@@ -41,3 +41,7 @@ class BudgetExhaustedError(FedriskInputError):
 
 class PromotionRefused(FedriskInputError):
     """The four-eyes rules refuse a promotion or rollback: exit code 3, like a blocked gate."""
+
+
+class PolicyRefused(FedriskInputError):
+    """An institution's own policy refuses what a campaign asks (DP off, too much epsilon, ...)."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from fedrisk import run_schema
 from fedrisk.config import CampaignConfig
 from fedrisk.fairness import GroupHistograms, fairness_scores, merge_group_histograms
 from fedrisk.fraud_metrics import EMPTY_FRAUD, FraudStats, fraud_summary
-from fedrisk.metrics import EvalStats, evaluation_summary
+from fedrisk.metrics import EvalStats, evaluation_summary, performance
 
 
 @dataclass(frozen=True)
@@ -21,17 +23,17 @@ class SplitStatistics:
     overall: EvalStats
     groups: GroupHistograms
     fraud: FraudStats | None = None
-
-
-EMPTY = EvalStats(0, 0.0, 0, 0, 0, 0, 0.0)  # the start of a sum  # type: ignore[arg-type]
+    noise: float = 0.0  # standard deviation of the DP noise in every cell (0: exact)
 
 
 def pooled(parts: dict[str, SplitStatistics]) -> SplitStatistics:
-    """The consortium's statistics: every institution's, added up."""
-    overall = sum((p.overall for p in parts.values()), start=EMPTY)
+    """The consortium's statistics: every institution's, added up (their noise too)."""
+    first = next(iter(parts.values()))
+    overall = sum((p.overall for p in parts.values()), start=EvalStats.empty(first.overall.edges))
     groups = merge_group_histograms([p.groups for p in parts.values()])
     frauds = [p.fraud for p in parts.values() if p.fraud is not None]
-    return SplitStatistics(overall, groups, sum(frauds, start=EMPTY_FRAUD) if frauds else None)
+    noise = float(np.sqrt(sum(p.noise ** 2 for p in parts.values())))
+    return SplitStatistics(overall, groups, sum(frauds, start=EMPTY_FRAUD) if frauds else None, noise)
 
 
 def split_metrics(parts: dict[str, SplitStatistics], split: str, config: CampaignConfig,
@@ -52,8 +54,44 @@ def split_metrics(parts: dict[str, SplitStatistics], split: str, config: Campaig
         return run_schema.scores_metrics(split, scores, **params)
     scores = evaluation_summary({n: p.overall for n, p in parts.items()}, ev.threshold, ev.max_fpr)
     metrics = run_schema.scores_metrics(split, scores, **params)
-    if parts:
-        metrics.update(run_schema.fairness_metrics(split, fairness_scores(pooled(parts).groups, ev.threshold)))
-    for name, part in parts.items():
-        metrics.update(run_schema.fairness_metrics(split, fairness_scores(part.groups, ev.threshold), name))
+    scopes = ([(None, pooled(parts))] if parts else []) + list(parts.items())
+    for name, part in scopes:
+        edges = part.overall.edges
+        fairness = fairness_scores(part.groups, ev.threshold, edges, smallest_group(part.noise, len(edges) + 1))
+        metrics.update(run_schema.fairness_metrics(split, fairness, name))
     return metrics
+
+
+def smallest_group(noise: float, bins: int) -> float:
+    """Noised group sizes below this are mostly noise (five standard deviations of a size's noise):
+    such a group is left out of the fairness gaps rather than reported on noise."""
+    return 5.0 * noise * float(np.sqrt(2 * bins))
+
+
+NOISE_DRAWS = 200
+
+
+def noise_error(consortium: SplitStatistics, config: CampaignConfig, draws: int = NOISE_DRAWS) -> dict[str, float]:
+    """How far the DP noise the institutions added can move each pooled metric: its standard
+    deviation over `draws` parametric-bootstrap copies of the released histograms (each cell
+    re-noised with the pooled noise). Reported next to the metrics; 0 when nothing was noised."""
+    if consortium.noise <= 0:
+        return {}
+    ev = config.evaluation
+    rng = np.random.default_rng(0)  # the released values are public: re-noising them needs no secrecy
+    stats, noise = consortium.overall, consortium.noise
+    keys = ("auc", "ks", "average_precision", "brier")
+    samples: dict[str, list[float]] = {}
+    for _ in range(draws):
+        shifted = EvalStats(stats.edges, *(getattr(stats, f) + rng.normal(0, noise, stats.hist_pos.shape)
+                                           for f in ("hist_pos", "hist_neg", "score_sum_pos", "score_sum_neg")))
+        values = {k: v for k, v in performance(shifted, ev.threshold, ev.max_fpr).items() if k in keys}
+        if config.task == "credit":
+            groups = {a: {g: (p + rng.normal(0, noise, p.shape), n + rng.normal(0, noise, n.shape))
+                          for g, (p, n) in by.items()} for a, by in consortium.groups.items()}
+            fairness = fairness_scores(groups, ev.threshold, stats.edges, smallest_group(noise, len(stats.edges) + 1))
+            values.update({run_schema.fairness_metric("approval_rate_difference", a): f["approval_rate_difference"]
+                           for a, f in fairness.items()})
+        for key, value in values.items():
+            samples.setdefault(key, []).append(value)
+    return {key: float(np.nanstd(v)) for key, v in samples.items()}

@@ -228,17 +228,18 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
                           + "<h3>Earlier campaigns on the same institutions</h3>" + html_table(privacy["earlier_campaigns"])))
     perf = evidence["performance"]
     parts.append(_section("6. Performance (test)", _kv(perf["pooled"]) + html_table(perf["per_institution"])))
-    stats, groups, threshold = load_statistics(client, run_id)
+    stored = load_statistics(client, run_id)
     calibration = ""
-    if stats is not None and stats.examples:
-        png, _ = calibration_chart(stats)
-        calibration = (f"<img src='data:image/png;base64,{roc_ks_chart(stats)}'>"
+    if stored is not None and stored.stats.examples:
+        png, _ = calibration_chart(stored.stats)
+        calibration = (f"<img src='data:image/png;base64,{roc_ks_chart(stored.stats)}'>"
                        f"<img src='data:image/png;base64,{png}'>")
     parts.append(_section("7. Calibration (test, by score band)",
                           calibration + html_table((evidence["calibration"] or {}).get("bands", []))))
     fairness = _kv(evidence["fairness"]) if evidence["fairness"] else "<p>no protected attribute measured</p>"
-    if groups:
-        fairness += f"<img src='data:image/png;base64,{approval_chart(groups, threshold)}'>"
+    if stored is not None and stored.groups:
+        chart = approval_chart(stored.groups, stored.threshold, stored.stats.edges, stored.noise)
+        fairness += f"<img src='data:image/png;base64,{chart}'>"
     parts.append(_section("8. Fairness (test)", fairness))
     cards = evidence["data_quality"].get("institutions", {})
     dq_rows = [{"institution": n, "score": c["score"], "passed": c["passed"],

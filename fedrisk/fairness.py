@@ -13,28 +13,35 @@ from typing import Any
 
 import numpy as np
 
-from fedrisk.metrics import auc_from_histograms, bin_index
+from fedrisk.metrics import auc_from_histograms, bin_index, threshold_index
 
+OTHER = "other"  # a protected value outside the consortium's known groups
 # attribute -> group value -> (defaults per bin, non-defaults per bin)
 GroupHistograms = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 
 
-def group_histograms(
-    y_true: np.ndarray, scores: np.ndarray, groups: dict[str, np.ndarray], bins: int
-) -> GroupHistograms:
-    """Per protected attribute and group: score histograms by label (what a client sends)."""
+def group_histograms(y_true: np.ndarray, scores: np.ndarray, groups: dict[str, np.ndarray], edges: np.ndarray,
+                     known: dict[str, list[str]] | None = None) -> GroupHistograms:
+    """Per protected attribute and group: score histograms by label (what a client sends).
+
+    With `known` groups per attribute (the consortium's, fixed by the server), every one of them
+    is sent, empty or not, and any other value counts as `OTHER`: which groups an institution
+    has is then not itself a release.
+    """
     y = np.asarray(y_true).astype(bool)
-    index = bin_index(scores, bins)
+    index = bin_index(scores, edges)
+    bins = len(edges) + 1
     out: GroupHistograms = {}
     for attribute, values in groups.items():
         labels = np.asarray(values).astype(str)
+        names = sorted(set(labels.tolist())) if known is None else [*known.get(attribute, []), OTHER]
+        if known is not None:
+            labels = np.where(np.isin(labels, names), labels, OTHER)
         out[attribute] = {}
-        for group in np.unique(labels):
+        for group in names:
             mine = labels == group
-            out[attribute][str(group)] = (
-                np.bincount(index[mine & y], minlength=bins),
-                np.bincount(index[mine & ~y], minlength=bins),
-            )
+            out[attribute][str(group)] = (np.bincount(index[mine & y], minlength=bins).astype(float),
+                                          np.bincount(index[mine & ~y], minlength=bins).astype(float))
     return out
 
 
@@ -52,23 +59,27 @@ def merge_group_histograms(parts: list[GroupHistograms]) -> GroupHistograms:
     return merged
 
 
-def _approved(hist: np.ndarray, threshold: float) -> float:
-    """Rows with PD below the threshold (a multiple of 1/bins)."""
-    cut = int(round(threshold * len(hist)))
-    return float(np.sum(hist[:cut]))
+def _approved(hist: np.ndarray, threshold: float, edges: np.ndarray) -> float:
+    """Rows with PD below the threshold (an edge of the grid)."""
+    return float(np.sum(np.clip(hist[:threshold_index(edges, threshold)], 0, None)))
 
 
-def fairness_by_attribute(groups: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float) -> dict[str, Any]:
-    """Approval rates per group and the gaps between groups for one protected attribute."""
+def fairness_by_attribute(groups: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float, edges: np.ndarray,
+                          min_size: float = 0.0) -> dict[str, Any]:
+    """Approval rates per group and the gaps between groups for one protected attribute.
+
+    Groups of at most `min_size` rows are left out: with noised counts, a tiny group's rates
+    are mostly noise (the server sets it from the noise it knows was added).
+    """
     rates, good_rates, bad_rates, aucs, sizes = {}, {}, {}, {}, {}
     for group, (pos, neg) in sorted(groups.items()):
-        n_bad, n_good = float(np.sum(pos)), float(np.sum(neg))
-        if n_bad + n_good == 0:
+        n_bad, n_good = float(np.sum(np.clip(pos, 0, None))), float(np.sum(np.clip(neg, 0, None)))
+        if n_bad + n_good <= max(min_size, 0.0):
             continue
         sizes[group] = n_bad + n_good
-        rates[group] = (_approved(pos, threshold) + _approved(neg, threshold)) / sizes[group]
-        good_rates[group] = _approved(neg, threshold) / n_good if n_good else float("nan")
-        bad_rates[group] = _approved(pos, threshold) / n_bad if n_bad else float("nan")
+        rates[group] = (_approved(pos, threshold, edges) + _approved(neg, threshold, edges)) / sizes[group]
+        good_rates[group] = _approved(neg, threshold, edges) / n_good if n_good else float("nan")
+        bad_rates[group] = _approved(pos, threshold, edges) / n_bad if n_bad else float("nan")
         aucs[group] = auc_from_histograms(pos, neg)
 
     def gap(values: dict[str, float]) -> float:
@@ -87,6 +98,8 @@ def fairness_by_attribute(groups: dict[str, tuple[np.ndarray, np.ndarray]], thre
     }
 
 
-def fairness_scores(groups: GroupHistograms, threshold: float) -> dict[str, dict[str, Any]]:
+def fairness_scores(groups: GroupHistograms, threshold: float, edges: np.ndarray,
+                    min_size: float = 0.0) -> dict[str, dict[str, Any]]:
     """`fairness_by_attribute` for every protected attribute."""
-    return {attribute: fairness_by_attribute(by_group, threshold) for attribute, by_group in sorted(groups.items())}
+    return {attribute: fairness_by_attribute(by_group, threshold, edges, min_size)
+            for attribute, by_group in sorted(groups.items())}

@@ -10,7 +10,7 @@ fraud value caught) comes from per-bin sums of fraud amounts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,7 +19,9 @@ from fedrisk.metrics import (
     Scores,
     auc_from_histograms,
     average_precision_from_histograms,
+    bin_bounds,
     bin_index,
+    log_loss_from_bins,
     operating_points,
     recall_at_fpr,
     spread,
@@ -30,29 +32,31 @@ from fedrisk.metrics import (
 class FraudStats:
     """What fraud metrics need beyond `EvalStats`; adds up across issuers."""
 
-    amount_pos: np.ndarray  # sum of fraud amounts per score bin
-    topk_hits: int  # frauds among each day's top-k scores, summed over days
-    topk_alerts: int  # alerts in each day's top-k (k, or fewer on a quiet day), summed
-    days: int  # days with transactions
+    amount_pos: np.ndarray  # sum of fraud amounts per score bin (each amount clipped at the campaign's cap)
+    topk_hits: float  # frauds among each day's top-k scores, summed over days
+    topk_alerts: float  # alerts in each day's top-k (k, or fewer on a quiet day), summed
+    days: int  # days of the window (the campaign's calendar: not data)
 
     @classmethod
-    def from_scores(cls, y_true: np.ndarray, scores: np.ndarray, amounts: np.ndarray,
-                    days: np.ndarray, bins: int, k: int) -> FraudStats:
+    def from_scores(cls, y_true: np.ndarray, scores: np.ndarray, amounts: np.ndarray, day_of_row: np.ndarray,
+                    edges: np.ndarray, k: int, days: int, amount_cap: float) -> FraudStats:
         y = np.asarray(y_true).astype(bool)
         p = np.asarray(scores, dtype=float)
-        days = np.asarray(days)
-        amount_pos = np.bincount(bin_index(p[y], bins), weights=np.asarray(amounts, float)[y], minlength=bins)
-        order = np.lexsort((-p, days))  # by day, then highest score first (ties: row order)
-        sorted_days = days[order]
+        day_of_row = np.asarray(day_of_row)
+        clipped = np.clip(np.asarray(amounts, float), 0.0, amount_cap)
+        amount_pos = np.bincount(bin_index(p[y], edges), weights=clipped[y], minlength=len(edges) + 1)
+        order = np.lexsort((-p, day_of_row))  # by day, then highest score first (ties: row order)
+        sorted_days = day_of_row[order]
         rank = np.arange(len(order)) - np.searchsorted(sorted_days, sorted_days, side="left")
         top = order[rank < k]
-        return cls(amount_pos, int(y[top].sum()), int(len(top)), int(len(np.unique(days))))
+        return cls(amount_pos, float(y[top].sum()), float(len(top)), int(days))
 
     def __add__(self, other: FraudStats) -> FraudStats:
-        return FraudStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return FraudStats(self.amount_pos + other.amount_pos, self.topk_hits + other.topk_hits,
+                          self.topk_alerts + other.topk_alerts, self.days + other.days)
 
 
-EMPTY_FRAUD = FraudStats(0.0, 0, 0, 0)  # type: ignore[arg-type]  # the start of a sum
+EMPTY_FRAUD = FraudStats(0.0, 0.0, 0.0, 0)  # type: ignore[arg-type]  # the start of a sum
 
 
 def alert_threshold(pos: np.ndarray, neg: np.ndarray, days: int, alerts_per_day: float) -> int:
@@ -65,14 +69,14 @@ def alert_threshold(pos: np.ndarray, neg: np.ndarray, days: int, alerts_per_day:
 def budget_counts(stats: EvalStats, fraud: FraudStats, k: int) -> np.ndarray:
     """(caught, alerts, frauds, fraud amount caught, fraud amount, days) at bin index k."""
     tp, fp = operating_points(stats.hist_pos, stats.hist_neg)
-    return np.array([tp[k], tp[k] + fp[k], tp[0], fraud.amount_pos[k:].sum(), fraud.amount_pos.sum(),
-                     fraud.days], dtype=float)
+    amounts = np.clip(fraud.amount_pos, 0.0, None)
+    return np.array([tp[k], tp[k] + fp[k], tp[0], amounts[k:].sum(), amounts.sum(), fraud.days], dtype=float)
 
 
 def budget_metrics(counts: np.ndarray) -> dict[str, float]:
     caught, alerts, frauds, amount_caught, amount, days = counts
     return {
-        "precision_at_budget": caught / alerts if alerts else 0.0,
+        "precision_at_budget": min(caught / alerts, 1.0) if alerts > 0 else 0.0,
         "recall_at_budget": caught / frauds if frauds else float("nan"),
         "amount_recall_at_budget": amount_caught / amount if amount else float("nan"),
         "alerts_per_day": alerts / days if days else 0.0,
@@ -85,9 +89,10 @@ def ranking_metrics(stats: EvalStats, fraud: FraudStats, max_fpr: float, k: int)
         "auc": auc_from_histograms(pos, neg),
         "average_precision": average_precision_from_histograms(pos, neg),
         "recall_at_fpr": recall_at_fpr(pos, neg, max_fpr),
-        "precision_top_k": fraud.topk_hits / fraud.topk_alerts if fraud.topk_alerts else float("nan"),
-        "fraud_rate": float(pos.sum()) / stats.examples,
-        "loss": stats.loss_sum / stats.examples,
+        "precision_top_k": (float(np.clip(fraud.topk_hits / fraud.topk_alerts, 0.0, 1.0))
+                            if fraud.topk_alerts > 0 else float("nan")),
+        "fraud_rate": float(np.clip(pos, 0, None).sum()) / stats.examples if stats.examples else float("nan"),
+        "loss": log_loss_from_bins(pos, neg, stats.means),
     }
 
 
@@ -116,8 +121,8 @@ def fraud_summary(
         counts = budget_counts(stats, fraud, thresholds[name])
         pooled_counts += counts
         institutions[name] = {**ranking_metrics(stats, fraud, max_fpr, alerts_per_day), **budget_metrics(counts),
-                              "operating_threshold": thresholds[name] / len(stats.hist_pos)}
-    stats = sum((s for s, _ in parts.values()), start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
+                              "operating_threshold": float(np.append(bin_bounds(stats.edges)[0], 1.0)[thresholds[name]])}
+    stats = sum((s for s, _ in parts.values()), start=EvalStats.empty(next(iter(parts.values()))[0].edges))
     fraud = sum((f for _, f in parts.values()), start=EMPTY_FRAUD)
     pooled = {**ranking_metrics(stats, fraud, max_fpr, alerts_per_day), **budget_metrics(pooled_counts),
               "examples": float(stats.examples)}

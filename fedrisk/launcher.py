@@ -21,12 +21,7 @@ from fedrisk import audit, run_schema
 from fedrisk.config import CampaignConfig, check_secure_aggregation, config_to_json
 from fedrisk.environment import quiet
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
-from fedrisk.institution import check_delta, sampling_plan
-from fedrisk.privacy import (
-    PrivacyLedger,
-    calibrate_noise_multiplier,
-    institution_noise_multiplier,
-)
+from fedrisk.privacy import institution_noise_multiplier
 from fedrisk.sources import institution_names
 from fedrisk.tracking import find_campaign_run
 
@@ -51,35 +46,43 @@ class Outcome:
     tags: dict[str, str]
 
 
-def preflight(config: CampaignConfig) -> list[str]:
-    """Check each institution's data and budget locally; returns the institutions."""
-    from fedrisk.data import load_institution
-    from fedrisk.splits import split_institution
+def preflight(config: CampaignConfig, campaign: str = "preflight") -> list[str]:
+    """Check locally what every institution would check (in a simulation all data and homes sit
+    on this machine): its policy, its data, whose population they are, and its budget. Nothing
+    is reserved or released; the institutions check again when the campaign asks them."""
+    from fedrisk import lineage
+    from fedrisk.budget import plan_campaign
+    from fedrisk.institution import check_delta
+    from fedrisk.protocol import BOUNDS
+    from fedrisk.session import open_session
 
     names = institution_names(config.data)
     if len(names) < config.training.min_institutions:
         raise FedriskInputError(
             f"{len(names)} institution(s) configured, training.min_institutions is {config.training.min_institutions}")
     check_secure_aggregation(config, len(names))
-    pv = config.privacy
-    inst = pv.institution_level
+    inst = config.privacy.institution_level
     if inst.enabled:  # the campaign's institution-level budget must pay for its rounds
         institution_noise_multiplier(inst.target_epsilon, inst.delta, config.training.rounds, inst.noise_multiplier)
     seen: dict[str, str] = {}
-    for name in names:
-        data = load_institution(config.data, name, config.seed)
+    config_json = config_to_json(config)
+    for partition, name in enumerate(names):
+        session = open_session(config_json, {"partition-id": partition}, names)
+        session.guard(BOUNDS)
+        data = session.data
         if data.fingerprint in seen:  # the federation's epsilon assumes disjoint data
             raise FedriskInputError(f"same data as institution {seen[data.fingerprint]}", institution=name,
                                     file=data.source)
         seen[data.fingerprint] = name
-        split = split_institution(data, config.data, config.seed)
-        if pv.enabled:
-            check_delta(config, name, len(split.train), data.source)
-            ledger = PrivacyLedger.open(pv.ledger_dir, name, data.fingerprint)
-            rate, per_round = sampling_plan(config, len(split.train))
+        ledger = session.ledger()
+        check_delta(config, name, len(session.split.train), ledger.delta, data.source)
+        used = [*data.columns.features, *data.columns.protected, data.columns.target]
+        lineage.check_population(session.home, name, lineage.sketch(data.frame, used), data.source)
+        if config.privacy.enabled:
+            rules = session.policy.privacy
             try:
-                calibrate_noise_multiplier(pv.target_epsilon, pv.delta, rate, per_round * config.training.rounds,
-                                           ledger.history, max_noise_multiplier=pv.max_noise_multiplier)
+                plan_campaign(config, session.shape, ledger, campaign, rules.max_campaign_epsilon,
+                              rules.lifetime_epsilon)
             except BudgetExhaustedError as err:
                 raise BudgetExhaustedError(f"{err.detail} (ledger {ledger.path})", institution=name,
                                            file=data.source) from None

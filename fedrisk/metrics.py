@@ -1,36 +1,70 @@
 """Metrics computed from summed score histograms, so no score ever leaves an institution.
 
-Histograms are counted on bin edges the server fixes (`bins` equal bins on [0, 1]); summing
-institutions' histograms gives the pooled histogram exactly, and AUC from it differs from the
-pooled AUC only by ties inside a bin.
+Histograms are counted on a score grid the server fixes for the campaign: its interior edges
+(`edges`, increasing, in (0, 1)) cut [0, 1] into `len(edges) + 1` bins. Summing institutions'
+histograms gives the pooled histogram, so ranking metrics from it differ from the pooled
+rows' only by ties inside a bin; a threshold on the grid is exact. Released histograms carry
+DP noise (`fedrisk.mechanisms`): counts may be fractional or negative, so every metric clips a
+count at zero before using it, and averages inside a bin are kept inside the bin's edges.
+
+Naming follows scikit-learn: `*_from_histograms` take (positives, negatives) per bin.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 EPS = 1e-7
+LOGIT_RANGE = (-12.0, 8.0)  # the fine grid of scores: probabilities 6e-6 .. 0.9997
 
 
-def bin_index(scores: np.ndarray, bins: int) -> np.ndarray:
-    return np.clip((np.asarray(scores, dtype=float) * bins).astype(np.int64), 0, bins - 1)
+def uniform_edges(bins: int) -> np.ndarray:
+    """`bins` equal-width bins on [0, 1]."""
+    return np.linspace(0.0, 1.0, bins + 1)[1:-1]
 
 
-def score_histograms(y_true: np.ndarray, scores: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+def logit_edges(bins: int, low: float = LOGIT_RANGE[0], high: float = LOGIT_RANGE[1]) -> np.ndarray:
+    """`bins` bins equally wide in log-odds: resolution where scores crowd (near 0 for fraud)."""
+    return 1.0 / (1.0 + np.exp(-np.linspace(low, high, bins - 1)))
+
+
+def with_threshold(edges: np.ndarray, threshold: float | None) -> np.ndarray:
+    """The grid with an operating threshold among its edges (threshold metrics stay exact)."""
+    values = np.asarray(edges, dtype=float)
+    if threshold is not None:
+        values = np.append(values, threshold)
+    return np.unique(values[(values > 0.0) & (values < 1.0)])
+
+
+def bin_index(scores: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each score: bin k holds edges[k-1] <= score < edges[k]."""
+    return np.searchsorted(np.asarray(edges, dtype=float), np.asarray(scores, dtype=float), side="right")
+
+
+def bin_bounds(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) score of every bin."""
+    edges = np.asarray(edges, dtype=float)
+    return np.concatenate([[0.0], edges]), np.concatenate([edges, [1.0]])
+
+
+def score_histograms(y_true: np.ndarray, scores: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(positives per bin, negatives per bin) of the predicted probabilities."""
-    index = bin_index(scores, bins)
+    index = bin_index(scores, edges)
     y = np.asarray(y_true).astype(bool)
-    pos = np.bincount(index[y], minlength=bins)
-    neg = np.bincount(index[~y], minlength=bins)
-    return pos.astype(np.int64), neg.astype(np.int64)
+    bins = len(edges) + 1
+    return (np.bincount(index[y], minlength=bins).astype(float), np.bincount(index[~y], minlength=bins).astype(float))
+
+
+def _counts(values: np.ndarray) -> np.ndarray:
+    """Counts as metrics use them: DP noise can make a released count negative."""
+    return np.clip(np.asarray(values, dtype=float), 0.0, None)
 
 
 def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
     """ROC AUC (Mann-Whitney), counting a positive and a negative in one bin as a tie."""
-    pos = np.asarray(pos, dtype=float)
-    neg = np.asarray(neg, dtype=float)
+    pos, neg = _counts(pos), _counts(neg)
     n_pos, n_neg = pos.sum(), neg.sum()
     if n_pos == 0 or n_neg == 0:
         return float("nan")
@@ -43,8 +77,8 @@ def operating_points(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.n
 
     Index k of the result flags bins k..B-1; a last entry flags nothing.
     """
-    tp = np.append(np.cumsum(np.asarray(pos, float)[::-1])[::-1], 0.0)
-    fp = np.append(np.cumsum(np.asarray(neg, float)[::-1])[::-1], 0.0)
+    tp = np.append(np.cumsum(_counts(pos)[::-1])[::-1], 0.0)
+    fp = np.append(np.cumsum(_counts(neg)[::-1])[::-1], 0.0)
     return tp, fp
 
 
@@ -63,16 +97,30 @@ def ks_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def average_precision_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
-    """Average precision (area under the PR curve, step-wise as scikit-learn sums it)."""
-    tp, fp = operating_points(pos, neg)
-    n_pos = tp[0]
-    if n_pos == 0:
+    """Average precision (area under the PR curve), from the highest bin down.
+
+    Inside a bin the positives and negatives are taken as mixed evenly (the ROC curve is
+    straight there), and precision is integrated along that segment in PR space (Davis &
+    Goadrich 2006). Scikit-learn's step-wise sum, run on bin-rounded scores, would treat a bin
+    as one tie and understate the curve by a few hundredths on a coarse grid.
+    """
+    pos, neg = _counts(pos)[::-1], _counts(neg)[::-1]
+    total_pos = pos.sum()
+    if total_pos == 0:
         return float("nan")
-    tp, fp = tp[::-1], fp[::-1]  # from flagging nothing to flagging everything
-    flagged = tp + fp
-    precision = np.divide(tp, flagged, out=np.ones_like(tp), where=flagged > 0)
-    recall = tp / n_pos
-    return float(np.sum(np.diff(recall) * precision[1:]))
+    tp_before = np.concatenate([[0.0], np.cumsum(pos)[:-1]])
+    flagged_before = tp_before + np.concatenate([[0.0], np.cumsum(neg)[:-1]])
+    width = pos + neg
+    area = 0.0
+    for a, c, tp0, n0 in zip(pos, width, tp_before, flagged_before):
+        if a <= 0:
+            continue
+        if n0 <= 0:  # the top bin: precision a / c all along
+            mean_precision = a / c
+        else:  # integral of (tp0 + a t) / (n0 + c t) over t in [0, 1]
+            mean_precision = a / c + (tp0 - a * n0 / c) / c * np.log1p(c / n0)
+        area += a / total_pos * mean_precision
+    return float(area)
 
 
 def recall_at_fpr(pos: np.ndarray, neg: np.ndarray, max_fpr: float) -> float:
@@ -84,107 +132,151 @@ def recall_at_fpr(pos: np.ndarray, neg: np.ndarray, max_fpr: float) -> float:
     return float(np.max(tp[allowed] / tp[0]))
 
 
-def threshold_counts(
-    pos: np.ndarray, neg: np.ndarray, threshold: float
-) -> tuple[float, float, float, float]:
-    """(TP, FP, FN, TN) when flagging scores >= `threshold`, a multiple of 1/bins (exact)."""
-    bins = len(pos)
-    k = int(round(threshold * bins))
-    if not np.isclose(k / bins, threshold):
-        raise ValueError(f"threshold {threshold} is not on the {bins}-bin grid")
+def threshold_index(edges: np.ndarray, threshold: float) -> int:
+    """The first bin at or above `threshold`, which must be an edge of the grid."""
+    edges = np.asarray(edges, dtype=float)
+    k = int(np.searchsorted(edges, threshold))
+    if k >= len(edges) or not np.isclose(edges[k], threshold, rtol=0, atol=1e-12):
+        raise ValueError(f"threshold {threshold} is not an edge of the score grid")
+    return k + 1
+
+
+def threshold_counts(pos: np.ndarray, neg: np.ndarray, threshold: float,
+                     edges: np.ndarray) -> tuple[float, float, float, float]:
+    """(TP, FP, FN, TN) when flagging scores >= `threshold`, an edge of the grid (exact)."""
+    k = threshold_index(edges, threshold)
     tp, fp = operating_points(pos, neg)
     return tp[k], fp[k], tp[0] - tp[k], fp[0] - fp[k]
 
 
-def classification_at_threshold(pos: np.ndarray, neg: np.ndarray, threshold: float) -> dict[str, float]:
+def classification_at_threshold(pos: np.ndarray, neg: np.ndarray, threshold: float,
+                                edges: np.ndarray) -> dict[str, float]:
     """Precision, recall, F1 and the flag rate at an operating threshold."""
-    tp, fp, fn, tn = threshold_counts(pos, neg, threshold)
+    tp, fp, fn, tn = threshold_counts(pos, neg, threshold, edges)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1,
-            "flag_rate": (tp + fp) / (tp + fp + fn + tn)}
+    total = tp + fp + fn + tn
+    return {"precision": precision, "recall": recall, "f1": f1, "flag_rate": (tp + fp) / total if total else 0.0}
 
 
-def brier_from_sums(examples: float, sum_p2: float, sum_py: float, sum_y: float) -> float:
-    """Brier score from sums of p^2, p*y and y (y is 0/1, so y^2 = y): exact."""
-    return (sum_p2 - 2.0 * sum_py + sum_y) / examples
+def bin_means(pos: np.ndarray, neg: np.ndarray, score_sums: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Mean predicted probability in each bin, kept inside the bin (the sums are noised)."""
+    low, high = bin_bounds(edges)
+    n = _counts(pos) + _counts(neg)
+    mean = np.divide(np.asarray(score_sums, float), n, out=(low + high) / 2, where=n > 0)
+    return np.clip(mean, low, high)
 
 
-def calibration_bands(
-    pos: np.ndarray, neg: np.ndarray, score_sums: np.ndarray, bands: int = 10
-) -> list[dict[str, float]]:
-    """Predicted vs observed default rate per equal-width score band, with Jeffreys' test.
+def brier_from_bins(pos: np.ndarray, neg: np.ndarray, means: np.ndarray) -> float:
+    """Brier score with each row's prediction replaced by its bin's mean: within the binning
+    tolerance of the exact score (lower by the predictions' spread inside the bins)."""
+    pos, neg = _counts(pos), _counts(neg)
+    n = pos.sum() + neg.sum()
+    return float((pos @ np.square(1 - means) + neg @ np.square(means)) / n) if n else float("nan")
 
-    `score_sums[b]` is the sum of predicted probabilities in bin b. The p-value is the
-    one-sided Jeffreys test used in PD back-testing: P(true rate <= predicted | observed),
-    small when the band's defaults exceed what the model predicts.
+
+def log_loss_from_bins(pos: np.ndarray, neg: np.ndarray, means: np.ndarray) -> float:
+    """Log loss with each prediction replaced by its bin's mean (within the binning tolerance)."""
+    pos, neg = _counts(pos), _counts(neg)
+    n = pos.sum() + neg.sum()
+    p = np.clip(means, EPS, 1 - EPS)
+    return float(-(pos @ np.log(p) + neg @ np.log(1 - p)) / n) if n else float("nan")
+
+
+def calibration_bands(pos: np.ndarray, neg: np.ndarray, score_sums: np.ndarray, edges: np.ndarray,
+                      bands: int = 10) -> list[dict[str, float]]:
+    """Predicted vs observed default rate in about `bands` score bands of similar size, with
+    Jeffreys' test: the grid's bins, merged in order until a band holds its share of the rows.
+
+    The p-value is the one-sided Jeffreys test of PD back-testing: P(true rate <= predicted |
+    observed), small when the band's defaults exceed what the model predicts.
     """
     from scipy.stats import beta
 
-    bins = len(pos)
-    if bins % bands:
-        raise ValueError(f"{bands} bands do not divide {bins} bins")
-    width = bins // bands
-    out = []
-    for band in range(bands):
-        part = slice(band * width, (band + 1) * width)
-        defaults, goods = float(np.sum(pos[part])), float(np.sum(neg[part]))
-        n = defaults + goods
-        if n == 0:
-            continue
-        predicted = float(np.sum(score_sums[part])) / n
-        out.append({
-            "low": band / bands, "high": (band + 1) / bands, "n": n,
-            "observed": defaults / n, "predicted": predicted,
-            "jeffreys_p": float(beta.cdf(predicted, defaults + 0.5, goods + 0.5)),
-        })
+    pos, neg = _counts(pos), _counts(neg)
+    low, high = bin_bounds(edges)
+    sums = np.clip(np.asarray(score_sums, float), low * (pos + neg), high * (pos + neg))
+    share = (pos + neg).sum() / bands
+    out, start, filled = [], 0, 0.0
+    for b in range(len(pos)):
+        filled += pos[b] + neg[b]
+        if filled >= share or b == len(pos) - 1:
+            part = slice(start, b + 1)
+            defaults, goods = float(pos[part].sum()), float(neg[part].sum())
+            n = defaults + goods
+            if n > 0:
+                predicted = float(sums[part].sum()) / n
+                out.append({"low": float(low[start]), "high": float(high[b]), "n": n, "observed": defaults / n,
+                            "predicted": predicted,
+                            "jeffreys_p": float(beta.cdf(predicted, defaults + 0.5, goods + 0.5))})
+            start, filled = b + 1, 0.0
     return out
-
-
-def log_loss_sum(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Sum (not mean) of binary cross-entropy, so institutions' sums add up."""
-    p = np.clip(np.asarray(scores, dtype=float), EPS, 1 - EPS)
-    y = np.asarray(y_true, dtype=float)
-    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).sum())
 
 
 @dataclass(frozen=True)
 class EvalStats:
-    """Sufficient statistics of one institution's evaluation: they add up across institutions.
+    """What an institution sends about a model on a split: per bin of the campaign's grid, the
+    number of positives and negatives and the sum of their predicted probabilities. They add up
+    across institutions; from them come AUC, Gini, KS, average precision, threshold metrics,
+    calibration and, within the binning tolerance, Brier and log loss. No per-row sums."""
 
-    Per score bin: counts of defaults and non-defaults and the sum of predicted probabilities
-    of each; plus the sums of log loss and of p^2. From these the server gets AUC, Gini, KS,
-    average precision, Brier, log loss, calibration and threshold metrics of pooled data.
-    """
-
-    examples: int
-    loss_sum: float
+    edges: np.ndarray
     hist_pos: np.ndarray
     hist_neg: np.ndarray
     score_sum_pos: np.ndarray
     score_sum_neg: np.ndarray
-    sum_p2: float
 
     @classmethod
-    def from_scores(cls, y_true: np.ndarray, scores: np.ndarray, bins: int) -> EvalStats:
+    def from_scores(cls, y_true: np.ndarray, scores: np.ndarray, edges: np.ndarray) -> EvalStats:
         y = np.asarray(y_true).astype(bool)
         p = np.asarray(scores, dtype=float)
-        index = bin_index(p, bins)
-        pos, neg = score_histograms(y, p, bins)
-        return cls(
-            examples=len(p),
-            loss_sum=log_loss_sum(y, p),
-            hist_pos=pos,
-            hist_neg=neg,
-            score_sum_pos=np.bincount(index[y], weights=p[y], minlength=bins),
-            score_sum_neg=np.bincount(index[~y], weights=p[~y], minlength=bins),
-            sum_p2=float(np.sum(p * p)),
-        )
+        edges = np.asarray(edges, dtype=float)
+        index = bin_index(p, edges)
+        bins = len(edges) + 1
+        pos, neg = score_histograms(y, p, edges)
+        return cls(edges, pos, neg, np.bincount(index[y], weights=p[y], minlength=bins),
+                   np.bincount(index[~y], weights=p[~y], minlength=bins))
+
+    @classmethod
+    def empty(cls, edges: np.ndarray) -> EvalStats:
+        zeros = np.zeros(len(edges) + 1)
+        return cls(np.asarray(edges, dtype=float), zeros, zeros, zeros, zeros)
+
+    @property
+    def examples(self) -> float:
+        return float(_counts(self.hist_pos).sum() + _counts(self.hist_neg).sum())
+
+    @property
+    def means(self) -> np.ndarray:
+        return bin_means(self.hist_pos, self.hist_neg, self.score_sum_pos + self.score_sum_neg, self.edges)
 
     def __add__(self, other: EvalStats) -> EvalStats:
-        """Institutions' statistics add field by field: that is what makes them sufficient."""
-        return EvalStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        """Institutions' statistics add bin by bin, on one grid: that is what makes them sufficient."""
+        if not np.array_equal(self.edges, other.edges):
+            raise ValueError("statistics on different score grids do not add up")
+        return EvalStats(self.edges, self.hist_pos + other.hist_pos, self.hist_neg + other.hist_neg,
+                         self.score_sum_pos + other.score_sum_pos, self.score_sum_neg + other.score_sum_neg)
+
+
+def performance(stats: EvalStats, threshold: float, max_fpr: float) -> dict[str, float]:
+    """The credit metric suite of one institution or of the pooled sums."""
+    pos, neg = stats.hist_pos, stats.hist_neg
+    auc = auc_from_histograms(pos, neg)
+    examples = stats.examples
+    out = {
+        "auc": auc,
+        "gini": 2 * auc - 1,
+        "ks": ks_from_histograms(pos, neg),
+        "average_precision": average_precision_from_histograms(pos, neg),
+        "brier": brier_from_bins(pos, neg, stats.means),
+        "loss": log_loss_from_bins(pos, neg, stats.means),
+        "recall_at_fpr": recall_at_fpr(pos, neg, max_fpr),
+        "default_rate": float(_counts(pos).sum()) / examples if examples else float("nan"),
+    }
+    out.update({f"{k}_at_threshold": v
+                for k, v in classification_at_threshold(pos, neg, threshold, stats.edges).items()})
+    return out
 
 
 @dataclass(frozen=True)
@@ -197,24 +289,6 @@ class Scores:
 
     pooled: dict[str, float]
     institutions: dict[str, dict[str, float]]
-
-
-def performance(stats: EvalStats, threshold: float, max_fpr: float) -> dict[str, float]:
-    """The credit metric suite of one institution or of the pooled sums."""
-    pos, neg = stats.hist_pos, stats.hist_neg
-    auc = auc_from_histograms(pos, neg)
-    out = {
-        "auc": auc,
-        "gini": 2 * auc - 1,
-        "ks": ks_from_histograms(pos, neg),
-        "average_precision": average_precision_from_histograms(pos, neg),
-        "brier": brier_from_sums(stats.examples, stats.sum_p2, float(stats.score_sum_pos.sum()), float(pos.sum())),
-        "loss": stats.loss_sum / stats.examples,
-        "recall_at_fpr": recall_at_fpr(pos, neg, max_fpr),
-        "default_rate": float(pos.sum()) / stats.examples,
-    }
-    out.update({f"{k}_at_threshold": v for k, v in classification_at_threshold(pos, neg, threshold).items()})
-    return out
 
 
 def spread(values: dict[str, float], metric: str) -> dict[str, float]:
@@ -232,9 +306,9 @@ def evaluation_summary(parts: dict[str, EvalStats], threshold: float = 0.2, max_
     """
     if not parts:
         return Scores({}, {})
-    pooled = sum(parts.values(), start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
+    pooled = sum(parts.values(), start=EvalStats.empty(next(iter(parts.values())).edges))
     institutions = {name: performance(stats, threshold, max_fpr) for name, stats in sorted(parts.items())}
-    overall = {**performance(pooled, threshold, max_fpr), "examples": float(pooled.examples)}
+    overall = {**performance(pooled, threshold, max_fpr), "examples": pooled.examples}
     overall.update(spread({n: m["auc"] for n, m in institutions.items()}, "auc"))
     return Scores(overall, institutions)
 
@@ -245,3 +319,24 @@ def importance_from_histograms(
     """AUC lost when each feature is ablated (summed histograms in, pooled AUC drops out)."""
     base = auc_from_histograms(*full)
     return {feature: base - auc_from_histograms(pos, neg) for feature, (pos, neg) in ablated.items()}
+
+
+def evaluation_grid(fine_counts: np.ndarray | None, fine_edges: np.ndarray | list[float], bins: int,
+                    threshold: float | None, noise: float = 0.0) -> np.ndarray:
+    """The campaign's evaluation grid: edges of the fine grid at quantiles of the pooled (noised)
+    score counts. Half the bins split the rows evenly; the other half are ever finer towards the
+    top (the last 10 %, 1 %, ... 0.001 % of scores), where frauds and the riskiest applicants sit
+    and precision is decided. The operating threshold is always an edge. Without counts, or with
+    too few edges, the log-odds grid. Post-processing of a DP release: it costs no privacy."""
+    from fedrisk.mechanisms import quantiles_from_histogram, significant
+
+    fine_edges = np.asarray(fine_edges, dtype=float)
+    if fine_counts is not None:
+        counts = significant(np.asarray(fine_counts, dtype=float)[: len(fine_edges) + 1], noise)
+        body = max(bins // 2, 2)
+        levels = sorted([*np.linspace(0.0, 1.0, body + 1)[1:-1], *(1.0 - np.logspace(-1, -5, bins - body))])
+        chosen = [fine_edges[i] for i in quantiles_from_histogram(counts, levels) if i < len(fine_edges)]
+        grid = with_threshold(np.asarray(chosen), threshold)
+        if len(grid) >= min(bins, 10) // 2:
+            return grid
+    return with_threshold(logit_edges(bins), threshold)

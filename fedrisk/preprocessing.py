@@ -1,8 +1,18 @@
-"""Federated preprocessing: scales, imputation values and vocabularies from summed counts.
+"""Federated preprocessing: bounds, scales, imputation values and vocabularies from noised sums.
 
-Each institution computes `local_statistics` on its own training rows; the server adds them
-with `merge_statistics` and derives the shared `Preprocessor` with `fit_preprocessor`. The
-result equals what the same rules give on the pooled data, without anyone pooling it.
+Three steps, each from sums the institutions release with DP noise (`fedrisk.institution`):
+
+1. `local_bounds`: each numeric column counted on a fixed log grid of raw values; from the
+   summed noised counts the server reads the consortium's clipping bounds (`bounds_from_counts`,
+   the 0.5 % and 99.5 % quantiles, to the grid) and the column's decile edges (for drift);
+2. `local_statistics`: with values clipped to those bounds, each institution's present and
+   missing counts, sums and sums of squares (scaled to [-1, 1] per value: one row moves each
+   by at most 1), and category counts (released by DP partition selection);
+3. `fit_preprocessor`: means, scales, vocabularies and modes from the sums.
+
+A value beyond the bounds is winsorised (clipped) by `Preprocessor.transform` too, so no single
+row, a 1e308 typed by mistake included, moves the shared statistics or the model's inputs by
+more than its clipped contribution.
 """
 
 from __future__ import annotations
@@ -16,6 +26,12 @@ import pandas as pd
 
 from fedrisk.columns import Columns
 from fedrisk.errors import FedriskInputError
+from fedrisk.mechanisms import LOG_GRID, grid_bounds, log_grid_counts, quantiles_from_histogram, significant
+
+BOUND_LEVELS = (0.005, 0.995)  # winsorised beyond these federated quantiles
+BOUND_SIGMAS = 5.0  # a log-grid cell counts only above this many noise standard deviations: among
+# thousands of empty cells, one at three would otherwise set a bound at 1e8
+DECILES = tuple(np.arange(1, 10) / 10)
 
 
 def category_labels(series: pd.Series) -> pd.Series:
@@ -29,70 +45,107 @@ def category_labels(series: pd.Series) -> pd.Series:
     return present.astype(str)
 
 
-def local_statistics(frame: pd.DataFrame, columns: Columns) -> dict[str, Any]:
-    """Counts, sums and category counts: the only thing preprocessing lets leave."""
+def schema(columns: Columns) -> dict[str, list[str]]:
+    """The column schema institutions must share (sorted: file column order does not matter)."""
+    return {"numeric": sorted(columns.numeric), "categorical": sorted(columns.categorical),
+            "protected": sorted(columns.protected)}
+
+
+def local_bounds(frame: pd.DataFrame, columns: Columns) -> dict[str, np.ndarray]:
+    """Each numeric column's counts on `LOG_GRID` (the last cell: missing values)."""
+    return {column: log_grid_counts(pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float))
+            for column in columns.numeric}
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The consortium's clipping range of a numeric column, and its decile edges inside it."""
+
+    lower: float
+    upper: float
+    deciles: list[float]
+
+
+def bounds_from_counts(counts: dict[str, np.ndarray], noise: float) -> dict[str, Bounds]:
+    """Clipping bounds and decile edges from the institutions' summed, noised log-grid counts.
+
+    Cells within five standard deviations of `noise` (the sum's) count as empty, so that the
+    noise of empty cells does not pile up in the tails.
+    """
+    out = {}
+    for column, values in counts.items():
+        present = significant(np.asarray(values, dtype=float)[:-1], noise, BOUND_SIGMAS)
+        found = quantiles_from_histogram(present, BOUND_LEVELS)
+        if not found:
+            raise FedriskInputError("no values at any institution (or too few to release)", column=column)
+        lower = grid_bounds(found[0])[0]
+        upper = grid_bounds(found[1])[1]
+        lower = LOG_GRID[0] if not np.isfinite(lower) else lower
+        upper = LOG_GRID[-1] if not np.isfinite(upper) else upper
+        deciles = sorted({min(max(grid_bounds(i)[1], lower), upper)
+                          for i in quantiles_from_histogram(present, DECILES)} - {lower, upper})
+        out[column] = Bounds(float(lower), float(upper), [float(d) for d in deciles if np.isfinite(d)])
+    return out
+
+
+def _scaled(values: np.ndarray, bounds: Bounds) -> np.ndarray:
+    """Values clipped to the bounds and scaled to [-1, 1]: one row's share of a sum is at most 1."""
+    centre, half = (bounds.upper + bounds.lower) / 2, max((bounds.upper - bounds.lower) / 2, 1e-12)
+    return (np.clip(values, bounds.lower, bounds.upper) - centre) / half
+
+
+NUMERIC_STATS = ("count", "missing", "sum", "sumsq")  # count and missing: one block; sum; sum of squares
+
+
+def local_statistics(frame: pd.DataFrame, columns: Columns, bounds: dict[str, Bounds]) -> dict[str, Any]:
+    """Exact counts and clipped, scaled sums of the training rows, before the node noises them."""
     numeric = {}
     for column in columns.numeric:
-        values = frame[column].to_numpy(dtype=float)
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
         present = values[~np.isnan(values)]
-        numeric[column] = {
-            "count": int(present.size),
-            "sum": float(present.sum()),
-            "sumsq": float(np.square(present).sum()),
-            "missing": int(values.size - present.size),
-        }
-    categorical = {}
-    for column in columns.categorical:
+        scaled = _scaled(present, bounds[column])
+        numeric[column] = {"count": float(present.size), "missing": float(values.size - present.size),
+                           "sum": float(scaled.sum()), "sumsq": float(np.square(scaled).sum())}
+    categories = {}
+    for column in [*columns.categorical, *columns.protected]:
         series = frame[column]
-        counts = category_labels(series).value_counts()
-        categorical[column] = {
-            "counts": {str(k): int(v) for k, v in counts.items()},
-            "missing": int(series.isna().sum()),
-        }
-    return {
-        "rows": int(len(frame)),
-        "numeric": numeric,
-        "categorical": categorical,
-        # Sorted, so that institutions whose files order columns differently still agree.
-        "schema": {"numeric": sorted(columns.numeric), "categorical": sorted(columns.categorical)},
-    }
+        categories[column] = {"counts": {str(k): float(v) for k, v in category_labels(series).value_counts().items()},
+                              "missing": float(series.isna().sum())}
+    return {"numeric": numeric, "categories": categories}
 
 
 def merge_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sum institutions' statistics; they must share one schema."""
+    """Sum institutions' released statistics (a value one institution did not release counts 0 there)."""
     if not parts:
         raise ValueError("no statistics to merge")
-    schema = parts[0]["schema"]
-    merged: dict[str, Any] = {"rows": 0, "numeric": {}, "categorical": {}, "schema": schema}
+    merged: dict[str, Any] = {"numeric": {}, "categories": {}}
     for part in parts:
-        if part["schema"] != schema:
-            raise ValueError("institutions disagree on the column schema")
-        merged["rows"] += part["rows"]
         for column, stats in part["numeric"].items():
-            into = merged["numeric"].setdefault(
-                column, {"count": 0, "sum": 0.0, "sumsq": 0.0, "missing": 0}
-            )
-            for key in into:
+            into = merged["numeric"].setdefault(column, dict.fromkeys(NUMERIC_STATS, 0.0))
+            for key in NUMERIC_STATS:
                 into[key] += stats[key]
-        for column, stats in part["categorical"].items():
-            into = merged["categorical"].setdefault(column, {"counts": {}, "missing": 0})
+        for column, stats in part["categories"].items():
+            into = merged["categories"].setdefault(column, {"counts": {}, "missing": 0.0})
             into["missing"] += stats["missing"]
             for value, count in stats["counts"].items():
-                into["counts"][value] = into["counts"].get(value, 0) + count
+                into["counts"][value] = into["counts"].get(value, 0.0) + count
     return merged
 
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """Shared preprocessing: standardise numerics, one-hot categories, impute by rule.
+    """Shared preprocessing: winsorise and standardise numerics, one-hot categories, impute by rule.
 
-    Rule: a missing numeric takes the federated mean; a missing category takes the
-    federated most frequent value; a category never seen in training encodes as all zeros.
+    Rule: a numeric is clipped to the consortium's bounds, a missing one takes the federated
+    mean; a missing category takes the federated most frequent value; a category the
+    consortium did not release (too rare, or new) encodes as all zeros.
     """
 
     numeric: list[str]
     means: list[float]
     scales: list[float]
+    lower: list[float]
+    upper: list[float]
     categorical: list[str]
     vocabularies: list[list[str]]
     modes: list[str]
@@ -128,7 +181,7 @@ class Preprocessor:
         if self.numeric:
             values = frame[self.numeric].to_numpy(dtype=float)
             means = np.asarray(self.means)
-            values = np.where(np.isnan(values), means, values)
+            values = np.where(np.isnan(values), means, np.clip(values, self.lower, self.upper))
             blocks.append((values - means) / np.asarray(self.scales))
         for column, vocab, mode in zip(self.categorical, self.vocabularies, self.modes):
             labels = category_labels(frame[column]).reindex(frame.index, fill_value=mode)
@@ -142,32 +195,40 @@ class Preprocessor:
         return np.hstack(blocks).astype(np.float32)
 
 
-def fit_preprocessor(merged: dict[str, Any]) -> Preprocessor:
+def fit_preprocessor(merged: dict[str, Any], schema: dict[str, list[str]], bounds: dict[str, Bounds]) -> Preprocessor:
     """Derive the shared preprocessing from summed statistics."""
-    numeric = merged["schema"]["numeric"]
-    categorical = merged["schema"]["categorical"]
-    means, scales = [], []
-    for column in numeric:
-        stats = merged["numeric"][column]
-        if stats["count"] == 0:
-            raise FedriskInputError("no values at any institution", column=column)
-        mean = stats["sum"] / stats["count"]
-        variance = max(stats["sumsq"] / stats["count"] - mean * mean, 0.0)
-        std = float(np.sqrt(variance))
-        means.append(mean)
+    means, scales, lower, upper = [], [], [], []
+    for column in schema["numeric"]:
+        stats, b = merged["numeric"][column], bounds[column]
+        count = stats["count"]
+        if count < 1:
+            raise FedriskInputError("no values at any institution (or too few to release)", column=column)
+        centre, half = (b.upper + b.lower) / 2, max((b.upper - b.lower) / 2, 1e-12)
+        mean = float(np.clip(stats["sum"] / count, -1.0, 1.0))
+        variance = max(stats["sumsq"] / count - mean * mean, 0.0)
+        std = float(np.sqrt(variance)) * half
+        means.append(centre + half * mean)
         scales.append(std if std > 1e-12 else 1.0)
+        lower.append(b.lower)
+        upper.append(b.upper)
     vocabularies, modes = [], []
-    for column in categorical:
-        counts = merged["categorical"][column]["counts"]
+    for column in schema["categorical"]:
+        counts = merged["categories"][column]["counts"]
         if not counts:
-            raise FedriskInputError("no values at any institution", column=column)
+            raise FedriskInputError("no value is frequent enough at any institution to be shared (DP partition "
+                                    "selection); add it to data.drop", column=column)
         vocabularies.append(sorted(counts))
         modes.append(max(sorted(counts), key=lambda value: counts[value]))
-    return Preprocessor(numeric, means, scales, categorical, vocabularies, modes)
+    return Preprocessor(schema["numeric"], means, scales, lower, upper, schema["categorical"], vocabularies, modes)
 
 
-def missing_counts(stats: dict[str, Any]) -> dict[str, int]:
-    """Imputed values per column, from one institution's statistics."""
+def protected_groups(merged: dict[str, Any], schema: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The protected groups the consortium measures: the values some institution released."""
+    return {column: sorted(merged["categories"][column]["counts"]) for column in schema.get("protected", [])}
+
+
+def missing_counts(stats: dict[str, Any]) -> dict[str, float]:
+    """Imputed values per column, from one institution's (noised) statistics."""
     out = {c: s["missing"] for c, s in stats["numeric"].items()}
-    out.update({c: s["missing"] for c, s in stats["categorical"].items()})
+    out.update({c: s["missing"] for c, s in stats["categories"].items()})
     return out

@@ -4,7 +4,14 @@ Every message type, record key and error code is named here, and every payload h
 encoder and decoder side by side, so the server and the client share one contract and a
 test can check each as a round trip. Histograms and count vectors travel as packed numpy
 arrays (`pack`), never as JSON lists of floats; only small descriptive metadata (a data
-fingerprint, a quality scorecard of counts) travels as JSON.
+fingerprint, a quality scorecard of counts, the ledger's summary) travels as JSON.
+
+A campaign's messages, in order: `query.bounds` (admission: what the institution says of its
+data, its privacy plan, and noised histograms for the clipping bounds), `query.statistics`
+(noised sums for the shared preprocessing), `train` each round, `query.reference` (the drift
+reference, which also gives the evaluation grid), `evaluate` (validation and test), and
+`query.importance`; a monitoring run sends `query.monitor` per window. Every reply but an
+error carries the institution's privacy summary.
 
 This module and the launcher are the only parts of the library that know Flower's types.
 """
@@ -13,17 +20,19 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from fedrisk.errors import BudgetExhaustedError, FedriskInputError
+from fedrisk.errors import BudgetExhaustedError, FedriskInputError, PolicyRefused
 from fedrisk.evaluation import SplitStatistics
 from fedrisk.fairness import GroupHistograms
 from fedrisk.fraud_metrics import FraudStats
 from fedrisk.metrics import EvalStats
+from fedrisk.preprocessing import NUMERIC_STATS, Bounds
 
 if TYPE_CHECKING:
     from fedrisk.institution import RoundResult
@@ -31,19 +40,23 @@ if TYPE_CHECKING:
 # Message types: Flower's categories (train, evaluate, query) and our query actions.
 TRAIN = "train"
 EVALUATE = "evaluate"
+BOUNDS = "query.bounds"
 STATISTICS = "query.statistics"
 IMPORTANCE = "query.importance"
 REFERENCE = "query.reference"
 MONITOR = "query.monitor"
+MESSAGE_TYPES = (BOUNDS, STATISTICS, TRAIN, EVALUATE, IMPORTANCE, REFERENCE, MONITOR)
 
 # Codes of the error replies a ClientApp sends: the server tells refusals from bad data by them.
 INPUT_ERROR = 2001
 BUDGET_REFUSED = 2002
+POLICY_REFUSED = 2003
+REPLY_KINDS = {INPUT_ERROR: "input", BUDGET_REFUSED: "budget", POLICY_REFUSED: "policy"}
 
 # Record names of a message's content. "arrays" and "config" are Flower's strategy defaults.
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
-WHO, STATISTICS_RECORD, EVALUATION_RECORD = "who", "statistics", "evaluation"
-IMPORTANCE_RECORD, COUNTS_RECORD = "importance", "counts"
+WHO, ADMISSION_RECORD, STATISTICS_RECORD, EVALUATION_RECORD = "who", "admission", "statistics", "evaluation"
+IMPORTANCE_RECORD, COUNTS_RECORD, PRIVACY_RECORD = "importance", "counts", "privacy"
 
 AGGREGATION_WEIGHT = "aggregation-weight"  # the train metric FedAvg and SecAgg+ weight an update by
 
@@ -51,6 +64,7 @@ AGGREGATION_WEIGHT = "aggregation-weight"  # the train metric FedAvg and SecAgg+
 CAMPAIGN_CONFIG, CAMPAIGN, PREPROCESSOR = "campaign-config", "campaign", "preprocessor"
 SERVER_ROUND, PROXIMAL_MU, SPLITS = "server-round", "proximal-mu", "splits"
 EDGES, WINDOW_DAYS, INSTITUTIONS = "edges", "window-days", "institutions"
+BOUNDS_KEY, GRID, GROUPS, WINDOW, WINDOWS = "bounds", "grid", "groups", "window", "windows"
 
 
 def pack(array: np.ndarray) -> bytes:
@@ -80,6 +94,11 @@ class Request:
     edges: dict[str, list[float]] | None = None
     window_days: int = 0
     institutions: list[str] | None = None
+    bounds: dict[str, Bounds] | None = None
+    grid: np.ndarray | None = None
+    groups: dict[str, list[str]] | None = None
+    window: int = 0
+    windows: int = 0
 
     @property
     def shared(self) -> str:
@@ -88,11 +107,18 @@ class Request:
             raise FedriskInputError("the request carries no shared preprocessing: the server is of another version")
         return self.preprocessor
 
+    @property
+    def score_grid(self) -> np.ndarray:
+        if self.grid is None:
+            raise FedriskInputError("the request carries no score grid: the server is of another version")
+        return self.grid
+
 
 def request_config(
     campaign_config: str, campaign: str, *, preprocessor: str | None = None, splits: tuple[str, ...] | None = None,
     edges: dict[str, list[float]] | None = None, window_days: int | None = None,
-    institutions: list[str] | None = None,
+    institutions: list[str] | None = None, bounds: dict[str, Bounds] | None = None, grid: np.ndarray | None = None,
+    groups: dict[str, list[str]] | None = None, window: int | None = None, windows: int | None = None,
 ) -> ConfigRecord:
     """The request's ConfigRecord; strategies add the round keys (`with_round`)."""
     record = ConfigRecord({CAMPAIGN_CONFIG: campaign_config, CAMPAIGN: campaign})
@@ -106,6 +132,16 @@ def request_config(
         record[WINDOW_DAYS] = int(window_days)
     if institutions is not None:
         record[INSTITUTIONS] = json.dumps(list(institutions))
+    if bounds is not None:
+        record[BOUNDS_KEY] = json.dumps({c: [b.lower, b.upper, b.deciles] for c, b in bounds.items()})
+    if grid is not None:
+        record[GRID] = pack(np.asarray(grid, dtype=float))
+    if groups is not None:
+        record[GROUPS] = json.dumps(groups)
+    if window is not None:
+        record[WINDOW] = int(window)
+    if windows is not None:
+        record[WINDOWS] = int(windows)
     return record
 
 
@@ -117,6 +153,7 @@ def with_round(config: ConfigRecord, server_round: int, proximal_mu: float) -> C
 
 def read_request(msg: Message) -> Request:
     config = msg.content[CONFIG]
+    bounds = json.loads(str(config[BOUNDS_KEY])) if BOUNDS_KEY in config else None
     return Request(
         campaign_config=str(config[CAMPAIGN_CONFIG]),
         campaign=str(config[CAMPAIGN]),
@@ -127,6 +164,11 @@ def read_request(msg: Message) -> Request:
         edges=json.loads(str(config[EDGES])) if EDGES in config else None,
         window_days=int(config.get(WINDOW_DAYS, 0)),
         institutions=json.loads(str(config[INSTITUTIONS])) if INSTITUTIONS in config else None,
+        bounds={c: Bounds(float(lo), float(hi), list(d)) for c, (lo, hi, d) in bounds.items()} if bounds else None,
+        grid=unpack(config[GRID]) if GRID in config else None,
+        groups=json.loads(str(config[GROUPS])) if GROUPS in config else None,
+        window=int(config.get(WINDOW, 0)),
+        windows=int(config.get(WINDOWS, 0)),
     )
 
 
@@ -138,30 +180,59 @@ def model_of(msg: Message) -> dict[str, Any]:
 # --- replies --------------------------------------------------------------------------
 
 
-def reply(msg: Message, name: str, records: dict[str, Any]) -> Message:
-    """A reply naming the institution that sends it."""
-    return Message(RecordDict({**records, WHO: ConfigRecord({"institution": name})}), reply_to=msg)
+def reply(msg: Message, name: str, records: dict[str, Any], privacy: dict[str, Any] | None = None) -> Message:
+    """A reply naming the institution that sends it, with its privacy summary."""
+    content = {**records, WHO: ConfigRecord({"institution": name})}
+    if privacy is not None:
+        content[PRIVACY_RECORD] = ConfigRecord({"json": json.dumps(_finite(privacy))})
+    return Message(RecordDict(content), reply_to=msg)
+
+
+def _finite(value: Any) -> Any:
+    """JSON without NaN or infinity (an exact campaign's epsilon is infinite): as text."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def institution_of(msg: Message) -> str:
     return str(msg.content[WHO]["institution"])
 
 
+def privacy_of(msg: Message) -> dict[str, Any] | None:
+    """The privacy summary a reply carries (per mechanism, campaign, lifetime, cap, delta)."""
+    if PRIVACY_RECORD not in msg.content:
+        return None
+    return json.loads(str(msg.content[PRIVACY_RECORD]["json"]), parse_float=float,
+                      object_hook=lambda d: {k: float(v) if v in ("inf", "nan") else v for k, v in d.items()})
+
+
 def error_reply(msg: Message, err: FedriskInputError) -> Message:
     """One line naming institution, file and column; the code says refusal or bad input."""
-    code = BUDGET_REFUSED if isinstance(err, BudgetExhaustedError) else INPUT_ERROR
+    code = (BUDGET_REFUSED if isinstance(err, BudgetExhaustedError) else
+            POLICY_REFUSED if isinstance(err, PolicyRefused) else INPUT_ERROR)
     return Message(Error(code=code, reason=err.one_line()), reply_to=msg)
+
+
+def institution_named(text: str) -> str | None:
+    """The institution a refusal names ("institution inst01: ..."), before the reply is admitted."""
+    found = re.search(r"institution ([\w.-]+)[,:]", (str(text).strip().splitlines() or [""])[-1])
+    return found.group(1) if found else None
 
 
 def error_reason(code: int, text: str, name: str) -> tuple[str, str]:
     """(kind, one line) of an error reply. Only fedrisk's own messages are quoted: any other
     exception's text may quote a customer's value, and the audit log keeps what it is given."""
-    if code not in (INPUT_ERROR, BUDGET_REFUSED):
+    if code not in REPLY_KINDS:
         return "error", f"institution {name}: the ClientApp failed (Flower error code {code}); see the institution's log"
     reason = (str(text).strip().splitlines() or ["(no reason given)"])[-1]
     if name not in reason:
         reason = f"institution {name}: {reason}"
-    return ("budget" if code == BUDGET_REFUSED else "input"), reason
+    return REPLY_KINDS[code], reason
 
 
 def _put_fields(record: ConfigRecord, prefix: str, value: Any) -> None:
@@ -178,54 +249,57 @@ def _get_fields(record: ConfigRecord, prefix: str, cls: type) -> Any:
     return cls(**values)
 
 
+# Admission: the institution's data description, privacy plan, and the bounds histograms.
+
+def admission_reply(msg: Message, name: str, admission: dict[str, Any], privacy: dict[str, Any]) -> Message:
+    bounds = admission["bounds"]
+    record = ConfigRecord({"json": json.dumps({k: v for k, v in admission.items() if k != "bounds"}),
+                           "bounds.columns": json.dumps(list(bounds))})
+    for i, counts in enumerate(bounds.values()):
+        record[f"bounds.{i}"] = pack(counts)
+    return reply(msg, name, {ADMISSION_RECORD: record}, privacy)
+
+
+def read_admission(msg: Message) -> dict[str, Any]:
+    record = msg.content[ADMISSION_RECORD]
+    out = json.loads(str(record["json"]))
+    out["bounds"] = {c: unpack(record[f"bounds.{i}"]) for i, c in enumerate(json.loads(str(record["bounds.columns"])))}
+    return out
+
+
 # Statistics of the training rows, for the shared preprocessing.
 
-def statistics_reply(msg: Message, name: str, stats: dict[str, Any]) -> Message:
-    """Counts and sums as packed arrays; the data's description (fingerprint, scorecard) as JSON."""
-    record = ConfigRecord({"rows": int(stats["rows"]), "schema": json.dumps(stats["schema"]),
-                           "data": json.dumps(stats["data"]), "split_rows": json.dumps(stats["split_rows"])})
+def statistics_reply(msg: Message, name: str, stats: dict[str, Any], privacy: dict[str, Any]) -> Message:
+    """Noised counts and sums as packed arrays; released category values with their noised counts."""
     numeric = list(stats["numeric"])
-    record["numeric.columns"] = json.dumps(numeric)
+    record = ConfigRecord({"schema": json.dumps(stats["schema"]), "numeric.columns": json.dumps(numeric)})
     record["numeric.stats"] = pack(np.array([[stats["numeric"][c][k] for k in NUMERIC_STATS] for c in numeric],
                                             dtype=float).reshape(len(numeric), len(NUMERIC_STATS)))
-    categorical = list(stats["categorical"])
-    record["categorical.columns"] = json.dumps(categorical)
-    for i, column in enumerate(categorical):
-        counts = stats["categorical"][column]["counts"]
-        record[f"categorical.{i}.values"] = json.dumps(list(counts))
-        record[f"categorical.{i}.counts"] = pack(np.array(list(counts.values()), dtype=np.int64))
-        record[f"categorical.{i}.missing"] = int(stats["categorical"][column]["missing"])
-    if "split_days" in stats:
-        record["split_days"] = json.dumps(stats["split_days"])
-    return reply(msg, name, {STATISTICS_RECORD: record})
-
-
-NUMERIC_STATS = ("count", "sum", "sumsq", "missing")
+    categories = list(stats["categories"])
+    record["categories.columns"] = json.dumps(categories)
+    for i, column in enumerate(categories):
+        counts = stats["categories"][column]["counts"]
+        record[f"categories.{i}.values"] = json.dumps(list(counts))
+        record[f"categories.{i}.counts"] = pack(np.array(list(counts.values()), dtype=float))
+        record[f"categories.{i}.missing"] = float(stats["categories"][column]["missing"])
+    return reply(msg, name, {STATISTICS_RECORD: record}, privacy)
 
 
 def read_statistics(msg: Message) -> dict[str, Any]:
     record = msg.content[STATISTICS_RECORD]
     numeric = json.loads(str(record["numeric.columns"]))
     table = unpack(record["numeric.stats"])
-    categorical = {}
-    for i, column in enumerate(json.loads(str(record["categorical.columns"]))):
-        values = json.loads(str(record[f"categorical.{i}.values"]))
-        counts = unpack(record[f"categorical.{i}.counts"])
-        categorical[column] = {"counts": {v: int(n) for v, n in zip(values, counts, strict=True)},
-                               "missing": int(record[f"categorical.{i}.missing"])}
-    stats = {
-        "rows": int(record["rows"]),
-        "numeric": {c: {k: (int(v) if k in ("count", "missing") else float(v)) for k, v in zip(NUMERIC_STATS, row,
-                                                                                                 strict=True)}
-                    for c, row in zip(numeric, table, strict=True)},
-        "categorical": categorical,
+    categories = {}
+    for i, column in enumerate(json.loads(str(record["categories.columns"]))):
+        values = json.loads(str(record[f"categories.{i}.values"]))
+        counts = unpack(record[f"categories.{i}.counts"])
+        categories[column] = {"counts": {v: float(n) for v, n in zip(values, counts, strict=True)},
+                              "missing": float(record[f"categories.{i}.missing"])}
+    return {
+        "numeric": {c: dict(zip(NUMERIC_STATS, map(float, row), strict=True)) for c, row in zip(numeric, table, strict=True)},
+        "categories": categories,
         "schema": json.loads(str(record["schema"])),
-        "data": json.loads(str(record["data"])),
-        "split_rows": json.loads(str(record["split_rows"])),
     }
-    if "split_days" in record:
-        stats["split_days"] = json.loads(str(record["split_days"]))
-    return stats
 
 
 # Evaluation statistics: per split, overall, by protected group and (fraud) per issuer.
@@ -236,6 +310,7 @@ def evaluation_record(stats: dict[str, SplitStatistics]) -> ConfigRecord:
     record = ConfigRecord()
     for split, part in stats.items():
         _put_fields(record, split, part.overall)
+        record[f"{split}.noise"] = float(part.noise)
         if part.fraud is not None:
             _put_fields(record, f"{split}.fraud", part.fraud)
         pairs = [(a, g) for a, by in part.groups.items() for g in by]
@@ -256,41 +331,47 @@ def read_evaluation(msg: Message, split: str) -> SplitStatistics:
         histograms = unpack(record[f"{split}.groups.histograms"])
         for (attribute, group), (pos, neg) in zip(pairs, histograms, strict=True):
             groups.setdefault(attribute, {})[group] = (pos, neg)
-    return SplitStatistics(overall, groups, fraud)
+    return SplitStatistics(overall, groups, fraud, float(record[f"{split}.noise"]))
 
 
-def has_evaluation(msg: Message) -> bool:
-    return EVALUATION_RECORD in msg.content
+def has_evaluation(msg: Message, split: str | None = None) -> bool:
+    if EVALUATION_RECORD not in msg.content:
+        return False
+    return split is None or f"{split}.noise" in msg.content[EVALUATION_RECORD]
 
 
-def train_reply(msg: Message, name: str, result: RoundResult, validation: SplitStatistics) -> Message:
-    """The new weights, what the round spent and cost, and the validation statistics of the
-    model the round started from."""
+def train_reply(msg: Message, name: str, result: RoundResult, validation: SplitStatistics | None,
+                privacy: dict[str, Any]) -> Message:
+    """The new weights, what the round spent and cost, and (every-round evaluation) the validation
+    statistics of the model the round started from."""
     metrics = {"num-examples": float(result.examples), AGGREGATION_WEIGHT: float(result.weight),
-               "train-loss": result.mean_loss, "steps": float(result.steps), "train-seconds": result.seconds}
+               "steps": float(result.steps), "train-seconds": result.seconds}
     if result.epsilon is not None:
         metrics.update({"epsilon": result.epsilon, "delta": result.delta, "noise-multiplier": result.noise_multiplier,
                         "sample-rate": result.sample_rate})
-    return reply(msg, name, {ARRAYS: ArrayRecord(result.state), METRICS: MetricRecord(metrics),
-                             EVALUATION_RECORD: evaluation_record({"validation": validation})})
+    records: dict[str, Any] = {ARRAYS: ArrayRecord(result.state), METRICS: MetricRecord(metrics)}
+    if validation is not None:
+        records[EVALUATION_RECORD] = evaluation_record({"validation": validation})
+    return reply(msg, name, records, privacy)
 
 
 def train_metrics(msg: Message) -> dict[str, float]:
     return {k: float(v) for k, v in msg.content[METRICS].items()}
 
 
-def evaluate_reply(msg: Message, name: str, stats: dict[str, SplitStatistics]) -> Message:
-    return reply(msg, name, {EVALUATION_RECORD: evaluation_record(stats)})
+def evaluate_reply(msg: Message, name: str, stats: dict[str, SplitStatistics], privacy: dict[str, Any]) -> Message:
+    return reply(msg, name, {EVALUATION_RECORD: evaluation_record(stats)}, privacy)
 
 
 # Feature importance: score histograms with each feature ablated.
 
-def importance_reply(msg: Message, name: str, histograms: dict[str, tuple[np.ndarray, np.ndarray]]) -> Message:
+def importance_reply(msg: Message, name: str, histograms: dict[str, tuple[np.ndarray, np.ndarray]],
+                     privacy: dict[str, Any]) -> Message:
     features = list(histograms)
     record = ConfigRecord({"features": json.dumps(features)})
     if features:
         record["histograms"] = pack(np.stack([np.stack(histograms[f]) for f in features]))
-    return reply(msg, name, {IMPORTANCE_RECORD: record})
+    return reply(msg, name, {IMPORTANCE_RECORD: record}, privacy)
 
 
 def read_importance(msg: Message) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -303,16 +384,21 @@ def read_importance(msg: Message) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 # Bin counts of the score and the inputs: the drift reference and monitoring windows.
 
-def counts_reply(msg: Message, name: str, counts: dict[str, np.ndarray],
-                 window: SplitStatistics | None = None) -> Message:
+def counts_reply(msg: Message, name: str, counts: dict[str, np.ndarray], privacy: dict[str, Any],
+                 window: SplitStatistics | None = None, noise: float = 0.0) -> Message:
     record = ConfigRecord({f"count.{i}": pack(values) for i, values in enumerate(counts.values())})
     record["columns"] = json.dumps(list(counts))
+    record["noise"] = float(noise)
     records: dict[str, Any] = {COUNTS_RECORD: record}
     if window is not None:
         records[EVALUATION_RECORD] = evaluation_record({"window": window})
-    return reply(msg, name, records)
+    return reply(msg, name, records, privacy)
 
 
 def read_counts(msg: Message) -> dict[str, np.ndarray]:
     record = msg.content[COUNTS_RECORD]
     return {column: unpack(record[f"count.{i}"]) for i, column in enumerate(json.loads(str(record["columns"])))}
+
+
+def counts_noise(msg: Message) -> float:
+    return float(msg.content[COUNTS_RECORD]["noise"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -17,7 +17,11 @@ from matplotlib.figure import Figure
 from fedrisk import run_schema
 from fedrisk.fairness import GroupHistograms, fairness_by_attribute
 from fedrisk.gate import Verdict
-from fedrisk.metrics import EvalStats, calibration_bands
+
+if TYPE_CHECKING:
+    from fedrisk.validation import StoredStatistics
+from fedrisk.evaluation import smallest_group
+from fedrisk.metrics import EvalStats, bin_bounds, calibration_bands, operating_points
 
 
 def _png(fig: Figure) -> str:
@@ -27,14 +31,14 @@ def _png(fig: Figure) -> str:
 
 
 def roc_ks_chart(stats: EvalStats) -> str:
-    tp = np.append(np.cumsum(stats.hist_pos[::-1])[::-1], 0) / max(stats.hist_pos.sum(), 1)
-    fp = np.append(np.cumsum(stats.hist_neg[::-1])[::-1], 0) / max(stats.hist_neg.sum(), 1)
+    tp, fp = operating_points(stats.hist_pos, stats.hist_neg)
+    tp, fp = tp / max(tp[0], 1.0), fp / max(fp[0], 1.0)
     fig = Figure(figsize=(9, 3.6))
     roc, ks = fig.subplots(1, 2)
     roc.plot(fp, tp, lw=1.5)
     roc.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     roc.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC")
-    edges = np.linspace(0, 1, len(stats.hist_pos) + 1)
+    edges = np.append(bin_bounds(stats.edges)[0], 1.0)
     ks.plot(edges, 1 - tp, label="positives (defaults, frauds)")
     ks.plot(edges, 1 - fp, label="negatives")
     gap = np.argmax(np.abs(tp - fp))
@@ -45,7 +49,7 @@ def roc_ks_chart(stats: EvalStats) -> str:
 
 
 def calibration_chart(stats: EvalStats) -> tuple[str, list[dict[str, float]]]:
-    bands = calibration_bands(stats.hist_pos, stats.hist_neg, stats.score_sum_pos + stats.score_sum_neg)
+    bands = calibration_bands(stats.hist_pos, stats.hist_neg, stats.score_sum_pos + stats.score_sum_neg, stats.edges)
     fig = Figure(figsize=(4.5, 3.6))
     ax = fig.subplots()
     ax.plot([b["predicted"] for b in bands], [b["observed"] for b in bands], "o-")
@@ -55,12 +59,13 @@ def calibration_chart(stats: EvalStats) -> tuple[str, list[dict[str, float]]]:
     return _png(fig), bands
 
 
-def approval_chart(groups: GroupHistograms, threshold: float) -> str:
+def approval_chart(groups: GroupHistograms, threshold: float, edges: np.ndarray, noise: float = 0.0) -> str:
     attributes = sorted(groups)
     fig = Figure(figsize=(4 * max(len(attributes), 1), 3.2))
     axes = fig.subplots(1, max(len(attributes), 1))
     for ax, attribute in zip(np.atleast_1d(axes), attributes):
-        rates = fairness_by_attribute(groups[attribute], threshold)["approval_rate"]
+        minimum = smallest_group(noise, len(edges) + 1)
+        rates = fairness_by_attribute(groups[attribute], threshold, edges, minimum)["approval_rate"]
         ax.bar(list(rates), list(rates.values()))
         ax.set(title=f"approval rate by {attribute}", ylim=(0, 1))
     return _png(fig)
@@ -109,9 +114,7 @@ def render_report(
     metrics: dict[str, float],
     tags: dict[str, str],
     institutions: list[str],
-    stats: EvalStats | None,
-    groups: GroupHistograms | None,
-    threshold: float,
+    stored: StoredStatistics | None,
     split: str = "test",
 ) -> str:
     """HTML of the verdict, every rule, the plots and the per-institution figures."""
@@ -133,16 +136,18 @@ def render_report(
         html_table([{k: v for k, v in run_schema.of_split(metrics, split, institutions).items() if ":" not in k}]),
         "<h3>Per institution</h3>", html_table(per_institution),
     ]
-    if stats is not None and stats.examples:  # the final model's test statistics
+    if stored is not None and stored.stats.examples:  # the final model's test statistics
+        stats = stored.stats
         parts.append("<h3>Final model on the test rows</h3>")
         calibration_png, bands = calibration_chart(stats)
         parts += [f"<img src='data:image/png;base64,{roc_ks_chart(stats)}'>",
                   f"<img src='data:image/png;base64,{calibration_png}'>",
                   "<h3>Calibration (Jeffreys test: small p = more defaults than predicted)</h3>",
                   html_table(bands)]
-    if groups:
-        parts.append(f"<h3>Approval (PD &lt; {threshold:g}) by group</h3>")
-        parts.append(f"<img src='data:image/png;base64,{approval_chart(groups, threshold)}'>")
+        if stored.groups:
+            chart = approval_chart(stored.groups, stored.threshold, stats.edges, stored.noise)
+            parts.append(f"<h3>Approval (PD &lt; {stored.threshold:g}) by group</h3>")
+            parts.append(f"<img src='data:image/png;base64,{chart}'>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}")
     return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(parts)}</body></html>"

@@ -90,6 +90,7 @@ CALIBRATION_ARTIFACT = "evaluation/calibration_test.json"
 TEST_STATISTICS_ARTIFACT = "evaluation/test_statistics.json"
 IMPORTANCE_ARTIFACT = "evaluation/feature_importance.json"
 LEDGER_ARTIFACT = "privacy/ledger_snapshot.json"
+NOISE_ARTIFACT = "evaluation/noise.json"
 REFERENCE_ARTIFACT = "monitoring/reference.json"
 VERDICT_ARTIFACT = "gate/verdict.json"
 GATE_REPORT_ARTIFACT = "gate/report.html"
@@ -184,6 +185,11 @@ def per_institution(name: str, values: dict[str, Any]) -> dict[str, Any]:
 def data_quality_metrics(institution: str, card: dict[str, Any]) -> dict[str, float]:
     return {at("dq_score", institution): card["score"],
             **{at(f"dq_{d}", institution): v["score"] for d, v in card["dimensions"].items()}}
+
+
+def noise_metrics(split: str, errors: dict[str, float]) -> dict[str, float]:
+    """`<split>_<metric>_noise_sd`: how much the DP noise in the released histograms moves a metric."""
+    return {split_metric(split, f"{metric}_noise_sd"): value for metric, value in errors.items()}
 
 
 def importance_metric(feature: str) -> str:

@@ -1,9 +1,9 @@
 """One institution's state for one campaign on its node, built once and reused by every message.
 
-The campaign config is parsed once, the node's own settings (its file, its ledger) are
-applied once, the data are loaded and split once, and the preprocessed matrices are cached
-per shared preprocessing. A ClientApp process keeps the last few sessions, so a round costs
-no parsing and no reloading.
+The campaign config is parsed once, the node's own settings (its file, its home) are applied
+once, the institution's policy is read before anything else (`guard`), the data are loaded and
+split once, and the preprocessed matrices are cached per shared preprocessing. A ClientApp
+process keeps the last few sessions, so a round costs no parsing and no reloading.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from fedrisk.budget import CampaignPlan, Shape, exact_plan, plan_campaign
 from fedrisk.config import CampaignConfig, config_from_json
 from fedrisk.data import InstitutionData, load_institution
 from fedrisk.errors import FedriskInputError
+from fedrisk.guard import InstitutionPolicy, check_request, institution_home, ledger_path, load_policy
+from fedrisk.ledger import PrivacyLedger, Release
 from fedrisk.preprocessing import Preprocessor
 from fedrisk.sources import institution_names
 from fedrisk.splits import Split, split_institution
@@ -33,15 +36,57 @@ class NodeSession:
 
     name: str
     config: CampaignConfig
+    home: Path
+    _policy: InstitutionPolicy | None = None
     _data: tuple[InstitutionData, Split] | None = None
     _preprocessors: dict[str, Preprocessor] = field(default_factory=dict)
     _matrices: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _plans: dict[str, CampaignPlan] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> InstitutionPolicy:
+        """The institution's policy, read from its home (never from the campaign)."""
+        if self._policy is None:
+            self._policy = load_policy(self.home, self.name)
+        return self._policy
+
+    def guard(self, message_type: str, monitoring: bool = False) -> None:
+        """Refuse, before any data are read, what the institution's policy does not allow."""
+        check_request(self.policy, self.config, message_type, self.name, monitoring=monitoring)
+
+    def ledger(self) -> PrivacyLedger:
+        rules = self.policy.privacy
+        return PrivacyLedger.open(ledger_path(self.home, self.policy), self.name, rules.lifetime_epsilon, rules.delta)
 
     def _loaded(self) -> tuple[InstitutionData, Split]:
         if self._data is None:
-            data = load_institution(self.config.data, self.name, self.config.seed)
+            data = load_institution(self.config.data, self.name, self.config.seed, never_use=self.policy.never_use)
             self._data = (data, split_institution(data, self.config.data, self.config.seed))
         return self._data
+
+    @property
+    def shape(self) -> Shape:
+        columns = self.data.columns
+        return Shape(len(self.split.train), len(columns.numeric), len(columns.categorical), len(columns.protected),
+                     columns.amount is not None)
+
+    def plan(self, campaign: str) -> CampaignPlan:
+        """The campaign's privacy plan: calibrated and reserved in the ledger at its first release,
+        read back from the ledger afterwards (another process, a restart: the same plan)."""
+        if campaign not in self._plans:
+            ledger = self.ledger()
+            saved = ledger.plans.get(campaign)
+            if saved is None:
+                rules = self.policy.privacy
+                exact = not self.config.privacy.enabled  # the guard let it through: the policy allows it
+                plan = (exact_plan(self.config, self.shape) if exact else
+                        plan_campaign(self.config, self.shape, ledger, campaign, rules.max_campaign_epsilon,
+                                      rules.lifetime_epsilon))
+                ledger.plan(campaign, list(plan.releases), rules.lifetime_epsilon,
+                            {"noise": _plan_noise(plan), "fingerprint": self.data.fingerprint}, exact=exact)
+                saved = ledger.plans[campaign]
+            self._plans[campaign] = _plan_from(saved)
+        return self._plans[campaign]
 
     @property
     def data(self) -> InstitutionData:
@@ -79,7 +124,7 @@ def open_session(config_json: str, node_config: dict[str, Any], names: list[str]
         return _SESSIONS[key]
     config = config_from_json(config_json)
     name = resolve_institution(config, node_config, names)
-    session = NodeSession(name, for_node(config, name, node_config))
+    session = NodeSession(name, for_node(config, name, node_config), institution_home(name, node_config))
     _SESSIONS[key] = session
     while len(_SESSIONS) > MAX_SESSIONS:
         _SESSIONS.popitem(last=False)
@@ -103,20 +148,32 @@ def resolve_institution(config: CampaignConfig, node_config: dict[str, Any], nam
 
 def for_node(config: CampaignConfig, name: str, node_config: dict[str, Any]) -> CampaignConfig:
     """The campaign as this institution's node runs it. A deployed node's operator names, in
-    its node config, the file of its own data (`data-path`) and its privacy ledger
-    (`ledger-dir`): the campaign's config, written at the server, cannot know them."""
-    if "data-path" not in node_config and "ledger-dir" not in node_config:
+    its node config, the file of its own data (`data-path`); its home (`home`: policy, ledger)
+    is read by `institution_home`. The campaign's config, written at the server, knows neither."""
+    if "ledger-dir" in node_config:
+        raise FedriskInputError("node config ledger-dir is no more: name the institution's home (policy and "
+                                "ledger) with home=/absolute/folder", institution=name)
+    if "data-path" not in node_config:
         return config
     raw = config.model_dump(mode="json")
-    if "data-path" in node_config:
-        path = _absolute_node_path(name, "data-path", node_config["data-path"])
-        if not path.is_file():
-            raise FedriskInputError("node config data-path: no such file", institution=name, file=str(path))
-        raw["data"].update(source="files", files={name: str(path)}, path=None, institution_column=None,
-                           partition=None)
-    if "ledger-dir" in node_config:
-        raw["privacy"]["ledger_dir"] = str(_absolute_node_path(name, "ledger-dir", node_config["ledger-dir"]))
+    path = _absolute_node_path(name, "data-path", node_config["data-path"])
+    if not path.is_file():
+        raise FedriskInputError("node config data-path: no such file", institution=name, file=str(path))
+    raw["data"].update(source="files", files={name: str(path)}, path=None, institution_column=None, partition=None)
     return config_from_json(json.dumps(raw))
+
+
+def _plan_noise(plan: CampaignPlan) -> dict[str, float]:
+    return {"statistics": plan.statistics, "dp_sgd": plan.dp_sgd, "sample_rate": plan.sample_rate,
+            "steps_per_round": plan.steps_per_round, "validation": plan.validation, "test": plan.test,
+            "partition_delta": plan.partition_delta, "epsilon": plan.epsilon}
+
+
+def _plan_from(saved: dict[str, Any]) -> CampaignPlan:
+    noise = saved["noise"]
+    return CampaignPlan(noise["statistics"], noise["dp_sgd"], noise["sample_rate"], int(noise["steps_per_round"]),
+                        noise["validation"], noise["test"], noise["partition_delta"],
+                        tuple(Release.from_dict(r) for r in saved["releases"]), noise["epsilon"])
 
 
 def _absolute_node_path(name: str, key: str, value: Any) -> Path:

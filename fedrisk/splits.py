@@ -11,6 +11,7 @@ from fedrisk.columns import DAY
 from fedrisk.config import DataSpec
 from fedrisk.data import InstitutionData
 from fedrisk.errors import FedriskInputError
+from fedrisk.lineage import row_hashes
 
 
 @dataclass(frozen=True)
@@ -21,29 +22,30 @@ class Split:
 
 
 def split_institution(data: InstitutionData, spec: DataSpec, seed: int) -> Split:
-    """Seeded, stratified train/validation/test split inside one institution (by time for fraud)."""
+    """Train, validation and test rows inside one institution (by time for fraud).
+
+    A credit row's part is a function of the row alone (a keyed hash of its values), not of the
+    other rows: adding or removing a customer moves no one else, so the parts are disjoint in
+    the sense DP needs, and a release about validation rows costs the training rows nothing
+    (`fedrisk.ledger`). Each part must hold both classes.
+    """
     if spec.time_split is not None:
         return split_by_time(data, spec)
     frame = data.frame
     y = frame[data.columns.target].to_numpy()
-    rng = np.random.default_rng([seed, 40_009, int(data.fingerprint[:8], 16)])
-    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
-    for value in (0, 1):
-        rows = rng.permutation(np.flatnonzero(y == value))
-        n_val = int(round(len(rows) * spec.validation_fraction))
-        n_test = int(round(len(rows) * spec.test_fraction))
-        parts["validation"].append(rows[:n_val])
-        parts["test"].append(rows[n_val : n_val + n_test])
-        parts["train"].append(rows[n_val + n_test :])
+    u = row_hashes(frame, list(frame.columns), key=f"{seed % 10**16:016d}") / 2.0**64
+    parts = {"validation": u < spec.validation_fraction,
+             "test": (u >= spec.validation_fraction) & (u < spec.validation_fraction + spec.test_fraction)}
+    parts["train"] = ~(parts["validation"] | parts["test"])
     out = {}
-    for key, chunks in parts.items():
-        index = np.sort(np.concatenate(chunks))
-        if len(index) == 0 or len(np.unique(y[index])) < 2:
+    for key in ("train", "validation", "test"):
+        rows = parts[key]
+        if not rows.any() or len(np.unique(y[rows])) < 2:
             raise FedriskInputError(
                 f"too few rows ({len(frame)}) for a {key} split holding both classes",
                 institution=data.name, file=data.source, column=data.columns.target,
             )
-        out[key] = frame.iloc[index].reset_index(drop=True)
+        out[key] = frame[rows].reset_index(drop=True)
     return Split(**out)
 
 

@@ -57,6 +57,7 @@ class TrackedRun:
 
     def __init__(self, uri: str, experiment: str, tags: dict[str, str]) -> None:
         self.uri = uri
+        self.tags = dict(tags)  # what the run's tags are, as set through this object
         self.client = MlflowClient(uri)
         exp = experiment_id(self.client, experiment, uri)
         self.run_id = self.client.create_run(exp, tags=tags).info.run_id
@@ -79,6 +80,7 @@ class TrackedRun:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.tags.update({k: str(v) for k, v in tags.items()})
 
     def log_dict(self, content: dict[str, Any], artifact_file: str) -> None:
         self.client.log_dict(self.run_id, content, artifact_file)
@@ -174,7 +176,6 @@ class CampaignRun(TrackedRun):
         }
         if config.training.initial_model:
             tags[run_schema.WARM_START] = config.training.initial_model
-        self.tags = tags
         super().__init__(config.tracking.uri, config.tracking.experiment, tags)
         params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):

@@ -9,7 +9,7 @@ an alias and tagged with the rules it broke. Promotion to production is a human 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +30,37 @@ from fedrisk.tracking import audit_event, read_artifact
 CHALLENGER = "challenger"
 
 
-def statistics_to_dict(stats: EvalStats, groups: GroupHistograms, threshold: float) -> dict[str, Any]:
-    """Summed (consortium-level) statistics, kept with the run so the gate can be re-run."""
+def statistics_to_dict(stats: EvalStats, groups: GroupHistograms, threshold: float,
+                       noise: float = 0.0) -> dict[str, Any]:
+    """Summed (consortium-level) statistics, kept with the run so the gate can be re-run: the
+    institutions' noised releases added up, and the noise per cell they carry."""
     return {
         "threshold": threshold,
+        "noise_per_cell": noise,
         "pooled": {f.name: np.asarray(getattr(stats, f.name)).tolist() for f in fields(EvalStats)},
         "groups": {a: {g: [p.tolist(), n.tolist()] for g, (p, n) in by.items()} for a, by in groups.items()},
     }
 
 
-def statistics_from_dict(raw: dict[str, Any]) -> tuple[EvalStats, GroupHistograms, float]:
-    pooled = {k: np.asarray(v) if isinstance(v, list) else v for k, v in raw["pooled"].items()}
+@dataclass(frozen=True)
+class StoredStatistics:
+    """A run's summed test statistics as stored: what reports plot."""
+
+    stats: EvalStats
+    groups: GroupHistograms
+    threshold: float
+    noise: float  # DP noise per cell of the sums
+
+
+def statistics_from_dict(raw: dict[str, Any]) -> StoredStatistics:
+    pooled = {k: np.asarray(v, dtype=float) for k, v in raw["pooled"].items()}
     groups = {a: {g: (np.asarray(p), np.asarray(n)) for g, (p, n) in by.items()} for a, by in raw["groups"].items()}
-    return EvalStats(**pooled), groups, float(raw["threshold"])
+    return StoredStatistics(EvalStats(**pooled), groups, float(raw["threshold"]), float(raw.get("noise_per_cell", 0.0)))
 
 
-def load_statistics(client: MlflowClient, run_id: str) -> tuple[EvalStats | None, GroupHistograms | None, float]:
+def load_statistics(client: MlflowClient, run_id: str) -> StoredStatistics | None:
     text = read_artifact(client, run_id, run_schema.TEST_STATISTICS_ARTIFACT)
-    return (None, None, 0.2) if text is None else statistics_from_dict(json.loads(text))
+    return None if text is None else statistics_from_dict(json.loads(text))
 
 
 def _version_of_run(client: MlflowClient, uri: str, name: str, model_uri: str, run_id: str) -> str:
@@ -131,8 +144,7 @@ def validate_run(
     completed = tags.get(run_schema.STATUS) == "completed"
     verdict = apply_policy(policy, metrics, institutions, reference_auc, completed)
 
-    stats, groups, threshold = load_statistics(client, run_id)
-    report = render_report(run_id, verdict, metrics, tags, institutions, stats, groups, threshold,
+    report = render_report(run_id, verdict, metrics, tags, institutions, load_statistics(client, run_id),
                            policy.split)
     client.log_dict(run_id, verdict.to_dict(), run_schema.VERDICT_ARTIFACT)
     client.log_text(run_id, report, run_schema.GATE_REPORT_ARTIFACT)

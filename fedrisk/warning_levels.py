@@ -98,18 +98,35 @@ def auc_standard_error(auc: float, positives: float, negatives: float) -> float:
     return math.sqrt(max(variance, 0.0))
 
 
-def auc_drop_is_noise(reference: dict[str, float], current: dict[str, float], confidence: float) -> bool:
-    """True when the AUC fell by less than sampling noise explains (one-sided test)."""
+def auc_drop_is_noise(reference: dict[str, float], current: dict[str, float], confidence: float,
+                      dp_spread: float = 0.0) -> bool:
+    """True when the AUC fell by less than sampling noise, and the DP noise of the released
+    histograms (`dp_spread`, the AUCs' standard deviation from it), explain (one-sided test)."""
     if "positives" not in reference:
         return False
     spread = math.hypot(auc_standard_error(reference["auc"], reference["positives"], reference["negatives"]),
-                        auc_standard_error(current["auc"], current["positives"], current["negatives"]))
+                        auc_standard_error(current["auc"], current["positives"], current["negatives"]), dp_spread)
     return not math.isnan(spread) and reference["auc"] - current["auc"] <= norm.ppf(confidence) * spread
 
 
+def auc_noise_sd(stats: EvalStats, noise: float, draws: int = 100) -> float:
+    """Standard deviation of the AUC of noised histograms, from re-noising them (parametric bootstrap)."""
+    if noise <= 0:
+        return 0.0
+    rng = np.random.default_rng(0)
+    values = [auc_from_histograms(stats.hist_pos + rng.normal(0, noise, stats.hist_pos.shape),
+                                  stats.hist_neg + rng.normal(0, noise, stats.hist_neg.shape)) for _ in range(draws)]
+    return float(np.nanstd(values))
+
+
 def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray], stats: EvalStats | None,
-                  performance_reference: dict[str, float] | None, levels: Levels) -> ScopeResult:
-    """PSI, CSI and performance of one scope against its training reference, with its level."""
+                  performance_reference: dict[str, float] | None, levels: Levels, noise: float = 0.0,
+                  reference_noise: float = 0.0) -> ScopeResult:
+    """PSI, CSI and performance of one scope against its training reference, with its level.
+
+    `noise` and `reference_noise` are the DP noise per cell of the window's counts and of the
+    reference counts, and the reference performance carries its AUC's noise (`auc_noise_sd`):
+    measures within what sampling and that noise explain stay green."""
     result = ScopeResult(rows=int(np.sum(counts[SCORE])), psi={}, bound={},
                          reference_performance=dict(performance_reference or {}),
                          score_counts=np.asarray(counts[SCORE], dtype=float).tolist(),
@@ -117,7 +134,7 @@ def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray
     for column, mine in counts.items():
         base = np.asarray(reference_counts[column])
         result.psi[column] = psi(base, mine)
-        result.bound[column] = noise_bound(base, mine, levels.noise_confidence)
+        result.bound[column] = noise_bound(base, mine, levels.noise_confidence, reference_noise, noise)
     rule = levels.performance
     if stats is not None and np.sum(stats.hist_pos) and np.sum(stats.hist_neg):
         result.performance = ranking_metrics(stats)
@@ -130,10 +147,12 @@ def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray
     if rule.metric in result.drops:
         value = result.drops[rule.metric]
         unit = f"{value:.1%} relative" if rule.mode == "relative" else f"{value:.4f}"
-        noise = rule.metric == "auc" and auc_drop_is_noise(performance_reference or {}, result.performance,
-                                                           levels.noise_confidence)
-        result.significant = not noise
-        judged.append((GREEN if noise else performance_level(value, rule), f"{rule.metric} drop {unit}"))
+        dp_spread = math.hypot(auc_noise_sd(stats, noise), performance_reference.get("auc_noise_sd", 0.0)
+                               if performance_reference else 0.0) if stats is not None else 0.0
+        within = rule.metric == "auc" and auc_drop_is_noise(performance_reference or {}, result.performance,
+                                                            levels.noise_confidence, dp_spread)
+        result.significant = not within
+        judged.append((GREEN if within else performance_level(value, rule), f"{rule.metric} drop {unit}"))
     result.level = max(level for level, _ in judged)
     result.reasons = [reason for level, reason in sorted(judged, key=lambda j: -j[0]) if level > GREEN]
     return result
@@ -166,7 +185,7 @@ def mixed_reference(own: dict[str, dict[str, list]], weights: dict[str, float], 
 
 
 def _mixed_validation(validation: dict[str, dict[str, list]], parts: dict[str, tuple[dict, EvalStats | None]],
-                      names: list[str]) -> dict[str, float]:
+                      names: list[str], reference_grid: list[float], noise: float = 0.0) -> dict[str, float]:
     """Validation metrics of `names`, each institution's histograms rescaled class by class to
     its share of the window's labelled positives and negatives (a no-drift expectation)."""
     stats = {n: parts[n][1] for n in names}
@@ -182,11 +201,13 @@ def _mixed_validation(validation: dict[str, dict[str, list]], parts: dict[str, t
 
     pos = mix("hist_pos", pos_total, ref_pos, "hist_pos")
     neg = mix("hist_neg", neg_total, ref_neg, "hist_neg")
-    return ranking_metrics(EvalStats(int(ref_pos + ref_neg), 0.0, pos, neg, pos * 0.0, neg * 0.0, 0.0))
+    mixed = EvalStats(np.asarray(reference_grid, dtype=float), pos, neg, pos * 0.0, neg * 0.0)
+    return {**ranking_metrics(mixed), "auc_noise_sd": auc_noise_sd(mixed, noise)}
 
 
 def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray], EvalStats | None]],
-                  levels: Levels, history: dict[str, list[int]]) -> dict[str, ScopeResult]:
+                  levels: Levels, history: dict[str, list[int]],
+                  noise: dict[str, float] | None = None) -> dict[str, ScopeResult]:
     """Every scope of one window; `history` (earlier windows' levels per scope) is updated
     for the sustained-orange rule.
 
@@ -212,15 +233,27 @@ def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray],
     labelled = [n for n in members if parts[n][1] is not None]
     pooled_stats = sum((parts[n][1] for n in labelled[1:]), start=parts[labelled[0]][1]) if labelled else None
     if labelled and all(n in validation for n in labelled):
-        pooled_performance = _mixed_validation(validation, parts, labelled)
+        pooled_performance = _mixed_validation(validation, parts, labelled, reference["grid"],
+                                               float(np.sqrt(sum(validation[n].get("noise", 0.0) ** 2 for n in labelled))))
     else:
         pooled_performance = performance.get(POOLED)
-    results = {POOLED: measure_scope(pooled_reference, pooled_counts, pooled_stats, pooled_performance, levels)}
+    noise = noise or {}
+    reference_noise = reference.get("noise", {})
+
+    def combined(values: dict[str, float], names: list[str]) -> float:
+        return float(np.sqrt(sum(values.get(n, 0.0) ** 2 for n in names)))
+
+    everyone = list(reference_noise)
+    pooled_reference_noise = combined(reference_noise, members if members[0] in own else everyone)
+    results = {POOLED: measure_scope(pooled_reference, pooled_counts, pooled_stats, pooled_performance, levels,
+                                     combined(noise, members), pooled_reference_noise)}
     for name in sorted(parts):
         counts, stats = parts[name]
         mine = own.get(name)
         results[name] = measure_scope(mine if mine is not None else consortium, counts, stats,
-                                      performance.get(name, performance.get(POOLED)), levels)
+                                      performance.get(name, performance.get(POOLED)), levels, noise.get(name, 0.0),
+                                      reference_noise.get(name, 0.0) if mine is not None
+                                      else combined(reference_noise, everyone))
         if mine is None:
             results[name].reasons.append("no training reference of its own: judged against the consortium's, "
                                          "left out of the pool")

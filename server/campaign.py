@@ -2,13 +2,16 @@
 
 `run_campaign` reads as the campaign does:
 
-1. `admit`: every institution sends its preprocessing statistics and says what its data are;
-   bad data, another schema or poor data quality sit an institution out;
-2. `start_model`: the shared preprocessing from the summed statistics, and the initial model;
+1. `admit`: every institution checks the request against its own policy, says what its data
+   are, plans its privacy spend and sends noised log-grid histograms of its numeric columns;
+   a refusal, bad data, another schema or poor data quality sit an institution out;
+2. `start_model`: the clipping bounds from the summed histograms, then the shared
+   preprocessing from the institutions' noised sums, and the initial model;
 3. `train`: the rounds, on Flower's strategy (plain, SecAgg+ or institution-level DP);
-4. `evaluate_final`: validation and test statistics of the final model, summed;
-5. `log_privacy`, `log_importance`, `build_reference`: the privacy snapshot, the feature
-   importance and the drift reference;
+4. `build_drift_reference`: the final model's score and inputs on the training rows, noised,
+   summed: the drift reference, and the evaluation grid (`evaluation_grid`);
+5. `evaluate_final`, `log_importance`, `log_privacy`: validation and test histograms on that
+   grid, the feature importance, and what each institution's ledger says it spent;
 6. `record_model` and `end`: the model in MLflow, the run's tags and the audit log's end;
 7. `judge`: the validation gate.
 
@@ -33,21 +36,31 @@ from tqdm import tqdm
 from fedrisk import protocol, run_schema
 from fedrisk.config import CampaignConfig, check_secure_aggregation, config_to_json
 from fedrisk.data_quality import exclusion_reason
-from fedrisk.drift import SCORE, build_reference, coarsen, fine_grid
+from fedrisk.drift import SCORE, build_reference, coarsen, reference_edges
 from fedrisk.errors import FedriskInputError
-from fedrisk.evaluation import SplitStatistics, pooled, split_metrics
-from fedrisk.metrics import calibration_bands, importance_from_histograms
+from fedrisk.evaluation import NOISE_DRAWS, SplitStatistics, noise_error, pooled, split_metrics
+from fedrisk.guard import REFERENCE_BINS
+from fedrisk.metrics import (
+    calibration_bands,
+    evaluation_grid,
+    importance_from_histograms,
+    logit_edges,
+    with_threshold,
+)
 from fedrisk.models import build_model
 from fedrisk.preprocessing import (
+    Bounds,
     Preprocessor,
+    bounds_from_counts,
     fit_preprocessor,
     merge_statistics,
     missing_counts,
+    protected_groups,
 )
 from fedrisk.privacy import institution_noise_multiplier
 from fedrisk.tracking import CampaignRun
 from fedrisk.validation import statistics_to_dict, validate_run
-from fedrisk.warning_levels import POOLED, ranking_metrics
+from fedrisk.warning_levels import POOLED, auc_noise_sd, ranking_metrics
 from server.institution_privacy import with_institution_dp
 from server.messaging import REPLY_TIMEOUT_SECONDS, query, wait_for_nodes
 from server.secure_aggregation import SecureAggregationFailed, SecureAggregationGrid
@@ -77,23 +90,25 @@ class Admission:
 
 
 def admit(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -> Admission:
-    """Ask every institution for its statistics; sit out bad data, another schema, low quality."""
+    """Ask every institution to admit the campaign; sit out refusals, bad data, another schema, low quality."""
     expected = config.institution_count_hint() or config.training.min_institutions
     nodes = wait_for_nodes(grid, expected)
-    replies = query(grid, nodes, protocol.STATISTICS, protocol.request_config(config_to_json(config), campaign))
+    replies = query(grid, nodes, protocol.BOUNDS, protocol.request_config(config_to_json(config), campaign))
     admission = Admission({}, {}, {}, {})
     for msg in replies:
         node = msg.metadata.src_node_id
         if msg.has_error():
-            admission.errors[f"node-{node}"] = protocol.error_reason(msg.error.code, msg.error.reason,
-                                                                     f"node-{node}")[1]
+            name = protocol.institution_named(msg.error.reason) or f"node-{node}"
+            kind, reason = protocol.error_reason(msg.error.code, msg.error.reason, name)
+            admission.errors[name] = reason
+            admission.kinds[name] = kind
             continue
         name = protocol.institution_of(msg)
         if name in admission.statistics:  # two nodes claiming one institution would share one budget
             admission.errors[f"node-{node}"] = f"institution {name}: a second node claims this institution"
             continue
         admission.names[node] = name
-        admission.statistics[name] = protocol.read_statistics(msg)
+        admission.statistics[name] = {**protocol.read_admission(msg), "privacy": protocol.privacy_of(msg)}
     stats = admission.statistics
     admission.data = {name: s["data"] for name, s in stats.items()}
     if stats:  # institutions must share one column schema; the majority's is the consortium's
@@ -120,8 +135,8 @@ def admit(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -
 
 def schema_difference(mine: dict, theirs: dict) -> str:
     """First column whose presence or kind differs between two schemas."""
-    for kind in ("numeric", "categorical"):
-        for column in sorted(set(mine[kind]) ^ set(theirs[kind])):
+    for kind in ("numeric", "categorical", "protected"):
+        for column in sorted(set(mine.get(kind, [])) ^ set(theirs.get(kind, []))):
             return column
     return "(column order)"
 
@@ -138,7 +153,9 @@ def _record_admission(admission: Admission, config: CampaignConfig, run: Campaig
     run.log_dict({"min_score": config.data.quality.min_score, "score": "the weakest dimension",
                   "institutions": {n: d["quality"] for n, d in admission.data.items()}},
                  run_schema.DATA_QUALITY_ARTIFACT)
-    run.set_tags({run_schema.INSTITUTIONS: ",".join(sorted(admission.statistics))})
+    deltas = [s["privacy"]["delta"] for s in admission.statistics.values() if s.get("privacy")]
+    run.set_tags({run_schema.INSTITUTIONS: ",".join(sorted(admission.statistics)),
+                  **({run_schema.DELTA: f"{max(deltas):g}"} if deltas else {})})
     run.log_dict({"excluded": admission.errors}, run_schema.EXCLUDED_ARTIFACT)
 
 
@@ -146,24 +163,54 @@ def _record_admission(admission: Admission, config: CampaignConfig, run: Campaig
 class StartingModel:
     preprocessor: Preprocessor
     initial: ArrayRecord
+    bounds: dict[str, Bounds]  # the consortium's clipping bounds and decile edges per numeric column
+    groups: dict[str, list[str]]  # the protected groups measured (values some institution released)
+    statistics: dict[str, dict[str, Any]]  # each institution's released preprocessing statistics
 
 
-def start_model(config: CampaignConfig, admission: Admission, run: CampaignRun) -> StartingModel:
-    """The shared preprocessing from the summed statistics, and the model the rounds start from."""
-    stats = admission.statistics
-    preprocessor = fit_preprocessor(merge_statistics(list(stats.values())))
+def start_model(grid: Grid, config: CampaignConfig, campaign: str, admission: Admission,
+                run: CampaignRun) -> StartingModel:
+    """Clipping bounds from the summed bound histograms, the shared preprocessing from the noised
+    sums, and the model the rounds start from."""
+    admitted = admission.statistics
+    columns = next(iter(admitted.values()))["bounds"].keys()
+    noise = float(np.sqrt(sum(s["noise"]["statistics"] ** 2 for s in admitted.values())))
+    bounds = bounds_from_counts({c: sum(s["bounds"][c] for s in admitted.values()) for c in columns}, noise)
+    request = protocol.request_config(config_to_json(config), campaign, bounds=bounds)
+    nodes = [n for n, name in admission.names.items() if name in admitted]
+    stats: dict[str, dict[str, Any]] = {}
+    for msg in query(grid, nodes, protocol.STATISTICS, request):
+        name = admission.names.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
+        if msg.has_error():
+            kind, reason = protocol.error_reason(msg.error.code, msg.error.reason, name)
+            admission.errors[name], admission.kinds[name] = reason, kind
+            admitted.pop(name, None)
+            continue
+        stats[name] = protocol.read_statistics(msg)
+    if len(stats) < config.training.min_institutions:
+        raise FedriskInputError(f"only {len(stats)} institution(s) released their statistics, minimum is "
+                                f"{config.training.min_institutions}: " + "; ".join(admission.errors.values()))
+    shared_schema = next(iter(admitted.values()))["schema"]
+    merged = merge_statistics(list(stats.values()))
+    preprocessor = fit_preprocessor(merged, shared_schema, bounds)
     initial = ArrayRecord(build_model(config.model, preprocessor.width, config.seed).state_dict())
     if config.training.initial_model:  # warm start: the old model's weights need its own preprocessing
         state, preprocessor = warm_start(config.training.initial_model, config, preprocessor)
         initial = ArrayRecord(state)
-    summary = {name: {"rows": s["split_rows"], "imputed": missing_counts(s), "fingerprint": s["data"]["fingerprint"],
-                      **({"days": s["split_days"]} if "split_days" in s else {})}
+    summary = {name: {"rows": admitted[name]["split_rows"],
+                      "imputed": {c: round(max(v, 0.0)) for c, v in missing_counts(s).items()},
+                      "fingerprint": admitted[name]["data"]["fingerprint"],
+                      **({"days": admitted[name]["split_days"]} if "split_days" in admitted[name] else {})}
                for name, s in stats.items()}
-    run.log_dict({"institutions": summary, "features": preprocessor.output_names}, run_schema.DATA_SUMMARY_ARTIFACT)
+    run.log_dict({"institutions": summary, "features": preprocessor.output_names,
+                  "bounds": {c: {"lower": b.lower, "upper": b.upper} for c, b in bounds.items()},
+                  "note": "imputed values are DP-noised counts; rows below an institution's minimum count are withheld"},
+                 run_schema.DATA_SUMMARY_ARTIFACT)
     for name, s in stats.items():
-        run.log_metrics({run_schema.at("rows_train", name): s["split_rows"]["train"],
-                         run_schema.at("imputed_values", name): sum(missing_counts(s).values())}, step=0)
-    return StartingModel(preprocessor, initial)
+        rows = admitted[name]["split_rows"]["train"]
+        run.log_metrics({**({run_schema.at("rows_train", name): rows} if rows is not None else {}),
+                         run_schema.at("imputed_values", name): max(sum(missing_counts(s).values()), 0.0)}, step=0)
+    return StartingModel(preprocessor, initial, bounds, protected_groups(merged, shared_schema), stats)
 
 
 def warm_start(uri: str, config: CampaignConfig, fitted: Preprocessor) -> tuple[dict, Preprocessor]:
@@ -214,7 +261,7 @@ def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: 
         strategy.exclude(name, reason, 0, admission.kind(name))
     runner = strategy if noise is None else with_institution_dp(strategy, inst_dp, noise, len(stats))
     if secure.enabled:  # the largest weight any institution can send: its training rows, or 1
-        max_weight = 1.0 if inst_dp.enabled else float(max(s["split_rows"]["train"] for s in stats.values()))
+        max_weight = 1.0 if inst_dp.enabled else float(max(s["split_rows"]["train"] or 1 for s in stats.values()))
         grid = SecureAggregationGrid(grid, secure, max_weight)
         run.set_tags({run_schema.SECURE_AGGREGATION: (
             f"SecAgg+ (num_shares {secure.num_shares}, reconstruction_threshold {secure.reconstruction_threshold}, "
@@ -232,6 +279,52 @@ def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: 
     return Training(strategy, grid, strategy.latest_arrays or start.initial, stop_reason)
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The drift reference (None when no institution could send it) and the evaluation grid."""
+
+    reference: dict[str, Any] | None
+    grid: np.ndarray
+
+
+def build_drift_reference(training: Training, config: CampaignConfig, campaign: str, start: StartingModel) -> Reference:
+    """The final model's score (fine grid) and inputs (reference bins) on the training rows, noised
+    and summed: the drift reference, and the evaluation grid read from the pooled scores."""
+    strategy = training.strategy
+    edges = reference_edges({c: b.deciles for c, b in start.bounds.items()}, REFERENCE_BINS)
+    request = protocol.request_config(config_to_json(config), campaign, preprocessor=start.preprocessor.to_json(),
+                                      edges=edges)
+    replies = query(training.grid, strategy.active_nodes(training.grid), protocol.REFERENCE, request, training.final)
+    for msg in replies:  # the model is trained: a failure here costs the reference, not the campaign
+        if msg.has_error():
+            log.warning("drift reference without node %s: %s", msg.metadata.src_node_id,
+                        str(msg.error.reason).strip().splitlines()[-1])
+    answers = [msg for msg in replies if not msg.has_error()]
+    strategy.note_privacy(answers)
+    fine = {protocol.institution_of(msg): protocol.read_counts(msg) for msg in answers}
+    if not fine:
+        return Reference(None, evaluation_grid(None, edges[SCORE], config.evaluation.bins, config.evaluation.threshold))
+    noise = float(np.sqrt(sum(protocol.counts_noise(msg) ** 2 for msg in answers)))
+    sums = {column: sum(mine[column] for mine in fine.values()) for column in next(iter(fine.values()))}
+    preprocessor = start.preprocessor
+    reference = build_reference(sums[SCORE], edges[SCORE], {c: sums[c] for c in preprocessor.numeric}, edges,
+                                {c: sums[c] for c in preprocessor.categorical},
+                                dict(zip(preprocessor.categorical, preprocessor.vocabularies, strict=True)), noise)
+    # Each institution's own distribution on the pooled bins: its windows are compared with
+    # it, so that a regional lender is not flagged for differing from the consortium.
+    reference["institutions"] = {
+        name: {c: (coarsen(counts[c], edges[SCORE], reference["columns"][SCORE]["edges"]) if c == SCORE
+                   else counts[c]).tolist() for c in counts}
+        for name, counts in fine.items()
+    }
+    reference["noise"] = {name: protocol.counts_noise(msg) for name, msg in zip(fine, answers, strict=True)}
+    reference["rows"] = {name: float(max(np.sum(counts[SCORE]), 0.0)) for name, counts in fine.items()}
+    reference["population"] = "training rows of the final model's institutions"
+    grid = evaluation_grid(sums[SCORE], edges[SCORE], config.evaluation.bins, config.evaluation.threshold, noise)
+    reference["grid"] = grid.tolist()
+    return Reference(reference, grid)
+
+
 @dataclass
 class FinalEvaluation:
     replies: list[Message]
@@ -240,49 +333,73 @@ class FinalEvaluation:
     metrics: dict[str, float]  # the test metrics, under their MLflow names
 
 
-def evaluate_final(training: Training, config: CampaignConfig, request: ConfigRecord,
+def evaluate_final(training: Training, config: CampaignConfig, campaign: str, start: StartingModel, grid: np.ndarray,
                    run: CampaignRun) -> FinalEvaluation:
-    """Validation and test statistics of the final model; test metrics, calibration, test sums."""
+    """Validation and test statistics of the final model on the evaluation grid: test metrics,
+    the noise they carry, calibration, the test sums (for the gate)."""
     strategy = training.strategy
-    config_record = ConfigRecord({**request, protocol.SPLITS: "validation,test"})
+    request = protocol.request_config(config_to_json(config), campaign, preprocessor=start.preprocessor.to_json(),
+                                      splits=("validation", "test"), grid=grid, groups=start.groups)
     replies = strategy.usable_replies(
-        query(training.grid, strategy.active_nodes(training.grid), protocol.EVALUATE, config_record, training.final),
+        query(training.grid, strategy.active_nodes(training.grid), protocol.EVALUATE, request, training.final),
         strategy.rounds_done + 1)
     strategy.log_validation(strategy.rounds_done, replies)
     validation, test = split_parts(replies, "validation"), split_parts(replies, "test")
     metrics = split_metrics(test, run_schema.TEST, config, validation)
-    run.log_metrics(metrics, step=strategy.rounds_done)
     if test:
         consortium = pooled(test)
+        errors = noise_error(consortium, config)
+        metrics.update(run_schema.noise_metrics(run_schema.TEST, errors))
         stats = consortium.overall
-        bands = calibration_bands(stats.hist_pos, stats.hist_neg, stats.score_sum_pos + stats.score_sum_neg, bands=10)
-        run.log_dict({"split": "test", "bands": bands}, run_schema.CALIBRATION_ARTIFACT)
-        run.log_dict(statistics_to_dict(stats, consortium.groups, config.evaluation.threshold),
+        bands = calibration_bands(stats.hist_pos, stats.hist_neg, stats.score_sum_pos + stats.score_sum_neg, stats.edges)
+        run.log_dict({"split": "test", "bands": bands, "noise_per_cell": consortium.noise}, run_schema.CALIBRATION_ARTIFACT)
+        run.log_dict(statistics_to_dict(stats, consortium.groups, config.evaluation.threshold, consortium.noise),
                      run_schema.TEST_STATISTICS_ARTIFACT)
+        run.log_dict({"split": "test", "noise_per_cell": consortium.noise, "draws": NOISE_DRAWS,
+                      "standard_deviation": errors,
+                      "meaning": "how much each pooled test metric moves under the DP noise the institutions added "
+                                 "(parametric bootstrap of the released histograms)"}, run_schema.NOISE_ARTIFACT)
+    run.log_metrics(metrics, step=strategy.rounds_done)
     return FinalEvaluation(replies, validation, test, metrics)
 
 
-def log_privacy(training: Training, config: CampaignConfig, run: CampaignRun) -> None:
-    """What each institution spent, the federation's epsilon (the maximum), and who refused."""
+def log_privacy(training: Training, config: CampaignConfig, admission: Admission, run: CampaignRun) -> None:
+    """What each institution's ledger says it spent: per mechanism, this campaign, for life."""
     strategy = training.strategy
-    if strategy.epsilon:
-        run.log_metrics({run_schema.EPSILON_FINAL_MAX: max(strategy.epsilon.values())}, step=strategy.rounds_done)
+    summaries = {**{n: s["privacy"] for n, s in admission.statistics.items() if s.get("privacy")},
+                 **strategy.privacy_summaries}
+    lifetime = {n: s["lifetime"] for n, s in summaries.items()}
+    metrics = {run_schema.at("epsilon", n): v for n, v in lifetime.items()}
+    for name, summary in summaries.items():
+        if summary.get("campaign") is not None:
+            metrics[run_schema.at("epsilon_campaign", name)] = summary["campaign"]
+        for mechanism, value in summary["by_mechanism"].items():
+            metrics[run_schema.at(f"epsilon_{mechanism}", name)] = value
+    if lifetime:
+        metrics[run_schema.EPSILON_FINAL_MAX] = max(lifetime.values())
+        strategy.epsilon.update(lifetime)
+    run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)}, step=strategy.rounds_done)
     run.log_dict({
         "accountant": "rdp",
-        "delta": config.privacy.delta,
-        "target_epsilon": config.privacy.target_epsilon,
-        "federation_epsilon": max(strategy.epsilon.values()) if strategy.epsilon else None,
-        "institutions": strategy.privacy,
-        "refused": {n: e for n, e in strategy.excluded.items() if e["kind"] == "budget"},
+        "federation_epsilon": max(lifetime.values()) if lifetime else None,
+        "meaning": "epsilon per institution: its lifetime spend (every campaign and monitoring run, all mechanisms, "
+                   "composed under RDP) at its delta; per mechanism: that mechanism alone; the federation's epsilon "
+                   "is the maximum over institutions",
+        "institutions": {n: {**s, **strategy.privacy.get(n, {})} for n, s in summaries.items()},
+        "refused": {n: e for n, e in strategy.excluded.items() if e["kind"] in ("budget", "policy")},
         "institution_level": strategy.institution_privacy or None,
     }, run_schema.LEDGER_ARTIFACT)
     run.log_dict({"excluded": strategy.excluded}, run_schema.EXCLUDED_ARTIFACT)
 
 
-def log_importance(training: Training, request: ConfigRecord, evaluation: FinalEvaluation,
-                   run: CampaignRun) -> None:
+def log_importance(training: Training, config: CampaignConfig, campaign: str, start: StartingModel, grid: np.ndarray,
+                   evaluation: FinalEvaluation, run: CampaignRun) -> None:
     """Validation AUC lost when each feature is ablated, from institutions' summed histograms."""
     strategy = training.strategy
+    if not config.evaluation.importance or not evaluation.validation:
+        return
+    request = protocol.request_config(config_to_json(config), campaign, preprocessor=start.preprocessor.to_json(),
+                                      grid=grid)
     answers = strategy.usable_replies(
         query(training.grid, strategy.active_nodes(training.grid), protocol.IMPORTANCE, request, training.final),
         strategy.rounds_done + 1)
@@ -294,7 +411,8 @@ def log_importance(training: Training, request: ConfigRecord, evaluation: FinalE
             into = ablated.setdefault(feature, [0, 0])
             into[0] = into[0] + pos
             into[1] = into[1] + neg
-    full = pooled(evaluation.validation).overall
+    full = pooled({n: evaluation.validation[n] for n in map(protocol.institution_of, answers)
+                   if n in evaluation.validation}).overall
     importance = importance_from_histograms((full.hist_pos, full.hist_neg),
                                             {f: (p, n) for f, (p, n) in ablated.items()})
     run.log_metrics({run_schema.importance_metric(f): v for f, v in importance.items()}, step=strategy.rounds_done)
@@ -303,42 +421,25 @@ def log_importance(training: Training, request: ConfigRecord, evaluation: FinalE
                   "importance": dict(ranked)}, run_schema.IMPORTANCE_ARTIFACT)
 
 
-def build_drift_reference(training: Training, request: ConfigRecord, evaluation: FinalEvaluation,
-                          preprocessor: Preprocessor, config: CampaignConfig) -> dict | None:
-    """The drift reference: pooled deciles of the score and inputs on the training rows, and
-    the validation metrics, from the institutions' summed counts."""
-    strategy = training.strategy
-    replies = query(training.grid, strategy.active_nodes(training.grid), protocol.REFERENCE, request, training.final)
-    for msg in replies:  # the model is trained: a failure here costs the reference, not the campaign
-        if msg.has_error():
-            log.warning("drift reference without node %s: %s", msg.metadata.src_node_id,
-                        str(msg.error.reason).strip().splitlines()[-1])
-    fine = {protocol.institution_of(msg): protocol.read_counts(msg) for msg in replies if not msg.has_error()}
-    if not fine:
+def with_validation(reference: Reference, evaluation: FinalEvaluation) -> dict[str, Any] | None:
+    """The reference with the final model's validation performance (the drift baseline)."""
+    if reference.reference is None:
         return None
-    sums = {column: sum(mine[column] for mine in fine.values()) for column in next(iter(fine.values()))}
-    grid_edges = fine_grid(preprocessor, config.evaluation.bins)
-    numeric = [SCORE, *preprocessor.numeric]
-    reference = build_reference({c: sums[c] for c in numeric}, grid_edges,
-                                {c: sums[c] for c in preprocessor.categorical},
-                                dict(zip(preprocessor.categorical, preprocessor.vocabularies, strict=True)))
-    # Each institution's own distribution on the pooled bins: its windows are compared with
-    # it, so that a regional lender is not flagged for differing from the consortium.
-    reference["institutions"] = {
-        name: {c: (coarsen(counts[c], grid_edges[c], reference["columns"][c]["edges"]) if c in numeric
-                   else counts[c]).tolist() for c in counts}
-        for name, counts in fine.items()
-    }
+    out = dict(reference.reference)
     validation = {name: part.overall for name, part in evaluation.validation.items()}
-    reference["performance"] = {POOLED: ranking_metrics(pooled(evaluation.validation).overall),
-                                **{name: ranking_metrics(stats) for name, stats in validation.items()}}
-    # score histograms of each institution's validation rows: the pooled performance
-    # reference of any subset of institutions that report a window
-    reference["validation"] = {name: {"hist_pos": s.hist_pos.tolist(), "hist_neg": s.hist_neg.tolist()}
-                               for name, s in validation.items()}
-    reference["rows"] = {name: int(np.sum(counts[SCORE])) for name, counts in fine.items()}
-    reference["population"] = "training rows of the final model's institutions"
-    return reference
+    if validation:
+        consortium = pooled(evaluation.validation)
+        out["performance"] = {POOLED: {**ranking_metrics(consortium.overall),
+                                       "auc_noise_sd": auc_noise_sd(consortium.overall, consortium.noise)},
+                              **{name: {**ranking_metrics(stats),
+                                        "auc_noise_sd": auc_noise_sd(stats, evaluation.validation[name].noise)}
+                                 for name, stats in validation.items()}}
+        # score histograms of each institution's validation rows: the pooled performance
+        # reference of any subset of institutions that report a window
+        out["validation"] = {name: {"hist_pos": s.hist_pos.tolist(), "hist_neg": s.hist_neg.tolist(),
+                                    "noise": evaluation.validation[name].noise}
+                             for name, s in validation.items()}
+    return out
 
 
 def record_model(training: Training, start: StartingModel, reference: dict | None, evaluation: FinalEvaluation,
@@ -355,8 +456,9 @@ def record_model(training: Training, start: StartingModel, reference: dict | Non
         run_schema.STATUS: "stopped" if training.stop_reason else "completed",
     }
     if strategy.epsilon:
-        tags[run_schema.EPSILON] = (f"{max(strategy.epsilon.values()):.4f} (max over institutions, delta="
-                                    f"{config.privacy.delta:g}, accountant=rdp)")
+        tags[run_schema.EPSILON] = (f"{max(strategy.epsilon.values()):.4f} (max over institutions of their lifetime "
+                                    f"spend, delta={run.tags.get(run_schema.DELTA, config.privacy.delta)}, "
+                                    "accountant=rdp, every release)")
     if strategy.institution_privacy:
         ip = strategy.institution_privacy
         tags[run_schema.INSTITUTION_EPSILON] = (
@@ -405,11 +507,13 @@ def progress_bar(config: CampaignConfig) -> tuple[tqdm, Callable[[int, dict[str,
     bar = tqdm(total=config.training.rounds, desc="fedrisk", unit="round", file=sys.stderr, dynamic_ncols=True)
 
     def on_round(server_round: int, metrics: dict[str, float]) -> None:
-        # The figures shown are those of the global model this round started from.
-        postfix = {"auc": f"{metrics.get(run_schema.split_metric(run_schema.VALIDATION, 'auc'), float('nan')):.4f}"}
-        if config.task == "fraud":
-            ap = metrics.get(run_schema.split_metric(run_schema.VALIDATION, "average_precision"), float("nan"))
-            postfix["auprc"] = f"{ap:.4f}"
+        postfix = {}
+        auc = run_schema.split_metric(run_schema.VALIDATION, "auc")
+        if auc in metrics:  # with evaluation.every_round: the model this round started from
+            postfix[f"auc(round {server_round - 1})"] = f"{metrics[auc]:.4f}"
+        ap = run_schema.split_metric(run_schema.VALIDATION, "average_precision")
+        if config.task == "fraud" and ap in metrics:
+            postfix[f"auprc(round {server_round - 1})"] = f"{metrics[ap]:.4f}"
         if run_schema.EPSILON_MAX in metrics:
             postfix["eps_max"] = f"{metrics[run_schema.EPSILON_MAX]:.3f}"
         postfix["s/round"] = f"{metrics[run_schema.ROUND_SECONDS]:.1f}"
@@ -426,6 +530,7 @@ def _started(config: CampaignConfig, run: CampaignRun) -> dict[str, Any]:
         "institutions_expected": config.institution_count_hint(), "rounds": config.training.rounds,
         "privacy": {"enabled": config.privacy.enabled, "target_epsilon": config.privacy.target_epsilon,
                     "delta": config.privacy.delta, "accountant": "rdp",
+                    "statistics_share": config.privacy.statistics_share,
                     "institution_level": config.privacy.institution_level.model_dump(mode="json")},
         "secure_aggregation": config.secure_aggregation.model_dump(mode="json"),
         "warm_start": config.training.initial_model,
@@ -454,22 +559,31 @@ def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
 
 def _phases(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -> None:
     admission = admit(grid, config, campaign, run)
-    start = start_model(config, admission, run)
-    request = protocol.request_config(config_to_json(config), campaign, preprocessor=start.preprocessor.to_json())
+    start = start_model(grid, config, campaign, admission, run)
+    every_round = metrics_grid(config) if config.evaluation.every_round else None
+    request = protocol.request_config(config_to_json(config), campaign, preprocessor=start.preprocessor.to_json(),
+                                      grid=every_round, groups=start.groups if every_round is not None else None)
     bar, on_round = progress_bar(config)
     try:
         training = train(grid, config, request, admission, start, run, on_round)
     finally:
         bar.close()
-    evaluation = evaluate_final(training, config, request, run)
-    log_privacy(training, config, run)
-    log_importance(training, request, evaluation, run)
     try:
-        reference = build_drift_reference(training, request, evaluation, start.preprocessor, config)
+        reference = build_drift_reference(training, config, campaign, start)
+    except FedriskInputError:
+        raise
     except Exception as exc:  # the campaign stands; monitoring needs a retrained model
-        reference = None
+        reference = Reference(None, metrics_grid(config))
         run.set_tags({run_schema.REFERENCE_ERROR: str(exc)[:4000]})
         log.warning("no drift reference: %s", exc)
-    tags = record_model(training, start, reference, evaluation, config, run)
+    evaluation = evaluate_final(training, config, campaign, start, reference.grid, run)
+    log_importance(training, config, campaign, start, reference.grid, evaluation, run)
+    log_privacy(training, config, admission, run)
+    tags = record_model(training, start, with_validation(reference, evaluation), evaluation, config, run)
     end(training, tags, evaluation, admission, config, run)
     judge(config, evaluation, run)
+
+
+def metrics_grid(config: CampaignConfig) -> np.ndarray:
+    """The grid before any score is known: log-odds bins with the operating threshold among the edges."""
+    return with_threshold(logit_edges(config.evaluation.bins), config.evaluation.threshold)

@@ -51,9 +51,11 @@ def main(grid: Grid, context: Context) -> None:
     run_monitoring(grid, plan_monitoring(monitor, model, str(context.run_config.get("request", "") or "") or None))
 
 
-def _parts(replies: list[Message]) -> tuple[dict[str, tuple[dict[str, np.ndarray], EvalStats | None]], dict[str, str]]:
+def _parts(replies: list[Message]) -> tuple[dict[str, tuple[dict[str, np.ndarray], EvalStats | None]], dict[str, str],
+                                            dict[str, float]]:
     parts: dict[str, tuple[dict[str, np.ndarray], EvalStats | None]] = {}
     errors: dict[str, str] = {}
+    noise: dict[str, float] = {}
     for msg in replies:
         if msg.has_error():
             errors[f"node-{msg.metadata.src_node_id}"] = str(msg.error.reason).strip().splitlines()[-1]
@@ -64,7 +66,8 @@ def _parts(replies: list[Message]) -> tuple[dict[str, tuple[dict[str, np.ndarray
             continue
         window = protocol.read_evaluation(msg, "window").overall if protocol.has_evaluation(msg) else None
         parts[name] = (protocol.read_counts(msg), window)
-    return parts, errors
+        noise[name] = protocol.counts_noise(msg)
+    return parts, errors, noise
 
 
 def _scope_dict(result: ScopeResult) -> dict[str, Any]:
@@ -101,17 +104,19 @@ def _monitoring_body(grid: Grid, plan: MonitorPlan, run: TrackedRun) -> None:
     trigger: dict[str, Any] | None = None
     for index, (label, config_json, severity) in enumerate(plan.windows):
         record = protocol.request_config(config_json, run.run_id, preprocessor=plan.preprocessor_json, edges=edges,
-                                         window_days=plan.monitor.windows.days, institutions=plan.institutions)
+                                         window_days=plan.monitor.windows.days, institutions=plan.institutions,
+                                         grid=np.asarray(plan.reference["grid"]), window=index + 1,
+                                         windows=len(plan.windows))
         started = time.perf_counter()
         replies = query(grid, nodes, protocol.MONITOR, record, arrays)
-        parts, errors = _parts(replies)
+        parts, errors, noise = _parts(replies)
         for node in sorted(set(nodes) - {msg.metadata.src_node_id for msg in replies}):
             errors[f"node-{node}"] = f"node {node}: no reply"
         for reason in errors.values():
             log.warning("%s: %s", label, reason)
         if not parts:
             raise FedriskInputError(f"{label}: no institution could measure its window: " + "; ".join(errors.values()))
-        results = assess_window(plan.reference, parts, levels, history)
+        results = assess_window(plan.reference, parts, levels, history, noise)
         run.log_metrics({**window_metrics(results), run_schema.WINDOW_SECONDS: time.perf_counter() - started},
                         step=index + 1)
         pooled = results[POOLED]

@@ -1,9 +1,11 @@
 """The campaign strategy: Flower's FedAvg/FedProx plus exclusions, sums and logging.
 
 Aggregation of weights is Flower's (weighted by examples). What this adds:
-- one message exchange per round: the institutions sampled for training evaluate the global
-  model they receive before training, the others get an evaluate message in the same batch,
-  so round r's replies carry the validation statistics of the model after round r-1;
+- one message exchange per round; with `evaluation.every_round`, the institutions sampled for
+  training evaluate the global model they receive before training, the others get an
+  evaluate message in the same batch, so round r's replies carry the validation statistics of
+  the model after round r-1 (by default validation is released once, at the end: each
+  release costs epsilon);
 - institutions that reply with an input error or a budget refusal are excluded for the rest
   of the campaign, and the campaign stops cleanly when fewer than the minimum remain;
 - evaluation histograms are summed (never averaged) into pooled and per-institution metrics;
@@ -68,6 +70,7 @@ class CampaignMixin:
         self.latest_arrays: ArrayRecord | None = None
         self.latest_validation: dict[str, float] = {}
         self.institution_privacy: dict[str, float | str] = {}  # set by the institution-level DP wrapper
+        self.privacy_summaries: dict[str, dict] = {}  # each institution's latest ledger summary
         self.rounds_done = 0
         self._round_start = 0.0
 
@@ -91,10 +94,22 @@ class CampaignMixin:
                 self.exclude(name, reason, server_round, kind)
             else:
                 ok.append(msg)
+        self.note_privacy(ok)
         return ok
 
+    def note_privacy(self, replies: Iterable[Message]) -> None:
+        """Keep each institution's latest statement of what its ledger holds."""
+        for msg in replies:
+            summary = protocol.privacy_of(msg)
+            if summary is not None:
+                self.privacy_summaries[protocol.institution_of(msg)] = summary
+
     def log_validation(self, step: int, replies: list[Message]) -> dict[str, float]:
-        metrics = split_metrics(split_parts(replies, "validation"), run_schema.VALIDATION, self.config)
+        """Validation metrics of the replies that carry them (every reply, or none: `every_round`)."""
+        carrying = [m for m in replies if protocol.has_evaluation(m, "validation")]
+        if not carrying:
+            return {}
+        metrics = split_metrics(split_parts(carrying, "validation"), run_schema.VALIDATION, self.config)
         self.run.log_metrics(metrics, step=step)
         self.latest_validation = metrics
         return metrics
@@ -111,7 +126,8 @@ class CampaignMixin:
         chosen = sorted(self.rng.sample(active, min(wanted, len(active))))
         protocol.with_round(config, server_round, float(getattr(self, "proximal_mu", 0.0)))
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        resting = [n for n in active if n not in chosen]
+        # institutions resting this round evaluate only, when validation is released every round
+        resting = [n for n in active if n not in chosen] if self.config.evaluation.every_round else []
         return [
             *self._construct_messages(record, chosen, MessageType.TRAIN),
             *self._construct_messages(record, resting, MessageType.EVALUATE),
@@ -127,7 +143,6 @@ class CampaignMixin:
         for msg in trained:
             name = protocol.institution_of(msg)
             values = protocol.train_metrics(msg)
-            metrics[run_schema.at("train_loss", name)] = values["train-loss"]
             metrics[run_schema.at("train_seconds", name)] = values["train-seconds"]
             if "epsilon" in values:
                 self.epsilon[name] = values["epsilon"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -12,6 +13,27 @@ os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
 os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Institutions' homes (policies, ledgers) never in the user's ~/.fedrisk; each test gets its own below.
+os.environ["FEDRISK_HOME"] = tempfile.mkdtemp(prefix="fedrisk-homes-")
+
+
+@pytest.fixture(autouse=True)
+def institution_homes(tmp_path_factory, monkeypatch):
+    """Fresh institution homes for every test: a campaign spends its institutions' budgets for life."""
+    home = tmp_path_factory.mktemp("homes")
+    monkeypatch.setenv("FEDRISK_HOME", str(home))
+    return home
+
+
+@contextlib.contextmanager
+def own_homes(folder):
+    """Institution homes for a module-scoped fixture (set before the per-test ones exist)."""
+    previous = os.environ.get("FEDRISK_HOME")
+    os.environ["FEDRISK_HOME"] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.environ["FEDRISK_HOME"] = previous or ""
 
 
 @pytest.fixture(scope="session")
@@ -20,13 +42,40 @@ def credit_institution():
     from fedrisk.config import DataSpec
     from fedrisk.data import load_institution
     from fedrisk.preprocessing import (
+        bounds_from_counts,
         fit_preprocessor,
+        local_bounds,
         local_statistics,
         merge_statistics,
+        schema,
     )
     from fedrisk.splits import split_institution
 
     spec = DataSpec.model_validate({"synthetic": {"institutions": 2, "rows": 8000}})
     data = load_institution(spec, "inst01", 42)
     split = split_institution(data, spec, 42)
-    return fit_preprocessor(merge_statistics([local_statistics(split.train, data.columns)])), split
+    counts = local_bounds(split.train, data.columns)
+    bounds = bounds_from_counts(counts, 0.0)
+    stats = local_statistics(split.train, data.columns, bounds)
+    return fit_preprocessor(merge_statistics([stats]), schema(data.columns), bounds), split
+
+
+def write_policies(names, **changes):
+    """Each named institution's own policy: the shipped default with `changes` (dotted keys),
+    written to its home under $FEDRISK_HOME before a campaign asks it anything."""
+    import yaml
+
+    from fedrisk.guard import DEFAULT_POLICY, homes_root
+
+    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
+    for key, value in changes.items():
+        node = policy
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    for name in names:
+        home = homes_root() / name
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "policy.yaml").write_text(yaml.safe_dump(policy))
+    return policy

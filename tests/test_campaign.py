@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_policies
 from local_grid import LocalGrid
 from mlflow.tracking import MlflowClient
 
@@ -37,8 +38,7 @@ def _quiet_flower():
 
 
 def _config(tmp_path: Path, **extra):
-    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                 "privacy.ledger_dir": str(tmp_path / "ledger"), "audit.path": str(tmp_path / "audit.jsonl"), **extra}
+    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "audit.path": str(tmp_path / "audit.jsonl"), **extra}
     return load_config(None, overrides, work_dir=tmp_path)
 
 
@@ -50,8 +50,11 @@ def _files(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
 
 
 def _names(names, institutions) -> list[str]:
+    """Names with institutions and protected groups as placeholders: which groups are measured
+    depends on which values the institutions' partition selection released (noise decides)."""
     pattern = re.compile(r"\.(" + "|".join(map(re.escape, institutions)) + r")\b")
-    return sorted({pattern.sub(".<institution>", n) for n in names})
+    group = re.compile(r"\.(sex|age_band):[^.]+")
+    return sorted({group.sub(r".\1:<group>", pattern.sub(".<institution>", n)) for n in names})
 
 
 LENIENT = "name: lenient\nrules:\n  - {metric: auc, comparator: '>=', threshold: 0.6, severity: block}\n"
@@ -82,7 +85,7 @@ def test_a_campaign_completes_with_the_pinned_mlflow_names(credit_run):
     name, version = run.data.tags[run_schema.GATE_MODEL_VERSION].split("/")
     assert sorted(client.get_model_version(name, version).tags) == pinned["model_version_tags"]
     steps = [m.step for m in client.get_metric_history(outcome.run_id, run_schema.split_metric("val", "auc"))]
-    assert steps == [0, 1, 2]  # the initial model, then each round's
+    assert steps == [2]  # validation is a release: by default only the final model is scored (evaluation.every_round)
 
 
 def test_admission_excludes_an_institution_of_another_schema_and_goes_on(tmp_path):
@@ -97,10 +100,11 @@ def test_admission_excludes_an_institution_of_another_schema_and_goes_on(tmp_pat
     from fedrisk.tracking import CampaignRun
 
     run = CampaignRun(config, "admit1")
-    admission = phases.admit(LocalGrid.simulation(client_app, 3), config, "admit1", run)
+    grid = LocalGrid.simulation(client_app, 3)
+    admission = phases.admit(grid, config, "admit1", run)
     assert sorted(admission.statistics) == ["inst01", "inst03"]
     assert "inst02" in admission.errors["inst02"] and "debt_to_income" in admission.errors["inst02"]
-    start = phases.start_model(config, admission, run)
+    start = phases.start_model(grid, config, "admit1", admission, run)
     assert "debt_to_income" in start.preprocessor.numeric  # the consortium's schema is the majority's
     run.finish()
 
@@ -117,41 +121,65 @@ def test_too_few_institutions_stop_before_any_round(tmp_path):
 
 def test_a_refusing_institution_is_excluded_and_the_campaign_stops_below_the_minimum(tmp_path):
     """Budgets spent by a first campaign: through the real handlers, every institution refuses."""
+    write_policies(["inst01", "inst02", "inst03"], **{"privacy.lifetime_epsilon": 3.0})
     config = _config(tmp_path, rounds=1)
     run_campaign(LocalGrid.simulation(client_app, 3), config, "first")
     second = _config(tmp_path, rounds=1, epsilon=1.5)
-    run_campaign(LocalGrid.simulation(client_app, 3), second, "second")
+    with pytest.raises(FedriskInputError, match="minimum is 2"):
+        run_campaign(LocalGrid.simulation(client_app, 3), second, "second")
     outcome = campaign_outcome(second, "second")
-    assert outcome.status == "stopped" and "minimum is 2" in outcome.tags[run_schema.STOP_REASON]
-    assert "budget" in outcome.tags[run_schema.EXCLUDED] and "inst01" in outcome.tags[run_schema.EXCLUDED]
+    assert outcome.status == "stopped" and "budget left" in outcome.tags[run_schema.STOP_REASON]
+    events = [json.loads(line) for line in Path(second.audit.path).read_text().splitlines()]
+    refused = [e["details"] for e in events if e["event"] == "institution_excluded" and e["details"]["campaign"] == "second"]
+    assert {d["institution"] for d in refused} == {"inst01", "inst02", "inst03"}
+    assert {d["kind"] for d in refused} == {"budget"}
 
 
 def test_every_message_type_round_trips_through_the_client_app(tmp_path):
-    """Each handler answers a real Flower Message; the protocol decodes what it sent."""
-    config = _config(tmp_path)
-    grid = LocalGrid.simulation(client_app, 3)
-    request = protocol.request_config(config_to_json(config), "rt1")
-    replies = grid.send_and_receive([_message(protocol.STATISTICS, request, 100)])
-    stats = protocol.read_statistics(replies[0])
-    assert protocol.institution_of(replies[0]) == "inst01" and stats["rows"] > 0
-    from fedrisk.models import build_model
-    from fedrisk.preprocessing import fit_preprocessor, merge_statistics
-
-    preprocessor = fit_preprocessor(merge_statistics([stats]))
-    shared = protocol.request_config(config_to_json(config), "rt1", preprocessor=preprocessor.to_json(),
-                                     splits=("validation", "test"))
-    model = build_model(config.model, preprocessor.width, 0).state_dict()
+    """Each handler answers a real Flower Message; the protocol decodes what it sent; every
+    release is noised as planned and charged to the institution's ledger."""
     from flwr.app import ArrayRecord
 
-    evaluated = grid.send_and_receive([_message(protocol.EVALUATE, shared, 100, ArrayRecord(model))])[0]
+    from fedrisk.drift import reference_edges
+    from fedrisk.metrics import logit_edges, with_threshold
+    from fedrisk.models import build_model
+    from fedrisk.preprocessing import bounds_from_counts, fit_preprocessor, merge_statistics, protected_groups
+
+    config = _config(tmp_path, **{"evaluation.importance": True})
+    grid = LocalGrid.simulation(client_app, 3)
+    request = protocol.request_config(config_to_json(config), "rt1")
+    admitted = grid.send_and_receive([_message(protocol.BOUNDS, request, 100)])[0]
+    admission = protocol.read_admission(admitted)
+    assert protocol.institution_of(admitted) == "inst01" and admission["split_rows"]["train"] > 0
+    noise = admission["noise"]["statistics"]
+    assert noise > 0 and protocol.privacy_of(admitted)["by_mechanism"].keys() == {"bounds"}
+    bounds = bounds_from_counts(admission["bounds"], noise)
+    request = protocol.request_config(config_to_json(config), "rt1", bounds=bounds)
+    stats = protocol.read_statistics(grid.send_and_receive([_message(protocol.STATISTICS, request, 100)])[0])
+    merged = merge_statistics([stats])
+    preprocessor = fit_preprocessor(merged, stats["schema"], bounds)
+    grid_edges = with_threshold(logit_edges(50), 0.2)
+    shared = protocol.request_config(config_to_json(config), "rt1", preprocessor=preprocessor.to_json(),
+                                     splits=("validation", "test"), grid=grid_edges,
+                                     groups=protected_groups(merged, stats["schema"]))
+    model = ArrayRecord(build_model(config.model, preprocessor.width, 0).state_dict())
+    evaluated = grid.send_and_receive([_message(protocol.EVALUATE, shared, 100, model)])[0]
     test = protocol.read_evaluation(evaluated, "test")
-    assert test.overall.examples == int(test.overall.hist_pos.sum() + test.overall.hist_neg.sum())
-    assert set(test.groups) == {"sex", "age_band"}
-    importance = grid.send_and_receive([_message(protocol.IMPORTANCE, shared, 100, ArrayRecord(model))])[0]
+    assert test.noise > 0 and np.array_equal(test.overall.edges, grid_edges)
+    assert abs(test.overall.examples - admission["split_rows"]["test"]) < 8 * test.noise * np.sqrt(2 * 51)
+    assert set(test.groups) == {"sex", "age_band"} and "other" in test.groups["sex"]
+    importance = grid.send_and_receive([_message(protocol.IMPORTANCE, shared, 100, model)])[0]
     assert set(protocol.read_importance(importance)) == set(preprocessor.input_columns)
-    reference = grid.send_and_receive([_message(protocol.REFERENCE, shared, 100, ArrayRecord(model))])[0]
+    edges = reference_edges({c: b.deciles for c, b in bounds.items()}, 200)
+    request = protocol.request_config(config_to_json(config), "rt1", preprocessor=preprocessor.to_json(), edges=edges)
+    reference = grid.send_and_receive([_message(protocol.REFERENCE, request, 100, model)])[0]
     counts = protocol.read_counts(reference)
-    assert int(counts["score"].sum()) == stats["rows"]
+    assert abs(counts["score"].sum() - admission["split_rows"]["train"]) < 8 * protocol.counts_noise(reference) * 15
+    spent = protocol.privacy_of(reference)
+    assert set(spent["by_mechanism"]) == {"bounds", "preprocessing", "evaluation", "importance", "drift_reference"}
+    # one release more than planned is refused, and nothing leaves
+    again = grid.send_and_receive([_message(protocol.EVALUATE, shared, 100, model)])[0]
+    assert again.has_error() and again.error.code == protocol.BUDGET_REFUSED and "plan" in again.error.reason
 
 
 def _message(message_type: str, config, node: int, arrays=None):
@@ -198,7 +226,9 @@ def test_the_strategy_stops_when_too_few_institutions_train():
 
 
 def test_secure_aggregation_round_gives_the_weighted_average(tmp_path):
-    """SecAgg+ stages through the real mods: the masked sum equals plain FedAvg's."""
+    """SecAgg+ stages through the real mods: the masked sum equals plain FedAvg's (without DP,
+    which these institutions' policies allow, so that the two runs can be compared)."""
+    write_policies(["inst01", "inst02", "inst03"], **{"privacy.require_dp": False})
     plain = _config(tmp_path / "plain", **{"privacy.enabled": False, "rounds": 1, "data.synthetic.rows": 6000})
     secure = _config(tmp_path / "secure", **{"privacy.enabled": False, "rounds": 1, "data.synthetic.rows": 6000,
                                              "secure_aggregation.enabled": True})

@@ -100,8 +100,8 @@ def test_unknown_override_key_is_rejected(tmp_path):
 @pytest.mark.parametrize(
     "text",
     [
-        "privacy: {ledger_dir: null}\n",
-        "privacy: {ledger_dir: 5}\n",
+        "privacy: {ledger_dir: /tmp/fresh}\n",
+        "privacy: {accountant: prv}\n",
         "data: {source: files, files: {a: 5}}\n",
         "data: {source: files, files: {a: null}}\n",
     ],
@@ -177,7 +177,6 @@ def test_relative_data_paths_resolve_against_config_dir(tmp_path):
         cfg_dir / "c.yaml",
         {
             "data": {"source": "files", "files": {"a": "data/a.csv", "b": "../b.parquet"}},
-            "privacy": {"ledger_dir": "ledgers/here"},
             "tracking": {"uri": "sqlite:///runs.db"},
         },
     )
@@ -186,7 +185,6 @@ def test_relative_data_paths_resolve_against_config_dir(tmp_path):
         "a": str((cfg_dir / "data" / "a.csv").resolve()),
         "b": str((tmp_path / "project" / "b.parquet").resolve()),
     }
-    assert cfg.privacy.ledger_dir == str((work / "ledgers" / "here").resolve())
     assert cfg.tracking.uri == f"sqlite:///{work.resolve()}/runs.db"
 
 
@@ -200,12 +198,13 @@ def test_single_path_resolves_against_config_dir(tmp_path):
     assert cfg.data.path == str((cfg_dir / "all.csv").resolve())
 
 
-def test_default_ledger_dir_resolves_against_work_dir(tmp_path):
+def test_a_campaign_cannot_name_an_institutions_ledger(tmp_path):
+    """The ledger lives in the institution's home; a campaign asking to put it elsewhere (a fresh
+    budget) is refused on load, naming the key."""
     cfg = load_config(None, work_dir=tmp_path)
-    assert cfg.privacy.ledger_dir == str((tmp_path / ".fedrisk" / "ledger").resolve())
     assert cfg.tracking.uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    cfg2 = load_config(DEFAULT_YAML, work_dir=tmp_path)
-    assert cfg2.privacy.ledger_dir == cfg.privacy.ledger_dir
+    with pytest.raises(FedriskInputError, match="key 'privacy.ledger_dir': unknown key"):
+        load_config(None, {"privacy.ledger_dir": str(tmp_path / "fresh")}, work_dir=tmp_path)
 
 
 def test_relative_config_path_is_taken_from_work_dir(tmp_path):

@@ -447,16 +447,37 @@ def test_split_is_disjoint_and_covers_all_rows(institution):
     assert list(split.train.columns) == list(data.frame.columns)
 
 
-def test_split_fractions_and_stratification(institution):
+def test_split_fractions_within_their_binomial_spread(institution):
+    """Each row's part is drawn on its own (a keyed hash): fractions are binomial, and kept within
+    four standard deviations; both classes in every part, at about the institution's rate."""
     spec, data = institution
     split = split_institution(data, spec, SEED)
     n = len(data.frame)
     whole_rate = data.frame["default"].mean()
     for part, fraction in (("train", 0.70), ("validation", 0.15), ("test", 0.15)):
         frame = getattr(split, part)
-        assert abs(len(frame) / n - fraction) < 0.01
+        assert abs(len(frame) / n - fraction) < 4 * np.sqrt(fraction * (1 - fraction) / n)
         assert set(frame["default"].unique()) == {0, 1}
-        assert abs(frame["default"].mean() - whole_rate) < 0.02
+        assert abs(frame["default"].mean() - whole_rate) < 4 * np.sqrt(whole_rate * (1 - whole_rate) / len(frame))
+
+
+def test_a_rows_part_depends_on_the_row_alone(institution):
+    """DP's parallel composition needs it: adding a customer, or reordering the file, moves no
+    other row between train, validation and test."""
+    from dataclasses import replace as with_frame
+
+    spec, data = institution
+
+    def parts(frame):
+        split = split_institution(with_frame(data, frame=frame.reset_index(drop=True)), spec, SEED)
+        return {part: set(map(tuple, getattr(split, part).astype(str).to_numpy())) for part in ("train", "validation", "test")}
+
+    before = parts(data.frame)
+    after = parts(pd.concat([data.frame, data.frame.iloc[[7]].assign(income=123456.0)]))
+    shuffled = parts(data.frame.sample(frac=1.0, random_state=1))
+    for part in before:
+        assert before[part] <= after[part]
+        assert shuffled[part] == before[part]
 
 
 def test_split_too_small_for_both_classes(tmp_path, small_frame):

@@ -15,12 +15,13 @@ from fedrisk.drift import (
     build_reference,
     coarsen,
     column_counts,
-    fine_grid,
     noise_bound,
     psi,
+    reference_edges,
 )
-from fedrisk.metrics import EvalStats
+from fedrisk.metrics import EvalStats, uniform_edges
 from fedrisk.monitor_config import Bands, Levels, Performance
+from fedrisk.columns import Columns
 from fedrisk.preprocessing import Preprocessor
 from fedrisk.warning_levels import (
     GREEN,
@@ -54,7 +55,7 @@ def _preprocessor(frames: list[pd.DataFrame]) -> Preprocessor:
     pooled = pd.concat(frames)
     numeric = ["income", "delinquencies"]
     return Preprocessor(numeric, [float(pooled[c].mean()) for c in numeric], [float(pooled[c].std()) for c in numeric],
-                        ["region"], [["east", "north"]], ["north"])  # 'south' unseen in training
+                        [0.0, 0.0], [1e9, 1e9], ["region"], [["east", "north"]], ["north"])  # 'south' unseen
 
 
 def test_psi_equals_the_symmetric_kullback_leibler_divergence():
@@ -68,30 +69,34 @@ def test_psi_equals_the_symmetric_kullback_leibler_divergence():
 
 
 def test_federated_reference_and_psi_equal_the_pooled_computation():
+    """Without noise: the reference's score deciles are the pooled ones (to a fine-grid step), its
+    counts pandas' on the pooled rows, and a window's federated PSI the pooled PSI."""
+    from fedrisk.preprocessing import bounds_from_counts, local_bounds
+
     rng = np.random.default_rng(3)
     train = [_institution(rng, n, s) for n, s in [(4000, 0.0), (1500, 0.3), (700, -0.2)]]
     new = [_institution(rng, n, s + 0.4) for n, s in [(900, 0.0), (400, 0.3), (300, -0.2)]]
     pre = _preprocessor([f for f, _ in train])
-    grid = fine_grid(pre, 1000)
+    columns = Columns(pre.numeric, pre.categorical, [], "y")
+    bounds = bounds_from_counts({c: sum(local_bounds(f, columns)[c] for f, _ in train) for c in pre.numeric}, 0.0)
+    grid = reference_edges({c: b.deciles for c, b in bounds.items()}, 100)
     fine = [column_counts(f, s, pre, grid) for f, s in train]
     summed = {c: sum(part[c] for part in fine) for c in fine[0]}
-    numeric = [SCORE, *pre.numeric]
-    reference = build_reference({c: summed[c] for c in numeric}, grid, {"region": summed["region"]},
-                                {"region": pre.vocabularies[0]})
-    edges = {c: reference["columns"][c]["edges"] for c in numeric}
+    reference = build_reference(summed[SCORE], grid[SCORE], {c: summed[c] for c in pre.numeric}, grid,
+                                {"region": summed["region"]}, {"region": pre.vocabularies[0]})
+    edges = {c: reference["columns"][c]["edges"] for c in [SCORE, *pre.numeric]}
     pooled_train = pd.concat([f for f, _ in train])
     pooled_scores = np.concatenate([s for _, s in train])
     for column, values in [(SCORE, pooled_scores), *((c, pooled_train[c].to_numpy()) for c in pre.numeric)]:
         present = values[~np.isnan(values)]
-        # decile edges: the pooled deciles, to one fine-grid step
-        step = np.diff(grid[column]).max()
-        quantiles = np.quantile(present, np.arange(1, 10) / 10)
-        for q in quantiles:
-            assert min(abs(np.asarray(edges[column]) - q)) <= step + 1e-12
+        if column == SCORE:  # score deciles: the pooled deciles, to one fine-grid step
+            step = np.diff(np.r_[0.0, grid[SCORE], 1.0]).max()
+            for q in np.quantile(present, np.arange(1, 10) / 10):
+                assert min(abs(np.asarray(edges[SCORE]) - q)) <= step + 1e-12
         # reference counts: pandas on the pooled rows, same bins
         cut = pd.cut(pd.Series(values), [-np.inf, *edges[column], np.inf], right=False)
         expected = [*cut.value_counts(sort=False).tolist(), int(np.isnan(values).sum())]
-        assert reference["columns"][column]["counts"] == expected
+        assert reference["columns"][column]["counts"] == pytest.approx(expected)
     # the region column: vocabulary, unseen values, missing
     assert reference["columns"]["region"]["values"] == ["east", "north", UNSEEN]
     assert reference["columns"]["region"]["counts"] == [
@@ -108,10 +113,23 @@ def test_federated_reference_and_psi_equal_the_pooled_computation():
         pooled = psi(reference["columns"][column]["counts"], [*hist, np.isnan(values).sum()])
         assert federated[column] == pytest.approx(pooled, rel=1e-12)
         assert federated[column] > 0.05  # the window did move
-    # coarsening the fine counts equals counting on the coarse edges directly
-    for column in numeric:
-        assert coarsen(fine[1][column], grid[column], edges[column]).tolist() == \
-            column_counts(train[1][0], train[1][1], pre, edges)[column].tolist()
+    # coarsening the fine score counts equals counting on the coarse edges directly
+    assert coarsen(fine[1][SCORE], grid[SCORE], edges[SCORE]).tolist() == \
+        column_counts(train[1][0], train[1][1], pre, edges)[SCORE].tolist()
+
+
+def test_dp_noise_on_the_counts_widens_the_bound_as_much_as_it_moves_psi():
+    """Stable windows whose counts carry Gaussian noise (as released): within the bound ~99 % of the time."""
+    rng = np.random.default_rng(12)
+    probabilities = np.array([0.1] * 10)
+    reference = rng.multinomial(20_000, probabilities) + rng.normal(0, 40, 10)
+    exceed, noiseless = [], []
+    for _ in range(400):
+        window = rng.multinomial(2_000, probabilities) + rng.normal(0, 40, 10)
+        exceed.append(psi(reference, window) > noise_bound(reference, window, 0.99, 40.0, 40.0))
+        noiseless.append(psi(reference, window) > noise_bound(reference, window, 0.99))
+    assert np.mean(exceed) <= 0.03
+    assert np.mean(noiseless) > 0.2  # the sampling bound alone would raise false alarms
 
 
 def test_psi_of_stable_windows_stays_within_the_sampling_noise_bound():
@@ -174,7 +192,7 @@ def test_sustained_orange_turns_red():
 def _stats(rng: np.random.Generator, n: int, separation: float) -> EvalStats:
     y = rng.random(n) < 0.2
     scores = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + separation * y - 1.5)))
-    return EvalStats.from_scores(y, scores, 1000)
+    return EvalStats.from_scores(y, scores, uniform_edges(1000))
 
 
 def test_retraining_trigger_fires_on_a_degraded_window_only():
@@ -242,6 +260,7 @@ def test_pooled_performance_reference_follows_the_windows_labelled_mix():
     strong, weak = stats(20_000, 3.0), stats(20_000, 1.2)
     reference = {
         "columns": {SCORE: {"kind": "numeric", "edges": [0.5], "counts": [200, 200, 0]}},
+        "grid": uniform_edges(1000).tolist(),
         "institutions": {"a": {SCORE: [100, 100, 0]}, "b": {SCORE: [100, 100, 0]}},
         "validation": {n: {"hist_pos": s.hist_pos.tolist(), "hist_neg": s.hist_neg.tolist()}
                        for n, s in (("a", strong), ("b", weak))},

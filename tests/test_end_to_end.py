@@ -35,8 +35,7 @@ SMALL = {
 
 
 def _config(tmp_path: Path, **extra):
-    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                 "privacy.ledger_dir": str(tmp_path / "ledger"), **extra}
+    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", **extra}
     return load_config(None, overrides, work_dir=tmp_path)
 
 
@@ -136,8 +135,7 @@ def test_faulty_institution_is_excluded_and_others_go_on(tmp_path):
         path = tmp_path / f"{name}.csv"
         frame.to_csv(path, index=False)
         files[name] = str(path)
-    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                 "privacy.ledger_dir": str(tmp_path / "ledger"), "data.source": "files",
+    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "data.source": "files",
                  "training.strategy": "fedprox", "model.kind": "logistic",
                  "data.files": files, "data.features": [c for c in frames["inst01"].columns
                                                        if c not in {"default", "customer_id", "sex", "age_band"}]}
@@ -235,8 +233,7 @@ def test_flwr_run_runs_the_same_app(tmp_path):
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     overrides = json.dumps({"rounds": 1, "institutions": 3, "data.synthetic.rows": 6000,
                             "training.fraction": 0.4,
-                            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                            "privacy.ledger_dir": str(tmp_path / "ledger")})
+                            "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
     try:
         result = subprocess.run(
             [str(Path(sys.executable).parent / "flwr"), "run", str(PROJECT),

@@ -203,7 +203,7 @@ def test_a_label_delay_of_zero_is_refused():
 def test_task_defaults_are_not_shared_between_loads(tmp_path):
     a = load_config(None, {"task": "fraud"}, work_dir=tmp_path / "a")
     b = load_config(None, {"task": "fraud"}, work_dir=tmp_path / "b")
-    assert a.privacy.ledger_dir.startswith(str(tmp_path / "a")) and b.privacy.ledger_dir.startswith(str(tmp_path / "b"))
+    assert a.audit.path.startswith(str(tmp_path / "a")) and b.audit.path.startswith(str(tmp_path / "b"))
     assert b.tracking.uri == f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
 
 

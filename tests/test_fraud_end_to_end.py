@@ -33,8 +33,7 @@ ROUNDING_TOLERANCE = 1e-3
 
 
 def test_fraud_campaign_end_to_end(tmp_path):
-    config = load_config(None, {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                                "privacy.ledger_dir": str(tmp_path / "ledger")}, work_dir=tmp_path)
+    config = load_config(None, {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}, work_dir=tmp_path)
     outcome = simulate(config)
     assert outcome.status == "completed"
     client = MlflowClient(config.tracking.uri)
@@ -105,7 +104,7 @@ def test_monitoring_catches_a_new_fraud_pattern(tmp_path):
     from fedrisk.monitoring import plan_monitoring
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    config = load_config(None, {**SMALL, "rounds": 3, "tracking_uri": uri, "privacy.ledger_dir": str(tmp_path / "ledger")},
+    config = load_config(None, {**SMALL, "rounds": 3, "tracking_uri": uri},
                          work_dir=tmp_path)
     outcome = simulate(config)
     version = outcome.tags["fedrisk.gate.model_version"].split("/")[-1]

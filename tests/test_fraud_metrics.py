@@ -15,9 +15,10 @@ from sklearn.metrics import (
 
 from fedrisk import run_schema
 from fedrisk.fraud_metrics import FraudStats, alert_threshold, fraud_summary
-from fedrisk.metrics import EvalStats
+from fedrisk.metrics import EvalStats, uniform_edges
 
 BINS = 1000
+EDGES = uniform_edges(BINS)
 K = 20
 # Binning error of ranking metrics at 1,000 bins, as for the credit metrics (docs/evaluation_cost.md)
 RANKING_TOLERANCE = 0.005
@@ -40,8 +41,8 @@ def _issuers(seed: int = 0, k: int = 3) -> dict[str, pd.DataFrame]:
 
 
 def _stats(frame: pd.DataFrame) -> tuple[EvalStats, FraudStats]:
-    return (EvalStats.from_scores(frame.y, frame.score, BINS),
-            FraudStats.from_scores(frame.y, frame.score, frame.amount, frame.day, BINS, K))
+    return (EvalStats.from_scores(frame.y, frame.score, EDGES),
+            FraudStats.from_scores(frame.y, frame.score, frame.amount, frame.day, EDGES, K, frame.day.nunique(), 1e9))
 
 
 def test_ranking_metrics_match_sklearn_on_pooled_data():
@@ -113,13 +114,13 @@ def test_thresholds_come_from_validation_not_from_the_judged_split():
     test = {n: _stats(f) for n, f in test_frames.items()}
     m = run_schema.scores_metrics("test", fraud_summary(val, test, 0.01, K), max_fpr=0.01, k=K)
     for name, (stats, fraud) in val.items():
-        assert m[f"test_operating_threshold.{name}"] == alert_threshold(
-            stats.hist_pos, stats.hist_neg, fraud.days, K) / BINS
+        assert m[f"test_operating_threshold.{name}"] == pytest.approx(alert_threshold(
+            stats.hist_pos, stats.hist_neg, fraud.days, K) / BINS, abs=1e-12)
 
 
 def test_fraud_statistics_add_up_across_issuers():
     issuers = _issuers(7)
-    total = sum((_stats(f)[1] for f in issuers.values()), start=FraudStats(0.0, 0, 0, 0))
+    total = sum((_stats(f)[1] for f in issuers.values()), start=FraudStats(0.0, 0.0, 0.0, 0))
     tops = [f.sort_values(["day", "score"], ascending=[True, False], kind="stable").groupby("day").head(K)
             for f in issuers.values()]
     assert total.topk_alerts == sum(len(t) for t in tops)

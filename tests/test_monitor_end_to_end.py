@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
     """A credit model registered as fedrisk-credit@challenger, with its drift reference."""
     folder = tmp_path_factory.mktemp("monitor")
     uri = f"sqlite:///{folder}/mlflow.db"
-    config = load_config(None, {**CAMPAIGN, "tracking_uri": uri, "privacy.ledger_dir": str(folder / "ledger")},
+    config = load_config(None, {**CAMPAIGN, "tracking_uri": uri},
                          work_dir=folder)
     outcome = simulate(config)
     assert outcome.tags["fedrisk.gate.alias"] == "challenger"

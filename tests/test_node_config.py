@@ -7,7 +7,7 @@ import pytest
 from fedrisk.config import config_to_json, load_config
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators.credit import generate_institution
-from fedrisk.institution import statistics
+from fedrisk.institution import admit
 from fedrisk.session import open_session
 
 
@@ -16,12 +16,13 @@ def test_data_path_replaces_the_campaigns_layout_with_the_nodes_file(tmp_path):
     frame.to_csv(tmp_path / "mine.csv", index=False)
     campaign = config_to_json(load_config(None, {"institutions": 3}, work_dir=tmp_path))
     session = open_session(campaign, {"institution": "inst02", "data-path": str(tmp_path / "mine.csv"),
-                                      "ledger-dir": str(tmp_path / "ledger")})
+                                      "home": str(tmp_path / "home")})
     assert session.name == "inst02"
     assert session.config.data.source == "files"
     assert session.config.data.files == {"inst02": str(tmp_path / "mine.csv")}
-    assert session.config.privacy.ledger_dir == str(tmp_path / "ledger")
-    stats = statistics(session)
+    assert session.home == tmp_path / "home"
+    stats = admit(session, "c1")
+    assert (tmp_path / "home" / "policy.yaml").is_file() and (tmp_path / "home" / "ledger.json").is_file()
     assert stats["data"]["rows"] == len(frame)
     assert stats["data"]["source"] == str(tmp_path / "mine.csv")
 
@@ -29,7 +30,8 @@ def test_data_path_replaces_the_campaigns_layout_with_the_nodes_file(tmp_path):
 @pytest.mark.parametrize("node, message", [
     ({"data-path": "relative.csv"}, "institution inst01, file relative.csv: node config data-path must be an absolute"),
     ({"data-path": "/no/such/file.csv"}, "institution inst01, file /no/such/file.csv: node config data-path: no such"),
-    ({"ledger-dir": "ledger"}, "institution inst01, file ledger: node config ledger-dir must be an absolute"),
+    ({"home": "home"}, "institution inst01, file home: node config home must be an absolute"),
+    ({"ledger-dir": "/abs/ledger"}, "institution inst01: node config ledger-dir is no more"),
 ])
 def test_bad_node_settings_fail_in_one_line_naming_institution_and_file(tmp_path, node, message):
     campaign = config_to_json(load_config(None, {"institutions": 3}, work_dir=tmp_path))

@@ -1,4 +1,5 @@
-"""Federated preprocessing: summed statistics give exactly the pooled preprocessing."""
+"""Federated preprocessing: without noise, summed statistics give exactly the pooled (winsorised)
+preprocessing; with the DP noise an institution adds, within the error that noise explains."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ from fedrisk.config import DataSpec
 from fedrisk.data import load_institution
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit
+from fedrisk.mechanisms import noised, partition_threshold, select_partitions
 from fedrisk.preprocessing import (
+    Bounds,
     Preprocessor,
+    bounds_from_counts,
     fit_preprocessor,
+    local_bounds,
     local_statistics,
     merge_statistics,
     missing_counts,
+    schema,
 )
 
 COLUMNS = Columns(
@@ -50,27 +56,50 @@ def pooled(institutions) -> pd.DataFrame:
     return pd.concat(institutions.values(), ignore_index=True)
 
 
-@pytest.fixture(scope="module")
-def stats(institutions) -> dict[str, dict]:
-    return {name: local_statistics(frame, COLUMNS) for name, frame in institutions.items()}
+def _bounds(frames, columns=COLUMNS) -> dict[str, Bounds]:
+    return bounds_from_counts({c: sum(local_bounds(f, columns)[c] for f in frames) for c in columns.numeric}, 0.0)
+
+
+def _fit(frames, columns=COLUMNS) -> Preprocessor:
+    bounds = _bounds(frames, columns)
+    return fit_preprocessor(merge_statistics([local_statistics(f, columns, bounds) for f in frames]),
+                            schema(columns), bounds)
 
 
 @pytest.fixture(scope="module")
-def preprocessor(stats) -> Preprocessor:
-    return fit_preprocessor(merge_statistics(list(stats.values())))
+def bounds(institutions) -> dict[str, Bounds]:
+    return _bounds(list(institutions.values()))
+
+
+@pytest.fixture(scope="module")
+def stats(institutions, bounds) -> dict[str, dict]:
+    return {name: local_statistics(frame, COLUMNS, bounds) for name, frame in institutions.items()}
+
+
+@pytest.fixture(scope="module")
+def preprocessor(stats, bounds) -> Preprocessor:
+    return fit_preprocessor(merge_statistics(list(stats.values())), schema(COLUMNS), bounds)
 
 
 # ---------------------------------------------------------------- federated == pooled
 
 
-def test_federated_preprocessing_equals_pooled(institutions, pooled, stats, preprocessor):
+def test_federated_preprocessing_equals_pooled(institutions, pooled, stats, preprocessor, bounds):
+    """Without noise: the pooled mean and standard deviation of the values winsorised at the
+    federated bounds; the bounds bracket the pooled 0.5 % and 99.5 % quantiles to a grid step."""
     assert pooled["income"].isna().sum() > 0 and pooled["region"].isna().sum() > 0
     assert preprocessor.numeric == sorted(COLUMNS.numeric)  # sorted: file order never matters
     assert preprocessor.categorical == sorted(COLUMNS.categorical)
+    step = 10 ** 0.2  # the log grid's ratio between edges
     for column, mean, scale in zip(preprocessor.numeric, preprocessor.means, preprocessor.scales):
         values = pooled[column].to_numpy(dtype=float)
-        assert mean == pytest.approx(np.nanmean(values), rel=1e-9), column
-        assert scale == pytest.approx(np.nanstd(values, ddof=0), rel=1e-7), column
+        b = bounds[column]
+        low, high = np.nanquantile(values, [0.005, 0.995])
+        assert b.lower <= low + 1e-12 and (b.lower == 0 or b.lower * step >= low * (1 - 1e-12) or low <= 0), column
+        assert b.upper >= high - 1e-12 and b.upper <= max(high, 1e-4) * step * (1 + 1e-12), column
+        clipped = np.clip(values, b.lower, b.upper)
+        assert mean == pytest.approx(np.nanmean(clipped), rel=1e-9), column
+        assert scale == pytest.approx(np.nanstd(clipped, ddof=0), rel=1e-7), column
     for column, vocab, mode in zip(
         preprocessor.categorical, preprocessor.vocabularies, preprocessor.modes
     ):
@@ -82,7 +111,7 @@ def test_federated_preprocessing_equals_pooled(institutions, pooled, stats, prep
     # Missing counts per institution equal what each institution actually holds.
     for name, frame in institutions.items():
         missing = missing_counts(stats[name])
-        assert set(missing) == set(COLUMNS.features)
+        assert set(missing) == set(COLUMNS.features) | set(COLUMNS.protected)
         for column in COLUMNS.features:
             assert missing[column] == int(frame[column].isna().sum()), (name, column)
     assert [missing_counts(stats[n])["income"] > 0 for n in institutions] == [
@@ -99,34 +128,85 @@ def test_federated_mean_is_not_the_mean_of_means(institutions, preprocessor):
 
 def test_merge_statistics_sums_counts(stats, pooled):
     merged = merge_statistics(list(stats.values()))
-    assert merged["rows"] == len(pooled)
     income = merged["numeric"]["income"]
     assert income["count"] + income["missing"] == len(pooled)
     assert income["missing"] == int(pooled["income"].isna().sum())
-    region = merged["categorical"]["region"]
+    region = merged["categories"]["region"]
     assert region["missing"] == int(pooled["region"].isna().sum())
     assert region["counts"] == {
         str(k): int(v) for k, v in pooled["region"].value_counts().items()
     }
 
 
-def test_merge_order_does_not_change_result(stats):
+def test_merge_order_does_not_change_result(stats, bounds):
     parts = list(stats.values())
-    a = fit_preprocessor(merge_statistics(parts))
-    b = fit_preprocessor(merge_statistics(parts[::-1]))
+    a = fit_preprocessor(merge_statistics(parts), schema(COLUMNS), bounds)
+    b = fit_preprocessor(merge_statistics(parts[::-1]), schema(COLUMNS), bounds)
     assert a.vocabularies == b.vocabularies and a.modes == b.modes
     np.testing.assert_allclose(a.means, b.means, rtol=1e-12)
     np.testing.assert_allclose(a.scales, b.scales, rtol=1e-9)
 
 
-def test_local_statistics_hold_only_aggregates(institutions):
+def test_local_statistics_hold_only_aggregates_a_row_moves_by_at_most_one(institutions, bounds):
     frame = next(iter(institutions.values()))
-    stats = local_statistics(frame, COLUMNS)
-    assert set(stats) == {"rows", "numeric", "categorical", "schema"}
+    stats = local_statistics(frame, COLUMNS, bounds)
+    assert set(stats) == {"numeric", "categories"}
     for entry in stats["numeric"].values():
         assert set(entry) == {"count", "sum", "sumsq", "missing"}
-    for entry in stats["categorical"].values():
+    for entry in stats["categories"].values():
         assert set(entry) == {"counts", "missing"}
+    # sensitivity: adding any one row, however extreme, moves each sum by at most 1
+    extreme = frame.iloc[[0]].assign(income=1e308, age=-1e308)
+    more = local_statistics(pd.concat([frame, extreme]), COLUMNS, bounds)
+    for column in COLUMNS.numeric:
+        for key in ("sum", "sumsq", "count", "missing"):
+            assert abs(more["numeric"][column][key] - stats["numeric"][column][key]) <= 1.0 + 1e-9, (column, key)
+
+
+def test_one_extreme_value_moves_nothing_beyond_its_clipped_share(institutions):
+    """A 1e308 typed by mistake at one institution: bounds, means and inputs stay finite and sane."""
+    frames = [f.copy() for f in institutions.values()]
+    frames[2].loc[frames[2].index[0], "income"] = 1e308
+    pre = _fit(frames)
+    sane = _fit(list(institutions.values()))
+    income = pre.numeric.index("income")
+    assert pre.upper[income] == sane.upper[income]
+    assert pre.means[income] == pytest.approx(sane.means[income], rel=1e-3)
+    assert np.isfinite(pre.transform(frames[2])).all()
+    assert abs(pre.transform(frames[2])[0, income]) < 10  # winsorised, not 1e300 standard deviations
+
+
+def test_noised_statistics_stay_within_the_error_their_noise_explains(institutions, pooled, bounds):
+    """Each institution adds Gaussian noise z per cell to its clipped, scaled sums: the mean's
+    error is at most ~4 z sqrt(k) half-ranges over the pooled count; vocabularies keep common values."""
+    z = 40.0
+    rng = np.random.default_rng(5)
+    parts = []
+    for frame in institutions.values():
+        exact = local_statistics(frame, COLUMNS, bounds)
+        parts.append({"numeric": {c: {k: float(noised(v, z, rng)) for k, v in s.items()}
+                                  for c, s in exact["numeric"].items()},
+                      "categories": {c: {"counts": select_partitions(s["counts"], z, partition_threshold(z, 1e-9, 20),
+                                                                       rng),
+                                         "missing": float(noised(s["missing"], z, rng))}
+                                     for c, s in exact["categories"].items()}})
+    pre = fit_preprocessor(merge_statistics(parts), schema(COLUMNS), bounds)
+    for column, mean in zip(pre.numeric, pre.means):
+        b = bounds[column]
+        clipped = np.clip(pooled[column].to_numpy(dtype=float), b.lower, b.upper)
+        allowed = 4 * z * np.sqrt(len(institutions)) * (b.upper - b.lower) / 2 / np.isfinite(clipped).sum()
+        assert abs(mean - np.nanmean(clipped)) <= allowed + 1e-9, column
+    assert "capital" in pre.vocabularies[pre.categorical.index("region")]
+
+
+def test_partition_selection_never_releases_a_value_held_by_a_few_customers():
+    """E-mail addresses, three applications each: with the noise a campaign uses (z = 40), none of
+    2,000 clears the threshold, while a value held by 2,000 rows always does."""
+    counts = {f"customer{i}@example.com": 3.0 for i in range(2000)} | {"common": 2000.0}
+    threshold = partition_threshold(40.0, 1e-8, 20)
+    assert threshold > 200
+    released = select_partitions(counts, 40.0, threshold)
+    assert list(released) == ["common"]
 
 
 # ---------------------------------------------------------------- transform
@@ -228,7 +308,7 @@ def test_transform_missing_column_raises_key_error(pooled, preprocessor):
 def test_constant_column_gets_unit_scale():
     frame = pd.DataFrame({"x": [3.0, 3.0, 3.0], "c": ["a", "a", "b"], "y": [0, 1, 0]})
     cols = Columns(["x"], ["c"], [], "y")
-    pre = fit_preprocessor(merge_statistics([local_statistics(frame, cols)]))
+    pre = _fit([frame], cols)
     assert pre.scales == [1.0]
     assert np.all(pre.transform(frame)[:, 0] == 0.0)
 
@@ -243,14 +323,6 @@ def test_json_round_trip(preprocessor, pooled):
 # ---------------------------------------------------------------- schema errors
 
 
-def test_merge_statistics_rejects_different_schemas(institutions):
-    frames = list(institutions.values())
-    other = Columns(COLUMNS.numeric[:-1], COLUMNS.categorical, COLUMNS.protected, COLUMNS.target)
-    parts = [local_statistics(frames[0], COLUMNS), local_statistics(frames[1], other)]
-    with pytest.raises(ValueError, match="schema"):
-        merge_statistics(parts)
-
-
 def test_merge_statistics_rejects_nothing():
     with pytest.raises(ValueError):
         merge_statistics([])
@@ -260,7 +332,7 @@ def test_fit_rejects_column_without_values():
     frame = pd.DataFrame({"x": [np.nan, np.nan], "y": [0, 1]})
     cols = Columns(["x"], [], [], "y")
     with pytest.raises(FedriskInputError, match="'x'"):
-        fit_preprocessor(merge_statistics([local_statistics(frame, cols)]))
+        _fit([frame], cols)
 
 
 # ---------------------------------------------------------------- through the loader
@@ -285,7 +357,7 @@ def test_integer_coded_category_encodes_the_same_at_every_institution(tmp_path: 
         source="files", files=files, categorical=[*credit.CATEGORICAL_FEATURES, "branch"]
     )
     loaded = [load_institution(spec, name, 0) for name in files]
-    pre = fit_preprocessor(merge_statistics([local_statistics(d.frame, d.columns) for d in loaded]))
+    pre = _fit([d.frame for d in loaded], loaded[0].columns)
     vocab = pre.vocabularies[pre.categorical.index("branch")]
     assert len(vocab) == 3, vocab
     block_a = _block(pre, pre.transform(loaded[0].frame.iloc[[0]]), "branch")
@@ -299,6 +371,5 @@ def test_integer_coded_category_encodes_the_same_at_every_institution(tmp_path: 
 
 def test_column_order_does_not_matter():
     frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 7.0], "y": [0, 1, 0]})
-    one = local_statistics(frame, Columns(["a", "b"], [], [], "y"))
-    two = local_statistics(frame[["b", "a", "y"]], Columns(["b", "a"], [], [], "y"))
-    assert fit_preprocessor(merge_statistics([one, two])).numeric == ["a", "b"]
+    assert schema(Columns(["a", "b"], [], [], "y")) == schema(Columns(["b", "a"], [], [], "y"))
+    assert _fit([frame, frame[["b", "a", "y"]]], Columns(["b", "a"], [], [], "y")).numeric == ["a", "b"]

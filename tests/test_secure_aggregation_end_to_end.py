@@ -18,7 +18,7 @@ SMALL = {"institutions": 3, "rounds": 2, "data.synthetic.rows": 9000, "training.
 
 
 def _config(tmp_path: Path, name: str, **extra):
-    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "privacy.ledger_dir": str(tmp_path / name),
+    overrides = {**SMALL, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
                  "audit.path": str(tmp_path / "audit.jsonl"), **extra}
     return load_config(None, overrides, work_dir=tmp_path)
 

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from fedrisk.config import ModelSpec
-from fedrisk.metrics import EvalStats, auc_from_histograms
+from fedrisk.metrics import EvalStats, auc_from_histograms, uniform_edges
 from fedrisk.models import build_model, predict_proba
 from fedrisk.training import DPSettings, batch_loader, dp_sampling, train_local
 
@@ -31,7 +31,7 @@ def test_models_learn_the_credit_signal(credit, kind, dp):
     train_local(model, xt, yt, epochs=4, batch_size=128, learning_rate=0.5, dp=dp)
     scores = predict_proba(model, torch.as_tensor(xv)).numpy()
     assert roc_auc_score(yv, scores) > 0.72
-    stats = EvalStats.from_scores(yv, scores, 1000)
+    stats = EvalStats.from_scores(yv, scores, uniform_edges(1000))
     assert auc_from_histograms(stats.hist_pos, stats.hist_neg) == pytest.approx(roc_auc_score(yv, scores), abs=0.002)
 
 

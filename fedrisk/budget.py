@@ -1,0 +1,204 @@
+"""What a campaign releases from an institution, and with how much noise: its privacy plan.
+
+Everything that leaves an institution is a Gaussian release of clipped contributions, in
+blocks: one row changes each block by at most 1 in L2 norm (one cell of a histogram, one
+clipped value of a sum), so a release of b blocks with noise z per cell has sensitivity
+sqrt(b) and noise multiplier z / sqrt(b). The plan lists them by the rows they touch:
+
+- train rows: `bounds` (a histogram of each numeric column on a fixed log grid: clipping
+  bounds and decile edges), `preprocessing` (clipped counts, sums and sums of squares; category
+  counts with partition selection), `dp_sgd`, and `drift_reference` (the final model's score
+  and the inputs on the reference bins);
+- validation rows: `evaluation` (score histograms and score sums, by protected group; for
+  fraud, the amounts and top-k counts), each round if `evaluation.every_round`, and once at
+  the end; `importance` (a histogram per ablated feature, at `IMPORTANCE_NOISE` times the noise);
+- test rows: `evaluation` once.
+
+Calibration (`plan_campaign`): the statistics get `privacy.statistics_share` of the campaign's
+epsilon, each part alone; DP-SGD the largest noise-free share that keeps the campaign within its
+epsilon and the institution within its lifetime cap; validation and test as much as fits under
+the same two limits (they are other rows, so they cost the campaign nothing beyond its worst part).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedrisk.config import CampaignConfig
+from fedrisk.errors import BudgetExhaustedError
+from fedrisk.ledger import PrivacyLedger, Release, campaign_epsilon
+from fedrisk.privacy import smallest_noise
+from fedrisk.training import dp_sampling
+
+IMPORTANCE_NOISE = 3.0  # importance histograms get this many times the validation noise per cell
+PARTITION_DELTA_SHARE = 0.01  # of the institution's delta, per campaign, for partition selection
+MAX_STATISTICS_NOISE = 1e4
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the plan depends on at an institution: its rows and the campaign's columns."""
+
+    train_rows: int
+    numeric: int
+    categorical: int
+    protected: int
+    fraud: bool
+
+    @property
+    def features(self) -> int:
+        return self.numeric + self.categorical
+
+    @property
+    def evaluation_blocks(self) -> int:
+        """Score histogram (by label), score sums, one histogram per protected attribute;
+        fraud: amounts of frauds per bin, and the top-k hits and alerts (two cells)."""
+        return 2 + self.protected + (3 if self.fraud else 0)
+
+    @property
+    def statistics_blocks(self) -> dict[str, int]:
+        return {"bounds": self.numeric, "preprocessing": 3 * self.numeric + self.categorical + self.protected,
+                "drift_reference": 1 + self.numeric + self.categorical}
+
+
+@dataclass(frozen=True)
+class CampaignPlan:
+    """Noise per cell of each kind of release, and the releases themselves (what the ledger reserves)."""
+
+    statistics: float  # noise per cell of bounds, preprocessing and reference releases
+    dp_sgd: float  # DP-SGD noise multiplier
+    sample_rate: float
+    steps_per_round: int
+    validation: float  # noise per cell of an evaluation release on the validation rows
+    test: float
+    partition_delta: float  # per categorical or protected column
+    releases: tuple[Release, ...]
+    epsilon: float  # the campaign's, at the institution's delta
+
+    def release(self, mechanism: str, part: str) -> Release:
+        for release in self.releases:
+            if release.mechanism == mechanism and release.part == part:
+                return release
+        raise KeyError(f"no {mechanism} release on the {part} rows in the plan")
+
+    def cell_noise(self, mechanism: str, part: str) -> float:
+        """Noise standard deviation per cell (per unit of a block) of a planned release."""
+        if mechanism == "dp_sgd":
+            return self.dp_sgd
+        if mechanism in ("bounds", "preprocessing", "drift_reference"):
+            return self.statistics
+        scale = IMPORTANCE_NOISE if mechanism == "importance" else 1.0
+        return scale * (self.validation if part == "validation" else self.test)
+
+
+def evaluation_release(shape: Shape, part: str, noise: float) -> Release:
+    return Release(part, "evaluation", _blocks(noise, shape.evaluation_blocks))
+
+
+def importance_release(shape: Shape, noise: float) -> Release:
+    return Release("validation", "importance", _blocks(IMPORTANCE_NOISE * noise, shape.features))
+
+
+def _blocks(noise: float, blocks: int) -> float:
+    """The noise multiplier of a release of `blocks` unit blocks with `noise` per cell."""
+    return noise / math.sqrt(max(blocks, 1))
+
+
+def statistics_release(shape: Shape, mechanism: str, noise: float, partition_delta: float) -> Release:
+    delta = partition_delta * (shape.categorical + shape.protected) if mechanism == "preprocessing" else 0.0
+    return Release("train", mechanism, _blocks(noise, shape.statistics_blocks[mechanism]), delta=delta)
+
+
+def _statistics(shape: Shape, noise: float, partition_delta: float) -> list[Release]:
+    return [statistics_release(shape, mechanism, noise, partition_delta) for mechanism in shape.statistics_blocks]
+
+
+def _evaluation(shape: Shape, config: CampaignConfig, part: str, noise: float) -> list[Release]:
+    releases = (config.training.rounds + 1) if part == "validation" and config.evaluation.every_round else 1
+    out = [evaluation_release(shape, part, noise)] * releases
+    if part == "validation" and config.evaluation.importance and shape.features:
+        out.append(importance_release(shape, noise))
+    return out
+
+
+def plan_campaign(config: CampaignConfig, shape: Shape, ledger: PrivacyLedger, campaign: str,
+                  max_campaign_epsilon: float, cap: float) -> CampaignPlan:
+    """Calibrate every release of a campaign at one institution (see the module's docstring)."""
+    pv, tr = config.privacy, config.training
+    limit = min(pv.target_epsilon, max_campaign_epsilon)
+    delta, cap = ledger.delta, ledger.effective_cap(cap)
+    prior = ledger.lifetime(exclude=campaign)
+    partition_delta = PARTITION_DELTA_SHARE * delta / max(shape.categorical + shape.protected, 1)
+
+    def within(releases: list[Release]) -> float:
+        """Limit-scaled epsilon: <= limit when the campaign and the lifetime both fit."""
+        return max(campaign_epsilon(releases, delta), campaign_epsilon(releases, delta, prior) - cap + limit)
+
+    statistics = smallest_noise(lambda z: campaign_epsilon(_statistics(shape, z, partition_delta), delta),
+                                pv.statistics_share * limit, MAX_STATISTICS_NOISE)
+    if statistics is None:
+        raise BudgetExhaustedError(f"privacy.statistics_share {pv.statistics_share:g} of epsilon {limit:g} cannot pay "
+                                   "for the campaign's statistics")
+    stats = _statistics(shape, statistics, partition_delta)
+    rate, per_epoch = dp_sampling(shape.train_rows, tr.batch_size)
+    steps = per_epoch * tr.local_epochs
+
+    def sgd(sigma: float) -> list[Release]:
+        return [Release("train", "dp_sgd", sigma, rate, steps)] * tr.rounds
+
+    sigma = smallest_noise(lambda s: within(stats + sgd(s)), limit, pv.max_noise_multiplier)
+    if sigma is None:
+        left = max(cap - campaign_epsilon([], delta, prior), 0.0)
+        raise BudgetExhaustedError(
+            f"privacy budget left ({left:.3g} of {cap:g} at delta {delta:g}) cannot pay for {steps * tr.rounds} "
+            f"DP-SGD steps at sample rate {rate:.4g} with a noise multiplier up to {pv.max_noise_multiplier:g}")
+    releases = stats + sgd(sigma)
+    noise = {}
+    for part in ("validation", "test"):
+        found = smallest_noise(lambda z, part=part, before=releases: within(before + _evaluation(shape, config, part, z)),
+                               limit,
+                               MAX_STATISTICS_NOISE)
+        if found is None:  # pragma: no cover - infinite noise always fits: the train part already does
+            raise BudgetExhaustedError(f"the {part} releases do not fit the campaign's epsilon {limit:g}")
+        noise[part] = found
+        releases += _evaluation(shape, config, part, found)
+    return CampaignPlan(statistics, sigma, rate, steps, noise["validation"], noise["test"], partition_delta,
+                        tuple(releases), campaign_epsilon(releases, delta))
+
+
+def exact_plan(config: CampaignConfig, shape: Shape) -> CampaignPlan:
+    """A campaign without DP (only where the institution's policy allows it): nothing is noised,
+    and the ledger records every release as what it is, infinitely costly."""
+    rate, per_epoch = dp_sampling(shape.train_rows, config.training.batch_size)
+    steps = per_epoch * config.training.local_epochs
+    releases = [*_statistics(shape, 0.0, 0.0), *[Release("train", "dp_sgd", 0.0, rate, steps)] * config.training.rounds,
+                *_evaluation(shape, config, "validation", 0.0), *_evaluation(shape, config, "test", 0.0)]
+    return CampaignPlan(0.0, 0.0, rate, steps, 0.0, 0.0, 0.0, tuple(releases), float("inf"))
+
+
+def window_blocks(shape: Shape, labelled: bool = True) -> int:
+    """A monitoring window: the score and every input on the reference bins, and when labelled
+    the score histogram and sums."""
+    return 1 + shape.features + (2 if labelled else 0)
+
+
+def plan_monitoring(epsilon: float, shape: Shape, windows: int, ledger: PrivacyLedger, run: str,
+                    max_campaign_epsilon: float, cap: float) -> tuple[float, tuple[Release, ...]]:
+    """Noise per cell of each window's release; windows are other rows, each its own part."""
+    limit = min(epsilon, max_campaign_epsilon)
+    delta, cap = ledger.delta, ledger.effective_cap(cap)
+    prior = ledger.lifetime(exclude=run)
+    blocks = window_blocks(shape)
+
+    def releases(z: float) -> list[Release]:
+        return [Release(f"window:{i + 1}", "monitoring", _blocks(z, blocks)) for i in range(windows)]
+
+    noise = smallest_noise(lambda z: max(campaign_epsilon(releases(z), delta),
+                                         campaign_epsilon(releases(z), delta, prior) - cap + limit),
+                           limit, MAX_STATISTICS_NOISE)
+    if noise is None:
+        left = max(cap - campaign_epsilon([], delta, prior), 0.0)
+        raise BudgetExhaustedError(f"privacy budget left ({left:.3g} of {cap:g} at delta {delta:g}) cannot pay for "
+                                   f"monitoring at epsilon {limit:g}")
+    return noise, tuple(releases(noise))
