@@ -19,6 +19,7 @@ from flwr.clientapp import ClientApp
 from clients.mods import institution_clipping_mod, secure_aggregation_mod
 from fedrisk import institution, protocol
 from fedrisk.errors import FedriskInputError
+from fedrisk.guard import check_histograms
 from fedrisk.session import NodeSession, open_session
 
 torch.set_num_threads(1)
@@ -32,7 +33,11 @@ def _handle(msg: Message, context: Context, message_type: str,
     try:
         request = protocol.read_request(msg)
         session = open_session(request.campaign_config, dict(context.node_config), request.institutions)
-        session.guard(message_type, monitoring)
+        for kind in protocol.implied_messages(message_type, session.config):
+            session.guard(kind, monitoring)
+        check_histograms(session.policy, request.grid, request.edges, session.name)
+        if request.preprocessor is not None:  # checked before anything is charged
+            session.preprocessor(request.preprocessor, monitoring)
         return work(session, request)
     except FedriskInputError as err:
         if session is not None and err.institution is None:  # every refusal names the institution it speaks for

@@ -5,7 +5,11 @@
 (b) DP cost: one local epoch with Opacus DP vs without, for fedrisk's batch-gathering
     loader and for the standard per-row DataLoader that Opacus examples use.
 
-    python experiments/benchmark.py [--repeats 5] [--out docs/benchmarks.md]
+Each campaign runs on fresh institution homes (`experiments/homes.py`): unspent budgets under
+the shipped default policy. The local DP round uses the noise the institution's own plan
+calibrates for the campaign (`fedrisk.budget.plan_campaign`), as its ClientApp does.
+
+    python experiments/benchmark.py [--repeats 5] [--out docs/benchmarks.md] [--quick]
 """
 
 from __future__ import annotations
@@ -19,68 +23,87 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from baselines import exact_preprocessor  # experiments/baselines.py
+from homes import fresh_homes  # experiments/homes.py
 from mlflow.tracking import MlflowClient
 from opacus import PrivacyEngine
 from report_file import write_report  # experiments/report_file.py
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedrisk.config import ModelSpec, load_config
+from fedrisk.budget import CampaignPlan, Shape, plan_campaign
+from fedrisk.config import CampaignConfig, ModelSpec, load_config
 from fedrisk.data import load_institution
-from fedrisk.institution import sampling_plan
+from fedrisk.guard import homes_root, load_policy
 from fedrisk.launcher import simulate
+from fedrisk.ledger import PrivacyLedger
 from fedrisk.models import build_model
-from fedrisk.preprocessing import fit_preprocessor, local_statistics, merge_statistics
-from fedrisk.privacy import calibrate_noise_multiplier
 from fedrisk.sources import institution_names
 from fedrisk.splits import split_institution
 from fedrisk.training import DPSettings, train_local
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)  # as in the ClientApp: one core per simulated institution
+QUICK = {"data.synthetic.rows": 6000, "training.rounds": 2}  # --quick: a smoke test, not a measurement
 
 
-def institution_matrices(config):
+def institution_matrices(config: CampaignConfig):
+    """Each institution's training matrix and privacy shape under the shared preprocessing
+    (the federated steps, without their noise)."""
     names = institution_names(config.data)
     parts = {}
     for name in names:
         data = load_institution(config.data, name, config.seed)
         parts[name] = (data, split_institution(data, config.data, config.seed).train)
-    pre = fit_preprocessor(merge_statistics([local_statistics(t, d.columns) for d, t in parts.values()]))
+    columns = next(iter(parts.values()))[0].columns
+    pre = exact_preprocessor([train for _, train in parts.values()], columns)
+    shapes = {name: Shape(len(train), len(columns.numeric), len(columns.categorical), len(columns.protected),
+                          columns.amount is not None) for name, (_, train) in parts.items()}
     return {
         name: (pre.transform(train), train[data.columns.target].to_numpy(np.float32))
         for name, (data, train) in parts.items()
-    }, pre
+    }, pre, shapes
 
 
-def local_round_seconds(config, x, y) -> float:
+def dp_plan(config: CampaignConfig, name: str, shape: Shape) -> CampaignPlan:
+    """The institution's privacy plan for the campaign under its own policy, as its node
+    calibrates it, on an empty ledger held in memory (nothing is reserved or spent)."""
+    home = homes_root() / name
+    rules = load_policy(home, name).privacy
+    ledger = PrivacyLedger(home / "benchmark-ledger-never-written.json", name, rules.lifetime_epsilon, rules.delta)
+    return plan_campaign(config, shape, ledger, "benchmark", rules.max_campaign_epsilon, rules.lifetime_epsilon)
+
+
+def local_round_seconds(config: CampaignConfig, plan: CampaignPlan, x, y) -> float:
     """One institution's DP training round, alone, as its ClientApp runs it."""
     tr, pv = config.training, config.privacy
-    rate, per_round = sampling_plan(config, len(x))
-    sigma = calibrate_noise_multiplier(pv.target_epsilon, pv.delta, rate, per_round * tr.rounds)
     model = build_model(config.model, x.shape[1], config.seed)
     start = time.perf_counter()
-    train_local(model, x, y, epochs=tr.local_epochs, batch_size=tr.batch_size,
-                learning_rate=tr.learning_rate, dp=DPSettings(sigma, pv.max_grad_norm))
+    train_local(model, x, y, epochs=tr.local_epochs, batch_size=tr.batch_size, learning_rate=tr.learning_rate,
+                momentum=tr.momentum, dp=DPSettings(plan.dp_sgd, pv.max_grad_norm),
+                positive_weight=tr.positive_weight, focal_gamma=tr.focal_gamma)
     return time.perf_counter() - start
 
 
 def overhead(repeats: int, overrides: dict | None = None) -> list[str]:
     """Round time of a campaign (the default one unless `overrides`) vs pure local training."""
     work = Path(tempfile.mkdtemp(prefix="fedrisk-bench-"))
-    config = load_config(None, {**(overrides or {}), "tracking_uri": f"sqlite:///{work}/mlflow.db",
-                                "privacy.ledger_dir": str(work / "ledger")}, work_dir=work)
-    matrices, _ = institution_matrices(config)
-    local = {name: statistics.median(local_round_seconds(config, x, y) for _ in range(repeats))
+    fresh_homes()  # the campaign's institutions start with unspent budgets
+    config = load_config(None, {**(overrides or {}), "tracking_uri": f"sqlite:///{work}/mlflow.db"}, work_dir=work)
+    matrices, _, shapes = institution_matrices(config)
+    plans = {name: dp_plan(config, name, shapes[name]) for name in matrices}
+    local = {name: statistics.median(local_round_seconds(config, plans[name], x, y) for _ in range(repeats))
              for name, (x, y) in matrices.items()}
     slowest = max(local.values())
     ideal = max(slowest, sum(local.values()) / 2)  # 2 cores: at best two institutions at once
     start = time.perf_counter()
     outcome = simulate(config)
     wall = time.perf_counter() - start
+    if outcome.status != "completed":
+        raise SystemExit(f"campaign {outcome.campaign}: {outcome.status} ({outcome.tags})")
     client = MlflowClient(config.tracking.uri)
     rounds = [m.value for m in sorted(client.get_metric_history(outcome.run_id, "round_seconds"), key=lambda m: m.step)]
-    steady = statistics.median(rounds[1:])
+    steady = statistics.median(rounds[1:] or rounds)
     return [
         "### (a) Round time vs pure local training",
         "",
@@ -136,9 +159,9 @@ def fedrisk_epoch_seconds(kind: str, x: np.ndarray, y: np.ndarray, dp: bool, bat
     return time.perf_counter() - start
 
 
-def dp_cost(repeats: int) -> list[str]:
-    config = load_config(None)
-    matrices, _ = institution_matrices(config)
+def dp_cost(repeats: int, overrides: dict | None = None) -> list[str]:
+    config = load_config(None, overrides)
+    matrices, _, _ = institution_matrices(config)
     name = max(matrices, key=lambda n: len(matrices[n][0]))
     x, y = matrices[name]
     batch = config.training.batch_size
@@ -174,10 +197,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 6,000 rows, 2 rounds, 1 repeat")
     args = parser.parse_args()
+    overrides = QUICK if args.quick else {}
+    repeats = 1 if args.quick else args.repeats
     lines = ["# Benchmarks", "", "Measured by `python experiments/benchmark.py` on this 2-core, no-GPU machine.", ""]
-    lines += dp_cost(args.repeats)
-    lines += overhead(args.repeats)
+    lines += dp_cost(repeats, overrides)
+    lines += overhead(repeats, overrides)
     write_report(args.out, lines)
 
 

@@ -6,7 +6,8 @@ The same config runs four ways on this machine, side by side:
   and with SecAgg+.
 Round time is the strategy's own `round_seconds` metric in MLflow (send to aggregate), the
 mean over rounds; campaign time is submit to finish. Ratios are against simulation without
-SecAgg+.
+SecAgg+. Every run starts on fresh institution homes (`experiments/homes.py`: policies and
+privacy ledgers, unspent), which the simulation's ClientApps and the SuperNodes both use.
 
     python experiments/deployment_benchmark.py [--rounds 3] [--out docs/deployment_benchmarks.md]
 """
@@ -20,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from homes import fresh_homes  # experiments/homes.py
 from mlflow.tracking import MlflowClient
 from report_file import write_report  # experiments/report_file.py
 
@@ -49,16 +51,20 @@ def main() -> None:
     for secure in (False, True):
         label = f"simulation{' + SecAgg+' if secure else ''}"
         overrides = {**base, "secure_aggregation.enabled": secure, "tracking.uri": f"sqlite:///{work}/sim.db",
-                     "audit.path": str(work / "sim-audit.jsonl"), "privacy.ledger_dir": str(work / f"ledger-{label}")}
+                     "audit.path": str(work / "sim-audit.jsonl")}
         config = load_config(None, overrides, work_dir=work)
+        fresh_homes()  # unspent budgets for this run's institutions
         started = time.monotonic()
         outcome = simulate(config)
+        if outcome.status != "completed":
+            raise SystemExit(f"{label}: campaign {outcome.status} ({outcome.tags})")
         results[label] = {"campaign": time.monotonic() - started, "rounds": _rounds(config.tracking.uri, outcome.run_id),
                           "secagg": _secagg(config.tracking.uri, outcome.run_id), "auc": outcome.metrics["test_auc"]}
         print(label, results[label], file=sys.stderr)
     startup = []
-    for secure in (False, True):  # a new federation each: its institutions' ledgers start empty
+    for secure in (False, True):  # a new federation each, on new homes: its institutions' ledgers start empty
         label = f"deployment{' + SecAgg+' if secure else ''}"
+        fresh_homes()  # each SuperNode's node config names its home under it
         started = time.monotonic()
         with start_federation(work / f"federation-{int(secure)}", ["inst01", "inst02", "inst03"]) as fed:
             startup.append(time.monotonic() - started)

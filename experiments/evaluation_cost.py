@@ -3,9 +3,11 @@
 (a) Bytes per institution per round of the evaluation statistics vs the model weights, both
     serialised by Flower's own protobuf serde, for the default campaign.
 (b) Federated metric vs pooled metric (scikit-learn, SciPy, fairlearn) as a function of the
-    number of score bins, on the default consortium scored by its true PD.
+    number of score bins, on the default consortium scored by its true PD, for both grids a
+    campaign uses: the log-odds grid (before any score is known) and the evaluation grid the
+    server places at quantiles of the pooled scores (`fedrisk.metrics.evaluation_grid`).
 
-    python experiments/evaluation_cost.py [--out docs/evaluation_cost.md]
+    python experiments/evaluation_cost.py [--out docs/evaluation_cost.md] [--rows 60000]
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import argparse
 
 import numpy as np
 import pandas as pd
+from baselines import campaign_grid  # experiments/baselines.py
 from fairlearn.metrics import demographic_parity_difference
 from flwr.app import ArrayRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from report_file import write_report  # experiments/report_file.py
 from scipy.stats import ks_2samp
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from fedrisk.config import load_config
 from fedrisk.evaluation import SplitStatistics
@@ -29,64 +32,84 @@ from fedrisk.fairness import (
     merge_group_histograms,
 )
 from fedrisk.generators.credit import generate_consortium, true_pd
+from fedrisk.guard import REFERENCE_BINS
 from fedrisk.metrics import (
     EvalStats,
     auc_from_histograms,
     average_precision_from_histograms,
+    brier_from_bins,
     ks_from_histograms,
+    logit_edges,
+    with_threshold,
 )
 from fedrisk.models import build_model
 from fedrisk.protocol import evaluation_record
+
+THRESHOLD = 0.2  # the default operating threshold: an edge of every grid
 
 
 def wire_bytes(bins: int) -> list[str]:
     config = load_config(None, {"evaluation.bins": bins})
     width = 25  # inputs of the default credit model after one-hot encoding
     weights = ArrayRecord(build_model(config.model, width, 0).state_dict())
+    grid = with_threshold(logit_edges(bins), config.evaluation.threshold)
     rng = np.random.default_rng(0)
     y = (rng.random(2000) < 0.2).astype(int)
     p = rng.random(2000)
-    groups = {"sex": rng.choice(["F", "M"], 2000), "age_band": rng.choice(["18-29", "30-49", "50+"], 2000)}
-    stats = SplitStatistics(EvalStats.from_scores(y, p, bins), group_histograms(y, p, groups, bins))
+    known = {"sex": ["F", "M"], "age_band": ["18-29", "30-49", "50+"]}  # the consortium's groups, fixed by the server
+    groups = {attribute: rng.choice(values, 2000) for attribute, values in known.items()}
+    stats = SplitStatistics(EvalStats.from_scores(y, p, grid), group_histograms(y, p, groups, grid, known))
     weight_bytes = recorddict_to_proto(RecordDict({"arrays": weights})).ByteSize()
     eval_bytes = recorddict_to_proto(RecordDict({"evaluation": evaluation_record({"validation": stats})})).ByteSize()
     # A round: weights down and up, validation statistics up.
     share = eval_bytes / (2 * weight_bytes + eval_bytes)
-    return [f"| {bins} | {weight_bytes:,} | {eval_bytes:,} | {100 * share:.0f} % |"]
+    return [f"| {bins} ({len(grid) + 1}) | {weight_bytes:,} | {eval_bytes:,} | {100 * share:.0f} % |"]
 
 
-def tolerance(bins_list: list[int]) -> list[str]:
-    frames = generate_consortium()
-    rows = []
+def grids(scores: np.ndarray, bins: int) -> dict[str, np.ndarray]:
+    """The log-odds grid, and the evaluation grid placed at quantiles of the pooled scores
+    (counted, noise-free, on the drift reference's fine grid, as the server reads them)."""
+    return {"log-odds": with_threshold(logit_edges(bins), THRESHOLD),
+            "at score quantiles": campaign_grid(scores, bins, THRESHOLD)}
+
+
+def tolerance(bins_list: list[int], rows: int) -> list[str]:
+    frames = generate_consortium(total_rows=rows)
+    out = []
     pooled = pd.concat(frames.values(), ignore_index=True)
     y, p = pooled["default"].to_numpy(), true_pd(pooled)
-    approved = (p < 0.2).astype(int)
+    approved = (p < THRESHOLD).astype(int)
     exact = {
         "auc": roc_auc_score(y, p),
         "ks": ks_2samp(p[y == 1], p[y == 0]).statistic,
         "ap": average_precision_score(y, p),
+        "brier": brier_score_loss(y, p),
         "dp": demographic_parity_difference(1 - y, approved, sensitive_features=pooled["age_band"]),
     }
     for bins in bins_list:
-        parts = [EvalStats.from_scores(f["default"], true_pd(f), bins) for f in frames.values()]
-        total = sum(parts, start=EvalStats(0, 0.0, 0, 0, 0, 0, 0.0))
-        groups = merge_group_histograms(
-            [group_histograms(f["default"], true_pd(f), {"age_band": f["age_band"].to_numpy()}, bins)
-             for f in frames.values()]
-        )
-        fed = {
-            "auc": auc_from_histograms(total.hist_pos, total.hist_neg),
-            "ks": ks_from_histograms(total.hist_pos, total.hist_neg),
-            "ap": average_precision_from_histograms(total.hist_pos, total.hist_neg),
-            "dp": fairness_by_attribute(groups["age_band"], 0.2)["approval_rate_difference"],
-        }
-        rows.append(f"| {bins} | " + " | ".join(f"{abs(fed[k] - exact[k]):.5f}" for k in exact) + " |")
-    return rows
+        for name, edges in grids(p, bins).items():
+            parts = [EvalStats.from_scores(f["default"], true_pd(f), edges) for f in frames.values()]
+            total = sum(parts, start=EvalStats.empty(edges))
+            groups = merge_group_histograms(
+                [group_histograms(f["default"], true_pd(f), {"age_band": f["age_band"].to_numpy()}, edges)
+                 for f in frames.values()]
+            )
+            fed = {
+                "auc": auc_from_histograms(total.hist_pos, total.hist_neg),
+                "ks": ks_from_histograms(total.hist_pos, total.hist_neg),
+                "ap": average_precision_from_histograms(total.hist_pos, total.hist_neg),
+                "brier": brier_from_bins(total.hist_pos, total.hist_neg, total.means),
+                "dp": fairness_by_attribute(groups["age_band"], THRESHOLD, edges)["approval_rate_difference"],
+            }
+            out.append(f"| {name} | {bins} | {len(edges) + 1} | "
+                       + " | ".join(f"{abs(fed[k] - exact[k]):.5f}" for k in exact) + " |")
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="docs/evaluation_cost.md")
+    parser.add_argument("--rows", type=int, default=60_000, help="rows of the consortium in (b)")
     args = parser.parse_args()
     lines = [
         "# The cost of federated evaluation",
@@ -95,27 +118,32 @@ def main() -> None:
         "",
         "## Bytes per institution per round (Flower protobuf serde)",
         "",
-        "Default MLP (25 inputs, 32 hidden); validation statistics: counts and PD sums per bin"
-        " by label, plus histograms by label for each group of sex and age band. A round moves"
-        " the weights down and up and the statistics up once.",
+        "Default MLP (25 inputs, 32 hidden); validation statistics on the log-odds grid with the"
+        " operating threshold as an edge (bins asked, in brackets the bins sent): counts and PD sums"
+        " per bin by label, plus histograms by label for each of the consortium's groups of sex and"
+        " age band (and `other`). A round with `evaluation.every_round` moves the weights down and"
+        " up and the statistics up once.",
         "",
         "| bins | model weights (bytes) | evaluation statistics (bytes) | statistics' share of the round |",
         "|---|---|---|---|",
     ]
-    for bins in (100, 1000):
+    for bins in (50, 100, 1000):
         lines += wire_bytes(bins)
     lines += [
         "",
-        "## Binning tolerance: |federated - pooled| on the default consortium (60,000 rows)",
+        f"## Binning tolerance: |federated - pooled| on the default consortium ({args.rows:,} rows)",
         "",
         "Scores are the generator's true PD; pooled references are scikit-learn (AUC, average"
-        " precision), SciPy (KS) and fairlearn (approval-rate gap by age band, PD < 0.2). Brier,"
-        " log loss, calibration counts and threshold metrics are exact at any grid.",
+        " precision, Brier), SciPy (KS) and fairlearn (approval-rate gap by age band, PD < 0.2)."
+        " Grids: log-odds bins, and the campaign's evaluation grid at quantiles of the pooled scores"
+        f" (read from a fine grid of {REFERENCE_BINS} bins, so it has at most that many). Brier uses each"
+        " bin's mean PD; calibration counts and threshold metrics are exact on any grid (the threshold"
+        " is an edge).",
         "",
-        "| bins | AUC | KS | average precision | approval-rate gap |",
-        "|---|---|---|---|---|",
+        "| grid | bins asked | bins | AUC | KS | average precision | Brier | approval-rate gap |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += tolerance([100, 1000, 10000])
+    lines += tolerance([50, 100, 1000], args.rows)
     write_report(args.out, lines)
 
 

@@ -10,7 +10,7 @@ Baselines run side by side on this machine:
   Flower simulation engine, against the slowest issuer's pure local DP training round
   (`experiments/benchmark.py`'s measure, as for credit).
 
-    python experiments/fraud_benchmark.py [--out docs/fraud_benchmarks.md]
+    python experiments/fraud_benchmark.py [--out docs/fraud_benchmarks.md] [--quick]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pandas as pd
 from benchmark import (
-    overhead,  # experiments/benchmark.py: the same measure as for credit
+    overhead,  # experiments/benchmark.py: the same measure as for credit (on fresh institution homes)
 )
 from report_file import write_report  # experiments/report_file.py
 
@@ -109,16 +109,22 @@ def handbook_features(frame: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="docs/fraud_benchmarks.md")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: small worlds, 30 customers for the pandas features, 2 rounds, 1 repeat")
     args = parser.parse_args()
     lines = ["Measured by `python experiments/fraud_benchmark.py` on this 2-core machine (medians of 3).", "",
              "| measure | fedrisk | baseline run side by side | ratio |", "|---|---|---|---|"]
 
-    small = {"customers": 500, "terminals": 1000, "days": 98}
+    small = {"customers": 100, "terminals": 200, "days": 98} if args.quick else {"customers": 500, "terminals": 1000,
+                                                                                  "days": 98}
+    world = {"customers": 500, "terminals": 1000} if args.quick else {}  # the default consortium's otherwise
+    sample_customers = 30 if args.quick else 300
     base_s, base_tx = _median_seconds(lambda: handbook_generator(**small), repeat=1)
     ours_small_s, ours_small = _median_seconds(lambda: fraud.generate_consortium(1, **small, seed=0))
-    ours_s, consortium = _median_seconds(lambda: fraud.generate_consortium(seed=42))
+    ours_s, consortium = _median_seconds(lambda: fraud.generate_consortium(**world, seed=42))
     ours_rate, base_rate = len(consortium) / ours_s, len(base_tx) / base_s
-    lines.append(f"| simulator, default consortium ({len(consortium):,} transactions) | {ours_s:.2f} s = "
+    world_label = "a small consortium (--quick)" if args.quick else "default consortium"
+    lines.append(f"| simulator, {world_label} ({len(consortium):,} transactions) | {ours_s:.2f} s = "
                  f"{ours_rate:,.0f} tx/s | handbook reference code, {len(base_tx):,} tx in {base_s:.1f} s = "
                  f"{base_rate:,.0f} tx/s | **{ours_rate / base_rate:.0f}x** |")
     lines.append(f"| simulator, a world of the baseline's size ({len(ours_small):,} tx) | {ours_small_s:.3f} s | "
@@ -132,18 +138,19 @@ def main() -> None:
                                     frame.tx_fraud, [1, 7, 30], 7)
 
     feat_s, _ = _median_seconds(lambda: ours_features(largest))
-    sample = largest[largest.customer_id.isin(largest.customer_id.unique()[:300])].reset_index(drop=True)
+    sample = largest[largest.customer_id.isin(largest.customer_id.unique()[:sample_customers])].reset_index(drop=True)
     ref_s, _ = _median_seconds(lambda: handbook_features(sample), repeat=1)
     ours_sample_s, _ = _median_seconds(lambda: ours_features(sample))
     lines.append(f"| local features, largest issuer ({len(largest):,} tx) | {feat_s:.2f} s = "
-                 f"{len(largest) / feat_s:,.0f} tx/s | handbook pandas code, {len(sample):,} tx of 300 customers in "
-                 f"{ref_s:.1f} s = {len(sample) / ref_s:,.0f} tx/s | "
+                 f"{len(largest) / feat_s:,.0f} tx/s | handbook pandas code, {len(sample):,} tx of "
+                 f"{sample_customers} customers in {ref_s:.1f} s = {len(sample) / ref_s:,.0f} tx/s | "
                  f"**{(len(largest) / feat_s) / (len(sample) / ref_s):.0f}x** |")
     lines.append(f"| local features, the same {len(sample):,} tx | {ours_sample_s:.3f} s | {ref_s:.1f} s | "
                  f"{ref_s / ours_sample_s:.0f}x |")
     print(lines[-2:], flush=True)
 
-    lines += ["", *overhead(3, {"task": "fraud"})]
+    quick = {"data.synthetic.customers": 500, "data.synthetic.terminals": 1000, "training.rounds": 2}
+    lines += ["", *overhead(1 if args.quick else 3, {"task": "fraud", **(quick if args.quick else {})})]
     write_report(args.out, lines)
 
 

@@ -5,13 +5,17 @@ For each seed (a new simulated consortium), per issuer, on the issuer's own test
 - federated without DP: the same campaign, DP off (what privacy costs);
 - alone: the same model trained on the issuer's own rows only, no DP (its best solo option;
   its data never leave it, so it needs no DP), same epochs, its own preprocessing;
-- alone with DP: the same at the campaign's epsilon (what it could share under the same rule);
+- alone with DP: the same at the campaign's epsilon, stated at the delta of the institutions'
+  default policy (what it could share under the same rule);
 - pooled: the same model trained on every issuer's rows together, no DP (what no consortium
   may do; the upper bound).
-Every figure comes from the project's own fraud metrics; alert thresholds from each issuer's
-validation window. Writes docs/fraud_results_<institutions>.md, .csv and .png.
+Every figure comes from the project's own fraud metrics, on each model's evaluation grid (read
+from its scores on its training rows, as a campaign's server does); alert thresholds from each
+issuer's validation window. Each campaign runs on fresh institution homes (`experiments/homes.py`);
+for the one without DP every issuer's own policy first allows it. Writes
+docs/fraud_results_<institutions>.md, .csv and .png.
 
-    python experiments/fraud_value.py [--institutions 5] [--seeds 42 7 11]
+    python experiments/fraud_value.py [--institutions 5] [--seeds 42 7 11] [--out FILE.md] [--quick]
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -28,8 +33,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from baselines import campaign_grid, exact_preprocessor  # experiments/baselines.py  # noqa: E402
+from homes import NO_DP, default_policy, fresh_homes  # experiments/homes.py  # noqa: E402
 from report_file import write_report  # experiments/report_file.py  # noqa: E402
 
+from fedrisk import run_schema  # noqa: E402
 from fedrisk.columns import DAY  # noqa: E402
 from fedrisk.config import CampaignConfig, load_config  # noqa: E402
 from fedrisk.data import load_institution  # noqa: E402
@@ -37,12 +45,7 @@ from fedrisk.fraud_metrics import FraudStats, fraud_summary  # noqa: E402
 from fedrisk.launcher import simulate  # noqa: E402
 from fedrisk.metrics import EvalStats  # noqa: E402
 from fedrisk.models import build_model, predict_proba  # noqa: E402
-from fedrisk.preprocessing import (  # noqa: E402
-    Preprocessor,
-    fit_preprocessor,
-    local_statistics,
-    merge_statistics,
-)
+from fedrisk.preprocessing import Preprocessor  # noqa: E402
 from fedrisk.privacy import calibrate_noise_multiplier  # noqa: E402
 from fedrisk.sources import institution_names  # noqa: E402
 from fedrisk.splits import Split, split_institution  # noqa: E402
@@ -51,46 +54,60 @@ from fedrisk.training import DPSettings, dp_sampling, train_local  # noqa: E402
 METRICS = {"average_precision": "AUPRC", "recall_at_fpr_0.01": "recall at 1 % FPR",
            "recall_at_budget": "recall at 30 alerts/day", "amount_recall_at_budget": "fraud value caught"}
 SETTINGS = ["federated, DP", "federated, no DP", "alone, no DP", "alone, DP", "pooled, no DP"]
+warnings.filterwarnings("ignore", message="Secure RNG turned off")  # Opacus, for the local DP baselines
+QUICK = {"data.synthetic.customers": 500, "data.synthetic.terminals": 1000, "training.rounds": 2}  # --quick
 
 
-def _stats(config: CampaignConfig, model: torch.nn.Module, pre: Preprocessor, frame: pd.DataFrame,
-           amount: str) -> tuple[EvalStats, FraudStats]:
+def _stats(config: CampaignConfig, model: torch.nn.Module, pre: Preprocessor, grid: np.ndarray, frame: pd.DataFrame,
+           amount: str, days: int) -> tuple[EvalStats, FraudStats]:
+    """A split's statistics on the model's grid, exact, as an issuer counts them (`days`: the window's)."""
     ev = config.evaluation
     y = frame[config.data.target].to_numpy()
     scores = predict_proba(model, torch.as_tensor(pre.transform(frame))).numpy()
-    return (EvalStats.from_scores(y, scores, ev.bins),
-            FraudStats.from_scores(y, scores, frame[amount].to_numpy(), frame[DAY].to_numpy(), ev.bins,
-                                   ev.alerts_per_day))
+    return (EvalStats.from_scores(y, scores, grid),
+            FraudStats.from_scores(y, scores, frame[amount].to_numpy(), frame[DAY].to_numpy(), grid,
+                                   ev.alerts_per_day, days, ev.amount_cap))
 
 
-def _train(config: CampaignConfig, splits: dict[str, Split], columns, dp: bool) -> tuple[torch.nn.Module, Preprocessor]:
+def _train(config: CampaignConfig, splits: dict[str, Split], columns,
+           dp: bool) -> tuple[torch.nn.Module, Preprocessor, np.ndarray]:
+    """A model on the issuers' pooled training rows, its preprocessing and its evaluation grid."""
     train = pd.concat([s.train for s in splits.values()], ignore_index=True)
-    pre = fit_preprocessor(merge_statistics([local_statistics(train, columns)]))
+    pre = exact_preprocessor([s.train for s in splits.values()], columns)
     x, y = pre.transform(train), train[columns.target].to_numpy(np.float32)
-    tr, pv = config.training, config.privacy
+    tr, pv, ev = config.training, config.privacy, config.evaluation
     model = build_model(config.model, pre.width, config.seed)
     settings = None
     if dp:
         rate, steps = dp_sampling(len(x), tr.batch_size)
-        sigma = calibrate_noise_multiplier(pv.target_epsilon, pv.delta, rate, steps * tr.rounds * tr.local_epochs)
+        sigma = calibrate_noise_multiplier(pv.target_epsilon, default_policy().privacy.delta, rate,
+                                           steps * tr.rounds * tr.local_epochs)
         settings = DPSettings(sigma, pv.max_grad_norm)
     train_local(model, x, y, epochs=tr.rounds * tr.local_epochs, batch_size=tr.batch_size,
                 learning_rate=tr.learning_rate, momentum=tr.momentum, seed=config.seed, dp=settings,
                 positive_weight=tr.positive_weight, focal_gamma=tr.focal_gamma)
-    return model, pre
+    grid = campaign_grid(predict_proba(model, torch.as_tensor(x)).numpy(), ev.bins, ev.threshold)
+    return model, pre, grid
 
 
 def _evaluate(config: CampaignConfig, splits: dict[str, Split], models: dict[str, tuple], amount: str) -> dict[str, float]:
-    """Fraud metrics per issuer, each scored by models[issuer] (thresholds from validation)."""
-    val = {n: _stats(config, *models[n], s.validation, amount) for n, s in splits.items()}
-    test = {n: _stats(config, *models[n], s.test, amount) for n, s in splits.items()}
-    ev = config.evaluation
-    return fraud_summary(val, test, "test", ev.max_fpr, ev.alerts_per_day)
+    """Fraud metrics per issuer under their MLflow names, each scored by models[issuer] on its
+    grid (thresholds from the issuer's validation window)."""
+    ev, ts = config.evaluation, config.data.time_split
+    assert ts is not None
+    metrics: dict[str, float] = {}
+    for name, split in splits.items():
+        val = _stats(config, *models[name], split.validation, amount, ts.validation_days)
+        test = _stats(config, *models[name], split.test, amount, ts.test_days)
+        scores = fraud_summary({name: val}, {name: test}, ev.max_fpr, ev.alerts_per_day)
+        metrics.update(run_schema.split_metrics(run_schema.TEST, scores.institutions[name], name,
+                                                threshold=ev.threshold, max_fpr=ev.max_fpr, k=ev.alerts_per_day))
+    return metrics
 
 
-def one_seed(seed: int, institutions: int, work: Path) -> pd.DataFrame:
-    base = {"task": "fraud", "seed": seed, "institutions": institutions,
-            "tracking_uri": f"sqlite:///{work}/mlflow.db", "privacy.ledger_dir": str(work / f"ledger-{seed}")}
+def one_seed(seed: int, institutions: int, work: Path, overrides: dict | None = None) -> pd.DataFrame:
+    base = {**(overrides or {}), "task": "fraud", "seed": seed, "institutions": institutions,
+            "tracking_uri": f"sqlite:///{work}/mlflow.db"}
     config = load_config(None, base, work_dir=work)
     names = institution_names(config.data)
     rows: list[dict] = []
@@ -102,9 +119,13 @@ def one_seed(seed: int, institutions: int, work: Path) -> pd.DataFrame:
         print(f"seed {seed} {setting:18} " + " ".join(
             f"{n}:{metrics[f'test_average_precision.{n}']:.3f}" for n in names), flush=True)
 
-    for setting, extra in [("federated, DP", {}), ("federated, no DP", {"privacy.enabled": False})]:
+    for setting, extra, policy in [("federated, DP", {}, None),
+                                   ("federated, no DP", {"privacy.enabled": False}, NO_DP)]:
+        fresh_homes(names, policy)  # unspent budgets; without DP, policies that allow it
         start = time.perf_counter()
         outcome = simulate(load_config(None, {**base, **extra}, work_dir=work))
+        if outcome.status != "completed":
+            raise SystemExit(f"seed {seed} {setting}: campaign {outcome.status} ({outcome.tags})")
         record(setting, outcome.metrics, time.perf_counter() - start)
     data = {n: load_institution(config.data, n, config.seed) for n in names}
     splits = {n: split_institution(d, config.data, config.seed) for n, d in data.items()}
@@ -145,9 +166,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 11])
     parser.add_argument("--institutions", type=int, default=5, help="issuers sharing the 5,000 customers")
     parser.add_argument("--out", help="default: docs/fraud_results_<institutions>.md (+ .csv, .png)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 500 customers, 1,000 terminals, 2 rounds")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fedrisk-fraud-value-"))
-    table = pd.concat([one_seed(seed, args.institutions, work) for seed in args.seeds], ignore_index=True)
+    overrides = QUICK if args.quick else {}
+    table = pd.concat([one_seed(seed, args.institutions, work, overrides) for seed in args.seeds], ignore_index=True)
     out = Path(args.out or f"docs/fraud_results_{args.institutions}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out.with_suffix(".csv"), index=False)

@@ -5,9 +5,10 @@ Baselines run side by side on this machine:
   the lock, the hash chain and the read of the last entry;
 - audit verify: parsing the same file with `json.loads`, line by line, checking nothing;
 - scorecard: loading the same institution (read or generate, check, features) without it;
-- evidence pack and a campaign's audit events: against the campaign itself.
+- evidence pack and a campaign's audit events: against the campaign itself (on fresh
+  institution homes, `experiments/homes.py`: unspent budgets under the default policy).
 
-    python experiments/governance_benchmark.py [--out docs/governance_benchmarks.md]
+    python experiments/governance_benchmark.py [--out docs/governance_benchmarks.md] [--quick]
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ import time
 from pathlib import Path
 from unittest import mock
 
+from homes import fresh_homes  # experiments/homes.py
 from report_file import write_report  # experiments/report_file.py
 
 from fedrisk import audit, data, data_quality
 from fedrisk.config import load_config
 
+# --quick: a smoke test on small data, not a measurement
+QUICK_CREDIT = {"data.synthetic.rows": 6000, "training.rounds": 2}
+QUICK_FRAUD = {"data.synthetic.customers": 500, "data.synthetic.terminals": 1000}
 ENTRY = {"campaign": "c" * 32, "run_id": "r" * 32, "round": 3, "epsilon_max": 1.2345, "trained": ["inst01", "inst02"]}
 
 
@@ -65,11 +70,15 @@ def audit_rows(count: int) -> list[str]:
     ]
 
 
-def scorecard_rows() -> list[str]:
+def scorecard_rows(quick: bool = False) -> list[str]:
     rows = []
-    for label, config in [("credit, largest of 5 lenders (60,000 rows in all)", load_config(None)),
-                          ("fraud, largest of 5 issuers (1.0 M transactions in all)",
-                           load_config(str(Path(__file__).parents[1] / "configs" / "fraud.yaml")))]:
+    fraud_yaml = str(Path(__file__).parents[1] / "configs" / "fraud.yaml")
+    configs = ([("credit, largest of 5 lenders (6,000 rows in all, --quick)", load_config(None, QUICK_CREDIT)),
+                ("fraud, largest of 5 issuers (500 customers, --quick)", load_config(fraud_yaml, QUICK_FRAUD))]
+               if quick else
+               [("credit, largest of 5 lenders (60,000 rows in all)", load_config(None)),
+                ("fraud, largest of 5 issuers (1.0 M transactions in all)", load_config(fraud_yaml))])
+    for label, config in configs:
         def load(config=config):
             return data.load_institution(config.data, "inst01", config.seed)
 
@@ -83,11 +92,13 @@ def scorecard_rows() -> list[str]:
     return rows
 
 
-def campaign_rows(folder: Path) -> list[str]:
+def campaign_rows(folder: Path, quick: bool = False) -> list[str]:
     from fedrisk.evidence import write_evidence
     from fedrisk.launcher import simulate
 
-    config = load_config(None, {"tracking_uri": f"sqlite:///{folder}/mlflow.db"}, work_dir=folder)
+    fresh_homes()  # the campaign's institutions start with unspent budgets
+    config = load_config(None, {**(QUICK_CREDIT if quick else {}), "tracking_uri": f"sqlite:///{folder}/mlflow.db"},
+                         work_dir=folder)
     spent: list[float] = []
     original = audit.append
 
@@ -115,11 +126,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).parents[1] / "docs" / "governance_benchmarks.md"))
     parser.add_argument("--entries", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 200 entries, small data, a 2-round campaign on 6,000 rows")
     args = parser.parse_args()
-    rows = audit_rows(args.entries)
-    rows += scorecard_rows()
+    rows = audit_rows(200 if args.quick else args.entries)
+    rows += scorecard_rows(args.quick)
     with tempfile.TemporaryDirectory() as tmp:
-        rows += campaign_rows(Path(tmp))
+        rows += campaign_rows(Path(tmp), args.quick)
     write_report(args.out, [
         "# Governance: what it costs",
         "",

@@ -5,8 +5,9 @@ blocks: one row changes each block by at most 1 in L2 norm (one cell of a histog
 clipped value of a sum), so a release of b blocks with noise z per cell has sensitivity
 sqrt(b) and noise multiplier z / sqrt(b). The plan lists them by the rows they touch:
 
+- every row: `quality` (the data-quality counts, `fedrisk.data_quality`), one release per part;
 - train rows: `bounds` (a histogram of each numeric column on a fixed log grid: clipping
-  bounds and decile edges), `preprocessing` (clipped counts, sums and sums of squares; category
+  bounds and decile edges; and the training rows' count), `preprocessing` (clipped counts, sums and sums of squares; category
   counts with partition selection), `dp_sgd`, and `drift_reference` (the final model's score
   and the inputs on the reference bins);
 - validation rows: `evaluation` (score histograms and score sums, by protected group; for
@@ -34,6 +35,7 @@ from fedrisk.training import dp_sampling
 IMPORTANCE_NOISE = 3.0  # importance histograms get this many times the validation noise per cell
 PARTITION_DELTA_SHARE = 0.01  # of the institution's delta, per campaign, for partition selection
 MAX_STATISTICS_NOISE = 1e4
+PARTS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Shape:
     categorical: int
     protected: int
     fraud: bool
+    quality: int = 0  # blocks of the data-quality counts (`fedrisk.data_quality.blocks`)
 
     @property
     def features(self) -> int:
@@ -58,7 +61,8 @@ class Shape:
 
     @property
     def statistics_blocks(self) -> dict[str, int]:
-        return {"bounds": self.numeric, "preprocessing": 3 * self.numeric + self.categorical + self.protected,
+        # bounds: the log-grid histograms and the training rows
+        return {"bounds": self.numeric + 1, "preprocessing": 3 * self.numeric + self.categorical + self.protected,
                 "drift_reference": 1 + self.numeric + self.categorical}
 
 
@@ -110,8 +114,14 @@ def statistics_release(shape: Shape, mechanism: str, noise: float, partition_del
     return Release("train", mechanism, _blocks(noise, shape.statistics_blocks[mechanism]), delta=delta)
 
 
+def quality_releases(shape: Shape, noise: float) -> list[Release]:
+    """The data-quality counts: of every row as read, so one release on each part."""
+    return [Release(part, "quality", _blocks(noise, shape.quality)) for part in PARTS] if shape.quality else []
+
+
 def _statistics(shape: Shape, noise: float, partition_delta: float) -> list[Release]:
-    return [statistics_release(shape, mechanism, noise, partition_delta) for mechanism in shape.statistics_blocks]
+    return [*(statistics_release(shape, mechanism, noise, partition_delta) for mechanism in shape.statistics_blocks),
+            *quality_releases(shape, noise)]
 
 
 def _evaluation(shape: Shape, config: CampaignConfig, part: str, noise: float) -> list[Release]:

@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedrisk.config import check_institution_name
 from fedrisk.errors import FedriskInputError
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -103,12 +103,6 @@ def make_server_certificates(folder: str | Path, hosts: tuple[str, ...] = DEFAUL
     _write(paths.private_key, _pem_key(key), private=True)
     _write(paths.certificate, cert.public_bytes(serialization.Encoding.PEM), private=False)
     return paths
-
-
-def check_institution_name(name: str) -> None:
-    """Letters, digits, '_', '.', '-': the name goes into file names and Flower's node config."""
-    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name or ""):
-        raise FedriskInputError(f"'{name}' is not a usable institution name (letters, digits, '_', '.', '-')")
 
 
 def make_node_key(folder: str | Path, institution: str) -> NodeKey:

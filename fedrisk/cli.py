@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import warnings
@@ -13,7 +14,7 @@ from fedrisk import run_schema
 from fedrisk.cli_output import BLOCKED_EXIT_CODE, print_outcome, set_values
 from fedrisk.config import load_config
 from fedrisk.environment import quiet
-from fedrisk.errors import INPUT_ERROR_EXIT_CODE, FedriskInputError, PromotionRefused
+from fedrisk.errors import INPUT_ERROR_EXIT_CODE, FedriskInputError, FourEyesRefused
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,6 +145,18 @@ def _rollback(args: argparse.Namespace) -> int:
                         audit_log=args.audit_log)
     print(f"{decision.model}/{decision.version} is champion again; {decision.model}/{decision.previous} archived")
     print(f"audit head   {decision.audit_head}")
+    return 0
+
+
+def _audit_privacy(args: argparse.Namespace) -> int:
+    from fedrisk.privacy_audit import audit_run, summary_lines
+
+    result = audit_run(_tracking_uri(args), args.run_id)
+    for line in summary_lines(result):
+        print(line)
+    out = Path(args.out or f"privacy-audit-{args.run_id[:8]}.json")
+    out.write_text(json.dumps(result, indent=1))
+    print(f"written to {out}")
     return 0
 
 
@@ -291,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db",
                      help="MLflow store whose runs hold copies of the log's head (catches a log cut short)")
     ver.set_defaults(func=_audit_verify)
+    pa = aud_sub.add_parser("privacy", help="attack a simulated campaign's run whose members are known: singleton "
+                                            "bins, stored scores, loss-threshold membership inference")
+    pa.add_argument("run_id")
+    pa.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    pa.add_argument("--out", help="JSON result (default: privacy-audit-<run>.json)")
+    pa.set_defaults(func=_audit_privacy)
     rep = sub.add_parser("report", help="the validators' evidence pack of a campaign run (HTML and JSON)")
     rep.add_argument("run_id")
     rep.add_argument("--out", help="folder (default: evidence-<run>)")
@@ -306,9 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--pdo", type=float, default=20.0)
     exp.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
     exp.set_defaults(func=_explain)
-    from fedrisk.federation_cli import add_parser
+    from fedrisk import federation_cli, institution_cli
 
-    add_parser(sub)
+    federation_cli.add_parser(sub)
+    institution_cli.add_parser(sub)
     return parser
 
 
@@ -317,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     _entry_point_settings(verbose=bool(getattr(args, "verbose", False)))
     try:
         return int(args.func(args))
-    except PromotionRefused as err:
+    except FourEyesRefused as err:
         print(f"fedrisk: refused: {err.one_line()}", file=sys.stderr)
         return BLOCKED_EXIT_CODE
     except FedriskInputError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -310,6 +311,17 @@ class CampaignConfig(StrictModel):
         if self.data.partition is not None:
             return self.data.partition.institutions
         return None
+
+
+INSTITUTION_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
+
+
+def check_institution_name(name: str, quote: bool = True) -> None:
+    """Letters, digits, '_', '.', '-' (at most 64): a name becomes a folder, a file name, a
+    Flower node config value. Not quoted when it was read from data (it may be a customer's)."""
+    if not INSTITUTION_NAME.fullmatch(name or ""):
+        what = f"'{name}'" if quote else "a value"
+        raise FedriskInputError(f"{what} is not a usable institution name (letters, digits, '_', '.', '-')")
 
 
 def check_secure_aggregation(config: CampaignConfig, institutions: int) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedrisk import data_quality
+from fedrisk import data_quality, lineage
 from fedrisk.checks import (
     check_card_identifiers,
     check_leaks,
@@ -37,7 +37,8 @@ class InstitutionData:
     fingerprint: str  # identifies this institution's data for the privacy ledger
     frame: pd.DataFrame  # features + target + protected, identifiers already dropped
     columns: Columns
-    quality: dict[str, Any]  # the data-quality scorecard (counts only), see fedrisk.data_quality
+    quality: dict[str, Any]  # the exact counts of its data-quality scorecard (they leave noised), see fedrisk.data_quality
+    population: list[int]  # a sketch of its rows as read, for lineage (`fedrisk.lineage`), whatever the campaign asks
 
 
 def load_institution(spec: DataSpec, name: str, seed: int, never_use: list[str] | tuple[str, ...] = ()) -> InstitutionData:
@@ -52,7 +53,7 @@ def load_institution(spec: DataSpec, name: str, seed: int, never_use: list[str] 
     frame = engineer_transactions(raw, spec, name, source) if spec.transactions is not None else raw
     columns = resolve_columns(frame, spec, name, source, tuple(never_use))
     target = check_target(frame, columns.target, name, source)
-    quality = quality_scorecard(raw, frame, spec, columns, target.to_numpy(), name, source)
+    quality = quality_counts(raw, frame, spec, columns, target.to_numpy(), name, source)
     check_leaks(frame, columns, target, name, source)
     if CUSTOMER in frame.columns:
         check_card_identifiers(frame, columns, name, source)
@@ -63,12 +64,14 @@ def load_institution(spec: DataSpec, name: str, seed: int, never_use: list[str] 
         columns = replace(columns, amount=amount)
     kept = frame[columns.features + measured].copy()
     kept[columns.target] = target.to_numpy()
-    return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns, quality)
+    population = lineage.sketch(raw, lineage.population_columns(raw, spec.institution_column))
+    return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns, quality, population)
 
 
-def quality_scorecard(raw: pd.DataFrame, frame: pd.DataFrame, spec: DataSpec, columns: Columns,
-                      labels: np.ndarray, name: str, source: str) -> dict[str, Any]:
-    """The institution's data-quality scorecard, on its rows as read (before features)."""
+def quality_counts(raw: pd.DataFrame, frame: pd.DataFrame, spec: DataSpec, columns: Columns,
+                   labels: np.ndarray, name: str, source: str) -> dict[str, Any]:
+    """The counts of the institution's data-quality scorecard, on its rows as read (before
+    features); they leave only noised (`fedrisk.data_quality.release`)."""
     q = spec.quality
     generated = spec.source == "synthetic"
     ranges = dict(q.ranges)
@@ -86,33 +89,37 @@ def quality_scorecard(raw: pd.DataFrame, frame: pd.DataFrame, spec: DataSpec, co
         tx = spec.transactions
         used |= {tx.timestamp, tx.customer, tx.terminal, tx.amount}
     checked = [c for c in raw.columns if c in used]
-    as_of = q.as_of or date.today()
+    dates, newest = None, None
     if generated:
-        newest, basis = None, "built-in data, generated at run time"
+        basis = "built-in data, generated at run time"
     elif DAY in frame.columns:
-        newest, basis = date.fromordinal(date(1970, 1, 1).toordinal() + int(frame[DAY].max())), "timestamps"
+        dates, basis = pd.Series(np.datetime64("1970-01-01") + frame[DAY].to_numpy().astype("timedelta64[D]")), \
+            "timestamps"
     elif q.date_column:
         values = raw[q.date_column]
         if pd.api.types.is_numeric_dtype(values):  # epoch numbers would silently read as 1970
             raise FedriskInputError("numbers, not dates (write them as YYYY-MM-DD)", institution=name,
                                     file=source, column=q.date_column)
         when = pd.to_datetime(values, errors="coerce", format="mixed", utc=True)  # offsets may differ (DST)
-        bad = int((when.isna() & values.notna()).sum())
-        if bad or when.isna().all():
-            raise FedriskInputError(f"{bad} values are not dates" if bad else "no dates", institution=name,
-                                    file=source, column=q.date_column)
-        newest, basis = when.max().date(), f"column {q.date_column}"
+        if (when.isna() & values.notna()).any() or when.isna().all():
+            raise FedriskInputError("values that are not dates" if values.notna().any() else "no dates",
+                                    institution=name, file=source, column=q.date_column)
+        # the local calendar day of each record (its own offset), not UTC's
+        local = pd.to_datetime(values.astype("string").str.strip().str.replace(r"(Z|[+-]\d{2}:?\d{2})$", "",
+                                                                                 regex=True), errors="coerce",
+                               format="mixed")
+        dates, basis = local, f"column {q.date_column}"
     else:
         newest = date.fromtimestamp(Path(source).stat().st_mtime)
         basis = "file modification date"
-    return data_quality.scorecard({
-        "completeness": data_quality.completeness(raw, checked),
-        "validity": data_quality.validity(raw, ranges, categories),
-        "duplicates": data_quality.duplicates(raw[checked]),  # identifiers dropped: a replay may renumber rows
-        "label_sanity": data_quality.label_sanity(raw[checked], columns.target),
-        "class_balance": data_quality.class_balance(labels, q.positive_rate),
-        "freshness": data_quality.freshness(newest, basis, as_of, q.max_age_days),
-    }, len(raw), q.min_score)
+    return data_quality.measure(raw, checked, columns.target, labels, ranges, categories, dates,
+                                q.as_of or date.today(), q.max_age_days, newest, basis)
+
+
+def quality_card(spec: DataSpec, counts: dict[str, Any]) -> dict[str, Any]:
+    """The scorecard of (released or exact) counts under the campaign's quality settings."""
+    q = spec.quality
+    return data_quality.scorecard(counts, q.min_score, q.positive_rate, q.as_of or date.today(), q.max_age_days)
 
 
 def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], categorical: list[str],

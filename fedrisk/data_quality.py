@@ -1,46 +1,51 @@
-"""Data-quality scorecard of one institution's rows, computed where the rows are.
+"""Data-quality scorecard of one institution's rows: counted where the rows are, released noised.
 
 Six dimensions, each the share of its checks that pass, on a 0-100 scale; the score is the
 weakest dimension, so a score below 90 means some dimension fails more than 10 % of its
-checks and one good dimension cannot hide a broken one. Only counts leave the function:
-the scorecard names columns, never values.
+checks and one good dimension cannot hide a broken one.
 
-Wrong types, a missing or non-binary target and absent columns are not scored: the loader
-refuses them outright (bad input), and the institution is excluded with that one line.
+The institution counts (`measure`); what leaves is those counts with Gaussian noise (`release`),
+charged to its ledger with the admission's other statistics, and the scorecard is computed from
+them (`scorecard`, at the server; with exact counts in a local check). Every count moves by at
+most one when one row is added or removed, so each is one block of the release:
+
+- completeness: missing cells, per checked column;
+- validity: values outside the campaign's ranges or categories, per ruled column (missing
+  values are completeness' business and count as valid);
+- duplicates: rows repeating an earlier row;
+- label sanity: distinct input patterns, and those seen with both labels;
+- class balance: positives (the rows count is shared by all);
+- freshness: rows dated within `max_age_days` of `as_of` (a date column or the timestamps);
+  with neither, the file's modification date (not a customer's value) or, for the built-in
+  generator, current.
+
+The campaign chooses the spec (ranges, categories, bands), so the counts answer its questions:
+noised and charged, a question asked many times costs budget and learns noise.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fedrisk.mechanisms import noised, secure_rng
+
 DIMENSIONS = ("completeness", "validity", "duplicates", "label_sanity", "class_balance", "freshness")
+FRESH_SIGMAS = 3.0  # fresh rows count as present above this many noise standard deviations
+BENEFIT = 2.0  # noise standard deviations a released count is given in the institution's favour
 
 
-def _share_score(failed: int, checked: int) -> float:
-    return 100.0 if checked == 0 else 100.0 * (1.0 - failed / checked)
+def _missing(frame: pd.DataFrame, columns: list[str]) -> dict[str, float]:
+    return {c: float(frame[c].isna().sum()) for c in columns}
 
 
-def _worst(counts: pd.Series) -> str:
-    counts = counts[counts > 0]
-    return f"; most in '{counts.idxmax()}' ({int(counts.max())})" if len(counts) else ""
-
-
-def completeness(frame: pd.DataFrame, columns: list[str]) -> dict[str, Any]:
-    missing = frame[columns].isna().sum()
-    failed, checked = int(missing.sum()), frame[columns].size
-    return {"score": _share_score(failed, checked), "failed": failed, "checked": checked,
-            "detail": f"{failed} of {checked} cells missing{_worst(missing)}"}
-
-
-def validity(frame: pd.DataFrame, ranges: dict[str, tuple[float | None, float | None]],
-             categories: dict[str, list[str]]) -> dict[str, Any]:
-    """Values outside the spec: numeric ranges (bounds included) and allowed categories."""
-    invalid: dict[str, int] = {}
-    checked = 0
+def _invalid(frame: pd.DataFrame, ranges: dict[str, tuple[float | None, float | None]],
+             categories: dict[str, list[str]]) -> dict[str, float]:
+    """Values outside the spec per ruled column: numeric ranges (bounds included), allowed categories."""
+    invalid: dict[str, float] = {}
     for column, (low, high) in ranges.items():
         present = frame[column].dropna()
         values = pd.to_numeric(present, errors="coerce")
@@ -49,88 +54,158 @@ def validity(frame: pd.DataFrame, ranges: dict[str, tuple[float | None, float | 
             bad |= values < low
         if high is not None:
             bad |= values > high
-        invalid[column], checked = invalid.get(column, 0) + int(bad.sum()), checked + len(present)
+        invalid[column] = invalid.get(column, 0.0) + float(bad.sum())
     for column, allowed in categories.items():
         present = frame[column].dropna()
         if pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present):
             bad = ~present.isin(pd.to_numeric(pd.Series(allowed, dtype=object), errors="coerce").dropna())
         else:  # text, or True/False however the file wrote them
             bad = ~present.astype(str).str.casefold().isin([str(a).casefold() for a in allowed])
-        invalid[column], checked = invalid.get(column, 0) + int(bad.sum()), checked + len(present)
-    failed = sum(invalid.values())
-    ruled = ", ".join(sorted({*ranges, *categories})) or "none"
-    return {"score": _share_score(failed, checked), "failed": failed, "checked": checked,
-            "detail": f"{failed} of {checked} values outside the spec (columns with rules: {ruled})"
-                      f"{_worst(pd.Series(invalid, dtype=int))}"}
+        invalid[column] = invalid.get(column, 0.0) + float(bad.sum())
+    return invalid
 
 
-def duplicates(frame: pd.DataFrame) -> dict[str, Any]:
-    """Rows repeating an earlier row in every column: a double extract or a replayed batch."""
-    failed = int(frame.duplicated().sum())
-    return {"score": _share_score(failed, len(frame)), "failed": failed, "checked": len(frame),
-            "detail": f"{failed} of {len(frame)} rows repeat an earlier row"}
+def measure(frame: pd.DataFrame, checked: list[str], target: str, labels: np.ndarray,
+            ranges: dict[str, tuple[float | None, float | None]], categories: dict[str, list[str]],
+            dates: pd.Series | None, as_of: date, max_age_days: int, newest: date | None, basis: str) -> dict[str, Any]:
+    """The exact counts of every dimension (they never leave as such: see `release`).
+
+    `frame[checked]` are the rows as read, identifiers dropped (a replay may renumber rows);
+    `dates`: each row's date when there is a date column or timestamps; `newest`: the file's
+    date otherwise (None for the built-in generator).
+    """
+    rows = frame[checked]
+    distinct = rows.drop_duplicates()
+    inputs = [c for c in checked if c != target]
+    patterns = distinct.groupby(inputs, dropna=False)[target].nunique() if inputs else pd.Series([1])
+    fresh = None
+    if dates is not None:
+        since = as_of - timedelta(days=max_age_days)
+        day = pd.to_datetime(dates).dt.date
+        fresh = float(((day >= since) & (day <= as_of + timedelta(days=1))).sum())
+    return {
+        "rows": float(len(frame)),
+        "missing": _missing(frame, checked),
+        "invalid": _invalid(frame, ranges, categories),
+        "duplicates": float(rows.duplicated().sum()),
+        "patterns": float(len(patterns)),
+        "conflicting": float((patterns > 1).sum()),
+        "positives": float(np.sum(labels)),
+        "fresh": fresh,
+        "newest": newest.isoformat() if newest is not None else None,
+        "basis": basis,
+    }
 
 
-def label_sanity(frame: pd.DataFrame, target: str) -> dict[str, Any]:
-    """Rows whose every other column equals another row's but whose label differs."""
-    distinct = frame.drop_duplicates()
-    inputs = [c for c in frame.columns if c != target]
-    failed = int(distinct.duplicated(subset=inputs, keep=False).sum()) if inputs else 0
-    return {"score": _share_score(failed, len(frame)), "failed": failed, "checked": len(frame),
-            "detail": f"{failed} of {len(frame)} rows share all their inputs with a row of the other label"}
+def blocks(counts: dict[str, Any]) -> int:
+    """Unit-sensitivity cells of a release of these counts (see the module docstring)."""
+    return 5 + len(counts["missing"]) + len(counts["invalid"]) + (counts["fresh"] is not None)
 
 
-def class_balance(labels: np.ndarray, band: tuple[float, float]) -> dict[str, Any]:
-    """100 inside the expected positive rate; outside, the ratio to the nearer bound."""
-    rate = float(np.mean(labels)) if len(labels) else 0.0
-    low, high = band
-    if rate < low:
-        score = 100.0 * rate / low
-    elif rate > high:
-        score = 100.0 * (1.0 - rate) / (1.0 - high)
-    else:
-        score = 100.0
-    return {"score": score, "failed": int(not low <= rate <= high), "checked": 1,
-            "detail": f"positive rate {rate:.4%}, expected {low:.4%} to {high:.4%}"}
+def release(counts: dict[str, Any], noise: float, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """The counts as they leave the institution: every one with Gaussian noise of `noise`."""
+    rng = rng or secure_rng()
+
+    def n(value: float) -> float:
+        return float(noised(value, noise, rng))
+
+    return {**counts, "rows": n(counts["rows"]), "missing": {c: n(v) for c, v in counts["missing"].items()},
+            "invalid": {c: n(v) for c, v in counts["invalid"].items()}, "duplicates": n(counts["duplicates"]),
+            "patterns": n(counts["patterns"]), "conflicting": n(counts["conflicting"]),
+            "positives": n(counts["positives"]), "fresh": None if counts["fresh"] is None else n(counts["fresh"]),
+            "noise": noise}
 
 
-def freshness(newest: date | None, basis: str, as_of: date, max_age_days: int) -> dict[str, Any]:
-    """100 up to `max_age_days` old; older data lose in proportion (twice as old: 50)."""
-    if newest is None:
-        return {"score": 100.0, "failed": 0, "checked": 0, "detail": f"{basis}: current"}
-    age = (as_of - newest).days
-    # a record dated after as_of is a wrong clock or a wrong column: scored like a stale one
+def _share_score(failed: float, checked: float) -> float:
+    if checked <= 0:
+        return 100.0
+    return float(np.clip(100.0 * (1.0 - failed / checked), 0.0, 100.0))
+
+
+def _worst(counts: dict[str, float], noise: float) -> str:
+    shown = {c: v for c, v in counts.items() if v > 3 * noise}
+    return f"; most in '{max(shown, key=shown.get)}'" if shown else ""
+
+
+def _about(value: float, noise: float) -> str:
+    return f"{value:.0f}" if noise == 0 else f"about {max(value, 0.0):.0f}"
+
+
+def _dimensions(counts: dict[str, Any], positive_rate: tuple[float, float], as_of: date, max_age_days: int,
+                benefit: float = 0.0) -> dict[str, dict[str, Any]]:
+    """Every dimension's score; with `benefit` > 0, each failure count lowered (and the rate moved
+    towards the band) by that many standard deviations of its noise: the best the data could be."""
+    noise = float(counts.get("noise", 0.0))
+    rows = max(counts["rows"], 1.0)
+
+    def fewer(value: float, cells: int = 1) -> float:
+        return max(value - benefit * noise * np.sqrt(max(cells, 1)), 0.0)
+
+    missing = fewer(sum(counts["missing"].values()), len(counts["missing"]))
+    invalid = fewer(sum(counts["invalid"].values()), len(counts["invalid"]))
+    cells, ruled = rows * len(counts["missing"]), rows * len(counts["invalid"])
+    low, high = positive_rate
+    rate = float(np.clip(counts["positives"] / rows, 0.0, 1.0))
+    spread = benefit * noise / rows  # the rate's noise interval; its point nearest the band
+    nearest = (rate + spread if rate + spread < low else rate - spread if rate - spread > high
+               else float(np.clip(rate, low, high)))
+    balance = (100.0 * nearest / low if nearest < low else
+               100.0 * (1.0 - nearest) / (1.0 - high) if nearest > high else 100.0)
+    return {
+        "completeness": {"score": _share_score(missing, cells),
+                         "detail": f"{_about(missing, noise)} of {_about(cells, noise)} cells missing"
+                                   f"{_worst(counts['missing'], noise)}"},
+        "validity": {"score": _share_score(invalid, ruled),
+                     "detail": f"{_about(invalid, noise)} values outside the spec (columns with rules: "
+                               f"{', '.join(sorted(counts['invalid'])) or 'none'}){_worst(counts['invalid'], noise)}"},
+        "duplicates": {"score": _share_score(fewer(counts["duplicates"]), rows),
+                       "detail": f"{_about(counts['duplicates'], noise)} of {_about(rows, noise)} rows repeat an "
+                                 "earlier row"},
+        "label_sanity": {"score": _share_score(fewer(counts["conflicting"]), counts["patterns"]),
+                         "detail": f"{_about(counts['conflicting'], noise)} of {_about(counts['patterns'], noise)} "
+                                   "input patterns seen with both labels"},
+        "class_balance": {"score": float(np.clip(balance, 0.0, 100.0)),
+                          "detail": f"positive rate {rate:.1%}, expected {low:.1%} to {high:.1%}"},
+        "freshness": _freshness(counts, as_of, max_age_days, noise),
+    }
+
+
+def scorecard(counts: dict[str, Any], min_score: float, positive_rate: tuple[float, float], as_of: date,
+              max_age_days: int) -> dict[str, Any]:
+    """The card from released (or exact) counts: every dimension, the score (the weakest
+    dimension) and whether it passes. Details state counts as released, never values.
+
+    Released counts carry noise: an institution fails only if even the best the data could be
+    (`BENEFIT` standard deviations of the noise in its favour) scores below the minimum, so that
+    DP noise alone does not exclude a small institution with good data."""
+    dims = _dimensions(counts, positive_rate, as_of, max_age_days)
+    best = _dimensions(counts, positive_rate, as_of, max_age_days, BENEFIT)
+    weakest = min(DIMENSIONS, key=lambda d: dims[d]["score"])
+    score = float(dims[weakest]["score"])
+    passed = min(float(best[d]["score"]) for d in DIMENSIONS) >= min_score
+    return {"score": round(score, 2), "passed": passed, "min_score": min_score, "weakest": weakest,
+            "noise": float(counts.get("noise", 0.0)),
+            "dimensions": {d: {**v, "score": round(float(v["score"]), 2)} for d, v in dims.items()}}
+
+
+def _freshness(counts: dict[str, Any], as_of: date, max_age_days: int, noise: float) -> dict[str, Any]:
+    if counts["fresh"] is not None:  # dated rows: are there any within the age allowed?
+        fresh = counts["fresh"] > FRESH_SIGMAS * noise
+        return {"score": 100.0 if fresh else 0.0,
+                "detail": f"{'some' if fresh else 'no'} rows ({counts['basis']}) at most {max_age_days} days before "
+                          f"{as_of.isoformat()}"}
+    if counts["newest"] is None:
+        return {"score": 100.0, "detail": f"{counts['basis']}: current"}
+    age = (as_of - date.fromisoformat(counts["newest"])).days
+    # a file dated after as_of is a wrong clock: scored like a stale one
     distance = abs(age) if age < -1 else max(age, 0)
     score = 100.0 if distance <= max_age_days else 100.0 * max_age_days / distance
     when = f"{age} days before" if age >= 0 else f"{-age} days AFTER"
-    return {"score": score, "failed": int(distance > max_age_days), "checked": 1,
-            "detail": f"newest record {newest.isoformat()} ({basis}), {when} {as_of.isoformat()}; "
-                      f"at most {max_age_days} days old expected"}
-
-
-def scorecard(dimensions: dict[str, dict[str, Any]], rows: int, min_score: float) -> dict[str, Any]:
-    """The card: every dimension, the score (the weakest dimension) and whether it passes."""
-    weakest = min(DIMENSIONS, key=lambda d: dimensions[d]["score"])
-    score = float(dimensions[weakest]["score"])
-    return {"score": round(score, 2), "passed": score >= min_score, "min_score": min_score, "weakest": weakest,
-            "rows": rows, "dimensions": {d: {**dimensions[d], "score": round(float(dimensions[d]["score"]), 2)}
-                                         for d in DIMENSIONS}}
+    return {"score": score, "detail": f"{counts['basis']} {counts['newest']}, {when} {as_of.isoformat()}; at most "
+                                      f"{max_age_days} days old expected"}
 
 
 def exclusion_reason(name: str, source: str, card: dict[str, Any]) -> str:
     weakest = card["dimensions"][card["weakest"]]
     return (f"institution {name}, file {source}: data quality {card['score']:.2f} below {card['min_score']:g} "
             f"({card['weakest'].replace('_', ' ')}: {weakest['detail']})")
-
-
-def suppressed(card: dict[str, Any], minimum: int) -> dict[str, Any]:
-    """The scorecard as it may leave the institution: a count of failed checks below the policy's
-    minimum is withheld (its detail says so) and scores are rounded to one decimal."""
-    dimensions = {}
-    for name, dim in card["dimensions"].items():
-        small = 0 < int(dim.get("failed", 0)) < minimum and int(dim.get("checked", 0)) > 1
-        dimensions[name] = {**dim, "score": round(float(dim["score"]), 1),
-                            **({"failed": None, "detail": f"fewer than {minimum} of {dim['checked']} checks failed"}
-                               if small else {})}
-    return {**card, "score": round(float(card["score"]), 1), "dimensions": dimensions,
-            "rows": None if 0 < card["rows"] < minimum else card["rows"]}

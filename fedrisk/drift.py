@@ -99,10 +99,18 @@ def coarsen(fine_counts: np.ndarray, grid: list[float], edges: list[float]) -> n
 
 def build_reference(score: np.ndarray, score_grid: list[float], numeric: dict[str, np.ndarray],
                     numeric_edges: dict[str, list[float]], categorical: dict[str, np.ndarray],
-                    vocabularies: dict[str, list[str]], noise: float = 0.0) -> dict[str, Any]:
+                    vocabularies: dict[str, list[str]], noise: float = 0.0,
+                    evaluation_grid: list[float] | None = None) -> dict[str, Any]:
     """Reference edges and counts of every column from the institutions' summed counts: the
-    score's deciles read from its fine grid, the inputs on the bins they were counted on."""
-    edges = decile_edges(score, score_grid, noise)
+    score's deciles read from its fine grid (as edges of the `evaluation_grid`, when given, so
+    that histograms on that grid coarsen to them exactly), the inputs on the bins they were
+    counted on."""
+    if evaluation_grid is not None:
+        # the evaluation grid spans where the scores are (read from the significant fine cells): no
+        # cell of it is empty noise, so none is zeroed here
+        edges = decile_edges(coarsen(score, score_grid, evaluation_grid), evaluation_grid)
+    else:
+        edges = decile_edges(score, score_grid, noise)
     columns: dict[str, Any] = {SCORE: {"kind": "numeric", "edges": edges,
                                        "counts": coarsen(score, score_grid, edges).tolist()}}
     for column, counts in numeric.items():
@@ -112,6 +120,15 @@ def build_reference(score: np.ndarray, score_grid: list[float], numeric: dict[st
         columns[column] = {"kind": "categorical", "values": [*vocabularies[column], UNSEEN],
                            "counts": np.asarray(counts).tolist()}
     return {"columns": columns}
+
+
+def held_cells(reference: np.ndarray, current: np.ndarray, reference_noise: float = 0.0,
+               current_noise: float = 0.0, sigmas: float = 3.0) -> np.ndarray:
+    """The cells a PSI compares: those holding rows on either side (a noised count above `sigmas`
+    of its noise). A cell empty on both sides holds noise only, and the share floor would turn
+    that noise into PSI."""
+    e, a = np.asarray(reference, dtype=float), np.asarray(current, dtype=float)
+    return (e > sigmas * reference_noise) | (a > sigmas * current_noise)
 
 
 def psi(reference: np.ndarray, current: np.ndarray) -> float:

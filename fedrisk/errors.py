@@ -39,8 +39,8 @@ class BudgetExhaustedError(FedriskInputError):
     """An institution's privacy budget cannot pay for the next round."""
 
 
-class PromotionRefused(FedriskInputError):
-    """The four-eyes rules refuse a promotion or rollback: exit code 3, like a blocked gate."""
+class FourEyesRefused(FedriskInputError):
+    """The four-eyes rules refuse a promotion, a rollback or a cap raise: exit code 3, like a blocked gate."""
 
 
 class PolicyRefused(FedriskInputError):

@@ -13,7 +13,7 @@ import numpy as np
 
 from fedrisk import run_schema
 from fedrisk.config import CampaignConfig
-from fedrisk.fairness import GroupHistograms, fairness_scores, merge_group_histograms
+from fedrisk.fairness import GroupHistograms, fairness_scores, group_edges, merge_group_histograms
 from fedrisk.fraud_metrics import EMPTY_FRAUD, FraudStats, fraud_summary
 from fedrisk.metrics import EvalStats, evaluation_summary, performance
 
@@ -56,7 +56,7 @@ def split_metrics(parts: dict[str, SplitStatistics], split: str, config: Campaig
     metrics = run_schema.scores_metrics(split, scores, **params)
     scopes = ([(None, pooled(parts))] if parts else []) + list(parts.items())
     for name, part in scopes:
-        edges = part.overall.edges
+        edges = group_edges(part.overall.edges, ev.threshold)
         fairness = fairness_scores(part.groups, ev.threshold, edges, smallest_group(part.noise, len(edges) + 1))
         metrics.update(run_schema.fairness_metrics(split, fairness, name))
     return metrics
@@ -89,7 +89,8 @@ def noise_error(consortium: SplitStatistics, config: CampaignConfig, draws: int 
         if config.task == "credit":
             groups = {a: {g: (p + rng.normal(0, noise, p.shape), n + rng.normal(0, noise, n.shape))
                           for g, (p, n) in by.items()} for a, by in consortium.groups.items()}
-            fairness = fairness_scores(groups, ev.threshold, stats.edges, smallest_group(noise, len(stats.edges) + 1))
+            edges = group_edges(stats.edges, ev.threshold)
+            fairness = fairness_scores(groups, ev.threshold, edges, smallest_group(noise, len(edges) + 1))
             values.update({run_schema.fairness_metric("approval_rate_difference", a): f["approval_rate_difference"]
                            for a, f in fairness.items()})
         for key, value in values.items():

@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from fedrisk import audit, run_schema
 from fedrisk.errors import FedriskInputError
+from fedrisk.fairness import group_edges
 from fedrisk.monitor_config import MonitorConfig
 from fedrisk.report import (
     approval_chart,
@@ -238,7 +239,7 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
                           calibration + html_table((evidence["calibration"] or {}).get("bands", []))))
     fairness = _kv(evidence["fairness"]) if evidence["fairness"] else "<p>no protected attribute measured</p>"
     if stored is not None and stored.groups:
-        chart = approval_chart(stored.groups, stored.threshold, stored.stats.edges, stored.noise)
+        chart = approval_chart(stored.groups, stored.threshold, group_edges(stored.stats.edges, stored.threshold), stored.noise)
         fairness += f"<img src='data:image/png;base64,{chart}'>"
     parts.append(_section("8. Fairness (test)", fairness))
     cards = evidence["data_quality"].get("institutions", {})

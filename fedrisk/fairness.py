@@ -13,11 +13,24 @@ from typing import Any
 
 import numpy as np
 
-from fedrisk.metrics import auc_from_histograms, bin_index, threshold_index
+from fedrisk.metrics import auc_from_histograms, bin_index, threshold_index, with_threshold
 
 OTHER = "other"  # a protected value outside the consortium's known groups
+GROUP_BINS = 10  # group histograms are coarser than the evaluation grid: a rate sums fewer noised cells
 # attribute -> group value -> (defaults per bin, non-defaults per bin)
 GroupHistograms = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def group_edges(edges: np.ndarray, threshold: float | None, bins: int = GROUP_BINS) -> np.ndarray:
+    """The grid of the group histograms: about `bins` bins picked from the evaluation grid's
+    edges, the operating threshold kept. An approval rate is a sum of noised cells below the
+    threshold, so fewer cells carry less noise (a gap's noise falls roughly with the square root
+    of the cells summed); group AUCs are coarser, within the binning tolerance."""
+    edges = np.asarray(edges, dtype=float)
+    if len(edges) + 1 <= bins:
+        return edges
+    picks = edges[np.unique(np.linspace(0, len(edges) - 1, bins - 1).round().astype(int))]
+    return with_threshold(picks, threshold)
 
 
 def group_histograms(y_true: np.ndarray, scores: np.ndarray, groups: dict[str, np.ndarray], edges: np.ndarray,
@@ -73,9 +86,9 @@ def fairness_by_attribute(groups: dict[str, tuple[np.ndarray, np.ndarray]], thre
     """
     rates, good_rates, bad_rates, aucs, sizes = {}, {}, {}, {}, {}
     for group, (pos, neg) in sorted(groups.items()):
-        n_bad, n_good = float(np.sum(np.clip(pos, 0, None))), float(np.sum(np.clip(neg, 0, None)))
-        if n_bad + n_good <= max(min_size, 0.0):
+        if float(np.sum(pos) + np.sum(neg)) <= max(min_size, 0.0):  # unclipped: noise sums to zero on average
             continue
+        n_bad, n_good = float(np.sum(np.clip(pos, 0, None))), float(np.sum(np.clip(neg, 0, None)))
         sizes[group] = n_bad + n_good
         rates[group] = (_approved(pos, threshold, edges) + _approved(neg, threshold, edges)) / sizes[group]
         good_rates[group] = _approved(neg, threshold, edges) / n_good if n_good else float("nan")

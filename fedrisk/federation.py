@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedrisk.certificates import check_institution_name
+from fedrisk.config import check_institution_name
 from fedrisk.environment import QUIET_ENV
 from fedrisk.errors import FedriskInputError
 
@@ -60,16 +60,17 @@ def superlink_command(ca: Path, certificate: Path, private_key: Path, *, host: s
 
 
 def supernode_command(superlink: str, ca: Path | None, private_key: Path | None, institution: str, *,
-                      data_path: Path | None = None, ledger_dir: Path | None = None, port: int = 9094,
+                      data_path: Path | None = None, home: Path | None = None, port: int = 9094,
                       max_retries: int | None = None) -> list[str]:
     """An institution's SuperNode. Its node config names the institution and, when given, the
-    file of its own data and its privacy ledger: the campaign's config cannot see them."""
+    file of its own data and its home (policy, privacy ledger): the campaign's config cannot
+    see them."""
     check_institution_name(institution)
     node_config = [f"institution='{institution}'"]
     if data_path is not None:
         node_config.append(f"data-path='{Path(data_path).resolve()}'")
-    if ledger_dir is not None:
-        node_config.append(f"ledger-dir='{Path(ledger_dir).resolve()}'")
+    if home is not None:
+        node_config.append(f"home='{Path(home).resolve()}'")
     cmd = [_tool("flower-supernode"), "--superlink", superlink]
     cmd += ["--root-certificates", str(ca)] if ca is not None else ["--insecure"]
     if private_key is not None:

@@ -79,6 +79,12 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _institution_home(name: str, home: str | None) -> Path:
+    from fedrisk.guard import homes_root
+
+    return Path(home).resolve() if home else homes_root() / name
+
+
 def _supernode(args: argparse.Namespace) -> int:
     from fedrisk.federation import flower_env, supernode_command
 
@@ -89,7 +95,7 @@ def _supernode(args: argparse.Namespace) -> int:
     if data is not None and not data.is_file():
         raise FedriskInputError("--data: no such file", institution=args.institution, file=str(data))
     cmd = supernode_command(args.superlink, Path(args.ca).resolve(), Path(args.key).resolve(), args.institution,
-                            data_path=data, ledger_dir=Path(args.ledger_dir).resolve(), port=args.port)
+                            data_path=data, home=_institution_home(args.institution, args.home), port=args.port)
     return _exec(cmd, flower_env(Path(args.flwr_home).resolve()), args.dry_run)
 
 
@@ -204,7 +210,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--institution", required=True)
     p.add_argument("--data", help="the institution's CSV/Parquet file (default: the campaign's data spec)")
     p.add_argument("--key", required=True, help="the institution's private key")
-    p.add_argument("--ledger-dir", dest="ledger_dir", default=".fedrisk/ledger", help="its privacy ledger")
+    p.add_argument("--home", help="its own folder: policy.yaml, privacy ledger, audit log (default: "
+                                  "$FEDRISK_HOME/institutions/NAME, $FEDRISK_HOME defaulting to ~/.fedrisk)")
     p.add_argument("--port", type=int, default=9094, help="the SuperNode's local ClientApp port")
     p.add_argument("--dry-run", action="store_true", help="print the command only")
     common(p, connect=True)

@@ -20,11 +20,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from fedrisk.config import CampaignConfig, StrictModel, format_validation_error
+from fedrisk.config import CampaignConfig, StrictModel, check_institution_name, format_validation_error
 from fedrisk.errors import FedriskInputError, PolicyRefused
+from fedrisk.preprocessing import Preprocessor
 
 DEFAULT_POLICY = Path(__file__).resolve().parent / "defaults" / "institution_policy.yaml"
 POLICY_FILE = "policy.yaml"
@@ -51,7 +53,8 @@ class PrivacyRules(StrictModel):
 
 class ReleaseRules(StrictModel):
     min_count: int = Field(ge=1, description="no exact count below this leaves")
-    max_bins: int = Field(ge=10, description="no histogram with more bins leaves")
+    max_bins: int = Field(ge=REFERENCE_BINS, description="no histogram with more bins leaves (at least fedrisk's "
+                                                         "drift reference grid)")
 
 
 class InstitutionPolicy(StrictModel):
@@ -69,6 +72,7 @@ def homes_root() -> Path:
 
 def institution_home(name: str, node_config: dict[str, Any]) -> Path:
     """The institution's own folder: the node config's `home`, else its simulated home."""
+    check_institution_name(name)
     if "home" in node_config:
         home = Path(str(node_config["home"]))
         if not home.is_absolute():
@@ -94,9 +98,48 @@ def load_policy(home: Path, name: str) -> InstitutionPolicy:
                                 file=str(file)) from None
 
 
-def ledger_path(home: Path, policy: InstitutionPolicy) -> Path:
+LEDGER_POINTER = "ledger.where"
+
+
+def update_policy(home: Path, name: str, changes: dict[str, Any]) -> InstitutionPolicy:
+    """The institution's own edit of its policy (dotted keys), validated before it is written."""
+    current = yaml.safe_load((home / POLICY_FILE).read_text()) if (home / POLICY_FILE).exists() else None
+    raw = current or yaml.safe_load(DEFAULT_POLICY.read_text())
+    for key, value in changes.items():
+        node = raw
+        *path, last = key.split(".")
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise FedriskInputError(f"institution policy has no key {key}", institution=name)
+            node = node[part]
+        if last not in node:
+            raise FedriskInputError(f"institution policy has no key {key}", institution=name)
+        node[last] = value
+    try:
+        policy = InstitutionPolicy.model_validate(raw)
+    except ValidationError as err:
+        raise FedriskInputError(format_validation_error(err, "institution policy"), institution=name) from None
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = home / (POLICY_FILE + ".tmp")
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+    tmp.replace(home / POLICY_FILE)
+    return policy
+
+
+def ledger_path(home: Path, policy: InstitutionPolicy, name: str = "") -> Path:
+    """Where the institution's ledger is. The home remembers it: a policy that names another
+    place while the old ledger is still there would start an empty ledger, and is refused."""
     path = Path(policy.ledger)
-    return path if path.is_absolute() else home / path
+    path = (path if path.is_absolute() else home / path).resolve()
+    pointer = home / LEDGER_POINTER
+    known = Path(pointer.read_text().strip()) if pointer.is_file() else None
+    if known is not None and known != path and known.exists() and not path.exists():
+        raise FedriskInputError(f"the policy moves the privacy ledger from {known} to {path}: move the file there "
+                                "first (a ledger is never restarted)", institution=name or None, file=str(home / POLICY_FILE))
+    if known != path:
+        home.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(f"{path}\n")
+    return path
 
 
 def _refuse(name: str, rule: str, why: str) -> PolicyRefused:
@@ -125,16 +168,64 @@ def check_request(policy: InstitutionPolicy, config: CampaignConfig, message_typ
             raise _refuse(name, "privacy.statistics_share",
                           f"the campaign asks privacy.statistics_share {privacy.statistics_share:g}, outside "
                           f"[{low:g}, {high:g}]")
-    bins = max(config.evaluation.bins, REFERENCE_BINS)
-    if bins > policy.release.max_bins:
-        raise _refuse(name, "release.max_bins", f"the campaign asks evaluation.bins {config.evaluation.bins}, "
-                                                f"above {policy.release.max_bins}")
+    if config.evaluation.bins + 1 > policy.release.max_bins:  # + 1: the operating threshold is an edge too
+        raise _refuse(name, "release.max_bins", f"the campaign asks evaluation.bins {config.evaluation.bins} (and "
+                                                f"a threshold edge), above {policy.release.max_bins}")
     never = {c.casefold() for c in policy.never_use}
     data = config.data
     asked_columns = [*(data.features or []), *(data.categorical or []), *data.protected, data.target]
     for column in asked_columns:
         if column.casefold() in never:
             raise _refuse(name, "never_use", f"the campaign asks for column '{column}'")
+
+
+def check_histograms(policy: InstitutionPolicy, grid: Any, edges: dict[str, list[float]] | None, name: str) -> None:
+    """Refuse a request whose own grids (not only what its config says) have too many bins
+    (inner edges: k edges make k + 1 bins)."""
+    sizes = {"grid": len(grid) + 1} if grid is not None else {}
+    sizes.update({f"edges of {column}": len(e) + 1 for column, e in (edges or {}).items()})
+    for what, bins in sizes.items():
+        if bins > policy.release.max_bins:
+            raise _refuse(name, "release.max_bins", f"the request's {what} has {bins} bins, above {policy.release.max_bins}")
+
+
+def check_delta(config: CampaignConfig, name: str, rows: int, delta: float, file: str | None = None) -> None:
+    """Both deltas below 1/rows: the campaign's (the largest it accepts) and the institution's own."""
+    if config.privacy.enabled and config.privacy.delta >= 1.0 / rows:
+        raise FedriskInputError(f"privacy.delta {config.privacy.delta:g} is not below 1/rows = {1.0 / rows:.3g} of "
+                                "its training rows", institution=name, file=file)
+    if config.privacy.enabled and delta >= 1.0 / rows:
+        raise FedriskInputError(f"the institution's delta {delta:g} is not below 1/rows = {1.0 / rows:.3g}: its "
+                                "policy must state a smaller privacy.delta", institution=name, file=file)
+
+
+def check_shared(preprocessor: Preprocessor, policy: InstitutionPolicy, config: CampaignConfig, name: str,
+                 features: tuple[list[str], list[str]] | None = None) -> None:
+    """A request's shared preprocessing, checked before the node uses it: its inputs are the
+    institution's features (`features`: numeric and categorical, for a campaign's messages; for
+    a monitoring window, at least never a refused, protected, target or dropped column), every
+    vocabulary fits the policy's bins, and its numbers are finite with lower below upper (a
+    scaling that amplified one row would break the releases' sensitivity)."""
+    def refuse(why: str, column: str | None = None) -> FedriskInputError:
+        return PolicyRefused(f"refused the request's shared preprocessing: {why}", institution=name, column=column)
+
+    if features is not None:
+        for kind, mine, theirs in (("numeric", features[0], preprocessor.numeric),
+                                   ("categorical", features[1], preprocessor.categorical)):
+            for column in sorted(set(mine) ^ set(theirs)):
+                raise refuse(f"its {kind} inputs are not this institution's features", column)
+    never = {c.casefold() for c in [*policy.never_use, *config.data.drop, *config.data.protected, config.data.target]}
+    for column in preprocessor.input_columns:
+        if column.casefold() in never:
+            raise refuse("an input it may not use", column)
+    for column, vocabulary in zip(preprocessor.categorical, preprocessor.vocabularies, strict=True):
+        if len(vocabulary) + 2 > policy.release.max_bins:  # + values unseen, + missing
+            raise refuse(f"{len(vocabulary)} categories, above the policy's max_bins", column)
+    for i, column in enumerate(preprocessor.numeric):
+        low, high, scale = preprocessor.lower[i], preprocessor.upper[i], preprocessor.scales[i]
+        if not (np.isfinite(low) and np.isfinite(high) and low < high and np.isfinite(preprocessor.means[i])
+                and np.isfinite(scale) and scale > 0):
+            raise refuse("bounds or scale that are not finite", column)
 
 
 def never_used(policy: InstitutionPolicy, columns: list[str]) -> list[str]:

@@ -4,12 +4,14 @@ Each function takes the node's session (its typed config, policy and rows) and p
 computes the exact aggregate on its own rows, charges the release to the institution's
 ledger (`fedrisk.ledger`: a release the plan does not cover is refused, and nothing leaves),
 adds the planned Gaussian noise (`fedrisk.mechanisms`) and returns it; the ClientApp wraps the
-result in Flower records (`fedrisk.protocol`). Exact counts that are not noised (rows, the
-data-quality scorecard) leave only from the policy's minimum count up.
+result in Flower records (`fedrisk.protocol`). No exact count leaves: the training rows and the
+data-quality scorecard are noised with the admission's statistics.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,22 +19,31 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedrisk import data_quality, lineage
-from fedrisk.budget import Shape, evaluation_release, importance_release, plan_monitoring, statistics_release
+from fedrisk import data_quality
+from fedrisk.budget import (
+    Shape,
+    evaluation_release,
+    importance_release,
+    plan_monitoring,
+    quality_releases,
+    statistics_release,
+)
 from fedrisk.columns import DAY
 from fedrisk.config import CampaignConfig
 from fedrisk.data import load_window
 from fedrisk.drift import column_counts
-from fedrisk.errors import FedriskInputError
+from fedrisk.errors import FedriskInputError, PolicyRefused
 from fedrisk.evaluation import SplitStatistics
-from fedrisk.fairness import GroupHistograms, group_histograms
+from fedrisk.fairness import GroupHistograms, group_edges, group_histograms
 from fedrisk.fraud_metrics import FraudStats
 from fedrisk.ledger import Release
+from fedrisk.lineage import row_hashes
 from fedrisk.mechanisms import noised, partition_threshold, secure_rng, select_partitions
 from fedrisk.metrics import EvalStats, score_histograms
 from fedrisk.models import build_model, predict_proba
-from fedrisk.preprocessing import Bounds, category_labels, local_bounds, local_statistics, schema
+from fedrisk.preprocessing import Bounds, category_labels, check_bounds, local_bounds, local_statistics, schema
 from fedrisk.session import NodeSession
+from fedrisk.splits import time_windows
 from fedrisk.training import DPSettings, train_local
 
 
@@ -51,17 +62,6 @@ class RoundResult:
     sample_rate: float | None = None
 
 
-def suppressed(count: float, minimum: int) -> float | None:
-    """An exact count as it may leave: not at all (None) when it is below the policy's minimum."""
-    return None if 0 < count < minimum else count
-
-
-def check_delta(config: CampaignConfig, name: str, rows: int, delta: float, file: str | None = None) -> None:
-    if config.privacy.enabled and delta >= 1.0 / rows:
-        raise FedriskInputError(f"the institution's delta {delta:g} is not below 1/rows = {1.0 / rows:.3g}: its "
-                                "policy must state a smaller privacy.delta", institution=name, file=file)
-
-
 def _charge(session: NodeSession, campaign: str, release: Release, server_round: int = 0) -> float:
     """Charge a release before anything leaves; returns the institution's lifetime epsilon after it."""
     return session.ledger().charge(campaign, release, server_round)
@@ -74,41 +74,35 @@ def privacy_summary(session: NodeSession, campaign: str) -> dict[str, Any]:
 
 
 def admit(session: NodeSession, campaign: str) -> dict[str, Any]:
-    """First contact: what the institution says of its data, its plan, and its first release
-    (the log-grid histograms of its numeric columns, for the clipping bounds)."""
-    data, split, name = session.data, session.split, session.name
-    k = session.policy.release.min_count
-    check_delta(session.config, name, len(split.train), session.ledger().delta, data.source)
-    used = [*data.columns.features, *data.columns.protected, data.columns.target]
-    rows = lineage.sketch(data.frame, used)
-    lineage.check_population(session.home, name, rows, data.source)
-    plan = session.plan(campaign)
-    lineage.record(session.home, data.fingerprint, rows)
-    release = statistics_release(session.shape, "bounds", plan.statistics, plan.partition_delta)
-    _charge(session, campaign, release)
+    """First contact: the campaign's plan reserved, then its first release: the log-grid
+    histograms of the numeric columns (for the clipping bounds), the data-quality counts and the
+    training rows, all noised; and what identifies the data (a hash, the file's name)."""
+    data, split = session.data, session.split
+    plan = session.reserve(campaign)
+    for release in [statistics_release(session.shape, "bounds", plan.statistics, plan.partition_delta),
+                    *quality_releases(session.shape, plan.statistics)]:
+        _charge(session, campaign, release)
     rng = secure_rng()
-    bounds = {c: noised(v, plan.statistics, rng) for c, v in local_bounds(split.train, data.columns).items()}
-    split_rows = {part: suppressed(len(frame), k) for part, frame in vars(split).items()}
     out = {
-        # for the audit log and the data-quality gate: a hash, counts from the minimum up, no rows
-        "data": {"fingerprint": data.fingerprint, "source": data.source, "rows": suppressed(len(data.frame), k),
-                 "quality": data_quality.suppressed(data.quality, k)},
-        "split_rows": split_rows,
+        "data": {"fingerprint": data.fingerprint, "source": data.source,
+                 "quality": data_quality.release(data.quality, plan.statistics, rng)},
+        "split_rows": {"train": session.released_rows(campaign)},
         "schema": schema(data.columns),
-        "bounds": bounds,
+        "bounds": {c: noised(v, plan.statistics, rng) for c, v in local_bounds(split.train, data.columns).items()},
         "noise": {"statistics": plan.statistics, "validation": plan.validation, "test": plan.test},
         "privacy": {"planned_epsilon": plan.epsilon, **privacy_summary(session, campaign)},
     }
-    if DAY in split.train.columns:  # fraud: the calendar of each window (the campaign's, not the data's)
-        out["split_rows"]["outside_windows"] = suppressed(len(data.frame) - sum(len(f) for f in vars(split).values()), k)
-        out["split_days"] = {part: [str(np.datetime64(int(f[DAY].min()), "D")), str(np.datetime64(int(f[DAY].max()), "D"))]
-                             for part, f in vars(split).items()}
+    ts = session.config.data.time_split
+    if ts is not None and ts.end is not None:  # the campaign's calendar, never the data's own dates
+        out["split_days"] = {part: [str(np.datetime64(first, "D")), str(np.datetime64(last, "D"))]
+                             for part, (first, last) in time_windows(session.config.data, 0).items()}
     return out
 
 
 def statistics(session: NodeSession, campaign: str, bounds: dict[str, Bounds]) -> dict[str, Any]:
     """Clipped sums and counts of the training rows, noised; category values by partition selection."""
     plan, data = session.plan(campaign), session.data
+    check_bounds(bounds, data.columns.numeric, session.name)
     _charge(session, campaign, statistics_release(session.shape, "preprocessing", plan.statistics, plan.partition_delta))
     exact = local_statistics(session.split.train, data.columns, bounds)
     rng, z = secure_rng(), plan.statistics
@@ -151,8 +145,9 @@ def train_round(session: NodeSession, preprocessor: str, state: dict[str, torch.
     )
     if dp is not None and result.spend != [(plan.dp_sgd, plan.sample_rate, plan.steps_per_round)]:
         raise RuntimeError(f"DP-SGD ran {result.spend}, not the charged {release}")  # never, by construction
-    weight = 1.0 if pv.institution_level.enabled else float(result.examples)
-    return RoundResult(result.state, result.examples, weight, result.steps, result.seconds, epsilon,
+    rows = session.released_rows(campaign)  # the exact count never leaves: the noised one released at admission
+    weight = 1.0 if pv.institution_level.enabled else rows
+    return RoundResult(result.state, int(rows), weight, result.steps, result.seconds, epsilon,
                        session.ledger().delta, plan.dp_sgd, plan.sample_rate)
 
 
@@ -180,7 +175,8 @@ def evaluate_split(session: NodeSession, preprocessor: str, state: dict[str, tor
     exact = EvalStats.from_scores(y, scores, grid)
     overall = EvalStats(exact.edges, *(noised(getattr(exact, f), z, rng)
                                        for f in ("hist_pos", "hist_neg", "score_sum_pos", "score_sum_neg")))
-    by_group = _noised_groups(group_histograms(y, scores, _groups(session, frame), grid, groups), z, rng)
+    coarse = group_edges(grid, config.evaluation.threshold)
+    by_group = _noised_groups(group_histograms(y, scores, _groups(session, frame), coarse, groups), z, rng)
     fraud = None
     if data.columns.amount is not None:
         ev = config.evaluation
@@ -236,24 +232,31 @@ def window_statistics(
     grid: np.ndarray, window_days: int, window: int, windows: int,
 ) -> tuple[dict[str, np.ndarray], SplitStatistics | None]:
     """Counts of a monitoring window on the reference bins, and its score histograms if labelled,
-    noised and charged to the window's rows (each window: other rows, its own part)."""
+    noised and charged to the window's rows. Each window is its own part of the run only if its
+    rows are other rows than the earlier windows' (checked here, on their hashes): a window that
+    shares rows with an earlier one is refused, as is a window of another model or other bins
+    than the run was planned for."""
     config, rules = session.config, session.policy.privacy
-    shared = session.preprocessor(preprocessor)
+    shared = session.preprocessor(preprocessor, monitoring=True)
+    binding = hashlib.sha256(json.dumps([preprocessor, edges, np.asarray(grid).tolist()]).encode()).hexdigest()
     ledger = session.ledger()
     if run not in ledger.plans:  # the run's first window: calibrate and reserve every window
         shape = Shape(0, len(shared.numeric), len(shared.categorical), 0, False)
         noise, releases = plan_monitoring(config.privacy.monitoring_epsilon, shape, windows, ledger, run,
                                           rules.max_campaign_epsilon, rules.lifetime_epsilon)
-        ledger.plan(run, list(releases), rules.lifetime_epsilon, {"noise": {"monitoring": noise}})
+        ledger.plan(run, list(releases), rules.lifetime_epsilon, {"noise": {"monitoring": noise}, "binding": binding})
     saved = session.ledger().plans[run]
+    if saved.get("binding") != binding:
+        raise PolicyRefused(f"monitoring run {run} was planned for another model or other bins", institution=session.name)
     noise = float(saved["noise"]["monitoring"])
     release = next((r for r in map(Release.from_dict, saved["releases"]) if r.part == f"window:{window}"), None)
     if release is None:
         raise FedriskInputError(f"monitoring run {run} planned {len(saved['releases'])} windows, not window {window}",
                                 institution=session.name)
-    _charge(session, run, release, window)
     frame, labels, _ = load_window(config.data, session.name, config.seed, shared.numeric, shared.categorical,
                                    window_days)
+    check_window_rows(session, run, window, frame)
+    _charge(session, run, release, window)
     scores = predict_proba(_model(config, shared.width, state), torch.as_tensor(shared.transform(frame))).numpy()
     rng = secure_rng()
     counts = {c: noised(v, noise, rng) for c, v in column_counts(frame, scores, shared, edges).items()}
@@ -265,3 +268,15 @@ def window_statistics(
                                      for f in ("hist_pos", "hist_neg", "score_sum_pos", "score_sum_neg")))
     return counts, SplitStatistics(stats, {}, None, noise=noise)
 
+
+def check_window_rows(session: NodeSession, run: str, window: int, frame: pd.DataFrame) -> None:
+    """Refuse a window whose rows an earlier window of the run released (their parts would overlap);
+    remember its rows' hashes in the institution's home (hashes only, never values)."""
+    folder = session.home / "windows" / hashlib.sha256(run.encode()).hexdigest()[:32]
+    mine = np.unique(row_hashes(frame, [str(c) for c in frame.columns]))
+    for earlier in sorted(folder.glob("*.npy")) if folder.is_dir() else []:
+        if earlier.stem != str(window) and np.intersect1d(mine, np.load(earlier), assume_unique=True).size:
+            raise PolicyRefused(f"window {window} shares rows with window {earlier.stem} of monitoring run {run}: "
+                                "a second release on them is not in its plan", institution=session.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"{window}.npy", mine)

@@ -52,8 +52,8 @@ def preflight(config: CampaignConfig, campaign: str = "preflight") -> list[str]:
     is reserved or released; the institutions check again when the campaign asks them."""
     from fedrisk import lineage
     from fedrisk.budget import plan_campaign
-    from fedrisk.institution import check_delta
-    from fedrisk.protocol import BOUNDS
+    from fedrisk.guard import check_delta
+    from fedrisk.protocol import BOUNDS, implied_messages
     from fedrisk.session import open_session
 
     names = institution_names(config.data)
@@ -68,7 +68,8 @@ def preflight(config: CampaignConfig, campaign: str = "preflight") -> list[str]:
     config_json = config_to_json(config)
     for partition, name in enumerate(names):
         session = open_session(config_json, {"partition-id": partition}, names)
-        session.guard(BOUNDS)
+        for kind in implied_messages(BOUNDS, config):
+            session.guard(kind)
         data = session.data
         if data.fingerprint in seen:  # the federation's epsilon assumes disjoint data
             raise FedriskInputError(f"same data as institution {seen[data.fingerprint]}", institution=name,
@@ -76,8 +77,7 @@ def preflight(config: CampaignConfig, campaign: str = "preflight") -> list[str]:
         seen[data.fingerprint] = name
         ledger = session.ledger()
         check_delta(config, name, len(session.split.train), ledger.delta, data.source)
-        used = [*data.columns.features, *data.columns.protected, data.columns.target]
-        lineage.check_population(session.home, name, lineage.sketch(data.frame, used), data.source)
+        lineage.check_population(session.home, name, data.population, data.source)
         if config.privacy.enabled:
             rules = session.policy.privacy
             try:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
-from fedrisk.privacy import ORDERS, rdp_per_step, epsilon_from_rdp
+from fedrisk.privacy import ORDERS, epsilon_from_rdp, rdp_per_step
 
 VERSION = 2
 

@@ -20,6 +20,7 @@ import pandas as pd
 from fedrisk.errors import FedriskInputError
 
 SKETCH_SIZE = 1024
+IDENTIFIERS = ("customer_id", "name", "national_id", "phone", "card_number")  # fedrisk's usual identifier names
 SAME_POPULATION = 0.5  # estimated share of shared rows (Jaccard) from which two datasets are one population
 LINEAGE_FILE = "lineage.json"
 
@@ -35,6 +36,14 @@ def canonical_rows(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         else:
             out[column.casefold()] = values.astype("string").str.strip()
     return pd.DataFrame(out)
+
+
+def population_columns(frame: pd.DataFrame, institution_column: str | None = None) -> list[str]:
+    """The columns a sketch covers: every column of the rows as read but the usual identifiers
+    and the institution's name; never what a campaign lists (features, drops), which would let a
+    campaign choose the sketch."""
+    skip = {*IDENTIFIERS, (institution_column or "").casefold()}
+    return [c for c in frame.columns if str(c).casefold() not in skip]
 
 
 def row_hashes(frame: pd.DataFrame, columns: list[str], key: str = "fedrisk-lineage0") -> np.ndarray:

@@ -28,6 +28,7 @@ from fedrisk.federation import (
     wait_for_https,
     write_connection,
 )
+from fedrisk.guard import homes_root
 
 
 @dataclass
@@ -97,7 +98,7 @@ def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tra
         node_ids[name] = register(flwr_home, key.public_key, name)
         processes.start(f"supernode-{name}", supernode_command(
             superlink, certs.ca_certificate, key.private_key, name, data_path=data_paths.get(name),
-            ledger_dir=root / "institutions" / name / "ledger", port=free_port()), env, root / "institutions" / name)
+            home=homes_root() / name, port=free_port()), env, root / "institutions" / name)
     log.info(f"{len(institutions)} institution keys registered, SuperNodes started")
     deadline = time.monotonic() + node_timeout
     while sum(n.get("status") == "online" for n in nodes(flwr_home)) < len(institutions):

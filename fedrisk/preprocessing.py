@@ -29,6 +29,7 @@ from fedrisk.errors import FedriskInputError
 from fedrisk.mechanisms import LOG_GRID, grid_bounds, log_grid_counts, quantiles_from_histogram, significant
 
 BOUND_LEVELS = (0.005, 0.995)  # winsorised beyond these federated quantiles
+GRID_STEP = 10.0 ** 0.2  # the log grid's ratio between edges
 BOUND_SIGMAS = 5.0  # a log-grid cell counts only above this many noise standard deviations: among
 # thousands of empty cells, one at three would otherwise set a bound at 1e8
 DECILES = tuple(np.arange(1, 10) / 10)
@@ -74,24 +75,53 @@ def bounds_from_counts(counts: dict[str, np.ndarray], noise: float) -> dict[str,
     """
     out = {}
     for column, values in counts.items():
-        present = significant(np.asarray(values, dtype=float)[:-1], noise, BOUND_SIGMAS)
+        cells = np.asarray(values, dtype=float)[:-1]
+        present = significant(cells, noise, BOUND_SIGMAS)
+        if not present.any():  # few rows: the run of cells around the largest one, above one noise sd
+            present = _around_largest(cells, noise)
         found = quantiles_from_histogram(present, BOUND_LEVELS)
         if not found:
             raise FedriskInputError("no values at any institution (or too few to release)", column=column)
         lower = grid_bounds(found[0])[0]
         upper = grid_bounds(found[1])[1]
-        lower = LOG_GRID[0] if not np.isfinite(lower) else lower
-        upper = LOG_GRID[-1] if not np.isfinite(upper) else upper
+        # the open cells at the ends of the grid: one step of the grid's ratio beyond its last edge
+        lower = LOG_GRID[0] * GRID_STEP if not np.isfinite(lower) else lower
+        upper = LOG_GRID[-1] * GRID_STEP if not np.isfinite(upper) else upper
         deciles = sorted({min(max(grid_bounds(i)[1], lower), upper)
                           for i in quantiles_from_histogram(present, DECILES)} - {lower, upper})
         out[column] = Bounds(float(lower), float(upper), [float(d) for d in deciles if np.isfinite(d)])
     return out
 
 
+def _around_largest(cells: np.ndarray, noise: float) -> np.ndarray:
+    """The largest cell and its neighbours on either side while they stay above one noise sd."""
+    out = np.zeros_like(cells)
+    top = int(np.argmax(cells))
+    if cells[top] <= noise:
+        return out
+    low = high = top
+    while low > 0 and cells[low - 1] > noise:
+        low -= 1
+    while high < len(cells) - 1 and cells[high + 1] > noise:
+        high += 1
+    out[low:high + 1] = cells[low:high + 1]
+    return out
+
+
 def _scaled(values: np.ndarray, bounds: Bounds) -> np.ndarray:
-    """Values clipped to the bounds and scaled to [-1, 1]: one row's share of a sum is at most 1."""
+    """Values clipped to the bounds and scaled to [-1, 1]: one row's share of a sum is at most 1
+    (clipped again after scaling, whatever bounds a request carries)."""
     centre, half = (bounds.upper + bounds.lower) / 2, max((bounds.upper - bounds.lower) / 2, 1e-12)
-    return (np.clip(values, bounds.lower, bounds.upper) - centre) / half
+    return np.clip((np.clip(values, bounds.lower, bounds.upper) - centre) / half, -1.0, 1.0)
+
+
+def check_bounds(bounds: dict[str, Bounds], numeric: list[str], name: str) -> None:
+    """A request's clipping bounds: one finite interval per numeric column, lower below upper."""
+    for column in numeric:
+        b = bounds.get(column)
+        if b is None or not (np.isfinite(b.lower) and np.isfinite(b.upper) and b.lower < b.upper):
+            raise FedriskInputError("the request's clipping bounds are not a finite interval", institution=name,
+                                    column=column)
 
 
 NUMERIC_STATS = ("count", "missing", "sum", "sumsq")  # count and missing: one block; sum; sum of squares

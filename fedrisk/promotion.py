@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fedrisk import audit, run_schema
-from fedrisk.errors import FedriskInputError, PromotionRefused
+from fedrisk.errors import FedriskInputError, FourEyesRefused
 from fedrisk.policy import load_policy, policy_sha256
 from fedrisk.tracking import audit_event
 from fedrisk.validation import audit_log_of, campaign_policy_path
@@ -83,7 +83,7 @@ def logged_approvals(log: str, name: str, version: str, run_id: str) -> list[dic
     another store writing to the same log."""
     check = audit.verify(log)
     if not check.intact:
-        raise PromotionRefused(f"the audit log is broken ({check.problem}): no promotion until it is repaired")
+        raise FourEyesRefused(f"the audit log is broken ({check.problem}): no promotion until it is repaired")
     found: list[dict[str, Any]] = []
     for _, line, _ in audit.read_entries(log):
         entry = json.loads(line)
@@ -123,28 +123,28 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
     if not normalise_name(approver):
         raise FedriskInputError("--approver needs a name")
     if verdict is None:
-        raise PromotionRefused(f"{where} has no gate verdict: run `fedrisk validate {run_id}` first")
+        raise FourEyesRefused(f"{where} has no gate verdict: run `fedrisk validate {run_id}` first")
     policy = load_policy(campaign_policy_path(run), run.data.tags.get(run_schema.TASK, "credit"))
     if mv.tags.get(run_schema.GATE_POLICY_SHA256) != policy_sha256(policy):
-        raise PromotionRefused(f"{where}: its verdict comes from policy '{mv.tags.get(run_schema.GATE_POLICY)}', not "
+        raise FourEyesRefused(f"{where}: its verdict comes from policy '{mv.tags.get(run_schema.GATE_POLICY)}', not "
                                f"from its campaign's policy '{policy.name}' as it stands; run `fedrisk validate "
                                f"{run_id}` with that policy")
     if not trainer:
-        raise PromotionRefused(f"{where}: its campaign run does not name a trainer, so four eyes cannot be checked")
+        raise FourEyesRefused(f"{where}: its campaign run does not name a trainer, so four eyes cannot be checked")
     if normalise_name(approver) == normalise_name(trainer):
-        raise PromotionRefused(f"{where}: {approver} trained this model; the trainer cannot approve it")
+        raise FourEyesRefused(f"{where}: {approver} trained this model; the trainer cannot approve it")
     blocked = verdict == "block"
     if blocked and not override:
-        raise PromotionRefused(
+        raise FourEyesRefused(
             f"{where} was blocked by the gate ({mv.tags.get(run_schema.GATE_FAILED_RULES, '?')}); promoting it "
             "needs --override with a --justification, from two approvers")
     if override and not blocked:
         raise FedriskInputError(f"--override is for a version the gate blocked; {where}'s verdict is {verdict}")
     if override and len(justification) < MIN_JUSTIFICATION:
-        raise PromotionRefused(f"{where}: an override needs a written --justification of at least "
+        raise FourEyesRefused(f"{where}: an override needs a written --justification of at least "
                                f"{MIN_JUSTIFICATION} characters")
     if champion_version(client, name) == version:
-        raise PromotionRefused(f"{where} is already the champion")
+        raise FourEyesRefused(f"{where} is already the champion")
 
     def counts(a: dict[str, Any]) -> bool:  # given on this verdict, from this policy, as an override if blocked
         return (a["verdict"] == verdict and a["policy_sha256"] == policy_sha256(policy)
@@ -152,7 +152,7 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
 
     counted = [a for a in logged_approvals(log, name, version, run_id) if counts(a)]
     if any(normalise_name(a["approver"]) == normalise_name(approver) for a in counted):
-        raise PromotionRefused(f"{where}: {approver} has already approved; a second, different approver is needed")
+        raise FourEyesRefused(f"{where}: {approver} has already approved; a second, different approver is needed")
     entry = audit_event(client, run_id, log, "approval", approver, {
         "model": name, "version": version, "verdict": verdict, "policy_sha256": policy_sha256(policy),
         "override": override, "justification": justification or None, "os_user": getpass.getuser()})
@@ -200,22 +200,22 @@ def rollback(tracking_uri: str, name: str, actor: str, *, reason: str | None = N
         raise FedriskInputError(f"registered model {name} not found") from None
     current = champion_version(client, name)
     if current is None:
-        raise PromotionRefused(f"{name} has no champion to roll back")
+        raise FourEyesRefused(f"{name} has no champion to roll back")
     mv = _version(client, name, current)
     run_id = mv.tags.get(run_schema.RUN_ID) or mv.run_id
     log = audit_log_of(client.get_run(run_id).data.tags, audit_log)
     with audit.locked(Path(log), "promotion"):
         history = json.loads(client.get_registered_model(name).tags.get(run_schema.CHAMPION_HISTORY, "[]"))
         if champion_version(client, name) != current or not history or history[-1] != current:
-            raise PromotionRefused(f"{name}: the champion alias ({current}) was moved outside fedrisk (its history "
+            raise FourEyesRefused(f"{name}: the champion alias ({current}) was moved outside fedrisk (its history "
                                    f"ends with {history[-1] if history else 'nothing'}); set it by hand in MLflow")
         earlier = [v for v in history[:-1] if v != current]
         if not earlier:
-            raise PromotionRefused(f"{name}/{current} is the first champion: there is no earlier one to restore")
+            raise FourEyesRefused(f"{name}/{current} is the first champion: there is no earlier one to restore")
         restored = earlier[-1]
         target = _version(client, name, restored)
         if target.tags.get(run_schema.GATE_VERDICT) == "block" and target.tags.get(run_schema.OVERRIDE) != "true":
-            raise PromotionRefused(f"{name}/{restored}, the previous champion, has since been blocked by the gate; "
+            raise FourEyesRefused(f"{name}/{restored}, the previous champion, has since been blocked by the gate; "
                                    "promote a version instead")
         entry = audit_event(client, run_id, log, "rollback", actor, {
             "model": name, "from_version": current, "to_version": restored,

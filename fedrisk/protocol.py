@@ -35,6 +35,7 @@ from fedrisk.metrics import EvalStats
 from fedrisk.preprocessing import NUMERIC_STATS, Bounds
 
 if TYPE_CHECKING:
+    from fedrisk.config import CampaignConfig
     from fedrisk.institution import RoundResult
 
 # Message types: Flower's categories (train, evaluate, query) and our query actions.
@@ -46,6 +47,17 @@ IMPORTANCE = "query.importance"
 REFERENCE = "query.reference"
 MONITOR = "query.monitor"
 MESSAGE_TYPES = (BOUNDS, STATISTICS, TRAIN, EVALUATE, IMPORTANCE, REFERENCE, MONITOR)
+
+
+def implied_messages(message_type: str, config: CampaignConfig) -> list[str]:
+    """What a message commits the institution to: admission (`query.bounds`) is the first of a
+    campaign's messages, so it is refused at once if the policy would refuse a later one; a round
+    with validation every round is an evaluation too."""
+    if message_type == TRAIN and config.evaluation.every_round:
+        return [TRAIN, EVALUATE]  # a round's reply then carries the received model's validation histograms
+    if message_type != BOUNDS:
+        return [message_type]
+    return [BOUNDS, STATISTICS, TRAIN, EVALUATE, REFERENCE, *([IMPORTANCE] if config.evaluation.importance else [])]
 
 # Codes of the error replies a ClientApp sends: the server tells refusals from bad data by them.
 INPUT_ERROR = 2001
@@ -211,11 +223,24 @@ def privacy_of(msg: Message) -> dict[str, Any] | None:
                       object_hook=lambda d: {k: float(v) if v in ("inf", "nan") else v for k, v in d.items()})
 
 
+NUMBER = re.compile(r"(?<![\w.'/])(?!0/1\b)[-+]?\d[\d.,:%]*(?:[-T]\d[\d.,:%]*)*(?:e[-+]?\d+)?")
+
+
+def released_reason(err: FedriskInputError) -> str:
+    """The one line an error reply carries. A refusal's numbers are the policy's and the
+    budget's; a data error's may count rows or quote a date of the data, so they go (the
+    institution's own log and a local check keep them): "target has N missing values"."""
+    if isinstance(err, BudgetExhaustedError | PolicyRefused):
+        return err.one_line()
+    return FedriskInputError(NUMBER.sub("N", err.detail), institution=err.institution, file=err.file,
+                             column=err.column).one_line()
+
+
 def error_reply(msg: Message, err: FedriskInputError) -> Message:
     """One line naming institution, file and column; the code says refusal or bad input."""
     code = (BUDGET_REFUSED if isinstance(err, BudgetExhaustedError) else
             POLICY_REFUSED if isinstance(err, PolicyRefused) else INPUT_ERROR)
-    return Message(Error(code=code, reason=err.one_line()), reply_to=msg)
+    return Message(Error(code=code, reason=released_reason(err)), reply_to=msg)
 
 
 def institution_named(text: str) -> str | None:

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fedrisk import run_schema
-from fedrisk.fairness import GroupHistograms, fairness_by_attribute
+from fedrisk.fairness import GroupHistograms, fairness_by_attribute, group_edges
 from fedrisk.gate import Verdict
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def render_report(
                   "<h3>Calibration (Jeffreys test: small p = more defaults than predicted)</h3>",
                   html_table(bands)]
         if stored.groups:
-            chart = approval_chart(stored.groups, stored.threshold, stats.edges, stored.noise)
+            chart = approval_chart(stored.groups, stored.threshold, group_edges(stats.edges, stored.threshold), stored.noise)
             parts.append(f"<h3>Approval (PD &lt; {stored.threshold:g}) by group</h3>")
             parts.append(f"<img src='data:image/png;base64,{chart}'>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"

@@ -17,12 +17,24 @@ from typing import Any
 
 import numpy as np
 
+from fedrisk import lineage
 from fedrisk.budget import CampaignPlan, Shape, exact_plan, plan_campaign
 from fedrisk.config import CampaignConfig, config_from_json
 from fedrisk.data import InstitutionData, load_institution
-from fedrisk.errors import FedriskInputError
-from fedrisk.guard import InstitutionPolicy, check_request, institution_home, ledger_path, load_policy
+from fedrisk.data_quality import blocks as quality_blocks
+from fedrisk.errors import FedriskInputError, PolicyRefused
+from fedrisk.guard import (
+    InstitutionPolicy,
+    check_delta,
+    check_request,
+    check_shared,
+    homes_root,
+    institution_home,
+    ledger_path,
+    load_policy,
+)
 from fedrisk.ledger import PrivacyLedger, Release
+from fedrisk.mechanisms import noised
 from fedrisk.preprocessing import Preprocessor
 from fedrisk.sources import institution_names
 from fedrisk.splits import Split, split_institution
@@ -51,12 +63,14 @@ class NodeSession:
         return self._policy
 
     def guard(self, message_type: str, monitoring: bool = False) -> None:
-        """Refuse, before any data are read, what the institution's policy does not allow."""
+        """Refuse, before any data are read, what the institution's policy does not allow (read
+        afresh on every message: the institution may tighten it between two)."""
+        self._policy = None
         check_request(self.policy, self.config, message_type, self.name, monitoring=monitoring)
 
     def ledger(self) -> PrivacyLedger:
         rules = self.policy.privacy
-        return PrivacyLedger.open(ledger_path(self.home, self.policy), self.name, rules.lifetime_epsilon, rules.delta)
+        return PrivacyLedger.open(ledger_path(self.home, self.policy, self.name), self.name, rules.lifetime_epsilon, rules.delta)
 
     def _loaded(self) -> tuple[InstitutionData, Split]:
         if self._data is None:
@@ -68,25 +82,54 @@ class NodeSession:
     def shape(self) -> Shape:
         columns = self.data.columns
         return Shape(len(self.split.train), len(columns.numeric), len(columns.categorical), len(columns.protected),
-                     columns.amount is not None)
+                     columns.amount is not None, quality_blocks(self.data.quality))
+
+    @property
+    def binding(self) -> str:
+        """What fixes which rows a campaign's releases touch: the data, their split and the
+        columns. A message of the campaign under other settings would let parts overlap."""
+        data = self.config.data.model_dump(mode="json")
+        return hashlib.sha256(json.dumps([data, self.config.seed, self.data.fingerprint], sort_keys=True)
+                              .encode()).hexdigest()
+
+    def reserve(self, campaign: str) -> CampaignPlan:
+        """Admission: check whose customers these are and that delta fits them, then calibrate the
+        campaign's privacy plan and reserve it in the ledger (or find it reserved: a restart)."""
+        data, rules = self.data, self.policy.privacy
+        ledger = self.ledger()
+        if campaign not in ledger.plans:
+            check_delta(self.config, self.name, len(self.split.train), ledger.delta, data.source)
+            lineage.check_population(self.home, self.name, data.population, data.source)
+            exact = not self.config.privacy.enabled  # the guard let it through: the policy allows it
+            plan = (exact_plan(self.config, self.shape) if exact else
+                    plan_campaign(self.config, self.shape, ledger, campaign, rules.max_campaign_epsilon,
+                                  rules.lifetime_epsilon))
+            rows = float(max(round(float(noised(len(self.split.train), plan.statistics))), 1))
+            ledger.plan(campaign, list(plan.releases), rules.lifetime_epsilon,
+                        {"noise": _plan_noise(plan), "fingerprint": data.fingerprint, "binding": self.binding,
+                         "released_rows": rows}, exact=exact)
+            lineage.record(self.home, data.fingerprint, data.population)
+        return self.plan(campaign)
 
     def plan(self, campaign: str) -> CampaignPlan:
-        """The campaign's privacy plan: calibrated and reserved in the ledger at its first release,
-        read back from the ledger afterwards (another process, a restart: the same plan)."""
+        """The campaign's reserved plan, read from the ledger (another process, a restart: the same
+        plan). A campaign this institution did not admit, or admitted with other data, split or
+        columns, is refused: its releases would not be the ones reserved."""
         if campaign not in self._plans:
-            ledger = self.ledger()
-            saved = ledger.plans.get(campaign)
+            saved = self.ledger().plans.get(campaign)
             if saved is None:
-                rules = self.policy.privacy
-                exact = not self.config.privacy.enabled  # the guard let it through: the policy allows it
-                plan = (exact_plan(self.config, self.shape) if exact else
-                        plan_campaign(self.config, self.shape, ledger, campaign, rules.max_campaign_epsilon,
-                                      rules.lifetime_epsilon))
-                ledger.plan(campaign, list(plan.releases), rules.lifetime_epsilon,
-                            {"noise": _plan_noise(plan), "fingerprint": self.data.fingerprint}, exact=exact)
-                saved = ledger.plans[campaign]
+                raise PolicyRefused(f"campaign {campaign} was not admitted here (no query.bounds first)",
+                                    institution=self.name)
+            if saved.get("binding") != self.binding:
+                raise PolicyRefused(f"campaign {campaign} was admitted with other data, split or columns",
+                                    institution=self.name)
             self._plans[campaign] = _plan_from(saved)
         return self._plans[campaign]
+
+    def released_rows(self, campaign: str) -> float:
+        """The campaign's training rows as released at admission (noised once): the weight of its updates."""
+        self.plan(campaign)
+        return float(self.ledger().plans[campaign]["released_rows"])
 
     @property
     def data(self) -> InstitutionData:
@@ -96,10 +139,19 @@ class NodeSession:
     def split(self) -> Split:
         return self._loaded()[1]
 
-    def preprocessor(self, text: str) -> Preprocessor:
+    def preprocessor(self, text: str, monitoring: bool = False) -> Preprocessor:
+        """The request's shared preprocessing, once checked (`fedrisk.guard.check_shared`): a
+        campaign's has exactly this institution's features; a monitoring window's, the model's."""
         if text not in self._preprocessors:
-            self._preprocessors[text] = Preprocessor.from_json(text)
-        return self._preprocessors[text]
+            try:
+                self._preprocessors[text] = Preprocessor.from_json(text)
+            except (ValueError, KeyError, TypeError):
+                raise PolicyRefused("refused the request's shared preprocessing: not readable",
+                                    institution=self.name) from None
+        shared = self._preprocessors[text]
+        columns = None if monitoring else (self.data.columns.numeric, self.data.columns.categorical)
+        check_shared(shared, self.policy, self.config, self.name, columns)  # every time: the policy may change
+        return shared
 
     def matrices(self, preprocessor: str, part: str) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, labels) of one split under the shared preprocessing, computed once."""
@@ -117,18 +169,29 @@ _SESSIONS: OrderedDict[str, NodeSession] = OrderedDict()
 
 def open_session(config_json: str, node_config: dict[str, Any], names: list[str] | None = None) -> NodeSession:
     """This node's session for a campaign config, from the cache or new."""
-    key = hashlib.sha256(json.dumps([config_json, sorted(node_config.items()), names], default=str)
-                         .encode()).hexdigest()
+    config = config_from_json(config_json)
+    key = hashlib.sha256(json.dumps([config_json, sorted(node_config.items()), names, str(homes_root()),
+                                     _data_stamp(config, node_config)], default=str).encode()).hexdigest()
     if key in _SESSIONS:
         _SESSIONS.move_to_end(key)
         return _SESSIONS[key]
-    config = config_from_json(config_json)
     name = resolve_institution(config, node_config, names)
     session = NodeSession(name, for_node(config, name, node_config), institution_home(name, node_config))
     _SESSIONS[key] = session
     while len(_SESSIONS) > MAX_SESSIONS:
         _SESSIONS.popitem(last=False)
     return session
+
+
+def _data_stamp(config: CampaignConfig, node_config: dict[str, Any]) -> list[Any]:
+    """Size and modification time of the data files: a file changed on disk is loaded again."""
+    files = [*(config.data.files or {}).values(), config.data.path, node_config.get("data-path")]
+    stamp = []
+    for file in files:
+        if file is not None and Path(str(file)).is_file():
+            info = Path(str(file)).stat()
+            stamp.append([str(file), info.st_size, info.st_mtime_ns])
+    return stamp
 
 
 def resolve_institution(config: CampaignConfig, node_config: dict[str, Any], names: list[str] | None = None) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedrisk.config import DataSpec, Drift
+from fedrisk.config import DataSpec, Drift, check_institution_name
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit, fraud
 
@@ -70,7 +70,13 @@ def institution_names(spec: DataSpec) -> list[str]:
             file=spec.path,
             column=spec.institution_column,
         )
-    return sorted(values.astype(str).unique())
+    names = sorted(values.astype(str).unique())
+    for name in names:  # a value of the data: never quoted, never a folder
+        try:
+            check_institution_name(name, quote=False)
+        except FedriskInputError as err:
+            raise FedriskInputError(err.detail, file=spec.path, column=spec.institution_column) from None
+    return names
 
 
 def partition_rows(frame: pd.DataFrame, spec: DataSpec, seed: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.stats import norm
 
 from fedrisk import run_schema
-from fedrisk.drift import SCORE, noise_bound, psi
+from fedrisk.drift import SCORE, held_cells, noise_bound, psi
 from fedrisk.metrics import (
     EvalStats,
     auc_from_histograms,
@@ -121,20 +121,25 @@ def auc_noise_sd(stats: EvalStats, noise: float, draws: int = 100) -> float:
 
 def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray], stats: EvalStats | None,
                   performance_reference: dict[str, float] | None, levels: Levels, noise: float = 0.0,
-                  reference_noise: float = 0.0) -> ScopeResult:
+                  reference_noise: float = 0.0, score_reference_noise: float | None = None) -> ScopeResult:
     """PSI, CSI and performance of one scope against its training reference, with its level.
 
     `noise` and `reference_noise` are the DP noise per cell of the window's counts and of the
-    reference counts, and the reference performance carries its AUC's noise (`auc_noise_sd`):
-    measures within what sampling and that noise explain stay green."""
+    reference counts (`score_reference_noise` for the score's, when it was released otherwise),
+    and the reference performance carries its AUC's noise (`auc_noise_sd`):
+    measures within what sampling and that noise explain stay green. Cells empty on both sides
+    are left out (`held_cells`)."""
     result = ScopeResult(rows=int(np.sum(counts[SCORE])), psi={}, bound={},
                          reference_performance=dict(performance_reference or {}),
                          score_counts=np.asarray(counts[SCORE], dtype=float).tolist(),
                          reference_score_counts=np.asarray(reference_counts[SCORE], dtype=float).tolist())
     for column, mine in counts.items():
-        base = np.asarray(reference_counts[column])
-        result.psi[column] = psi(base, mine)
-        result.bound[column] = noise_bound(base, mine, levels.noise_confidence, reference_noise, noise)
+        base = np.asarray(reference_counts[column], dtype=float)
+        mine = np.asarray(mine, dtype=float)
+        base_noise = score_reference_noise if column == SCORE and score_reference_noise is not None else reference_noise
+        held = held_cells(base, mine, base_noise, noise)
+        result.psi[column] = psi(base[held], mine[held])
+        result.bound[column] = noise_bound(base[held], mine[held], levels.noise_confidence, base_noise, noise)
     rule = levels.performance
     if stats is not None and np.sum(stats.hist_pos) and np.sum(stats.hist_neg):
         result.performance = ranking_metrics(stats)
@@ -178,10 +183,14 @@ def mixed_reference(own: dict[str, dict[str, list]], weights: dict[str, float], 
     Under no drift, a pooled window is this mixture of its institutions' own distributions;
     the total stays the real reference size, which the noise bound needs.
     """
-    total_rows = sum(float(np.sum(own[n][columns[0]])) for n in weights)
     total_weight = sum(weights.values())
-    return {c: sum(np.asarray(own[n][c], dtype=float) / max(float(np.sum(own[n][c])), 1.0)
-                   * weights[n] / total_weight * total_rows for n in weights) for c in columns}
+
+    def mixed(c: str) -> np.ndarray:  # each column keeps its own size (the score's: validation rows)
+        total_rows = sum(float(np.sum(own[n][c])) for n in weights)
+        return sum(np.asarray(own[n][c], dtype=float) / max(float(np.sum(own[n][c])), 1.0)
+                   * weights[n] / total_weight * total_rows for n in weights)
+
+    return {c: mixed(c) for c in columns}
 
 
 def _mixed_validation(validation: dict[str, dict[str, list]], parts: dict[str, tuple[dict, EvalStats | None]],
@@ -245,15 +254,19 @@ def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray],
 
     everyone = list(reference_noise)
     pooled_reference_noise = combined(reference_noise, members if members[0] in own else everyone)
+    score_noise = reference.get("score_noise", {})
+    pooled_score_noise = (combined(score_noise, members) if members[0] in own else score_noise.get(POOLED)) \
+        if score_noise else None
     results = {POOLED: measure_scope(pooled_reference, pooled_counts, pooled_stats, pooled_performance, levels,
-                                     combined(noise, members), pooled_reference_noise)}
+                                     combined(noise, members), pooled_reference_noise, pooled_score_noise)}
     for name in sorted(parts):
         counts, stats = parts[name]
         mine = own.get(name)
         results[name] = measure_scope(mine if mine is not None else consortium, counts, stats,
                                       performance.get(name, performance.get(POOLED)), levels, noise.get(name, 0.0),
                                       reference_noise.get(name, 0.0) if mine is not None
-                                      else combined(reference_noise, everyone))
+                                      else combined(reference_noise, everyone),
+                                      score_noise.get(name if mine is not None else POOLED) if score_noise else None)
         if mine is None:
             results[name].reasons.append("no training reference of its own: judged against the consortium's, "
                                          "left out of the pool")

@@ -35,12 +35,14 @@ from tqdm import tqdm
 
 from fedrisk import protocol, run_schema
 from fedrisk.config import CampaignConfig, check_secure_aggregation, config_to_json
+from fedrisk.data import quality_card
 from fedrisk.data_quality import exclusion_reason
 from fedrisk.drift import SCORE, build_reference, coarsen, reference_edges
 from fedrisk.errors import FedriskInputError
 from fedrisk.evaluation import NOISE_DRAWS, SplitStatistics, noise_error, pooled, split_metrics
 from fedrisk.guard import REFERENCE_BINS
 from fedrisk.metrics import (
+    EvalStats,
     calibration_bands,
     evaluation_grid,
     importance_from_histograms,
@@ -110,6 +112,8 @@ def admit(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -
         admission.names[node] = name
         admission.statistics[name] = {**protocol.read_admission(msg), "privacy": protocol.privacy_of(msg)}
     stats = admission.statistics
+    for s in stats.values():  # the scorecard, from the counts as released (noised)
+        s["data"]["card"] = quality_card(config.data, s["data"]["quality"])
     admission.data = {name: s["data"] for name, s in stats.items()}
     if stats:  # institutions must share one column schema; the majority's is the consortium's
         schemas = Counter(json.dumps(s["schema"], sort_keys=True) for s in stats.values())
@@ -117,9 +121,9 @@ def admit(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -
         for name in [n for n, s in stats.items() if s["schema"] != consortium]:
             column = schema_difference(stats.pop(name)["schema"], consortium)
             admission.errors[name] = f"institution {name}, column '{column}': not of the consortium's schema"
-    for name in [n for n, s in stats.items() if not s["data"]["quality"]["passed"]]:
+    for name in [n for n, s in stats.items() if not s["data"]["card"]["passed"]]:
         mine = stats.pop(name)["data"]
-        admission.errors[name] = exclusion_reason(name, mine["source"], mine["quality"])
+        admission.errors[name] = exclusion_reason(name, mine["source"], mine["card"])
         admission.kinds[name] = "quality"
     _record_admission(admission, config, run)
     if len(stats) < config.training.min_institutions:
@@ -145,13 +149,14 @@ def _record_admission(admission: Admission, config: CampaignConfig, run: Campaig
     for reason in sorted(admission.errors.values()):
         log.warning("excluded %s", reason)
     for name, mine in sorted(admission.data.items()):
-        card = mine["quality"]
+        card = mine["card"]
         run.audit("institution_data", {"institution": name, "fingerprint": mine["fingerprint"],
-                                       "source": mine["source"], "rows": mine["rows"],
+                                       "source": mine["source"], "rows": round(mine["quality"]["rows"]),
                                        "quality_score": card["score"], "quality_passed": card["passed"]})
         run.log_metrics(run_schema.data_quality_metrics(name, card), step=0)
     run.log_dict({"min_score": config.data.quality.min_score, "score": "the weakest dimension",
-                  "institutions": {n: d["quality"] for n, d in admission.data.items()}},
+                  "note": "computed from the institutions' DP-noised counts (rows are noised counts too)",
+                  "institutions": {n: d["card"] for n, d in admission.data.items()}},
                  run_schema.DATA_QUALITY_ARTIFACT)
     deltas = [s["privacy"]["delta"] for s in admission.statistics.values() if s.get("privacy")]
     run.set_tags({run_schema.INSTITUTIONS: ",".join(sorted(admission.statistics)),
@@ -197,18 +202,17 @@ def start_model(grid: Grid, config: CampaignConfig, campaign: str, admission: Ad
     if config.training.initial_model:  # warm start: the old model's weights need its own preprocessing
         state, preprocessor = warm_start(config.training.initial_model, config, preprocessor)
         initial = ArrayRecord(state)
-    summary = {name: {"rows": admitted[name]["split_rows"],
+    summary = {name: {"rows": {"train": round(admitted[name]["split_rows"]["train"])},
                       "imputed": {c: round(max(v, 0.0)) for c, v in missing_counts(s).items()},
                       "fingerprint": admitted[name]["data"]["fingerprint"],
                       **({"days": admitted[name]["split_days"]} if "split_days" in admitted[name] else {})}
                for name, s in stats.items()}
     run.log_dict({"institutions": summary, "features": preprocessor.output_names,
                   "bounds": {c: {"lower": b.lower, "upper": b.upper} for c, b in bounds.items()},
-                  "note": "imputed values are DP-noised counts; rows below an institution's minimum count are withheld"},
+                  "note": "rows and imputed values are DP-noised counts"},
                  run_schema.DATA_SUMMARY_ARTIFACT)
     for name, s in stats.items():
-        rows = admitted[name]["split_rows"]["train"]
-        run.log_metrics({**({run_schema.at("rows_train", name): rows} if rows is not None else {}),
+        run.log_metrics({run_schema.at("rows_train", name): admitted[name]["split_rows"]["train"],
                          run_schema.at("imputed_values", name): max(sum(missing_counts(s).values()), 0.0)}, step=0)
     return StartingModel(preprocessor, initial, bounds, protected_groups(merged, shared_schema), stats)
 
@@ -261,7 +265,7 @@ def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: 
         strategy.exclude(name, reason, 0, admission.kind(name))
     runner = strategy if noise is None else with_institution_dp(strategy, inst_dp, noise, len(stats))
     if secure.enabled:  # the largest weight any institution can send: its training rows, or 1
-        max_weight = 1.0 if inst_dp.enabled else float(max(s["split_rows"]["train"] or 1 for s in stats.values()))
+        max_weight = 1.0 if inst_dp.enabled else float(max(s["split_rows"]["train"] for s in stats.values()))
         grid = SecureAggregationGrid(grid, secure, max_weight)
         run.set_tags({run_schema.SECURE_AGGREGATION: (
             f"SecAgg+ (num_shares {secure.num_shares}, reconstruction_threshold {secure.reconstruction_threshold}, "
@@ -307,9 +311,11 @@ def build_drift_reference(training: Training, config: CampaignConfig, campaign: 
     noise = float(np.sqrt(sum(protocol.counts_noise(msg) ** 2 for msg in answers)))
     sums = {column: sum(mine[column] for mine in fine.values()) for column in next(iter(fine.values()))}
     preprocessor = start.preprocessor
+    grid = evaluation_grid(sums[SCORE], edges[SCORE], config.evaluation.bins, config.evaluation.threshold, noise)
     reference = build_reference(sums[SCORE], edges[SCORE], {c: sums[c] for c in preprocessor.numeric}, edges,
                                 {c: sums[c] for c in preprocessor.categorical},
-                                dict(zip(preprocessor.categorical, preprocessor.vocabularies, strict=True)), noise)
+                                dict(zip(preprocessor.categorical, preprocessor.vocabularies, strict=True)), noise,
+                                grid.tolist())
     # Each institution's own distribution on the pooled bins: its windows are compared with
     # it, so that a regional lender is not flagged for differing from the consortium.
     reference["institutions"] = {
@@ -319,8 +325,7 @@ def build_drift_reference(training: Training, config: CampaignConfig, campaign: 
     }
     reference["noise"] = {name: protocol.counts_noise(msg) for name, msg in zip(fine, answers, strict=True)}
     reference["rows"] = {name: float(max(np.sum(counts[SCORE]), 0.0)) for name, counts in fine.items()}
-    reference["population"] = "training rows of the final model's institutions"
-    grid = evaluation_grid(sums[SCORE], edges[SCORE], config.evaluation.bins, config.evaluation.threshold, noise)
+    reference["population"] = "training rows of the final model's institutions (the score: their validation rows)"
     reference["grid"] = grid.tolist()
     return Reference(reference, grid)
 
@@ -439,7 +444,28 @@ def with_validation(reference: Reference, evaluation: FinalEvaluation) -> dict[s
         out["validation"] = {name: {"hist_pos": s.hist_pos.tolist(), "hist_neg": s.hist_neg.tolist(),
                                     "noise": evaluation.validation[name].noise}
                              for name, s in validation.items()}
+        out.update(score_reference(out, consortium, evaluation.validation))
     return out
+
+
+def score_reference(reference: dict[str, Any], consortium: SplitStatistics,
+                    validation: dict[str, SplitStatistics]) -> dict[str, Any]:
+    """The score's drift reference from the validation histograms (on the evaluation grid, whose
+    edges the score's deciles are), not from the training rows' fine grid: a decile then sums a
+    few cells of the validation release's low noise instead of twenty of the statistics' noise.
+    Validation rows are drawn as the training rows are (credit) or just before the window
+    (fraud): as good a reference of the scores."""
+    grid, edges = reference["grid"], reference["columns"][SCORE]["edges"]
+    cells = np.sqrt((len(grid) + 1) / (len(edges) + 1))  # a decile's noise: its cells' together
+
+    def deciles(stats: EvalStats) -> list[float]:
+        return coarsen(np.append(stats.hist_pos + stats.hist_neg, 0.0), grid, edges).tolist()
+
+    columns = {**reference["columns"], SCORE: {**reference["columns"][SCORE], "counts": deciles(consortium.overall)}}
+    institutions = {name: {**own, SCORE: deciles(validation[name].overall)} if name in validation else own
+                    for name, own in reference.get("institutions", {}).items()}
+    return {"columns": columns, "institutions": institutions,
+            "score_noise": {POOLED: consortium.noise * cells, **{n: v.noise * cells for n, v in validation.items()}}}
 
 
 def record_model(training: Training, start: StartingModel, reference: dict | None, evaluation: FinalEvaluation,

@@ -63,19 +63,10 @@ def credit_institution():
 def write_policies(names, **changes):
     """Each named institution's own policy: the shipped default with `changes` (dotted keys),
     written to its home under $FEDRISK_HOME before a campaign asks it anything."""
-    import yaml
+    from fedrisk.guard import DEFAULT_POLICY, POLICY_FILE, homes_root, update_policy
 
-    from fedrisk.guard import DEFAULT_POLICY, homes_root
-
-    policy = yaml.safe_load(DEFAULT_POLICY.read_text())
-    for key, value in changes.items():
-        node = policy
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
     for name in names:
         home = homes_root() / name
         home.mkdir(parents=True, exist_ok=True)
-        (home / "policy.yaml").write_text(yaml.safe_dump(policy))
-    return policy
+        (home / POLICY_FILE).write_text(DEFAULT_POLICY.read_text())
+        update_policy(home, name, changes)

@@ -1,4 +1,5 @@
-"""Data-quality scorecard: each dimension against counts made independently, on known defects."""
+"""Data-quality scorecard: counts against pandas on known defects, the card from them, one row
+moving each count by at most one (what the noise is calibrated to), and what leaves noised."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import pytest
 
 from fedrisk import data_quality as dq
 from fedrisk.config import load_config
-from fedrisk.data import load_institution
+from fedrisk.data import load_institution, quality_card
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators.credit import generate_institution
+
+COLUMNS = ["age", "income", "region", "default"]
+TODAY = date(2026, 11, 23)
 
 
 def _frame(n: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -22,77 +26,116 @@ def _frame(n: int = 1000, seed: int = 0) -> pd.DataFrame:
                          "region": rng.choice(["north", "south"], n), "default": (rng.random(n) < 0.2).astype(int)})
 
 
-def test_completeness_is_the_share_of_cells_present():
+def _measure(frame, ranges=None, categories=None, dates=None, newest=None, basis="generated"):
+    return dq.measure(frame, COLUMNS, "default", frame["default"].to_numpy(), ranges or {}, categories or {}, dates,
+                      TODAY, 365, newest, basis)
+
+
+def _card(counts, band=(0.02, 0.5), max_age=365):
+    return dq.scorecard(counts, 90.0, band, TODAY, max_age)
+
+
+def test_the_counts_are_pandas_counts_of_known_defects():
     frame = _frame()
     frame.loc[:99, "age"] = np.nan
     frame.loc[:49, "region"] = None
-    card = dq.completeness(frame, ["age", "income", "region", "default"])
-    assert card["failed"] == 150 and card["checked"] == 4000
-    assert card["score"] == pytest.approx(100 * frame.notna().to_numpy().mean())
-    assert "most in 'age' (100)" in card["detail"]
-
-
-def test_validity_counts_values_outside_ranges_and_categories():
-    frame = _frame()
-    frame.loc[:9, "age"] = 150.0   # above the range
-    frame.loc[10:14, "age"] = 17.0  # below it
-    frame.loc[20:21, "age"] = np.nan  # missing: completeness' business, not validity's
-    frame.loc[:29, "region"] = "atlantis"
-    card = dq.validity(frame, {"age": (18, 100), "income": (0, None)}, {"region": ["north", "south"]})
-    present = frame["age"].notna().sum() + frame["income"].notna().sum() + frame["region"].notna().sum()
-    expected_bad = int(((frame["age"] < 18) | (frame["age"] > 100)).sum()
-                       + (~frame["region"].isin(["north", "south"])).sum())
-    assert (card["failed"], card["checked"]) == (expected_bad, present) == (45, 2998)
-    assert card["score"] == pytest.approx(100 * (1 - 45 / 2998))
-    assert "most in 'region' (30)" in card["detail"]
-    assert dq.validity(frame, {}, {})["score"] == 100.0  # no rules, nothing to fail
-
-
-def test_duplicates_and_label_conflicts_are_counted_like_pandas():
-    frame = _frame()
-    repeated = pd.concat([frame, frame.iloc[:40]], ignore_index=True)  # 40 exact repeats
-    conflict = frame.iloc[100:110].copy()
+    frame.loc[100:109, "age"] = 150.0
+    frame.loc[200:229, "region"] = "atlantis"
+    repeated = pd.concat([frame, frame.iloc[300:340]], ignore_index=True)  # 40 exact repeats
+    conflict = frame.iloc[400:410].copy()
     conflict["default"] = 1 - conflict["default"]  # the same applicants with the other label
     data = pd.concat([repeated, conflict], ignore_index=True)
-    dup = dq.duplicates(data)
-    assert dup["failed"] == int(data.duplicated().sum()) == 40
-    assert dup["score"] == pytest.approx(100 * (1 - 40 / len(data)))
-    labels = dq.label_sanity(data, "default")
+    counts = _measure(data, {"age": (18, 100)}, {"region": ["north", "south"]})
+    assert counts["missing"] == data[COLUMNS].isna().sum().astype(float).to_dict()
+    assert counts["invalid"] == {"age": float((data["age"] > 100).sum()),
+                                 "region": float((~data["region"].dropna().isin(["north", "south"])).sum())}
+    assert counts["duplicates"] == float(data.duplicated().sum()) == 40
     distinct = data.drop_duplicates()
-    reference = int(distinct.groupby(["age", "income", "region"])["default"].transform("nunique").gt(1).sum())
-    assert labels["failed"] == reference == 20
-    assert labels["score"] == pytest.approx(100 * (1 - 20 / len(data)))
+    by_inputs = distinct.groupby(["age", "income", "region"], dropna=False)["default"].nunique()
+    assert (counts["patterns"], counts["conflicting"]) == (len(by_inputs), float((by_inputs > 1).sum())) == (1000, 10)
+    assert counts["positives"] == data["default"].sum() and counts["rows"] == len(data)
 
 
-def test_class_balance_scores_the_distance_to_the_expected_band():
-    inside = dq.class_balance(np.r_[np.ones(20), np.zeros(80)], (0.02, 0.5))
-    below = dq.class_balance(np.r_[np.ones(1), np.zeros(99)], (0.02, 0.5))
-    above = dq.class_balance(np.r_[np.ones(70), np.zeros(30)], (0.02, 0.5))
-    assert inside["score"] == 100.0
-    assert below["score"] == pytest.approx(50.0)  # 1 % against a floor of 2 %
-    assert above["score"] == pytest.approx(60.0)  # 30 % negatives against a floor of 50 %
-    assert dq.class_balance(np.zeros(100), (0.02, 0.5))["score"] == 0.0
-
-
-def test_freshness_halves_when_the_data_are_twice_as_old_as_allowed():
-    assert dq.freshness(date(2026, 10, 1), "timestamps", date(2026, 11, 1), 90)["score"] == 100.0
-    old = dq.freshness(date(2026, 1, 1), "timestamps", date(2026, 12, 27), 180)
-    assert old["score"] == pytest.approx(100 * 180 / 360) and "360 days" in old["detail"]
-
-
-def test_the_score_is_the_weakest_dimension_and_says_why():
+def test_the_card_scores_each_dimension_and_names_the_weakest():
     frame = _frame()
-    frame.loc[:199, "age"] = np.nan  # 200 of 4520 cells: completeness 95.6
-    frame = pd.concat([frame, frame.iloc[200:330]], ignore_index=True)  # 130 repeats: duplicates 88.5
-    dims = {"completeness": dq.completeness(frame, list(frame.columns)), "validity": dq.validity(frame, {}, {}),
-            "duplicates": dq.duplicates(frame), "label_sanity": dq.label_sanity(frame, "default"),
-            "class_balance": dq.class_balance(frame["default"].to_numpy(), (0.02, 0.5)),
-            "freshness": dq.freshness(None, "generated", date.today(), 30)}
-    card = dq.scorecard(dims, len(frame), 90.0)
-    assert card["weakest"] == "duplicates" and not card["passed"]
-    assert card["score"] == round(100 * (1 - 130 / 1130), 2)
+    frame.loc[:199, "age"] = np.nan  # 200 of 4520 cells
+    frame = pd.concat([frame, frame.iloc[200:330]], ignore_index=True)  # 130 repeats
+    card = _card(_measure(frame))
+    dims = card["dimensions"]
+    assert dims["completeness"]["score"] == pytest.approx(100 * (1 - 200 / (4 * 1130)), abs=0.01)
+    assert dims["duplicates"]["score"] == round(100 * (1 - 130 / 1130), 2)
+    assert card["weakest"] == "duplicates" and not card["passed"] and card["score"] == dims["duplicates"]["score"]
     reason = dq.exclusion_reason("inst03", "inst03.csv", card)
-    assert reason.startswith("institution inst03, file inst03.csv: data quality 88.50 below 90 (duplicates: 130 of 1130")
+    assert reason.startswith("institution inst03, file inst03.csv: data quality 88.50 below 90 (duplicates: 130 of "
+                             "1130 rows repeat an earlier row")
+
+
+@pytest.mark.parametrize("positives, expected", [(20, 100.0), (1, 50.0), (70, 60.0), (0, 0.0)])
+def test_class_balance_scores_the_distance_to_the_expected_band(positives, expected):
+    counts = {**_measure(_frame(100)), "positives": float(positives)}
+    assert _card(counts)["dimensions"]["class_balance"]["score"] == pytest.approx(expected)
+
+
+def test_freshness_from_a_file_date_or_dated_rows():
+    frame = _frame()
+    old = _card(_measure(frame, newest=date(2025, 5, 25), basis="file modification date"), max_age=180)
+    assert old["dimensions"]["freshness"]["score"] == pytest.approx(100 * 180 / 547, abs=0.01)
+    ahead = _card(_measure(frame, newest=date(2027, 6, 1), basis="file"), max_age=30)
+    assert "AFTER" in ahead["dimensions"]["freshness"]["detail"]
+    dated = pd.Series(pd.date_range("2024-01-01", periods=len(frame), freq="h"))
+    counts = _measure(frame, dates=dated, basis="column d")
+    assert counts["fresh"] == 0.0 and _card(counts)["dimensions"]["freshness"]["score"] == 0.0
+    recent = pd.Series(pd.date_range("2026-06-01", periods=len(frame), freq="h"))
+    assert _card(_measure(frame, dates=recent, basis="column d"))["dimensions"]["freshness"]["score"] == 100.0
+
+
+def test_one_row_moves_every_count_by_at_most_one():
+    """The release's noise is calibrated to this: each count is one block of sensitivity 1."""
+    rng = np.random.default_rng(3)
+    frame = _frame(400)
+    frame.loc[rng.choice(400, 60, replace=False), "income"] = np.nan
+    frame = pd.concat([frame, frame.iloc[:30]], ignore_index=True)
+    base = _measure(frame, {"age": (20, 80)}, {"region": ["north"]})
+    for row in [frame.iloc[[0]], frame.iloc[[0]].assign(default=lambda f: 1 - f["default"]),
+                frame.iloc[[5]].assign(age=np.nan, region=None), frame.iloc[[7]].assign(age=150.0, region="x")]:
+        more = _measure(pd.concat([frame, row], ignore_index=True), {"age": (20, 80)}, {"region": ["north"]})
+        for key in ("rows", "duplicates", "patterns", "conflicting", "positives"):
+            assert abs(more[key] - base[key]) <= 1, key
+        for key in ("missing", "invalid"):
+            assert max(abs(more[key][c] - base[key][c]) for c in base[key]) <= 1, key
+    assert dq.blocks(base) == 5 + len(COLUMNS) + 2
+
+
+def test_what_leaves_is_noised_as_planned():
+    counts = _measure(_frame())
+    draws = [dq.release(counts, 10.0, np.random.default_rng(i)) for i in range(400)]
+    errors = np.array([d["duplicates"] - counts["duplicates"] for d in draws])
+    # 400 draws of N(0, 10): mean within 4 standard errors (2.0), sd within 10 % of 10
+    assert abs(errors.mean()) < 2.0 and 9.0 < errors.std() < 11.0
+    assert all(d["noise"] == 10.0 for d in draws)
+    card = _card(draws[0])
+    assert "about" in card["dimensions"]["duplicates"]["detail"]  # counts as released, never exact
+
+
+def test_the_built_in_data_score_100_and_a_corrupted_file_scores_low(tmp_path):
+    config = load_config(None, {"data.synthetic.rows": 6000, "institutions": 3}, work_dir=tmp_path)
+    card = quality_card(config.data, load_institution(config.data, "inst02", config.seed).quality)
+    assert card["score"] == 100.0 and card["passed"]
+    clean = generate_institution(0, 3, 6000, 42)
+    bad = clean.copy()
+    bad.loc[:300, "income"] = np.nan
+    bad.loc[301:700, "age"] = 250.0
+    bad = pd.concat([bad, bad.iloc[:400]], ignore_index=True)
+    config = _files_config(tmp_path, {"inst01": clean, "inst02": bad}, ranges={"age": [18, 100]},
+                           categories={"region": ["capital", "north", "south", "east", "west"]})
+    good = quality_card(config.data, load_institution(config.data, "inst01", config.seed).quality)
+    counts = load_institution(config.data, "inst02", config.seed).quality
+    poor = quality_card(config.data, counts)
+    assert good["passed"] and good["score"] == 100.0
+    assert counts["duplicates"] == 400 and counts["invalid"]["age"] == int((bad["age"] > 100).sum())
+    assert sum(counts["missing"].values()) == int(bad.drop(columns="customer_id").isna().sum().sum())
+    assert not poor["passed"] and poor["weakest"] == "duplicates"
+    assert "file modification date" in poor["dimensions"]["freshness"]["detail"]
 
 
 def _files_config(tmp_path, frames: dict[str, pd.DataFrame], **quality):
@@ -103,43 +146,23 @@ def _files_config(tmp_path, frames: dict[str, pd.DataFrame], **quality):
     return load_config(None, {"data.source": "files", "data.files": files, "data.quality": quality}, work_dir=tmp_path)
 
 
-def test_the_built_in_data_score_100_and_a_corrupted_file_scores_low(tmp_path):
-    config = load_config(None, {"data.synthetic.rows": 6000, "institutions": 3}, work_dir=tmp_path)
-    card = load_institution(config.data, "inst02", config.seed).quality
-    assert card["score"] == 100.0 and card["passed"]
-    clean = generate_institution(0, 3, 6000, 42)
-    bad = clean.copy()
-    bad.loc[:300, "income"] = np.nan
-    bad.loc[301:700, "age"] = 250.0
-    bad = pd.concat([bad, bad.iloc[:400]], ignore_index=True)
-    config = _files_config(tmp_path, {"inst01": clean, "inst02": bad}, ranges={"age": [18, 100]},
-                           categories={"region": ["capital", "north", "south", "east", "west"]})
-    good = load_institution(config.data, "inst01", config.seed).quality
-    poor = load_institution(config.data, "inst02", config.seed).quality
-    assert good["passed"] and good["score"] == 100.0
-    dims = poor["dimensions"]
-    assert dims["duplicates"]["failed"] == 400
-    assert dims["validity"]["failed"] == int((bad["age"] > 100).sum())
-    assert dims["completeness"]["failed"] == int(bad.drop(columns="customer_id").isna().sum().sum())
-    assert not poor["passed"] and poor["weakest"] == "duplicates"
-    assert dims["freshness"]["detail"].startswith("newest record") and "file modification date" in dims["freshness"]["detail"]
-
-
 def test_freshness_comes_from_a_date_column_or_the_file_date(tmp_path):
     frame = generate_institution(0, 3, 3000, 42)
     frame["application_date"] = pd.date_range("2025-01-01", periods=len(frame), freq="h").strftime("%Y-%m-%d")
     config = _files_config(tmp_path, {"inst01": frame, "inst02": frame.iloc[:500]}, date_column="application_date",
                            as_of="2026-11-23", max_age_days=365)
     data = load_institution(config.data, "inst01", config.seed)
-    newest = pd.Timestamp(frame["application_date"].max()).date()
-    assert data.quality["dimensions"]["freshness"]["score"] == pytest.approx(
-        min(100.0, 100 * 365 / (date(2026, 11, 23) - newest).days), abs=0.01)
+    assert data.quality["fresh"] == 0 and quality_card(config.data, data.quality)["dimensions"]["freshness"]["score"] == 0
     assert "application_date" not in data.columns.features  # the date dates a row; it predicts nothing
+    config = _files_config(tmp_path, {"inst01": frame, "inst02": frame.iloc[:500]}, date_column="application_date",
+                           as_of="2025-03-01", max_age_days=365)
+    assert load_institution(config.data, "inst01", config.seed).quality["fresh"] == int(
+        (pd.to_datetime(frame["application_date"]) <= "2025-03-02").sum())
     os.utime(tmp_path / "inst02.csv", (0, date(2026, 1, 1).toordinal()))  # mtime is ignored with a date column
     frame.loc[5, "application_date"] = "not a date"
     config = _files_config(tmp_path, {"inst01": frame, "inst02": frame.iloc[:500]}, date_column="application_date")
     with pytest.raises(FedriskInputError,
-                       match=r"institution inst01, file .*inst01.csv, column 'application_date': 1 values are not dates"):
+                       match=r"institution inst01, file .*inst01.csv, column 'application_date': values that are not"):
         load_institution(config.data, "inst01", config.seed)
 
 
@@ -161,20 +184,13 @@ def test_quality_settings_are_checked_on_load(tmp_path):
 
 def test_numbers_and_booleans_match_their_allowed_categories():
     frame = pd.DataFrame({"grade": [1.0, 2.0, np.nan, 3.0, 9.0], "flag": [True, False, True, True, False]})
-    card = dq.validity(frame, {}, {"grade": [1, 2, "3"], "flag": ["true", "false"]})
-    assert (card["failed"], card["checked"]) == (1, 9)  # only the 9 is outside
-
-
-def test_a_record_dated_after_as_of_is_not_fresh():
-    card = dq.freshness(date(2027, 6, 1), "column d", date(2026, 11, 23), 30)
-    assert card["score"] == pytest.approx(100 * 30 / 190) and "AFTER" in card["detail"]
-    assert dq.freshness(date(2026, 11, 24), "column d", date(2026, 11, 23), 30)["score"] == 100.0  # time zones
+    assert dq.measure(frame, ["grade", "flag"], "flag", np.zeros(5), {}, {"grade": [1, 2, "3"], "flag": ["true", "false"]},
+                      None, TODAY, 30, None, "generated")["invalid"] == {"grade": 1.0, "flag": 0.0}
 
 
 def test_a_score_just_below_the_minimum_fails_even_if_it_rounds_to_it():
-    dims = {d: {"score": 100.0, "failed": 0, "checked": 1, "detail": ""} for d in dq.DIMENSIONS}
-    dims["duplicates"]["score"] = 89.996
-    card = dq.scorecard(dims, 10, 90.0)
+    counts = {**_measure(_frame(100_000)), "duplicates": 10_000.4}  # 89.9996
+    card = _card(counts)
     assert card["score"] == 90.0 and not card["passed"]
 
 
@@ -186,18 +202,29 @@ def test_replayed_rows_with_new_ids_and_relabelled_rows_are_caught(tmp_path):
     relabelled["customer_id"] = [f"re-{i}" for i in range(50)]
     relabelled["default"] = 1 - relabelled["default"]
     config = _files_config(tmp_path, {"inst01": pd.concat([frame, replay, relabelled]), "inst02": frame})
-    dims = load_institution(config.data, "inst01", config.seed).quality["dimensions"]
-    assert dims["duplicates"]["failed"] == 100 and dims["label_sanity"]["failed"] == 100
+    counts = load_institution(config.data, "inst01", config.seed).quality
+    assert counts["duplicates"] == 100 and counts["conflicting"] == 50
 
 
 def test_dates_across_a_daylight_saving_change_and_epoch_numbers(tmp_path):
     frame = generate_institution(0, 3, 3000, 42)
     frame["applied"] = np.where(np.arange(len(frame)) % 2, "2026-03-20T10:00:00+01:00", "2026-04-20T10:00:00+02:00")
     config = _files_config(tmp_path, {"inst01": frame, "inst02": frame}, date_column="applied", as_of="2026-05-20",
-                           max_age_days=365)
-    card = load_institution(config.data, "inst01", config.seed).quality["dimensions"]["freshness"]
-    assert card["score"] == 100.0 and "2026-04-20" in card["detail"]
+                           max_age_days=45)
+    counts = load_institution(config.data, "inst01", config.seed).quality
+    assert counts["fresh"] == (np.arange(len(frame)) % 2 == 0).sum()  # April (local dates) within 45 days; March not
     frame["applied"] = 1_700_000_000
     config = _files_config(tmp_path, {"inst01": frame, "inst02": frame}, date_column="applied")
     with pytest.raises(FedriskInputError, match="column 'applied': numbers, not dates"):
         load_institution(config.data, "inst01", config.seed)
+
+
+def test_noise_alone_does_not_fail_a_small_institution_with_good_data():
+    """A 330-row lender's positives noised with a standard deviation of 56 can read as a rate of
+    0 %: it fails only if even two noise deviations in its favour leave it below the minimum."""
+    counts = _measure(_frame(330))
+    noisy = {**dq.release(counts, 56.0, np.random.default_rng(0)), "positives": 0.0}
+    card = _card(noisy)
+    assert card["dimensions"]["class_balance"]["score"] == 0.0 and card["passed"]
+    broken = {**dq.release({**counts, "duplicates": 150.0}, 1.0, np.random.default_rng(0))}
+    assert not _card(broken)["passed"]  # a real defect, well beyond the noise, still fails

@@ -8,6 +8,7 @@ import pytest
 from scipy.special import rel_entr
 from sklearn.metrics import roc_auc_score
 
+from fedrisk.columns import Columns
 from fedrisk.drift import (
     SCORE,
     UNSEEN,
@@ -21,7 +22,6 @@ from fedrisk.drift import (
 )
 from fedrisk.metrics import EvalStats, uniform_edges
 from fedrisk.monitor_config import Bands, Levels, Performance
-from fedrisk.columns import Columns
 from fedrisk.preprocessing import Preprocessor
 from fedrisk.warning_levels import (
     GREEN,

@@ -14,13 +14,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_policies
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from fedrisk.config import load_config
-from fedrisk.errors import BudgetExhaustedError
+from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.generators.credit import generate_consortium
-from fedrisk.launcher import simulate
+from fedrisk.launcher import campaign_outcome, simulate
 from fedrisk.privacy import EPSILON_TOLERANCE
 
 pytestmark = pytest.mark.slow
@@ -47,7 +48,8 @@ def _artifact_files(client: MlflowClient, run_id: str, path: str = "") -> list[s
 
 
 def test_three_institutions_two_rounds(tmp_path):
-    config = _config(tmp_path)
+    """Validation every round and feature importance: both releases the default campaign skips."""
+    config = _config(tmp_path, **{"evaluation.every_round": True, "evaluation.importance": True})
     outcome = simulate(config)
     assert outcome.status == "completed"
     client = MlflowClient(config.tracking.uri)
@@ -56,7 +58,7 @@ def test_three_institutions_two_rounds(tmp_path):
     assert run.data.params["privacy.target_epsilon"] == "2.0"
     auc_history = client.get_metric_history(outcome.run_id, "val_auc")
     assert [m.step for m in auc_history] == [0, 1, 2]  # 0: the initial model
-    assert all(0.6 < m.value < 0.9 for m in auc_history[1:])
+    assert all(0.5 < m.value < 1.0 for m in auc_history)  # noised; the model's own AUC is checked below
     names = ["inst01", "inst02", "inst03"]
     for name in names:
         assert [m.step for m in client.get_metric_history(outcome.run_id, f"val_auc.{name}")] == [0, 1, 2]
@@ -68,8 +70,10 @@ def test_three_institutions_two_rounds(tmp_path):
     assert eps_max <= 2.0  # never above the target ...
     assert 2.0 - eps_max <= EPSILON_TOLERANCE  # ... and the two planned rounds use it up
     assert len(client.get_metric_history(outcome.run_id, "round_seconds")) == 2
-    assert "delta=1e-05" in run.data.tags["fedrisk.epsilon"]
-    assert run.data.tags["fedrisk.delta"] == "1e-05" and run.data.tags["fedrisk.accountant"] == "rdp"
+    assert "delta=1e-06" in run.data.tags["fedrisk.epsilon"]  # each institution's policy delta
+    assert run.data.tags["fedrisk.delta"] == "1e-06" and run.data.tags["fedrisk.accountant"] == "rdp"
+    for mechanism in ("bounds", "preprocessing", "dp_sgd", "evaluation", "importance", "drift_reference"):
+        assert 0 < run.data.metrics[f"epsilon_{mechanism}.inst01"] <= eps_max
 
     # The model loads from MLflow alone and scores raw feature columns.
     model = mlflow.pyfunc.load_model(run.data.tags["fedrisk.model_uri"])
@@ -83,7 +87,7 @@ def test_three_institutions_two_rounds(tmp_path):
     # The ledger snapshot states accountant and delta; epsilons equal the run's.
     ledger_file = client.download_artifacts(outcome.run_id, "privacy/ledger_snapshot.json", str(tmp_path))
     ledger = json.loads(Path(ledger_file).read_text())
-    assert ledger["accountant"] == "rdp" and ledger["delta"] == 1e-5
+    assert ledger["accountant"] == "rdp" and {i["delta"] for i in ledger["institutions"].values()} == {1e-6}
     assert ledger["federation_epsilon"] == pytest.approx(eps_max)
 
     # No row-level data among the artifacts.
@@ -92,9 +96,7 @@ def test_three_institutions_two_rounds(tmp_path):
     assert "evaluation/calibration_test.json" in files
     ranked = json.loads(Path(client.download_artifacts(outcome.run_id, "evaluation/feature_importance.json",
                                                        str(tmp_path))).read_text())["importance"]
-    assert set(ranked) == set(features.columns)
-    top = list(ranked)[:4]
-    assert {"debt_to_income", "credit_utilisation", "past_delinquencies", "income"} & set(top), ranked
+    assert set(ranked) == set(features.columns)  # noised (3x the validation noise per cell): no ranking asserted
     for key in ("test_auc", "test_gini", "test_ks", "test_brier", "test_average_precision",
                 "test_recall_at_fpr_0.1", "test_precision_at_0.2", "test_auc_gap", "test_ks.inst02",
                 "test_approval_rate_difference.sex", "test_approval_rate.age_band:50plus",
@@ -110,16 +112,19 @@ def test_three_institutions_two_rounds(tmp_path):
 
 
 def test_spent_budget_stops_the_next_campaign(tmp_path):
-    config = _config(tmp_path, rounds=1)
-    first = simulate(config)
+    write_policies(["inst01", "inst02", "inst03"], **{"privacy.lifetime_epsilon": 2.0,
+                                                       "privacy.max_campaign_epsilon": 2.0})
+    first = simulate(_config(tmp_path, rounds=1))
     assert first.status == "completed"
-    # The same data under a lifetime budget of 1.5: the ~2.0 already spent exceeds it.
+    # Their policies' lifetime cap of 2.0 is spent: a campaign asking 1.5 more cannot be paid.
     config = _config(tmp_path, rounds=1, epsilon=1.5)
     # The CLI's local check refuses at once, naming the institution.
-    with pytest.raises(BudgetExhaustedError, match=r"institution inst01.*budget spent"):
+    with pytest.raises(BudgetExhaustedError, match=r"institution inst01.*privacy budget left"):
         simulate(config)
     # Through Flower: every institution refuses, the campaign stops cleanly and says why.
-    second = simulate(config, check_inputs=False)
+    with pytest.raises(FedriskInputError, match="minimum is 2"):
+        simulate(config, campaign="second", check_inputs=False)
+    second = campaign_outcome(config, "second")
     assert second.status == "stopped"
     assert "minimum is 2" in second.tags["fedrisk.stop_reason"]
     assert "budget" in second.tags["fedrisk.excluded"]
@@ -147,7 +152,9 @@ def test_faulty_institution_is_excluded_and_others_go_on(tmp_path):
     assert "inst02" in excluded and "debt_to_income" in excluded and "inst02.csv" in excluded
     assert "val_auc.inst02" not in outcome.metrics
     assert "val_auc.inst01" in outcome.metrics and "val_auc.inst03" in outcome.metrics
-    assert outcome.metrics["val_auc"] > 0.65  # FedProx with a logistic model learns too
+    model = mlflow.pyfunc.load_model(outcome.tags["fedrisk.model_uri"])  # FedProx with a logistic model learns too:
+    fresh = pd.concat(generate_consortium(3, 9000, seed=8).values())  # its exact AUC, free of evaluation noise
+    assert roc_auc_score(fresh["default"], np.asarray(model.predict(fresh.drop(columns=["default"])))) > 0.65
     # The logistic model explains itself as a scorecard with reason codes.
     frames["inst01"].head(40).to_csv(tmp_path / "applicants.csv", index=False)
     explained = _cli("explain", outcome.tags["fedrisk.model_uri"], "applicants.csv",
@@ -258,9 +265,14 @@ def test_flwr_run_runs_the_same_app(tmp_path):
 def test_gate_challenges_a_fair_model_and_blocks_a_biased_or_random_one(tmp_path):
     """Through the real Flower simulation: verdict, registry alias and exit codes."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    fair = simulate(_config(tmp_path, rounds=3, seed=11))
-    biased = simulate(_config(tmp_path, rounds=3, seed=12, **{"data.synthetic.group_bias": 1.5}))
-    random_model = simulate(_config(tmp_path, rounds=1, seed=13, **{"training.learning_rate": 1e-6}))
+    # 30,000 applicants at epsilon 3: the test histograms' DP noise then moves the AUC by about
+    # 0.012 and the sex approval gap by about 0.008 (the runs' *_noise_sd); at 9,000 and epsilon 2
+    # (0.035 and 0.025) a fair model's verdict would be a coin toss.
+    size = {"data.synthetic.rows": 30_000, "epsilon": 3.0}
+    fair = simulate(_config(tmp_path, rounds=3, seed=11, **size))
+    biased = simulate(_config(tmp_path, rounds=3, seed=12, **size, **{"data.synthetic.group_bias": 1.5}))
+    random_model = simulate(_config(tmp_path, rounds=1, seed=13, **size, **{"training.learning_rate": 1e-6}))
+    assert fair.metrics["test_auc_noise_sd"] < 0.02 and fair.metrics["test_approval_rate_difference.sex_noise_sd"] < 0.015
     client = MlflowClient(uri)
     assert fair.tags["fedrisk.gate.verdict"] in ("pass", "warn")
     assert fair.tags["fedrisk.gate.alias"] == "challenger"

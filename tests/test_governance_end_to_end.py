@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from fedrisk import audit, run_schema
 from fedrisk.evidence import SECTIONS
 from fedrisk.generators.credit import generate_institution
+from fedrisk.guard import update_policy
 
 pytestmark = pytest.mark.slow
 MODEL = "fedrisk-credit"
@@ -28,6 +29,7 @@ MODEL = "fedrisk-credit"
 def _cli(*args: str, cwd: Path, actor: str = "tom") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["FEDRISK_ACTOR"] = actor
+    env["FEDRISK_HOME"] = str(cwd / "homes")  # the lenders' homes: their policies and ledgers
     return subprocess.run([sys.executable, "-m", "fedrisk.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
 
@@ -45,6 +47,8 @@ def consortium(tmp_path_factory):
             frame = pd.concat([frame, frame.iloc[:300]], ignore_index=True)
         files[name] = f"{name}.csv"
         frame.to_csv(folder / files[name], index=False)
+        # each lender allows a non-private campaign (the second one: its customers' epsilon is then infinite)
+        update_policy(folder / "homes" / "institutions" / name, name, {"privacy.require_dp": False})
     config = {"data": {"source": "files", "files": files, "quality": {"ranges": {"age": [18, 100]}}},
               "training": {"rounds": 2, "batch_size": 128}, "privacy": {"target_epsilon": 2.0},
               "gate": {"policy": "pilot.yaml"}}
@@ -89,8 +93,8 @@ def test_the_corrupted_institution_is_excluded_and_the_campaign_completes(consor
     assert run.data.tags["fedrisk.institutions"] == "inst01,inst02"
     assert run.data.metrics["dq_score.inst03"] < 90 <= run.data.metrics["dq_score.inst01"]
     broken = pd.read_csv(folder / "inst03.csv")
-    assert run.data.metrics["dq_duplicates.inst03"] == pytest.approx(
-        round(100 * (1 - broken.duplicated().sum() / len(broken)), 2))
+    assert run.data.metrics["dq_duplicates.inst03"] == pytest.approx(  # scores leave rounded to one decimal
+        round(100 * (1 - broken.duplicated().sum() / len(broken)), 1))
     path = _client(folder).download_artifacts(run.info.run_id, "institutions/data_quality.json", str(folder))
     cards = json.loads(Path(path).read_text())["institutions"]
     assert not cards["inst03"]["passed"] and cards["inst01"]["passed"]

@@ -62,7 +62,8 @@ def test_reference_is_stored_with_the_model(trained):
     mlflow.set_tracking_uri(uri)
     reference = load_reference(outcome.tags["fedrisk.model_uri"])
     score = reference["columns"][SCORE]
-    assert 5 <= len(score["edges"]) <= 9 and sum(score["counts"]) == sum(reference["rows"].values())
+    assert 5 <= len(score["edges"]) <= 9
+    assert sum(score["counts"]) == pytest.approx(sum(reference["rows"].values()), rel=1e-9)  # noised, both
     assert {"income", "age", "region", "employment_type"} <= set(reference["columns"])
     assert set(reference["institutions"]) == {"inst01", "inst02", "inst03"}
     assert reference["performance"]["pooled"]["auc"] == pytest.approx(outcome.metrics["val_auc"], abs=1e-9)
@@ -71,12 +72,17 @@ def test_reference_is_stored_with_the_model(trained):
 def test_population_shift_goes_green_yellow_orange_red_in_mlflow(trained):
     folder, uri, outcome = trained
     plan = plan_monitoring(_monitor_config(folder, uri), "fedrisk-credit@challenger")
-    run = monitor(plan)
+    run = monitor(plan.monitor, f"{plan.model.name}/{plan.model.version}", len(plan.institutions))
     client = MlflowClient(uri)
     pooled = [int(m.value) for m in sorted(client.get_metric_history(run.info.run_id, "level"), key=lambda m: m.step)]
     assert pooled == [0, 0, 1, 2, 3, 3]  # green, green, yellow, orange, red (sustained), red (severe)
     psis = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "psi_score"), key=lambda m: m.step)]
-    assert psis[0] < 0.01 and psis[1] < 0.01 and 0.10 <= psis[2] < 0.25 <= psis[3] < 0.5 <= psis[5]
+    bounds = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "psi_score_noise_bound"),
+                                      key=lambda m: m.step)]
+    # without a shift the PSI stays within what sampling and the DP noise of both reference and
+    # window explain (the bound the run states); with it, it climbs through the bands
+    assert psis[0] < bounds[0] < 0.1 and psis[1] < bounds[1] < 0.1
+    assert 0.10 <= psis[2] < 0.25 <= psis[3] < 0.5 <= psis[5]
     tags = run.data.tags
     assert tags["fedrisk.monitor.level"] == "red" and tags["fedrisk.model_version"] == "1"
     assert tags["fedrisk.training_run"] == outcome.run_id
@@ -105,13 +111,15 @@ def test_population_shift_goes_green_yellow_orange_red_in_mlflow(trained):
         own = reference["institutions"]
         return sum(np.asarray(own[n][column], float) / sum(own[n][column]) * share[n] for n in plan.institutions)
 
+    # The window's counts are released with DP noise: the federated PSI is the exact one within
+    # the noise bound the run states for that window.
     scores = np.asarray(model.predict(pooled_rows))
     hist, _ = np.histogram(scores, [-np.inf, *edges, np.inf])
-    assert psis[3] == pytest.approx(psi(mixture(SCORE), [*hist, 0]), rel=1e-9)
+    assert abs(psis[3] - psi(mixture(SCORE), [*hist, 0])) < bounds[3]
     income_edges = reference["columns"]["income"]["edges"]
     hist, _ = np.histogram(pooled_rows["income"], [-np.inf, *income_edges, np.inf])
     csi = client.get_metric_history(run.info.run_id, "csi.income")
-    assert [m.value for m in csi if m.step == 4][0] == pytest.approx(psi(mixture("income"), [*hist, 0]), rel=1e-9)
+    assert abs([m.value for m in csi if m.step == 4][0] - psi(mixture("income"), [*hist, 0])) < bounds[3]
 
 
 def test_downturn_triggers_warm_started_retraining_from_the_cli(trained):

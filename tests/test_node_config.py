@@ -23,7 +23,8 @@ def test_data_path_replaces_the_campaigns_layout_with_the_nodes_file(tmp_path):
     assert session.home == tmp_path / "home"
     stats = admit(session, "c1")
     assert (tmp_path / "home" / "policy.yaml").is_file() and (tmp_path / "home" / "ledger.json").is_file()
-    assert stats["data"]["rows"] == len(frame)
+    noise = stats["noise"]["statistics"]  # the rows leave noised: within 5 standard deviations
+    assert abs(stats["data"]["quality"]["rows"] - len(frame)) < 5 * noise and stats["data"]["quality"]["noise"] == noise
     assert stats["data"]["source"] == str(tmp_path / "mine.csv")
 
 

@@ -9,9 +9,9 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedrisk.config import ModelSpec
-from fedrisk.errors import BudgetExhaustedError, FedriskInputError
-from fedrisk.models import build_model
+from fedrisk.errors import BudgetExhaustedError
 from fedrisk.ledger import PrivacyLedger, Release
+from fedrisk.models import build_model
 from fedrisk.privacy import EPSILON_TOLERANCE, calibrate_noise_multiplier, epsilon_spent
 from fedrisk.training import DPSettings, dp_sampling, train_local
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_policies
 from mlflow.tracking import MlflowClient
 
 from fedrisk.config import load_config
@@ -30,6 +31,7 @@ def _weights(config, outcome) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_secure_aggregation_gives_the_weighted_average_of_plain_fedavg(tmp_path):
+    write_policies(["inst01", "inst02", "inst03"], **{"privacy.require_dp": False})  # exact, to compare weights
     plain_cfg = _config(tmp_path, "plain", **{"privacy.enabled": False})
     secure_cfg = _config(tmp_path, "secure", **{"privacy.enabled": False, "secure_aggregation.enabled": True})
     plain, secure = simulate(plain_cfg), simulate(secure_cfg)
