@@ -6,19 +6,23 @@ clipped value of a sum), so a release of b blocks with noise z per cell has sens
 sqrt(b) and noise multiplier z / sqrt(b). The plan lists them by the rows they touch:
 
 - every row: `quality` (the data-quality counts, `fedrisk.data_quality`), one release per part;
-- train rows: `bounds` (a histogram of each numeric column on a fixed log grid: clipping
-  bounds and decile edges; and the training rows' count), `preprocessing` (clipped counts, sums and sums of squares; category
-  counts with partition selection), `dp_sgd`, and `drift_reference` (the final model's score
-  and the inputs on the reference bins);
+- train rows: `size` (the training rows' count, once per version of the data and split: every
+  plan is calibrated on it, never on the exact count; its own ledger entry), `bounds` (a
+  histogram of each numeric column on a fixed log grid: clipping bounds and decile edges),
+  `preprocessing` (clipped counts, sums and sums of squares; category counts with partition
+  selection), `dp_sgd`, and `drift_reference` (the final model's score and the inputs on the
+  reference bins);
 - validation rows: `evaluation` (score histograms and score sums, by protected group; for
   fraud, the amounts and top-k counts), each round if `evaluation.every_round`, and once at
   the end; `importance` (a histogram per ablated feature, at `IMPORTANCE_NOISE` times the noise);
 - test rows: `evaluation` once.
 
 Calibration (`plan_campaign`): the statistics get `privacy.statistics_share` of the campaign's
-epsilon, each part alone; DP-SGD the largest noise-free share that keeps the campaign within its
-epsilon and the institution within its lifetime cap; validation and test as much as fits under
-the same two limits (they are other rows, so they cost the campaign nothing beyond its worst part).
+epsilon, each part alone; DP-SGD the largest share that keeps the campaign within its epsilon
+and the institution within its lifetime cap; credit's validation and test as much as fits under
+the same two limits (they are other rows, so they cost the campaign nothing beyond its worst
+part). Fraud's rows are linked (`Shape.part`): validation and test first get
+`privacy.evaluation_share`, and everything composes in sequence.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 
 from fedrisk.config import CampaignConfig
 from fedrisk.errors import BudgetExhaustedError
-from fedrisk.ledger import PrivacyLedger, Release, campaign_epsilon
+from fedrisk.ledger import PrivacyLedger, Release, campaign_epsilon, parts_curve
 from fedrisk.privacy import smallest_noise
 from fedrisk.training import dp_sampling
 
@@ -36,6 +40,8 @@ IMPORTANCE_NOISE = 3.0  # importance histograms get this many times the validati
 PARTITION_DELTA_SHARE = 0.01  # of the institution's delta, per campaign, for partition selection
 MAX_STATISTICS_NOISE = 1e4
 PARTS = ("train", "validation", "test")
+LINKED = "transactions"  # the one part of a fraud campaign (see `Shape.part`)
+SIZE_NOISE = 40.0  # noise of the released training-row count (epsilon about 0.13 at delta 1e-6)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,13 @@ class Shape:
     fraud: bool
     quality: int = 0  # blocks of the data-quality counts (`fedrisk.data_quality.blocks`)
 
+    def part(self, name: str) -> str:
+        """The part a release touches. Fraud rows are linked (a transaction enters its customer's
+        and terminal's later look-back features, in every window after it), so a fraud campaign's
+        releases all touch one part and compose in sequence; credit rows are split by a keyed hash
+        of each row alone, and disjoint parts compose in parallel."""
+        return LINKED if self.fraud else name
+
     @property
     def features(self) -> int:
         return self.numeric + self.categorical
@@ -61,8 +74,7 @@ class Shape:
 
     @property
     def statistics_blocks(self) -> dict[str, int]:
-        # bounds: the log-grid histograms and the training rows
-        return {"bounds": self.numeric + 1, "preprocessing": 3 * self.numeric + self.categorical + self.protected,
+        return {"bounds": self.numeric, "preprocessing": 3 * self.numeric + self.categorical + self.protected,
                 "drift_reference": 1 + self.numeric + self.categorical}
 
 
@@ -97,11 +109,15 @@ class CampaignPlan:
 
 
 def evaluation_release(shape: Shape, part: str, noise: float) -> Release:
-    return Release(part, "evaluation", _blocks(noise, shape.evaluation_blocks))
+    return Release(shape.part(part), "evaluation", _blocks(noise, shape.evaluation_blocks))
 
 
 def importance_release(shape: Shape, noise: float) -> Release:
-    return Release("validation", "importance", _blocks(IMPORTANCE_NOISE * noise, shape.features))
+    return Release(shape.part("validation"), "importance", _blocks(IMPORTANCE_NOISE * noise, shape.features))
+
+
+def sgd_release(shape: Shape, noise_multiplier: float, sample_rate: float, steps: int) -> Release:
+    return Release(shape.part("train"), "dp_sgd", noise_multiplier, sample_rate, steps)
 
 
 def _blocks(noise: float, blocks: int) -> float:
@@ -111,12 +127,12 @@ def _blocks(noise: float, blocks: int) -> float:
 
 def statistics_release(shape: Shape, mechanism: str, noise: float, partition_delta: float) -> Release:
     delta = partition_delta * (shape.categorical + shape.protected) if mechanism == "preprocessing" else 0.0
-    return Release("train", mechanism, _blocks(noise, shape.statistics_blocks[mechanism]), delta=delta)
+    return Release(shape.part("train"), mechanism, _blocks(noise, shape.statistics_blocks[mechanism]), delta=delta)
 
 
 def quality_releases(shape: Shape, noise: float) -> list[Release]:
     """The data-quality counts: of every row as read, so one release on each part."""
-    return [Release(part, "quality", _blocks(noise, shape.quality)) for part in PARTS] if shape.quality else []
+    return [Release(shape.part(part), "quality", _blocks(noise, shape.quality)) for part in PARTS] if shape.quality else []
 
 
 def _statistics(shape: Shape, noise: float, partition_delta: float) -> list[Release]:
@@ -133,19 +149,22 @@ def _evaluation(shape: Shape, config: CampaignConfig, part: str, noise: float) -
 
 
 def plan_campaign(config: CampaignConfig, shape: Shape, ledger: PrivacyLedger, campaign: str,
-                  max_campaign_epsilon: float, cap: float) -> CampaignPlan:
-    """Calibrate every release of a campaign at one institution (see the module's docstring)."""
+                  max_campaign_epsilon: float, cap: float, inherited: tuple[Release, ...] = ()) -> CampaignPlan:
+    """Calibrate every release of a campaign at one institution (see the module's docstring).
+    `inherited`: releases made for this campaign under another ledger entry (the row count, when
+    this campaign is the first on the data): they count within its epsilon."""
     pv, tr = config.privacy, config.training
     limit = min(pv.target_epsilon, max_campaign_epsilon)
     delta, cap = ledger.delta, ledger.effective_cap(cap)
     prior = ledger.lifetime(exclude=campaign)
+    before = parts_curve(list(inherited))  # composed with every part: another ledger entry
     partition_delta = PARTITION_DELTA_SHARE * delta / max(shape.categorical + shape.protected, 1)
 
     def within(releases: list[Release]) -> float:
         """Limit-scaled epsilon: <= limit when the campaign and the lifetime both fit."""
-        return max(campaign_epsilon(releases, delta), campaign_epsilon(releases, delta, prior) - cap + limit)
+        return max(campaign_epsilon(releases, delta, before), campaign_epsilon(releases, delta, prior) - cap + limit)
 
-    statistics = smallest_noise(lambda z: campaign_epsilon(_statistics(shape, z, partition_delta), delta),
+    statistics = smallest_noise(lambda z: campaign_epsilon(_statistics(shape, z, partition_delta), delta, before),
                                 pv.statistics_share * limit, MAX_STATISTICS_NOISE)
     if statistics is None:
         raise BudgetExhaustedError(f"privacy.statistics_share {pv.statistics_share:g} of epsilon {limit:g} cannot pay "
@@ -155,17 +174,27 @@ def plan_campaign(config: CampaignConfig, shape: Shape, ledger: PrivacyLedger, c
     steps = per_epoch * tr.local_epochs
 
     def sgd(sigma: float) -> list[Release]:
-        return [Release("train", "dp_sgd", sigma, rate, steps)] * tr.rounds
+        return [sgd_release(shape, sigma, rate, steps)] * tr.rounds
 
-    sigma = smallest_noise(lambda s: within(stats + sgd(s)), limit, pv.max_noise_multiplier)
+    evaluation: list[Release] = []
+    noise = {}
+    if shape.fraud:  # linked rows: validation and test compose with training, so they get their share first
+        found = smallest_noise(lambda z: campaign_epsilon(_evaluation(shape, config, "validation", z)
+                                                          + _evaluation(shape, config, "test", z), delta),
+                               pv.evaluation_share * limit, MAX_STATISTICS_NOISE)
+        if found is None:
+            raise BudgetExhaustedError(f"privacy.evaluation_share {pv.evaluation_share:g} of epsilon {limit:g} cannot "
+                                       "pay for the campaign's evaluation")
+        noise = {"validation": found, "test": found}
+        evaluation = [*_evaluation(shape, config, "validation", found), *_evaluation(shape, config, "test", found)]
+    sigma = smallest_noise(lambda s: within(stats + evaluation + sgd(s)), limit, pv.max_noise_multiplier)
     if sigma is None:
         left = max(cap - campaign_epsilon([], delta, prior), 0.0)
-        raise BudgetExhaustedError(
-            f"privacy budget left ({left:.3g} of {cap:g} at delta {delta:g}) cannot pay for {steps * tr.rounds} "
-            f"DP-SGD steps at sample rate {rate:.4g} with a noise multiplier up to {pv.max_noise_multiplier:g}")
-    releases = stats + sgd(sigma)
-    noise = {}
-    for part in ("validation", "test"):
+        raise BudgetExhaustedError(  # no steps nor sample rate: both follow from the rows
+            f"privacy budget left ({left:.3g} of {cap:g} at delta {delta:g}) cannot pay for {tr.rounds} rounds of "
+            f"DP-SGD with a noise multiplier up to {pv.max_noise_multiplier:g}")
+    releases = stats + sgd(sigma) + evaluation
+    for part in [] if shape.fraud else ["validation", "test"]:  # other rows: as much as fits
         found = smallest_noise(lambda z, part=part, before=releases: within(before + _evaluation(shape, config, part, z)),
                                limit,
                                MAX_STATISTICS_NOISE)
@@ -174,7 +203,7 @@ def plan_campaign(config: CampaignConfig, shape: Shape, ledger: PrivacyLedger, c
         noise[part] = found
         releases += _evaluation(shape, config, part, found)
     return CampaignPlan(statistics, sigma, rate, steps, noise["validation"], noise["test"], partition_delta,
-                        tuple(releases), campaign_epsilon(releases, delta))
+                        tuple(releases), campaign_epsilon(releases, delta, before))
 
 
 def exact_plan(config: CampaignConfig, shape: Shape) -> CampaignPlan:
@@ -182,7 +211,7 @@ def exact_plan(config: CampaignConfig, shape: Shape) -> CampaignPlan:
     and the ledger records every release as what it is, infinitely costly."""
     rate, per_epoch = dp_sampling(shape.train_rows, config.training.batch_size)
     steps = per_epoch * config.training.local_epochs
-    releases = [*_statistics(shape, 0.0, 0.0), *[Release("train", "dp_sgd", 0.0, rate, steps)] * config.training.rounds,
+    releases = [*_statistics(shape, 0.0, 0.0), *[sgd_release(shape, 0.0, rate, steps)] * config.training.rounds,
                 *_evaluation(shape, config, "validation", 0.0), *_evaluation(shape, config, "test", 0.0)]
     return CampaignPlan(0.0, 0.0, rate, steps, 0.0, 0.0, 0.0, tuple(releases), float("inf"))
 
@@ -202,7 +231,7 @@ def plan_monitoring(epsilon: float, shape: Shape, windows: int, ledger: PrivacyL
     blocks = window_blocks(shape)
 
     def releases(z: float) -> list[Release]:
-        return [Release(f"window:{i + 1}", "monitoring", _blocks(z, blocks)) for i in range(windows)]
+        return [Release(shape.part(f"window:{i + 1}"), "monitoring", _blocks(z, blocks)) for i in range(windows)]
 
     noise = smallest_noise(lambda z: max(campaign_epsilon(releases(z), delta),
                                          campaign_epsilon(releases(z), delta, prior) - cap + limit),

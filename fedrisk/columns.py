@@ -24,4 +24,4 @@ class Columns:
     @property
     def features(self) -> list[str]:
         return self.numeric + self.categorical
-
+ROW_ID = "__row__"  # a monitoring window's row identities (hashes of the raw row), never released

@@ -23,7 +23,7 @@ from fedrisk.checks import (
     engineer_transactions,
     resolve_columns,
 )
-from fedrisk.columns import CUSTOMER, DAY, Columns
+from fedrisk.columns import CUSTOMER, DAY, ROW_ID, Columns
 from fedrisk.config import DataSpec
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit, fraud
@@ -141,6 +141,12 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
     frame, source, _ = raw_frame(spec, name, names, seed)
     if len(frame) == 0:
         raise FedriskInputError("no rows", institution=name, file=source)
+    # which rows these are, whatever a campaign derives from them or learns of them later:
+    # the raw transaction, or the model's inputs as read (never the label, never engineered columns)
+    tx = spec.transactions
+    identity = [tx.timestamp, tx.customer, tx.terminal, tx.amount] if tx is not None else numeric + categorical
+    present = [c for c in identity if c in frame.columns]
+    row_ids = lineage.row_hashes(frame, present) if present else np.zeros(len(frame), dtype=np.uint64)
     unknown = None
     if spec.transactions is not None:  # a quiet week without frauds is still a window
         tx = spec.transactions
@@ -164,6 +170,7 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
                 column=spec.transactions.timestamp)
         inside = (frame[DAY] >= first_day).to_numpy()
         frame = frame[inside].reset_index(drop=True)
+        row_ids = row_ids[inside]
         if unknown is not None:
             frame.loc[unknown[inside], spec.target] = np.nan
     for column in numeric + categorical:
@@ -182,6 +189,7 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
             raise FedriskInputError("numeric column has infinite values", institution=name,
                                     file=source, column=column)
         frame[column] = values
+    frame[ROW_ID] = row_ids
     labels = None
     if spec.target in frame.columns:  # outcomes not known yet are missing: those rows count for PSI only
         known = frame[spec.target].notna()

@@ -44,25 +44,26 @@ def _missing(frame: pd.DataFrame, columns: list[str]) -> dict[str, float]:
 
 def _invalid(frame: pd.DataFrame, ranges: dict[str, tuple[float | None, float | None]],
              categories: dict[str, list[str]]) -> dict[str, float]:
-    """Values outside the spec per ruled column: numeric ranges (bounds included), allowed categories."""
-    invalid: dict[str, float] = {}
+    """Values outside the spec per ruled column: numeric ranges (bounds included), allowed
+    categories; a value failing both rules of its column counts once (one row, one per column)."""
+    bad: dict[str, pd.Series] = {}
     for column, (low, high) in ranges.items():
         present = frame[column].dropna()
         values = pd.to_numeric(present, errors="coerce")
-        bad = values.isna()  # not a number at all
+        wrong = values.isna()  # not a number at all
         if low is not None:
-            bad |= values < low
+            wrong |= values < low
         if high is not None:
-            bad |= values > high
-        invalid[column] = invalid.get(column, 0.0) + float(bad.sum())
+            wrong |= values > high
+        bad[column] = bad[column] | wrong if column in bad else wrong
     for column, allowed in categories.items():
         present = frame[column].dropna()
         if pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present):
-            bad = ~present.isin(pd.to_numeric(pd.Series(allowed, dtype=object), errors="coerce").dropna())
+            wrong = ~present.isin(pd.to_numeric(pd.Series(allowed, dtype=object), errors="coerce").dropna())
         else:  # text, or True/False however the file wrote them
-            bad = ~present.astype(str).str.casefold().isin([str(a).casefold() for a in allowed])
-        invalid[column] = invalid.get(column, 0.0) + float(bad.sum())
-    return invalid
+            wrong = ~present.astype(str).str.casefold().isin([str(a).casefold() for a in allowed])
+        bad[column] = bad[column] | wrong if column in bad else wrong
+    return {column: float(mask.sum()) for column, mask in bad.items()}
 
 
 def measure(frame: pd.DataFrame, checked: list[str], target: str, labels: np.ndarray,

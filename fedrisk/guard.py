@@ -101,6 +101,21 @@ def load_policy(home: Path, name: str) -> InstitutionPolicy:
 LEDGER_POINTER = "ledger.where"
 
 
+SECRET_FILE = "secret.key"
+
+
+def home_secret(home: Path) -> bytes:
+    """The institution's own secret (32 random bytes, created once, readable by it alone): it keys
+    what identifies its data outside, so no one holding a candidate file can test it."""
+    file = home / SECRET_FILE
+    if not file.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(32))
+    return file.read_bytes()
+
+
 def update_policy(home: Path, name: str, changes: dict[str, Any]) -> InstitutionPolicy:
     """The institution's own edit of its policy (dotted keys), validated before it is written."""
     current = yaml.safe_load((home / POLICY_FILE).read_text()) if (home / POLICY_FILE).exists() else None

@@ -26,9 +26,10 @@ from fedrisk.budget import (
     importance_release,
     plan_monitoring,
     quality_releases,
+    sgd_release,
     statistics_release,
 )
-from fedrisk.columns import DAY
+from fedrisk.columns import DAY, ROW_ID
 from fedrisk.config import CampaignConfig
 from fedrisk.data import load_window
 from fedrisk.drift import column_counts
@@ -37,7 +38,6 @@ from fedrisk.evaluation import SplitStatistics
 from fedrisk.fairness import GroupHistograms, group_edges, group_histograms
 from fedrisk.fraud_metrics import FraudStats
 from fedrisk.ledger import Release
-from fedrisk.lineage import row_hashes
 from fedrisk.mechanisms import noised, partition_threshold, secure_rng, select_partitions
 from fedrisk.metrics import EvalStats, score_histograms
 from fedrisk.models import build_model, predict_proba
@@ -84,7 +84,7 @@ def admit(session: NodeSession, campaign: str) -> dict[str, Any]:
         _charge(session, campaign, release)
     rng = secure_rng()
     out = {
-        "data": {"fingerprint": data.fingerprint, "source": data.source,
+        "data": {"fingerprint": session.released_fingerprint, "source": data.source,
                  "quality": data_quality.release(data.quality, plan.statistics, rng)},
         "split_rows": {"train": session.released_rows(campaign)},
         "schema": schema(data.columns),
@@ -134,9 +134,9 @@ def train_round(session: NodeSession, preprocessor: str, state: dict[str, torch.
     plan = session.plan(campaign)
     x, y = session.matrices(preprocessor, "train")
     tr, pv = config.training, config.privacy
-    release = Release("train", "dp_sgd", plan.dp_sgd, plan.sample_rate, plan.steps_per_round)
+    release = sgd_release(session.shape, plan.dp_sgd, plan.sample_rate, plan.steps_per_round)
     epsilon = _charge(session, campaign, release, server_round)
-    dp = DPSettings(plan.dp_sgd, pv.max_grad_norm) if pv.enabled else None
+    dp = DPSettings(plan.dp_sgd, pv.max_grad_norm, plan.sample_rate) if plan.dp_sgd > 0 else None  # the plan's
     result = train_local(
         _model(config, x.shape[1], state), x, y, epochs=tr.local_epochs, batch_size=tr.batch_size,
         learning_rate=tr.learning_rate, momentum=tr.momentum, dp=dp, proximal_mu=proximal_mu,
@@ -241,7 +241,7 @@ def window_statistics(
     binding = hashlib.sha256(json.dumps([preprocessor, edges, np.asarray(grid).tolist()]).encode()).hexdigest()
     ledger = session.ledger()
     if run not in ledger.plans:  # the run's first window: calibrate and reserve every window
-        shape = Shape(0, len(shared.numeric), len(shared.categorical), 0, False)
+        shape = Shape(0, len(shared.numeric), len(shared.categorical), 0, config.data.transactions is not None)
         noise, releases = plan_monitoring(config.privacy.monitoring_epsilon, shape, windows, ledger, run,
                                           rules.max_campaign_epsilon, rules.lifetime_epsilon)
         ledger.plan(run, list(releases), rules.lifetime_epsilon, {"noise": {"monitoring": noise}, "binding": binding})
@@ -249,7 +249,8 @@ def window_statistics(
     if saved.get("binding") != binding:
         raise PolicyRefused(f"monitoring run {run} was planned for another model or other bins", institution=session.name)
     noise = float(saved["noise"]["monitoring"])
-    release = next((r for r in map(Release.from_dict, saved["releases"]) if r.part == f"window:{window}"), None)
+    planned = [Release.from_dict(r) for r in saved["releases"]]
+    release = planned[window - 1] if 1 <= window <= len(planned) else None
     if release is None:
         raise FedriskInputError(f"monitoring run {run} planned {len(saved['releases'])} windows, not window {window}",
                                 institution=session.name)
@@ -273,7 +274,7 @@ def check_window_rows(session: NodeSession, run: str, window: int, frame: pd.Dat
     """Refuse a window whose rows an earlier window of the run released (their parts would overlap);
     remember its rows' hashes in the institution's home (hashes only, never values)."""
     folder = session.home / "windows" / hashlib.sha256(run.encode()).hexdigest()[:32]
-    mine = np.unique(row_hashes(frame, [str(c) for c in frame.columns]))
+    mine = np.unique(frame[ROW_ID].to_numpy())
     for earlier in sorted(folder.glob("*.npy")) if folder.is_dir() else []:
         if earlier.stem != str(window) and np.intersect1d(mine, np.load(earlier), assume_unique=True).size:
             raise PolicyRefused(f"window {window} shares rows with window {earlier.stem} of monitoring run {run}: "

@@ -55,6 +55,7 @@ def preflight(config: CampaignConfig, campaign: str = "preflight") -> list[str]:
     from fedrisk.guard import check_delta
     from fedrisk.protocol import BOUNDS, implied_messages
     from fedrisk.session import open_session
+    from fedrisk.splits import check_history, check_split
 
     names = institution_names(config.data)
     if len(names) < config.training.min_institutions:
@@ -75,6 +76,9 @@ def preflight(config: CampaignConfig, campaign: str = "preflight") -> list[str]:
             raise FedriskInputError(f"same data as institution {seen[data.fingerprint]}", institution=name,
                                     file=data.source)
         seen[data.fingerprint] = name
+        if config.data.time_split is not None:
+            check_history(data, config.data)
+        check_split(data, session.split)
         ledger = session.ledger()
         check_delta(config, name, len(session.split.train), ledger.delta, data.source)
         lineage.check_population(session.home, name, data.population, data.source)

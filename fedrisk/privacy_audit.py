@@ -32,8 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
-from scipy.stats import binomtest
-from sklearn.metrics import roc_auc_score
+from scipy.stats import binomtest, mannwhitneyu
 
 from fedrisk import run_schema
 from fedrisk.config import CampaignConfig
@@ -112,8 +111,7 @@ def loss_attack(member_loss: np.ndarray, other_loss: np.ndarray, delta: float, s
         if eps > best:
             best, threshold = eps, float(t)
     tp, fp = int((m_test <= threshold).sum()), int((o_test <= threshold).sum())
-    labels = np.concatenate([np.ones(len(m)), np.zeros(len(o))])
-    auc = float(roc_auc_score(labels, -np.concatenate([m, o])))
+    auc = float(mannwhitneyu(-m, -o).statistic / (len(m) * len(o)))  # P(a member's loss is the lower)
     return Attack("loss threshold", "final model", len(m_test), len(o_test), tp, fp, 0, auc,
                   epsilon_lower_bound(tp, len(m_test), fp, len(o_test), delta))
 

@@ -9,16 +9,17 @@ process keeps the last few sessions, so a round costs no parsing and no reloadin
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedrisk import lineage
-from fedrisk.budget import CampaignPlan, Shape, exact_plan, plan_campaign
+from fedrisk.budget import SIZE_NOISE, CampaignPlan, Shape, exact_plan, plan_campaign
 from fedrisk.config import CampaignConfig, config_from_json
 from fedrisk.data import InstitutionData, load_institution
 from fedrisk.data_quality import blocks as quality_blocks
@@ -28,6 +29,7 @@ from fedrisk.guard import (
     check_delta,
     check_request,
     check_shared,
+    home_secret,
     homes_root,
     institution_home,
     ledger_path,
@@ -39,6 +41,7 @@ from fedrisk.preprocessing import Preprocessor
 from fedrisk.sources import institution_names
 from fedrisk.splits import Split, split_institution
 
+SIZE = Release("train", "size", SIZE_NOISE)  # the training rows' count, released once per data version
 MAX_SESSIONS = 8  # a campaign, and a monitoring run's windows
 
 
@@ -54,6 +57,7 @@ class NodeSession:
     _preprocessors: dict[str, Preprocessor] = field(default_factory=dict)
     _matrices: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     _plans: dict[str, CampaignPlan] = field(default_factory=dict)
+    _new_size: bool = False  # the row count was released for the campaign being admitted
 
     @property
     def policy(self) -> InstitutionPolicy:
@@ -86,11 +90,33 @@ class NodeSession:
 
     @property
     def binding(self) -> str:
-        """What fixes which rows a campaign's releases touch: the data, their split and the
-        columns. A message of the campaign under other settings would let parts overlap."""
-        data = self.config.data.model_dump(mode="json")
-        return hashlib.sha256(json.dumps([data, self.config.seed, self.data.fingerprint], sort_keys=True)
-                              .encode()).hexdigest()
+        """What fixes a campaign's releases: the whole campaign as the node runs it (data, split,
+        columns, privacy, training, evaluation; not where the server keeps its records) and the
+        data. A message under other settings would let parts overlap or train otherwise than
+        planned."""
+        settings = self.config.model_dump(mode="json", exclude={"tracking", "audit", "gate"})
+        return hashlib.sha256(json.dumps([settings, self.data.fingerprint], sort_keys=True).encode()).hexdigest()
+
+    @property
+    def released_fingerprint(self) -> str:
+        """The data's fingerprint as it leaves: keyed with the institution's secret, so it tells
+        one version of its data from another without letting a holder of a file test it."""
+        return hmac.new(home_secret(self.home), self.data.fingerprint.encode(), hashlib.sha256).hexdigest()
+
+    def public_rows(self) -> float:
+        """The training rows as the institution releases them: once per version of its data and
+        split, noised and charged (`size`). Every plan is calibrated on this number (sample rate,
+        steps, delta), so nothing a campaign learns, a refusal included, depends on the exact one."""
+        split = self.config.data.model_dump(mode="json", include={"validation_fraction", "test_fraction", "time_split"})
+        key = "size:" + hashlib.sha256(json.dumps([self.data.fingerprint, split, self.config.seed], sort_keys=True)
+                                       .encode()).hexdigest()[:16]
+        ledger = self.ledger()
+        if key not in ledger.plans:
+            rows = float(max(round(float(noised(len(self.split.train), SIZE_NOISE))), 1))
+            ledger.plan(key, [SIZE], self.policy.privacy.lifetime_epsilon, {"rows": rows})
+            ledger.charge(key, SIZE)
+            self._new_size = True
+        return float(self.ledger().plans[key]["rows"])
 
     def reserve(self, campaign: str) -> CampaignPlan:
         """Admission: check whose customers these are and that delta fits them, then calibrate the
@@ -98,16 +124,18 @@ class NodeSession:
         data, rules = self.data, self.policy.privacy
         ledger = self.ledger()
         if campaign not in ledger.plans:
-            check_delta(self.config, self.name, len(self.split.train), ledger.delta, data.source)
             lineage.check_population(self.home, self.name, data.population, data.source)
+            self._new_size = False
+            rows = self.public_rows()
+            check_delta(self.config, self.name, rows, ledger.delta, data.source)
+            shape = replace(self.shape, train_rows=int(rows))
             exact = not self.config.privacy.enabled  # the guard let it through: the policy allows it
-            plan = (exact_plan(self.config, self.shape) if exact else
-                    plan_campaign(self.config, self.shape, ledger, campaign, rules.max_campaign_epsilon,
-                                  rules.lifetime_epsilon))
-            rows = float(max(round(float(noised(len(self.split.train), plan.statistics))), 1))
-            ledger.plan(campaign, list(plan.releases), rules.lifetime_epsilon,
-                        {"noise": _plan_noise(plan), "fingerprint": data.fingerprint, "binding": self.binding,
-                         "released_rows": rows}, exact=exact)
+            plan = (exact_plan(self.config, shape) if exact else
+                    plan_campaign(self.config, shape, self.ledger(), campaign, rules.max_campaign_epsilon,
+                                  rules.lifetime_epsilon, (SIZE,) if self._new_size else ()))
+            self.ledger().plan(campaign, list(plan.releases), rules.lifetime_epsilon,
+                               {"noise": _plan_noise(plan), "fingerprint": data.fingerprint, "binding": self.binding,
+                                "released_rows": rows}, exact=exact)
             lineage.record(self.home, data.fingerprint, data.population)
         return self.plan(campaign)
 

@@ -27,26 +27,36 @@ def split_institution(data: InstitutionData, spec: DataSpec, seed: int) -> Split
     A credit row's part is a function of the row alone (a keyed hash of its values), not of the
     other rows: adding or removing a customer moves no one else, so the parts are disjoint in
     the sense DP needs, and a release about validation rows costs the training rows nothing
-    (`fedrisk.ledger`). Each part must hold both classes.
+    (`fedrisk.ledger`).
     """
     if spec.time_split is not None:
         return split_by_time(data, spec)
     frame = data.frame
-    y = frame[data.columns.target].to_numpy()
     u = row_hashes(frame, list(frame.columns), key=f"{seed % 10**16:016d}") / 2.0**64
     parts = {"validation": u < spec.validation_fraction,
              "test": (u >= spec.validation_fraction) & (u < spec.validation_fraction + spec.test_fraction)}
     parts["train"] = ~(parts["validation"] | parts["test"])
-    out = {}
-    for key in ("train", "validation", "test"):
-        rows = parts[key]
-        if not rows.any() or len(np.unique(y[rows])) < 2:
-            raise FedriskInputError(
-                f"too few rows ({len(frame)}) for a {key} split holding both classes",
-                institution=data.name, file=data.source, column=data.columns.target,
-            )
-        out[key] = frame[rows].reset_index(drop=True)
-    return Split(**out)
+    return _parts(data, {key: parts[key] for key in ("train", "validation", "test")})
+
+
+def _parts(data: InstitutionData, rows: dict[str, np.ndarray]) -> Split:
+    """The split; only an empty training part is refused here. Whether each part holds both
+    classes is a question about the data a campaign must not ask a node for free: the local
+    check (`check_split`) answers it to the data's owner; at a node, a part without one class
+    gives noised metrics of nothing."""
+    if not rows["train"].any():
+        raise FedriskInputError("no training rows in the campaign's split", institution=data.name, file=data.source)
+    return Split(**{key: data.frame[mask].reset_index(drop=True) for key, mask in rows.items()})
+
+
+def check_split(data: InstitutionData, split: Split) -> None:
+    """Each part holds both classes (run where the data's owner reads the answer: preflight)."""
+    for key, frame in vars(split).items():
+        y = frame[data.columns.target].to_numpy()
+        if len(frame) == 0 or len(np.unique(y)) < 2:
+            raise FedriskInputError(f"the {key} part holds {len(frame)} rows and {int(y.sum())} positives: both "
+                                    "classes needed", institution=data.name, file=data.source,
+                                    column=data.columns.target)
 
 
 def time_windows(spec: DataSpec, last_day: int) -> dict[str, tuple[int, int]]:
@@ -70,23 +80,15 @@ def split_by_time(data: InstitutionData, spec: DataSpec) -> Split:
     frame = data.frame
     days = frame[DAY].to_numpy()
     windows = time_windows(spec, int(days.max()))
+    return _parts(data, {key: (days >= first) & (days <= last) for key, (first, last) in windows.items()})
+
+
+def check_history(data: InstitutionData, spec: DataSpec) -> None:
+    """Fraud: the data reach back to the train window's first day (a local check, as `check_split`)."""
+    days = data.frame[DAY].to_numpy()
+    windows = time_windows(spec, int(days.max()))
     if days.min() > windows["train"][0]:
-        first = np.datetime64(int(days.min()), "D")
-        start = np.datetime64(windows["train"][0], "D")
-        raise FedriskInputError(
-            f"data start on {first}, but the train window starts on {start}: shorten "
-            "data.time_split or give more history", institution=data.name, file=data.source,
-            column=spec.transactions.timestamp if spec.transactions else None,
-        )
-    out = {}
-    y = frame[data.columns.target].to_numpy()
-    for key, (first, last) in windows.items():
-        rows = (days >= first) & (days <= last)
-        if not rows.any() or len(np.unique(y[rows])) < 2:
-            raise FedriskInputError(
-                f"the {key} window {np.datetime64(first, 'D')}..{np.datetime64(last, 'D')} holds "
-                f"{int(rows.sum())} transactions and {int(y[rows].sum())} frauds: both classes needed",
-                institution=data.name, file=data.source, column=data.columns.target,
-            )
-        out[key] = frame[rows].reset_index(drop=True)
-    return Split(**out)
+        first, start = np.datetime64(int(days.min()), "D"), np.datetime64(windows["train"][0], "D")
+        raise FedriskInputError(f"data start on {first}, but the train window starts on {start}: shorten "
+                                "data.time_split or give more history", institution=data.name, file=data.source,
+                                column=spec.transactions.timestamp if spec.transactions else None)

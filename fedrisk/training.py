@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -59,6 +60,7 @@ def batch_loader(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Da
 class DPSettings:
     noise_multiplier: float
     max_grad_norm: float
+    sample_rate: float | None = None  # Poisson rate, 1/steps; None: from the rows (`dp_sampling`)
 
 
 @dataclass
@@ -75,10 +77,13 @@ def dp_sampling(rows: int, batch_size: int) -> tuple[float, int]:
     """(sample rate the accountant is charged, steps per epoch), exactly as Opacus counts.
 
     Opacus samples each row with probability 1/k (k batches of the plain loader), runs
-    int(1/(1/k)) steps, which is k-1 for some k, and charges the accountant 1/steps.
+    int(1/(1/k)) steps, which is k-1 for some k, and charges the accountant 1/steps; the steps
+    here are a number Opacus's loader reproduces from that rate.
     """
     batches = math.ceil(rows / min(batch_size, rows))
     steps = int(1 / (1 / batches))
+    while int(1 / (1 / steps)) != steps:  # Opacus's loader runs int(1 / rate) steps: a fixed point
+        steps -= 1
     return 1.0 / steps, steps
 
 
@@ -136,6 +141,10 @@ def train_local(
     trained = model
     engine = None
     if dp is not None:
+        # Poisson sampling at the planned rate (from the institution's released row count, so
+        # that neither the rate nor the steps reveal the exact one), from the OS's randomness
+        rate = dp.sample_rate if dp.sample_rate is not None else dp_sampling(len(x), batch_size)[0]
+        loader = DPDataLoader(loader.dataset, sample_rate=rate, collate_fn=_as_batch, generator=secure_generator())
         engine = PrivacyEngine(accountant="rdp")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # secure-RNG and empty-batch notices
@@ -145,10 +154,9 @@ def train_local(
                 data_loader=loader,
                 noise_multiplier=dp.noise_multiplier,
                 max_grad_norm=dp.max_grad_norm,
-                poisson_sampling=True,
+                poisson_sampling=False,  # the loader samples already
                 noise_generator=secure_generator(),
             )
-        loader.batch_sampler.generator = secure_generator()  # Poisson sampling
     criterion = loss_function(positive_weight, focal_gamma)
     trained.train()
     start = time.perf_counter()

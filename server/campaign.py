@@ -130,6 +130,7 @@ def admit(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -
         for name, reason in sorted(admission.errors.items()):  # the strategy that records exclusions is not set up
             run.audit("institution_excluded", {"institution": name, "round": 0, "reason": reason,
                                                "kind": admission.kind(name)})
+        run.set_tags({run_schema.EXCLUDED: "; ".join(admission.errors.values())[:4000]})
         raise FedriskInputError(
             f"only {len(stats)} institution(s) with usable data, minimum is {config.training.min_institutions}: "
             + "; ".join(admission.errors.values()))

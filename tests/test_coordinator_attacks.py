@@ -28,6 +28,7 @@ from fedrisk.ledger import PrivacyLedger
 from fedrisk.metrics import logit_edges, with_threshold
 from fedrisk.models import build_model
 from fedrisk.preprocessing import Bounds, bounds_from_counts, fit_preprocessor, merge_statistics
+from fedrisk.training import dp_sampling
 
 
 def _config(tmp_path, **extra):
@@ -162,7 +163,7 @@ def test_crafted_bounds_cannot_amplify_one_row(tmp_path):
     inverted = {c: Bounds(1.0, 0.0, []) for c in admission["schema"]["numeric"]}
     reply = _send(grid, protocol.STATISTICS, protocol.request_config(text, "c1", bounds=inverted))
     assert "the request's clipping bounds are not a finite interval" in _reason(reply)
-    assert {c["mechanism"] for c in _ledger().charges} == {"bounds", "quality"}  # nothing charged for it
+    assert {c["mechanism"] for c in _ledger().charges} == {"size", "bounds", "quality"}  # nothing charged for it
 
 
 def test_messages_need_admission_and_train_implies_evaluate(tmp_path):
@@ -259,3 +260,102 @@ def test_no_release_before_admission(tmp_path, kind):
     reason = _reason(_send(grid, kind, record, 100, ArrayRecord({})))
     assert "was not admitted here" in reason or "refused the request's shared preprocessing" in reason
     assert not (homes_root() / "inst01" / "ledger.json").exists() or not _ledger().charges
+
+
+# Second review round.
+
+def test_admission_answers_depend_on_the_released_row_count_only(tmp_path):
+    """Round 2, finding 1: delta checks against the exact training rows, refused before anything
+    was charged, let a bisection read the exact count in 14 free queries, and with the split
+    key (the seed) a known customer's membership and label. Every answer now comes from the
+    row count released once per data version (noised, charged)."""
+    grid = LocalGrid.simulation(client_app, 3)
+
+    def refuses_delta(m: int) -> bool:
+        config = _config(tmp_path, **{"privacy.delta": 1.0 / m, "privacy.target_epsilon": 1e-4})
+        reason = _reason(_send(grid, protocol.BOUNDS, protocol.request_config(config_to_json(config), "probe")))
+        return "is not below" in reason
+
+    low, high = 1, 2 ** 14
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if refuses_delta(middle) else (low, middle)
+    sizes = {k: p for k, p in _ledger().plans.items() if k.startswith("size:")}
+    assert len(sizes) == 1 and low == int(next(iter(sizes.values()))["rows"])  # the released count, not the data
+    assert [c["mechanism"] for c in _ledger().charges] == ["size"]  # charged once, for all 14 questions
+
+
+def test_a_budget_refusal_names_no_count(tmp_path):
+    """Round 2, finding 2: with batch size 1 a refusal stated the exact rows as 'DP-SGD steps'."""
+    config = _config(tmp_path, **{"training.batch_size": 1, "privacy.max_noise_multiplier": 1e-3})
+    grid = LocalGrid.simulation(client_app, 3)
+    reason = _reason(_send(grid, protocol.BOUNDS, protocol.request_config(config_to_json(config), "c1")))
+    assert "cannot pay for 1 rounds of DP-SGD" in reason and "sample rate" not in reason
+    assert str(len(_exact(config).frame)) not in reason
+
+
+def test_a_round_reports_what_the_released_count_implies(tmp_path):
+    """Round 2, finding 4: steps and sample rate of a round were the exact rows' (batch size 1: the count)."""
+    config = _config(tmp_path, **{"training.batch_size": 1})
+    grid = LocalGrid.simulation(client_app, 3)
+    _, _, shared = _admit(grid, config, "c1")
+    record = protocol.with_round(protocol.request_config(config_to_json(config), "c1", preprocessor=shared.to_json(),
+                                                         groups={}, grid=with_threshold(logit_edges(50), 0.2)), 1, 0.0)
+    reply = _send(grid, protocol.TRAIN, record, 100, ArrayRecord(build_model(config.model, shared.width, 0).state_dict()))
+    assert not reply.has_error(), reply.error.reason
+    metrics = dict(reply.content[protocol.METRICS])
+    released = int(next(p["rows"] for k, p in _ledger().plans.items() if k.startswith("size:")))
+    rate, steps = dp_sampling(released, 1)
+    assert metrics["steps"] == steps and metrics["sample-rate"] == pytest.approx(rate)
+
+
+def test_a_campaign_admitted_with_dp_cannot_train_without_it(tmp_path):
+    """Round 2, finding 5: DP off in a later message trained without noise, charged as with it."""
+    write_policies(["inst01"], **{"privacy.require_dp": False})
+    config = _config(tmp_path)
+    grid = LocalGrid.simulation(client_app, 3)
+    _, _, shared = _admit(grid, config, "c1")
+    off = _config(tmp_path, **{"privacy.enabled": False})
+    record = protocol.with_round(protocol.request_config(config_to_json(off), "c1", preprocessor=shared.to_json(),
+                                                         groups={}, grid=with_threshold(logit_edges(50), 0.2)), 1, 0.0)
+    reply = _send(grid, protocol.TRAIN, record, 100, ArrayRecord(build_model(config.model, shared.width, 0).state_dict()))
+    assert "admitted with other data, split or columns" in _reason(reply)
+
+
+def test_a_window_is_the_same_rows_whatever_is_derived_from_them(tmp_path):
+    """Round 2, finding 3: a window re-read once its outcomes were known (or with other look-back
+    features) hashed differently and was released again as other rows."""
+    frames = generate_consortium(3, 9000, seed=4)
+    windows = []
+    for k, labelled in enumerate((False, True)):
+        files = {}
+        for name, frame in frames.items():
+            files[name] = tmp_path / f"{name}-{k}.csv"
+            (frame if labelled else frame.drop(columns=["default"])).to_csv(files[name], index=False)
+        windows.append(_config(tmp_path, **{"data.source": "files", "data.files": {n: str(p) for n, p in files.items()}}))
+    config = _config(tmp_path)
+    grid = LocalGrid.simulation(client_app, 3)
+    _, bounds, shared = _admit(grid, config, "c1")
+    model = ArrayRecord(build_model(config.model, shared.width, 0).state_dict())
+    edges = reference_edges({c: b.deciles for c, b in bounds.items()}, 200)
+    assert not _window(grid, windows[0], "run", shared.to_json(), model, edges, 1, 2).has_error()
+    assert "shares rows with window 1" in _reason(_window(grid, windows[1], "run", shared.to_json(), model, edges, 2, 2))
+
+
+def test_the_fingerprint_cannot_be_tested_against_a_candidate_file(tmp_path):
+    """Round 2, finding 7: the released fingerprint was the file's plain sha256."""
+    import hashlib
+    import hmac
+
+    frames = generate_consortium(2, 6000, seed=5)
+    files = {}
+    for name, frame in frames.items():
+        files[name] = tmp_path / f"{name}.csv"
+        frame.to_csv(files[name], index=False)
+    config = _config(tmp_path, **{"data.source": "files", "data.files": {n: str(p) for n, p in files.items()}})
+    admission = protocol.read_admission(_send(LocalGrid.simulation(client_app, 2), protocol.BOUNDS,
+                                              protocol.request_config(config_to_json(config), "c1")))
+    raw = hashlib.sha256(files["inst01"].read_bytes()).hexdigest()
+    secret = (homes_root() / "inst01" / "secret.key").read_bytes()
+    assert admission["data"]["fingerprint"] != raw
+    assert admission["data"]["fingerprint"] == hmac.new(secret, raw.encode(), hashlib.sha256).hexdigest()

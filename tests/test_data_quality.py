@@ -228,3 +228,12 @@ def test_noise_alone_does_not_fail_a_small_institution_with_good_data():
     assert card["dimensions"]["class_balance"]["score"] == 0.0 and card["passed"]
     broken = {**dq.release({**counts, "duplicates": 150.0}, 1.0, np.random.default_rng(0))}
     assert not _card(broken)["passed"]  # a real defect, well beyond the noise, still fails
+
+
+def test_a_column_ruled_twice_counts_a_row_once():
+    """Second review, finding 6: a range and a category rule on one column counted a row twice
+    in one cell (sensitivity 2 where the noise assumes 1)."""
+    frame = _frame(200)
+    frame.loc[:9, "age"] = 150.0
+    counts = _measure(frame, {"age": (18, 100)}, {"age": [float(a) for a in range(18, 101)]})
+    assert counts["invalid"] == {"age": 10.0}

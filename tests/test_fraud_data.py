@@ -11,7 +11,7 @@ from fedrisk.config import load_config
 from fedrisk.data import load_institution
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators.fraud import generate_consortium
-from fedrisk.splits import split_institution, time_windows
+from fedrisk.splits import check_history, split_institution, time_windows
 
 DAYS = 84
 
@@ -81,7 +81,7 @@ def test_too_little_history_is_refused(files):
     config = _config(files, **{"data.time_split.train_days": DAYS})
     data = load_institution(config.data, "inst01", config.seed)
     with pytest.raises(FedriskInputError, match="train window starts on") as err:
-        split_institution(data, config.data, config.seed)
+        check_history(data, config.data)  # the owner's local check (preflight); a node answers nothing about it
     assert "institution inst01" in err.value.one_line() and "tx_datetime" in err.value.one_line()
 
 

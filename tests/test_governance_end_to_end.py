@@ -53,14 +53,13 @@ def consortium(tmp_path_factory):
               "training": {"rounds": 2, "batch_size": 128}, "privacy": {"target_epsilon": 2.0},
               "gate": {"policy": "pilot.yaml"}}
     (folder / "campaign.yaml").write_text(yaml.safe_dump(config))
-    # The shipped policy, with the sex approval-gap block at 0.08: on these two lenders a 2-round
-    # DP model's gap measured 0.017-0.057 run to run (unseeded noise), so the shipped 0.05 block
-    # made the first campaign's verdict a coin toss. The governance steps need it to pass or warn.
+    # The shipped rules as warnings: the governance steps need the first verdict to pass or warn,
+    # and on two small lenders the metrics a gate reads carry the DP noise of the released
+    # histograms (test_auc_noise_sd about 0.02-0.03 here): a block would be a coin toss.
     pilot = yaml.safe_load((Path(__file__).parent.parent / "configs" / "gate_credit.yaml").read_text())
     pilot["name"] = "pilot"
     for rule in pilot["rules"]:
-        if rule["metric"] == "approval_rate_difference.sex" and rule["severity"] == "block":
-            rule["threshold"] = 0.08
+        rule["severity"] = "warn"
     (folder / "pilot.yaml").write_text(yaml.safe_dump(pilot))
     (folder / "strict.yaml").write_text(yaml.safe_dump({"name": "strict", "rules": [
         {"metric": "auc", "comparator": ">=", "threshold": 0.99, "severity": "block"}]}))
@@ -105,9 +104,15 @@ def test_the_corrupted_institution_is_excluded_and_the_campaign_completes(consor
     assert started["details"]["config_sha256"] == run.data.tags["fedrisk.config_sha256"]
     assert started["actor"] == run.data.tags["fedrisk.trainer"] == "tom"
     fingerprints = {e["details"]["institution"]: e["details"] for e in _events(folder) if e["event"] == "institution_data"}
-    assert fingerprints["inst01"]["fingerprint"] == __import__("hashlib").sha256(
-        (folder / "inst01.csv").read_bytes()).hexdigest()
-    assert fingerprints["inst01"]["rows"] == len(pd.read_csv(folder / "inst01.csv"))
+    # the file's hash, keyed with the lender's own secret: it identifies the data's version
+    # without letting anyone holding a candidate file test it
+    import hashlib
+    import hmac
+    secret = (folder / "homes" / "institutions" / "inst01" / "secret.key").read_bytes()
+    raw = hashlib.sha256((folder / "inst01.csv").read_bytes()).hexdigest()
+    assert fingerprints["inst01"]["fingerprint"] == hmac.new(secret, raw.encode(), hashlib.sha256).hexdigest() != raw
+    rows = len(pd.read_csv(folder / "inst01.csv"))  # a noised count (noise per cell below 100 here)
+    assert abs(fingerprints["inst01"]["rows"] - rows) < 500
 
 
 def test_four_eyes_promotion_rollback_and_override(consortium):

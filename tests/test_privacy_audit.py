@@ -10,6 +10,7 @@ import pytest
 from conftest import write_policies
 from local_grid import LocalGrid
 from scipy.stats import beta, norm
+from sklearn.metrics import roc_auc_score
 
 from clients.client_app import app as client_app
 from fedrisk.cli import main
@@ -33,6 +34,9 @@ def test_the_loss_attack_measures_the_separation_it_is_given():
     gap = 1.0  # member losses N(0, 1), others N(1, 1): AUC = Phi(1 / sqrt 2)
     attack = loss_attack(rng.normal(0, 1, 20_000), rng.normal(gap, 1, 20_000), 1e-6)
     assert attack.auc == pytest.approx(norm.cdf(gap / math.sqrt(2)), abs=0.01)
+    members, others = np.random.default_rng(1).normal(0, 1, 500), np.random.default_rng(2).normal(0.5, 1, 500)
+    labels = np.r_[np.ones(500), np.zeros(500)]
+    assert loss_attack(members, others, 1e-6).auc == pytest.approx(roc_auc_score(labels, -np.r_[members, others]))
     same = loss_attack(rng.normal(0, 1, 20_000), rng.normal(0, 1, 20_000), 1e-6)
     assert same.auc == pytest.approx(0.5, abs=0.01) and same.epsilon_lower == 0.0
 
