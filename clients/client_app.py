@@ -4,12 +4,14 @@ Every handler opens the node's session for the campaign (config parsed and data 
 per campaign), checks the request against the institution's own policy before reading any
 data (`NodeSession.guard`), calls one function of `fedrisk.institution` (which charges each
 release to the ledger before noising it) and encodes the result with `fedrisk.protocol`.
-Bad input, a spent budget and a policy refusal become error replies carrying one line; the
-server excludes the institution and goes on.
+Bad input, a spent budget and a policy refusal become error replies carrying one line (a data
+error's numbers replaced by N: `fedrisk.protocol.released_reason`; in full in the node's own
+log); the server excludes the institution and goes on.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -24,6 +26,7 @@ from fedrisk.session import NodeSession, open_session
 
 torch.set_num_threads(1)
 app = ClientApp(mods=[secure_aggregation_mod])
+log = logging.getLogger("fedrisk")
 
 
 def _handle(msg: Message, context: Context, message_type: str,
@@ -42,6 +45,7 @@ def _handle(msg: Message, context: Context, message_type: str,
     except FedriskInputError as err:
         if session is not None and err.institution is None:  # every refusal names the institution it speaks for
             err.institution = session.name
+        log.warning("%s refused: %s", message_type, err.one_line())  # in full, in the institution's own log
         return protocol.error_reply(msg, err)
 
 

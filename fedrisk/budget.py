@@ -21,8 +21,7 @@ Calibration (`plan_campaign`): the statistics get `privacy.statistics_share` of 
 epsilon, each part alone; DP-SGD the largest share that keeps the campaign within its epsilon
 and the institution within its lifetime cap; credit's validation and test as much as fits under
 the same two limits (they are other rows, so they cost the campaign nothing beyond its worst
-part). Fraud's rows are linked (`Shape.part`): validation and test first get
-`privacy.evaluation_share`, and everything composes in sequence.
+part; for fraud, the rows of a time window, see docs/privacy.md on linked transactions).
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ IMPORTANCE_NOISE = 3.0  # importance histograms get this many times the validati
 PARTITION_DELTA_SHARE = 0.01  # of the institution's delta, per campaign, for partition selection
 MAX_STATISTICS_NOISE = 1e4
 PARTS = ("train", "validation", "test")
-LINKED = "transactions"  # the one part of a fraud campaign (see `Shape.part`)
 SIZE_NOISE = 40.0  # noise of the released training-row count (epsilon about 0.13 at delta 1e-6)
 
 
@@ -54,13 +52,6 @@ class Shape:
     protected: int
     fraud: bool
     quality: int = 0  # blocks of the data-quality counts (`fedrisk.data_quality.blocks`)
-
-    def part(self, name: str) -> str:
-        """The part a release touches. Fraud rows are linked (a transaction enters its customer's
-        and terminal's later look-back features, in every window after it), so a fraud campaign's
-        releases all touch one part and compose in sequence; credit rows are split by a keyed hash
-        of each row alone, and disjoint parts compose in parallel."""
-        return LINKED if self.fraud else name
 
     @property
     def features(self) -> int:
@@ -109,15 +100,15 @@ class CampaignPlan:
 
 
 def evaluation_release(shape: Shape, part: str, noise: float) -> Release:
-    return Release(shape.part(part), "evaluation", _blocks(noise, shape.evaluation_blocks))
+    return Release(part, "evaluation", _blocks(noise, shape.evaluation_blocks))
 
 
 def importance_release(shape: Shape, noise: float) -> Release:
-    return Release(shape.part("validation"), "importance", _blocks(IMPORTANCE_NOISE * noise, shape.features))
+    return Release("validation", "importance", _blocks(IMPORTANCE_NOISE * noise, shape.features))
 
 
 def sgd_release(shape: Shape, noise_multiplier: float, sample_rate: float, steps: int) -> Release:
-    return Release(shape.part("train"), "dp_sgd", noise_multiplier, sample_rate, steps)
+    return Release("train", "dp_sgd", noise_multiplier, sample_rate, steps)
 
 
 def _blocks(noise: float, blocks: int) -> float:
@@ -127,12 +118,12 @@ def _blocks(noise: float, blocks: int) -> float:
 
 def statistics_release(shape: Shape, mechanism: str, noise: float, partition_delta: float) -> Release:
     delta = partition_delta * (shape.categorical + shape.protected) if mechanism == "preprocessing" else 0.0
-    return Release(shape.part("train"), mechanism, _blocks(noise, shape.statistics_blocks[mechanism]), delta=delta)
+    return Release("train", mechanism, _blocks(noise, shape.statistics_blocks[mechanism]), delta=delta)
 
 
 def quality_releases(shape: Shape, noise: float) -> list[Release]:
     """The data-quality counts: of every row as read, so one release on each part."""
-    return [Release(shape.part(part), "quality", _blocks(noise, shape.quality)) for part in PARTS] if shape.quality else []
+    return [Release(part, "quality", _blocks(noise, shape.quality)) for part in PARTS] if shape.quality else []
 
 
 def _statistics(shape: Shape, noise: float, partition_delta: float) -> list[Release]:
@@ -176,26 +167,16 @@ def plan_campaign(config: CampaignConfig, shape: Shape, ledger: PrivacyLedger, c
     def sgd(sigma: float) -> list[Release]:
         return [sgd_release(shape, sigma, rate, steps)] * tr.rounds
 
-    evaluation: list[Release] = []
-    noise = {}
-    if shape.fraud:  # linked rows: validation and test compose with training, so they get their share first
-        found = smallest_noise(lambda z: campaign_epsilon(_evaluation(shape, config, "validation", z)
-                                                          + _evaluation(shape, config, "test", z), delta),
-                               pv.evaluation_share * limit, MAX_STATISTICS_NOISE)
-        if found is None:
-            raise BudgetExhaustedError(f"privacy.evaluation_share {pv.evaluation_share:g} of epsilon {limit:g} cannot "
-                                       "pay for the campaign's evaluation")
-        noise = {"validation": found, "test": found}
-        evaluation = [*_evaluation(shape, config, "validation", found), *_evaluation(shape, config, "test", found)]
-    sigma = smallest_noise(lambda s: within(stats + evaluation + sgd(s)), limit, pv.max_noise_multiplier)
+    sigma = smallest_noise(lambda s: within(stats + sgd(s)), limit, pv.max_noise_multiplier)
     if sigma is None:
         left = max(cap - campaign_epsilon([], delta, prior), 0.0)
         raise BudgetExhaustedError(  # no steps nor sample rate: both follow from the rows
             f"privacy budget left ({left:.3g} of {cap:g} at delta {delta:g}) cannot pay for {tr.rounds} rounds of "
             f"DP-SGD with a noise multiplier up to {pv.max_noise_multiplier:g}")
-    releases = stats + sgd(sigma) + evaluation
-    for part in [] if shape.fraud else ["validation", "test"]:  # other rows: as much as fits
-        found = smallest_noise(lambda z, part=part, before=releases: within(before + _evaluation(shape, config, part, z)),
+    releases = stats + sgd(sigma)
+    noise = {}
+    for part in ("validation", "test"):  # other rows: as much as fits
+        found = smallest_noise(lambda z, part=part, done=releases: within(done + _evaluation(shape, config, part, z)),
                                limit,
                                MAX_STATISTICS_NOISE)
         if found is None:  # pragma: no cover - infinite noise always fits: the train part already does
@@ -231,7 +212,7 @@ def plan_monitoring(epsilon: float, shape: Shape, windows: int, ledger: PrivacyL
     blocks = window_blocks(shape)
 
     def releases(z: float) -> list[Release]:
-        return [Release(shape.part(f"window:{i + 1}"), "monitoring", _blocks(z, blocks)) for i in range(windows)]
+        return [Release(f"window:{i + 1}", "monitoring", _blocks(z, blocks)) for i in range(windows)]
 
     noise = smallest_noise(lambda z: max(campaign_epsilon(releases(z), delta),
                                          campaign_epsilon(releases(z), delta, prior) - cap + limit),

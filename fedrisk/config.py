@@ -227,9 +227,6 @@ class Privacy(StrictModel):
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="the largest delta an institution may state epsilon at")
     statistics_share: float = Field(0.25, gt=0.0, lt=1.0,
                                     description="share of the epsilon for released statistics (each part alone)")
-    evaluation_share: float = Field(0.2, gt=0.0, lt=1.0,
-                                    description="fraud: share of the epsilon for the validation and test releases "
-                                                "(linked rows: they compose with training)")
     monitoring_epsilon: float = Field(1.5, gt=0.0, description="epsilon of each monitoring run of the model")
     max_grad_norm: float = Field(
         4.0, gt=0.0, description="per-sample clipping; tighter clipping biases PD downwards"

@@ -99,18 +99,10 @@ def coarsen(fine_counts: np.ndarray, grid: list[float], edges: list[float]) -> n
 
 def build_reference(score: np.ndarray, score_grid: list[float], numeric: dict[str, np.ndarray],
                     numeric_edges: dict[str, list[float]], categorical: dict[str, np.ndarray],
-                    vocabularies: dict[str, list[str]], noise: float = 0.0,
-                    evaluation_grid: list[float] | None = None) -> dict[str, Any]:
+                    vocabularies: dict[str, list[str]], noise: float = 0.0) -> dict[str, Any]:
     """Reference edges and counts of every column from the institutions' summed counts: the
-    score's deciles read from its fine grid (as edges of the `evaluation_grid`, when given, so
-    that histograms on that grid coarsen to them exactly), the inputs on the bins they were
-    counted on."""
-    if evaluation_grid is not None:
-        # the evaluation grid spans where the scores are (read from the significant fine cells): no
-        # cell of it is empty noise, so none is zeroed here
-        edges = decile_edges(coarsen(score, score_grid, evaluation_grid), evaluation_grid)
-    else:
-        edges = decile_edges(score, score_grid, noise)
+    score's deciles read from its fine grid, the inputs on the bins they were counted on."""
+    edges = decile_edges(score, score_grid, noise)
     columns: dict[str, Any] = {SCORE: {"kind": "numeric", "edges": edges,
                                        "counts": coarsen(score, score_grid, edges).tolist()}}
     for column, counts in numeric.items():

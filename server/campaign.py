@@ -312,11 +312,14 @@ def build_drift_reference(training: Training, config: CampaignConfig, campaign: 
     noise = float(np.sqrt(sum(protocol.counts_noise(msg) ** 2 for msg in answers)))
     sums = {column: sum(mine[column] for mine in fine.values()) for column in next(iter(fine.values()))}
     preprocessor = start.preprocessor
-    grid = evaluation_grid(sums[SCORE], edges[SCORE], config.evaluation.bins, config.evaluation.threshold, noise)
     reference = build_reference(sums[SCORE], edges[SCORE], {c: sums[c] for c in preprocessor.numeric}, edges,
                                 {c: sums[c] for c in preprocessor.categorical},
-                                dict(zip(preprocessor.categorical, preprocessor.vocabularies, strict=True)), noise,
-                                grid.tolist())
+                                dict(zip(preprocessor.categorical, preprocessor.vocabularies, strict=True)), noise)
+    # the evaluation grid, with the score's deciles among its edges: validation histograms on it
+    # coarsen to the deciles exactly (the score's reference, `score_reference`)
+    grid = np.unique(np.concatenate([
+        evaluation_grid(sums[SCORE], edges[SCORE], config.evaluation.bins, config.evaluation.threshold, noise),
+        reference["columns"][SCORE]["edges"]]))
     # Each institution's own distribution on the pooled bins: its windows are compared with
     # it, so that a regional lender is not flagged for differing from the consortium.
     reference["institutions"] = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,17 +151,3 @@ def test_a_policy_cannot_move_the_ledger_away_from_its_spend(tmp_path):
     (tmp_path / "ledger.json").rename(tmp_path / "elsewhere" / "ledger.json")  # moved with its history: fine
     assert PrivacyLedger.open(ledger_path(tmp_path, moved, "inst01"), "inst01", 6.0, DELTA).plans
 
-
-def test_a_fraud_campaign_composes_in_sequence():
-    """Fraud rows are linked (look-back features reach later windows): one part, every release
-    composed, within the campaign's epsilon (round 2, finding 8)."""
-    from fedrisk.budget import LINKED, Shape, plan_campaign
-    from fedrisk.config import load_config
-
-    config = load_config("configs/fraud.yaml")
-    ledger = PrivacyLedger(Path("/nonexistent/ledger.json"), "inst01", 6.0, DELTA)
-    plan = plan_campaign(config, Shape(20_000, 12, 0, 0, True, 10), ledger, "c", 3.0, 6.0)
-    assert {r.part for r in plan.releases} == {LINKED}
-    assert plan.epsilon == pytest.approx(campaign_epsilon(list(plan.releases), DELTA)) and plan.epsilon <= 3.0
-    evaluation = [r for r in plan.releases if r.mechanism == "evaluation"]
-    assert campaign_epsilon(evaluation, DELTA) <= config.privacy.evaluation_share * 3.0 + 1e-9
