@@ -7,7 +7,8 @@ A scope is the pooled consortium or one institution. Each measure gets a level:
 - performance: the drop of the rule's metric against the validation reference, relative or
   absolute: yellow from `near` x `max_drop`, orange above `max_drop` (the retraining
   rule), red from `severe_drop`; an AUC drop within sampling noise (Hanley-McNeil
-  standard errors of both AUCs, one-sided at `noise_confidence`) stays green.
+  standard errors of both AUCs, one-sided at `noise_confidence`) stays green; the
+  confidence is the window's, shared among its tests (`assess_window`).
 
 A scope's level is its worst measure's; orange or worse over `sustained_windows` windows in
 a row turns red. The retraining trigger is the consortium's rule on the pooled scope.
@@ -121,11 +122,12 @@ def auc_noise_sd(stats: EvalStats, noise: float, draws: int = 100) -> float:
 
 def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray], stats: EvalStats | None,
                   performance_reference: dict[str, float] | None, levels: Levels, noise: float = 0.0,
-                  reference_noise: float = 0.0, score_reference_noise: float | None = None) -> ScopeResult:
+                  reference_noise: float = 0.0, score_reference_noise: float | np.ndarray | None = None) -> ScopeResult:
     """PSI, CSI and performance of one scope against its training reference, with its level.
 
     `noise` and `reference_noise` are the DP noise per cell of the window's counts and of the
-    reference counts (`score_reference_noise` for the score's, when it was released otherwise),
+    reference counts (`score_reference_noise` for the score's, per cell or for all, when it was
+    released otherwise),
     and the reference performance carries its AUC's noise (`auc_noise_sd`):
     measures within what sampling and that noise explain stay green. Cells empty on both sides
     are left out (`held_cells`)."""
@@ -136,10 +138,11 @@ def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray
     for column, mine in counts.items():
         base = np.asarray(reference_counts[column], dtype=float)
         mine = np.asarray(mine, dtype=float)
-        base_noise = score_reference_noise if column == SCORE and score_reference_noise is not None else reference_noise
+        base_noise = np.broadcast_to(np.asarray(score_reference_noise if column == SCORE and score_reference_noise
+                                                is not None else reference_noise, dtype=float), base.shape)
         held = held_cells(base, mine, base_noise, noise)
         result.psi[column] = psi(base[held], mine[held])
-        result.bound[column] = noise_bound(base[held], mine[held], levels.noise_confidence, base_noise, noise)
+        result.bound[column] = noise_bound(base[held], mine[held], levels.noise_confidence, base_noise[held], noise)
     rule = levels.performance
     if stats is not None and np.sum(stats.hist_pos) and np.sum(stats.hist_neg):
         result.performance = ranking_metrics(stats)
@@ -226,8 +229,15 @@ def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray],
     missing institution nor a different mix of sizes looks like drift. An institution
     without a reference of its own is judged against the consortium's and kept out of the
     pool; when none has one, the pool is every institution against the consortium.
+
+    `noise_confidence` holds for the window as a whole: each of its m tests (every column's PSI
+    and the AUC drop, in every scope) is held to 1 - (1 - confidence) / m (Bonferroni), so a
+    stable window stays green with at least that probability, however many columns and
+    institutions it has.
     """
     columns = list(reference["columns"])
+    tests = (len(columns) + 1) * (len(parts) + 1)
+    levels = levels.model_copy(update={"noise_confidence": 1.0 - (1.0 - levels.noise_confidence) / tests})
     consortium = {c: np.asarray(spec["counts"]) for c, spec in reference["columns"].items()}
     own = reference.get("institutions", {})
     validation = reference.get("validation", {})
@@ -249,8 +259,9 @@ def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray],
     noise = noise or {}
     reference_noise = reference.get("noise", {})
 
-    def combined(values: dict[str, float], names: list[str]) -> float:
-        return float(np.sqrt(sum(values.get(n, 0.0) ** 2 for n in names)))
+    def combined(values: dict[str, Any], names: list[str]) -> Any:  # a noise, or noises per cell
+        together = np.sqrt(sum(np.asarray(values.get(n, 0.0), dtype=float) ** 2 for n in names))
+        return float(together) if np.ndim(together) == 0 else together
 
     everyone = list(reference_noise)
     pooled_reference_noise = combined(reference_noise, members if members[0] in own else everyone)

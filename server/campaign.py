@@ -460,7 +460,8 @@ def score_reference(reference: dict[str, Any], consortium: SplitStatistics,
     Validation rows are drawn as the training rows are (credit) or just before the window
     (fraud): as good a reference of the scores."""
     grid, edges = reference["grid"], reference["columns"][SCORE]["edges"]
-    cells = np.sqrt((len(grid) + 1) / (len(edges) + 1))  # a decile's noise: its cells' together
+    # a decile's noise is its cells' together, and the grid is finer towards the top: per decile
+    cells = np.sqrt(coarsen(np.append(np.ones(len(grid) + 1), 0.0), grid, edges))
 
     def deciles(stats: EvalStats) -> list[float]:
         return coarsen(np.append(stats.hist_pos + stats.hist_neg, 0.0), grid, edges).tolist()
@@ -469,7 +470,8 @@ def score_reference(reference: dict[str, Any], consortium: SplitStatistics,
     institutions = {name: {**own, SCORE: deciles(validation[name].overall)} if name in validation else own
                     for name, own in reference.get("institutions", {}).items()}
     return {"columns": columns, "institutions": institutions,
-            "score_noise": {POOLED: consortium.noise * cells, **{n: v.noise * cells for n, v in validation.items()}}}
+            "score_noise": {POOLED: (consortium.noise * cells).tolist(),
+                            **{n: (v.noise * cells).tolist() for n, v in validation.items()}}}
 
 
 def record_model(training: Training, start: StartingModel, reference: dict | None, evaluation: FinalEvaluation,

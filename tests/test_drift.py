@@ -229,6 +229,34 @@ def test_assess_window_pools_counts_and_compares_each_institution_with_its_own_r
     assert {r.level for r in results.values()} == {GREEN}
 
 
+def test_a_stable_window_stays_green_with_the_windows_confidence_however_many_tests_it_makes():
+    """Two institutions, five columns of ten bins, reference and window counts noised as
+    released (the noise as large as a fifth of a cell): 18 tests a window. Each held to 99 %
+    alone, a stable window's two institution scopes alarm in about 1 - 0.99^10 = 10 % of
+    windows; held to the window's 99 % together (Bonferroni, a bootstrap bound), in at most 1 %."""
+    rng = np.random.default_rng(21)
+    columns = [SCORE, *(f"x{k}" for k in range(4))]
+    shares = {c: rng.dirichlet(np.full(10, 5.0)) for c in columns}
+    names, noise = ["a", "b"], 25.0
+    bands = Bands(yellow=0.001, orange=0.25, severe=0.5)  # so that the bound alone decides
+    levels = Levels(psi=bands, csi=bands)
+
+    def counts(rows: int) -> dict[str, np.ndarray]:
+        return {c: np.append(rng.multinomial(rows, shares[c]) + rng.normal(0, noise, 10), 0.0) for c in columns}
+
+    alarms, alone, windows = 0, 0, 100
+    for _ in range(windows):
+        own = {n: counts(2000) for n in names}
+        reference = {"columns": {c: {"counts": sum(own[n][c] for n in names)} for c in columns},
+                     "institutions": own, "noise": dict.fromkeys(names, noise)}
+        parts = {n: (counts(1000), None) for n in names}
+        results = assess_window(reference, parts, levels, {}, dict.fromkeys(names, noise))
+        alarms += any(r.level > GREEN for r in results.values())
+        alone += any(measure_scope(own[n], parts[n][0], None, None, levels, noise, noise).level > GREEN for n in names)
+    assert alarms <= 4  # at most 1 % expected: P(5 or more of 100) < 0.004
+    assert alone >= 4  # about 10 % expected: P(3 or fewer of 100) < 0.01
+
+
 def test_bin_counts_edges_and_missing():
     assert bin_counts(np.array([0.0, 1.0, 1.5, 2.0, np.nan, 5.0]), [1.0, 2.0]).tolist() == [1, 2, 2, 1]
 

@@ -74,7 +74,10 @@ def test_reference_is_stored_with_the_model(trained):
 
 def test_population_shift_goes_green_yellow_orange_red_in_mlflow(trained):
     folder, uri, outcome = trained
-    plan = plan_monitoring(_monitor_config(folder, uri), "fedrisk-credit@challenger")
+    # the PSI bands only: how a shifted population's AUC moves depends on the model (it fell
+    # 5.5 % at severity 0.4 and 2.7 % at 0.6 in one run); the downturn test covers performance
+    psi_only = {"levels.performance.max_drop": 0.5, "levels.performance.severe_drop": 0.9}
+    plan = plan_monitoring(_monitor_config(folder, uri, **psi_only), "fedrisk-credit@challenger")
     run = monitor(plan.monitor, f"{plan.model.name}/{plan.model.version}", len(plan.institutions))
     client = MlflowClient(uri)
     pooled = [int(m.value) for m in sorted(client.get_metric_history(run.info.run_id, "level"), key=lambda m: m.step)]

@@ -31,19 +31,26 @@ def _weights(config, outcome) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_secure_aggregation_gives_the_weighted_average_of_plain_fedavg(tmp_path):
+    """One round, so the only difference is SecAgg+'s quantisation: each institution's weighted
+    update is rounded (stochastically, by at most one step of 2 * clipping_range /
+    quantization_range) and the sum divided by the weights' total, at least 1 (the largest
+    weight is max_weight). A second round would amplify that by training, by no known bound."""
     write_policies(["inst01", "inst02", "inst03"], **{"privacy.require_dp": False})  # exact, to compare weights
-    plain_cfg = _config(tmp_path, "plain", **{"privacy.enabled": False})
-    secure_cfg = _config(tmp_path, "secure", **{"privacy.enabled": False, "secure_aggregation.enabled": True})
+    one_round = {"privacy.enabled": False, "rounds": 1}
+    plain_cfg = _config(tmp_path, "plain", **one_round)
+    secure_cfg = _config(tmp_path, "secure", **one_round, **{"secure_aggregation.enabled": True})
     plain, secure = simulate(plain_cfg), simulate(secure_cfg)
     assert plain.status == secure.status == "completed"
     a, b = _weights(plain_cfg, plain), _weights(secure_cfg, secure)
     assert a.keys() == b.keys()
     worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-    assert 0.0 < worst < 1e-3  # quantised, so not bit-equal; far below the weights' scale
+    settings = secure_cfg.secure_aggregation
+    step = 2 * settings.clipping_range / settings.quantization_range
+    assert 0.0 < worst <= 3 * step  # quantised, so not bit-equal; three institutions' rounding at most
     assert "SecAgg+ (num_shares 3, reconstruction_threshold 2" in secure.tags["fedrisk.secure_aggregation"]
     assert "fedrisk.secure_aggregation" not in plain.tags
     history = MlflowClient(secure_cfg.tracking.uri).get_metric_history(secure.run_id, "secure_aggregation_seconds")
-    assert [m.step for m in history] == [1, 2]
+    assert [m.step for m in history] == [1]
 
 
 @pytest.mark.slow
