@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from baselines import exact_preprocessor  # experiments/baselines.py
 from homes import fresh_homes  # experiments/homes.py
 from mlflow.tracking import MlflowClient
 from opacus import PrivacyEngine
@@ -38,6 +37,7 @@ from fedrisk.guard import homes_root, load_policy
 from fedrisk.launcher import simulate
 from fedrisk.ledger import PrivacyLedger
 from fedrisk.models import build_model
+from fedrisk.preprocessing import exact_preprocessor
 from fedrisk.sources import institution_names
 from fedrisk.splits import split_institution
 from fedrisk.training import DPSettings, train_local

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from baselines import campaign_grid, exact_preprocessor  # experiments/baselines.py  # noqa: E402
+from baselines import campaign_grid  # experiments/baselines.py  # noqa: E402
 from homes import NO_DP, default_policy, fresh_homes  # experiments/homes.py  # noqa: E402
 from report_file import write_report  # experiments/report_file.py  # noqa: E402
 
@@ -45,7 +45,7 @@ from fedrisk.fraud_metrics import FraudStats, fraud_summary  # noqa: E402
 from fedrisk.launcher import simulate  # noqa: E402
 from fedrisk.metrics import EvalStats  # noqa: E402
 from fedrisk.models import build_model, predict_proba  # noqa: E402
-from fedrisk.preprocessing import Preprocessor  # noqa: E402
+from fedrisk.preprocessing import Preprocessor, exact_preprocessor  # noqa: E402
 from fedrisk.privacy import calibrate_noise_multiplier  # noqa: E402
 from fedrisk.sources import institution_names  # noqa: E402
 from fedrisk.splits import Split, split_institution  # noqa: E402

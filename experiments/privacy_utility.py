@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from baselines import campaign_grid, exact_preprocessor  # experiments/baselines.py
+from baselines import campaign_grid  # experiments/baselines.py
 from homes import NO_DP, fresh_homes  # experiments/homes.py
 from report_file import markdown_table, write_report  # experiments/report_file.py
 from sklearn.metrics import roc_auc_score
@@ -32,6 +32,7 @@ from fedrisk.generators.credit import true_pd
 from fedrisk.launcher import simulate
 from fedrisk.metrics import EvalStats, auc_from_histograms
 from fedrisk.models import build_model, predict_proba
+from fedrisk.preprocessing import exact_preprocessor
 from fedrisk.sources import institution_names
 from fedrisk.splits import split_institution
 from fedrisk.training import train_local

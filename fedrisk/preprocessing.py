@@ -252,6 +252,15 @@ def fit_preprocessor(merged: dict[str, Any], schema: dict[str, list[str]], bound
     return Preprocessor(schema["numeric"], means, scales, lower, upper, schema["categorical"], vocabularies, modes)
 
 
+def exact_preprocessor(frames: list[pd.DataFrame], columns: Columns) -> Preprocessor:
+    """The federated preprocessing of institutions whose training rows are `frames`, without
+    noise: the same steps a campaign runs, for pooled baselines and tests."""
+    counts = [local_bounds(frame, columns) for frame in frames]
+    bounds = bounds_from_counts({column: sum(part[column] for part in counts) for column in counts[0]}, 0.0)
+    merged = merge_statistics([local_statistics(frame, columns, bounds) for frame in frames])
+    return fit_preprocessor(merged, schema(columns), bounds)
+
+
 def protected_groups(merged: dict[str, Any], schema: dict[str, list[str]]) -> dict[str, list[str]]:
     """The protected groups the consortium measures: the values some institution released."""
     return {column: sorted(merged["categories"][column]["counts"]) for column in schema.get("protected", [])}

@@ -122,15 +122,17 @@ def auc_noise_sd(stats: EvalStats, noise: float, draws: int = 100) -> float:
 
 def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray], stats: EvalStats | None,
                   performance_reference: dict[str, float] | None, levels: Levels, noise: float = 0.0,
-                  reference_noise: float = 0.0, score_reference_noise: float | np.ndarray | None = None) -> ScopeResult:
+                  reference_noise: float = 0.0, score_reference_noise: float | np.ndarray | None = None,
+                  auc_confidence: float | None = None) -> ScopeResult:
     """PSI, CSI and performance of one scope against its training reference, with its level.
 
     `noise` and `reference_noise` are the DP noise per cell of the window's counts and of the
     reference counts (`score_reference_noise` for the score's, per cell or for all, when it was
     released otherwise),
     and the reference performance carries its AUC's noise (`auc_noise_sd`):
-    measures within what sampling and that noise explain stay green. Cells empty on both sides
-    are left out (`held_cells`)."""
+    measures within what sampling and that noise explain stay green, PSIs at
+    `levels.noise_confidence`, the AUC drop at `auc_confidence` (default: the same). Cells
+    empty on both sides are left out (`held_cells`)."""
     result = ScopeResult(rows=int(np.sum(counts[SCORE])), psi={}, bound={},
                          reference_performance=dict(performance_reference or {}),
                          score_counts=np.asarray(counts[SCORE], dtype=float).tolist(),
@@ -145,7 +147,7 @@ def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray
         result.bound[column] = noise_bound(base[held], mine[held], levels.noise_confidence, base_noise[held], noise)
     rule = levels.performance
     if stats is not None and np.sum(stats.hist_pos) and np.sum(stats.hist_neg):
-        result.performance = ranking_metrics(stats)
+        result.performance = {**ranking_metrics(stats), "auc_noise_sd": auc_noise_sd(stats, noise)}
         if performance_reference:
             result.drops = {k: drop(performance_reference[k], result.performance[k], rule.mode)
                             for k in RANKING if k in performance_reference}
@@ -155,10 +157,10 @@ def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray
     if rule.metric in result.drops:
         value = result.drops[rule.metric]
         unit = f"{value:.1%} relative" if rule.mode == "relative" else f"{value:.4f}"
-        dp_spread = math.hypot(auc_noise_sd(stats, noise), performance_reference.get("auc_noise_sd", 0.0)
+        dp_spread = math.hypot(result.performance["auc_noise_sd"], performance_reference.get("auc_noise_sd", 0.0)
                                if performance_reference else 0.0) if stats is not None else 0.0
         within = rule.metric == "auc" and auc_drop_is_noise(performance_reference or {}, result.performance,
-                                                            levels.noise_confidence, dp_spread)
+                                                            auc_confidence or levels.noise_confidence, dp_spread)
         result.significant = not within
         judged.append((GREEN if within else performance_level(value, rule), f"{rule.metric} drop {unit}"))
     result.level = max(level for level, _ in judged)
@@ -230,14 +232,17 @@ def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray],
     without a reference of its own is judged against the consortium's and kept out of the
     pool; when none has one, the pool is every institution against the consortium.
 
-    `noise_confidence` holds for the window as a whole: each of its m tests (every column's PSI
-    and the AUC drop, in every scope) is held to 1 - (1 - confidence) / m (Bonferroni), so a
-    stable window stays green with at least that probability, however many columns and
-    institutions it has.
+    `noise_confidence` holds for the window as a whole, once for its distributions and once
+    for its performance (Bonferroni): each of its m PSIs (every column, in every scope) is held
+    to 1 - (1 - confidence) / m and each scope's AUC drop to 1 - (1 - confidence) / scopes, so
+    a stable window stays green with probability at least 1 - 2 (1 - confidence), however many
+    columns and institutions it has.
     """
     columns = list(reference["columns"])
-    tests = (len(columns) + 1) * (len(parts) + 1)
-    levels = levels.model_copy(update={"noise_confidence": 1.0 - (1.0 - levels.noise_confidence) / tests})
+    scopes = len(parts) + 1
+    missed = 1.0 - levels.noise_confidence
+    auc_confidence = 1.0 - missed / scopes
+    levels = levels.model_copy(update={"noise_confidence": 1.0 - missed / (len(columns) * scopes)})
     consortium = {c: np.asarray(spec["counts"]) for c, spec in reference["columns"].items()}
     own = reference.get("institutions", {})
     validation = reference.get("validation", {})
@@ -269,7 +274,8 @@ def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray],
     pooled_score_noise = (combined(score_noise, members) if members[0] in own else score_noise.get(POOLED)) \
         if score_noise else None
     results = {POOLED: measure_scope(pooled_reference, pooled_counts, pooled_stats, pooled_performance, levels,
-                                     combined(noise, members), pooled_reference_noise, pooled_score_noise)}
+                                     combined(noise, members), pooled_reference_noise, pooled_score_noise,
+                                     auc_confidence)}
     for name in sorted(parts):
         counts, stats = parts[name]
         mine = own.get(name)
@@ -277,7 +283,8 @@ def assess_window(reference: dict, parts: dict[str, tuple[dict[str, np.ndarray],
                                       performance.get(name, performance.get(POOLED)), levels, noise.get(name, 0.0),
                                       reference_noise.get(name, 0.0) if mine is not None
                                       else combined(reference_noise, everyone),
-                                      score_noise.get(name if mine is not None else POOLED) if score_noise else None)
+                                      score_noise.get(name if mine is not None else POOLED) if score_noise else None,
+                                      auc_confidence)
         if mine is None:
             results[name].reasons.append("no training reference of its own: judged against the consortium's, "
                                          "left out of the pool")

@@ -41,23 +41,13 @@ def credit_institution():
     """One synthetic institution's split and its (single-institution) preprocessing."""
     from fedrisk.config import DataSpec
     from fedrisk.data import load_institution
-    from fedrisk.preprocessing import (
-        bounds_from_counts,
-        fit_preprocessor,
-        local_bounds,
-        local_statistics,
-        merge_statistics,
-        schema,
-    )
+    from fedrisk.preprocessing import exact_preprocessor
     from fedrisk.splits import split_institution
 
     spec = DataSpec.model_validate({"synthetic": {"institutions": 2, "rows": 8000}})
     data = load_institution(spec, "inst01", 42)
     split = split_institution(data, spec, 42)
-    counts = local_bounds(split.train, data.columns)
-    bounds = bounds_from_counts(counts, 0.0)
-    stats = local_statistics(split.train, data.columns, bounds)
-    return fit_preprocessor(merge_statistics([stats]), schema(data.columns), bounds), split
+    return exact_preprocessor([split.train], data.columns), split
 
 
 def write_policies(names, **changes):

@@ -114,14 +114,18 @@ def test_monitoring_catches_a_new_fraud_pattern(tmp_path):
     version = outcome.tags["fedrisk.gate.model_version"].split("/")[-1]
     monitor_config = load_monitor_config(
         None, {"tracking.uri": uri, "windows.synthetic.scenario": "new_fraud_pattern",
-               "windows.synthetic.severities": [0.0, 3.0]}, work_dir=tmp_path)
+               "windows.synthetic.severities": [0.0, 5.0], "windows.days": 56}, work_dir=tmp_path)
     plan = plan_monitoring(monitor_config, f"fedrisk-fraud/{version}")
     run = monitor(plan.monitor, f"{plan.model.name}/{plan.model.version}", len(plan.institutions))
     client = MlflowClient(uri)
     auc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "auc")}
     rows = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "rows")}
-    assert auc[2] < auc[1] - 0.05  # the takeovers score like normal purchases
-    assert rows[1] > 1000 and rows[2] > rows[1]  # a week of transactions; the takeovers add some
+    noise = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "auc_noise_sd")}
+    # Eight-week windows: a week of this small consortium holds ~18 frauds, whose noised AUC
+    # moves by ~0.1; at eight weeks ~150 frauds, AUC noise sd 0.019 and 0.011 (measured), and
+    # the takeovers took the AUC from 0.84 to 0.69 in one run.
+    assert auc[1] - auc[2] > max(0.05, 3 * float(np.hypot(noise[1], noise[2])))  # they score like normal purchases
+    assert rows[1] > 1000 and rows[2] > rows[1]  # eight weeks of transactions; the takeovers add some
     report = json.loads(Path(client.download_artifacts(run.info.run_id, "drift/report.json", str(tmp_path))).read_text())
     assert set(report["windows"][0]["scopes"]) == {"pooled", *institution_names(config.data)}
     assert report["windows"][1]["level"] in ("orange", "red")

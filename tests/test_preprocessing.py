@@ -19,6 +19,7 @@ from fedrisk.preprocessing import (
     Bounds,
     Preprocessor,
     bounds_from_counts,
+    exact_preprocessor,
     fit_preprocessor,
     local_bounds,
     local_statistics,
@@ -58,12 +59,6 @@ def pooled(institutions) -> pd.DataFrame:
 
 def _bounds(frames, columns=COLUMNS) -> dict[str, Bounds]:
     return bounds_from_counts({c: sum(local_bounds(f, columns)[c] for f in frames) for c in columns.numeric}, 0.0)
-
-
-def _fit(frames, columns=COLUMNS) -> Preprocessor:
-    bounds = _bounds(frames, columns)
-    return fit_preprocessor(merge_statistics([local_statistics(f, columns, bounds) for f in frames]),
-                            schema(columns), bounds)
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +162,8 @@ def test_one_extreme_value_moves_nothing_beyond_its_clipped_share(institutions):
     """A 1e308 typed by mistake at one institution: bounds, means and inputs stay finite and sane."""
     frames = [f.copy() for f in institutions.values()]
     frames[2].loc[frames[2].index[0], "income"] = 1e308
-    pre = _fit(frames)
-    sane = _fit(list(institutions.values()))
+    pre = exact_preprocessor(frames, COLUMNS)
+    sane = exact_preprocessor(list(institutions.values()), COLUMNS)
     income = pre.numeric.index("income")
     assert pre.upper[income] == sane.upper[income]
     assert pre.means[income] == pytest.approx(sane.means[income], rel=1e-3)
@@ -308,7 +303,7 @@ def test_transform_missing_column_raises_key_error(pooled, preprocessor):
 def test_constant_column_gets_unit_scale():
     frame = pd.DataFrame({"x": [3.0, 3.0, 3.0], "c": ["a", "a", "b"], "y": [0, 1, 0]})
     cols = Columns(["x"], ["c"], [], "y")
-    pre = _fit([frame], cols)
+    pre = exact_preprocessor([frame], cols)
     assert pre.scales == [1.0]
     assert np.all(pre.transform(frame)[:, 0] == 0.0)
 
@@ -332,7 +327,7 @@ def test_fit_rejects_column_without_values():
     frame = pd.DataFrame({"x": [np.nan, np.nan], "y": [0, 1]})
     cols = Columns(["x"], [], [], "y")
     with pytest.raises(FedriskInputError, match="'x'"):
-        _fit([frame], cols)
+        exact_preprocessor([frame], cols)
 
 
 # ---------------------------------------------------------------- through the loader
@@ -357,7 +352,7 @@ def test_integer_coded_category_encodes_the_same_at_every_institution(tmp_path: 
         source="files", files=files, categorical=[*credit.CATEGORICAL_FEATURES, "branch"]
     )
     loaded = [load_institution(spec, name, 0) for name in files]
-    pre = _fit([d.frame for d in loaded], loaded[0].columns)
+    pre = exact_preprocessor([d.frame for d in loaded], loaded[0].columns)
     vocab = pre.vocabularies[pre.categorical.index("branch")]
     assert len(vocab) == 3, vocab
     block_a = _block(pre, pre.transform(loaded[0].frame.iloc[[0]]), "branch")
@@ -372,4 +367,4 @@ def test_integer_coded_category_encodes_the_same_at_every_institution(tmp_path: 
 def test_column_order_does_not_matter():
     frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 7.0], "y": [0, 1, 0]})
     assert schema(Columns(["a", "b"], [], [], "y")) == schema(Columns(["b", "a"], [], [], "y"))
-    assert _fit([frame, frame[["b", "a", "y"]]], Columns(["b", "a"], [], [], "y")).numeric == ["a", "b"]
+    assert exact_preprocessor([frame, frame[["b", "a", "y"]]], Columns(["b", "a"], [], [], "y")).numeric == ["a", "b"]
