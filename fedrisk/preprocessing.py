@@ -3,8 +3,10 @@
 Three steps, each from sums the institutions release with DP noise (`fedrisk.institution`):
 
 1. `local_bounds`: each numeric column counted on a fixed log grid of raw values; from the
-   summed noised counts the server reads the consortium's clipping bounds (`bounds_from_counts`,
-   the 0.5 % and 99.5 % quantiles, to the grid) and the column's decile edges (for drift);
+   summed noised counts the server reads the consortium's clipping bounds (`bounds_from_counts`:
+   the outermost cells whose noised count is significant, so a value held by enough rows is
+   never clipped, the tails being where a rare event's signal lies) and the column's decile
+   edges (for drift);
 2. `local_statistics`: with values clipped to those bounds, each institution's present and
    missing counts, sums and sums of squares (scaled to [-1, 1] per value: one row moves each
    by at most 1), and category counts (released by DP partition selection);
@@ -28,8 +30,8 @@ from fedrisk.columns import Columns
 from fedrisk.errors import FedriskInputError
 from fedrisk.mechanisms import LOG_GRID, grid_bounds, log_grid_counts, quantiles_from_histogram, significant
 
-BOUND_LEVELS = (0.005, 0.995)  # winsorised beyond these federated quantiles
 GRID_STEP = 10.0 ** 0.2  # the log grid's ratio between edges
+TAIL_ROWS = 10  # nor below this many rows, noise or not: a few typos never set a bound
 BOUND_SIGMAS = 5.0  # a log-grid cell counts only above this many noise standard deviations: among
 # thousands of empty cells, one at three would otherwise set a bound at 1e8
 DECILES = tuple(np.arange(1, 10) / 10)
@@ -70,20 +72,21 @@ class Bounds:
 def bounds_from_counts(counts: dict[str, np.ndarray], noise: float) -> dict[str, Bounds]:
     """Clipping bounds and decile edges from the institutions' summed, noised log-grid counts.
 
-    Cells within five standard deviations of `noise` (the sum's) count as empty, so that the
-    noise of empty cells does not pile up in the tails.
+    The bounds are the outermost cells holding values: cells within five standard deviations
+    of `noise` (the sum's), or below `TAIL_ROWS`, count as empty, so that neither the noise of
+    empty cells nor a few stray values widen them.
     """
     out = {}
     for column, values in counts.items():
         cells = np.asarray(values, dtype=float)[:-1]
-        present = significant(cells, noise, BOUND_SIGMAS)
+        present = np.where(cells >= TAIL_ROWS, significant(cells, noise, BOUND_SIGMAS), 0.0)
         if not present.any():  # few rows: the run of cells around the largest one, above one noise sd
             present = _around_largest(cells, noise)
-        found = quantiles_from_histogram(present, BOUND_LEVELS)
-        if not found:
+        held = np.flatnonzero(present)
+        if not held.size:
             raise FedriskInputError("no values at any institution (or too few to release)", column=column)
-        lower = grid_bounds(found[0])[0]
-        upper = grid_bounds(found[1])[1]
+        lower = grid_bounds(int(held[0]))[0]
+        upper = grid_bounds(int(held[-1]))[1]
         # the open cells at the ends of the grid: one step of the grid's ratio beyond its last edge
         lower = LOG_GRID[0] * GRID_STEP if not np.isfinite(lower) else lower
         upper = LOG_GRID[-1] * GRID_STEP if not np.isfinite(upper) else upper

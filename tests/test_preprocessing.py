@@ -14,8 +14,9 @@ from fedrisk.config import DataSpec
 from fedrisk.data import load_institution
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit
-from fedrisk.mechanisms import noised, partition_threshold, select_partitions
+from fedrisk.mechanisms import grid_bounds, noised, partition_threshold, select_partitions
 from fedrisk.preprocessing import (
+    TAIL_ROWS,
     Bounds,
     Preprocessor,
     bounds_from_counts,
@@ -81,7 +82,7 @@ def preprocessor(stats, bounds) -> Preprocessor:
 
 def test_federated_preprocessing_equals_pooled(institutions, pooled, stats, preprocessor, bounds):
     """Without noise: the pooled mean and standard deviation of the values winsorised at the
-    federated bounds; the bounds bracket the pooled 0.5 % and 99.5 % quantiles to a grid step."""
+    federated bounds; the bounds bracket every grid cell holding at least TAIL_ROWS values."""
     assert pooled["income"].isna().sum() > 0 and pooled["region"].isna().sum() > 0
     assert preprocessor.numeric == sorted(COLUMNS.numeric)  # sorted: file order never matters
     assert preprocessor.categorical == sorted(COLUMNS.categorical)
@@ -89,9 +90,12 @@ def test_federated_preprocessing_equals_pooled(institutions, pooled, stats, prep
     for column, mean, scale in zip(preprocessor.numeric, preprocessor.means, preprocessor.scales):
         values = pooled[column].to_numpy(dtype=float)
         b = bounds[column]
-        low, high = np.nanquantile(values, [0.005, 0.995])
-        assert b.lower <= low + 1e-12 and (b.lower == 0 or b.lower * step >= low * (1 - 1e-12) or low <= 0), column
-        assert b.upper >= high - 1e-12 and b.upper <= max(high, 1e-4) * step * (1 + 1e-12), column
+        cells = local_bounds(pooled, COLUMNS)[column][:-1]
+        held = np.flatnonzero(cells >= TAIL_ROWS)
+        inside = values[(values >= grid_bounds(int(held[0]))[0]) & (values < grid_bounds(int(held[-1]))[1])]
+        assert b.lower <= inside.min() and b.upper >= inside.max(), column  # nothing held is clipped
+        assert b.lower >= np.nanmin(values) / step - 1e-12 or b.lower <= 0, column  # nor wider than a step
+        assert b.upper <= max(np.nanmax(values), 1e-4) * step * (1 + 1e-12), column
         clipped = np.clip(values, b.lower, b.upper)
         assert mean == pytest.approx(np.nanmean(clipped), rel=1e-9), column
         assert scale == pytest.approx(np.nanstd(clipped, ddof=0), rel=1e-7), column
