@@ -129,10 +129,12 @@ def test_population_shift_goes_green_yellow_orange_red_in_mlflow(trained):
 
 
 def test_downturn_triggers_warm_started_retraining_from_the_cli(trained):
+    # Severity 2: the AUC falls ~14 % relative (measured); at severity 1 it fell ~6.5 %, and the
+    # noised validation reference (its own sd ~0.01-0.02) put that on either side of the 5 % rule
     folder, uri, _ = trained
     result = subprocess.run(
         [sys.executable, "-m", "fedrisk.cli", "monitor", "fedrisk-credit/1", "--tracking-uri", uri,
-         "--set", "windows.synthetic.scenario=downturn", "--set", "windows.synthetic.severities=[0.0, 1.0]",
+         "--set", "windows.synthetic.scenario=downturn", "--set", "windows.synthetic.severities=[0.0, 2.0]",
          "--set", "windows.synthetic.rows=12000", "--retrain", "--rounds", "2"],
         cwd=_elsewhere(folder), env=_fresh_env(), capture_output=True, text=True, timeout=900,
     )
