@@ -63,10 +63,16 @@ def _counts(values: np.ndarray) -> np.ndarray:
 
 
 def auc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
-    """ROC AUC (Mann-Whitney), counting a positive and a negative in one bin as a tie."""
-    pos, neg = _counts(pos), _counts(neg)
+    """ROC AUC (Mann-Whitney), counting a positive and a negative in one bin as a tie.
+
+    Noised counts are used as released, negative ones included: the pair count and the
+    totals are then unbiased, while clipping them at zero adds mass to every empty cell and
+    pulls the AUC towards 0.5 (by 0.05 at a noise of 3 per cell on 50 bins), by an amount
+    that depends on the noise and the size, so that a reference and a window would differ.
+    """
+    pos, neg = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
     n_pos, n_neg = pos.sum(), neg.sum()
-    if n_pos == 0 or n_neg == 0:
+    if n_pos <= 0 or n_neg <= 0:
         return float("nan")
     neg_below = np.cumsum(neg) - neg
     return float((pos @ neg_below + 0.5 * pos @ neg) / (n_pos * n_neg))
