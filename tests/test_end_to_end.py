@@ -100,9 +100,11 @@ def test_three_institutions_two_rounds(tmp_path):
     assert set(ranked) == set(features.columns)  # noised (3x the validation noise per cell): no ranking asserted
     for key in ("test_auc", "test_gini", "test_ks", "test_brier", "test_average_precision",
                 "test_recall_at_fpr_0.1", "test_precision_at_0.2", "test_auc_gap", "test_ks.inst02",
-                "test_approval_rate_difference.sex", "test_approval_rate.age_band:50plus",
+                "test_approval_rate_difference.sex",
                 "test_equal_opportunity_difference.sex.inst01", "val_approval_rate_ratio.age_band"):
         assert key in run.data.metrics, key
+    # a group's rates are left out when its noised size is within the noise (fairness_by_attribute)
+    assert any(k.startswith("test_approval_rate.age_band:") for k in run.data.metrics)
     download = Path(client.download_artifacts(outcome.run_id, "", str(tmp_path / "all")))
     ids = set(pd.concat(generate_consortium(3, 9000, seed=42).values())["customer_id"].head(50))
     for file in download.rglob("*"):
@@ -299,11 +301,13 @@ def test_gate_challenges_a_fair_model_and_blocks_a_biased_or_random_one(tmp_path
     assert ok.returncode == 0, ok.stderr
     blocked = _cli("validate", biased.run_id, "--tracking-uri", uri, cwd=tmp_path)
     assert blocked.returncode == 3 and "BLOCK approval_rate_difference.sex" in blocked.stdout
+    # a fair model's measured gap: up to 0.037 seen (true gap plus noise sd ~0.008), so the
+    # warning sits 3 noise sd above that
     sex_only = tmp_path / "sex_only.yaml"
     sex_only.write_text(
         "name: sex-only\nrules:\n"
-        "  - {metric: approval_rate_difference.sex, comparator: '<=', threshold: 0.05, severity: block}\n"
-        "  - {metric: approval_rate_difference.sex, comparator: '<=', threshold: 0.03, severity: warn}\n"
+        "  - {metric: approval_rate_difference.sex, comparator: '<=', threshold: 0.08, severity: block}\n"
+        "  - {metric: approval_rate_difference.sex, comparator: '<=', threshold: 0.06, severity: warn}\n"
         "  - {metric: auc, comparator: '>=', threshold: 0.7, severity: block}\n"
     )
     clean = _cli("validate", fair.run_id, "--tracking-uri", uri, "--policy", str(sex_only), cwd=tmp_path)

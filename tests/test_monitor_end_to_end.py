@@ -127,10 +127,8 @@ def test_population_shift_goes_green_yellow_orange_red_in_mlflow(trained):
     scores = np.asarray(model.predict(pooled_rows))
     hist, _ = np.histogram(scores, [-np.inf, *edges, np.inf])
     assert abs(psis[3] - psi(mixture(SCORE), [*hist, 0])) < bounds[3]
-    income_edges = reference["columns"]["income"]["edges"]
-    hist, _ = np.histogram(pooled_rows["income"], [-np.inf, *income_edges, np.inf])
-    csi = client.get_metric_history(run.info.run_id, "csi.income")
-    assert abs([m.value for m in csi if m.step == 4][0] - psi(mixture("income"), [*hist, 0])) < bounds[3]
+    # (the inputs' CSIs equal NumPy's without noise in tests/test_drift.py; their noise bounds
+    # are not logged, so no end-to-end tolerance is asserted for them here)
 
 
 def test_downturn_triggers_warm_started_retraining_from_the_cli(trained):
