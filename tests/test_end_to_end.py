@@ -58,8 +58,10 @@ def test_three_institutions_two_rounds(tmp_path):
     assert run.data.params["privacy.target_epsilon"] == "2.0"
     auc_history = client.get_metric_history(outcome.run_id, "val_auc")
     assert [m.step for m in auc_history] == [0, 1, 2]  # 0: the initial model
-    # noised (a round-1 model near 0.6 read 0.498 once), so a range only; the model's own AUC is checked below
-    assert all(0.0 <= m.value <= 1.0 for m in auc_history)
+    # noised (a round-1 model near 0.6 read 0.498 once; with a round's small share of the
+    # evaluation budget a class's noised total can fall to zero or below: undefined, NaN), so a
+    # range only; the model's own AUC is checked below
+    assert all(np.isnan(m.value) or 0.0 <= m.value <= 1.0 for m in auc_history)
     names = ["inst01", "inst02", "inst03"]
     for name in names:
         assert [m.step for m in client.get_metric_history(outcome.run_id, f"val_auc.{name}")] == [0, 1, 2]
