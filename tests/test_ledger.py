@@ -126,8 +126,10 @@ def test_concurrent_campaigns_add_up(tmp_path):
     """Two campaigns that each fit the cap alone, planned at the same moment by two processes:
     one is reserved, the other refused; and charges from many processes are all kept."""
     path = tmp_path / "ledger.json"
-    single = campaign_epsilon([Release("train", "dp_sgd", 2.0, 0.05, 250)], DELTA)
-    assert 1.5 < single < 3.0 < campaign_epsilon([Release("train", "dp_sgd", 2.0, 0.05, 500)], DELTA)
+    alone = PrivacyLedger.open(tmp_path / "alone.json", "inst01", 3.0, 1e-6)
+    alone.plan("c0", [Release("train", "dp_sgd", 2.0, 0.05, 250)], 3.0, {})  # one fits the cap
+    with pytest.raises(BudgetExhaustedError):  # two in sequence do not
+        alone.plan("c1", [Release("train", "dp_sgd", 2.0, 0.05, 250)], 3.0, {})
     with multiprocessing.get_context("fork").Pool(4) as pool:
         outcomes = pool.map(_plan_in_process, [(path, f"c{i}") for i in range(4)])
     assert sorted(outcomes) == ["planned", "refused", "refused", "refused"]
