@@ -18,7 +18,7 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from clients.mods import institution_clipping_mod, secure_aggregation_mod
+from clients.mods import institution_clipping_mod, secure_aggregation_mod, under_secure_aggregation
 from fedrisk import institution, protocol
 from fedrisk.errors import FedriskInputError
 from fedrisk.guard import check_histograms
@@ -41,6 +41,8 @@ def _handle(msg: Message, context: Context, message_type: str,
         check_histograms(session.policy, request.grid, request.edges, session.name)
         if request.preprocessor is not None:  # checked before anything is charged
             session.preprocessor(request.preprocessor, monitoring)
+        if not monitoring:  # the consortium's columns, once its terminal table has been shared
+            session.attach_table(request.campaign, request.table)
         return work(session, request)
     except FedriskInputError as err:
         if session is not None and err.institution is None:  # every refusal names the institution it speaks for
@@ -62,6 +64,33 @@ def bounds(msg: Message, context: Context) -> Message:
     return _handle(msg, context, protocol.BOUNDS, work)
 
 
+@app.query("terminals")
+def terminals(msg: Message, context: Context) -> Message:
+    monitoring = protocol.is_monitoring(msg)  # a monitoring window's table, or a campaign's
+
+    def work(session: NodeSession, request: protocol.Request) -> Message:
+        if monitoring:
+            table, noise = institution.window_terminal_counts(
+                session, request.shared, request.campaign, request.edges or {}, request.score_grid, request.window_days,
+                request.window, request.windows)
+        else:
+            table, noise = institution.terminal_counts(session, request.campaign), session.plan(request.campaign).shared_counts
+        return protocol.terminals_reply(msg, session.name, table, noise, _privacy(session, request))
+
+    return _handle(msg, context, protocol.TERMINALS, work, monitoring=monitoring)
+
+
+def _table_round(msg: Message, context: Context) -> Message:
+    secure = under_secure_aggregation(context)
+
+    def work(session: NodeSession, request: protocol.Request) -> Message:
+        table = institution.terminal_counts(session, request.campaign, secure=secure)
+        noise = session.plan(request.campaign).shared_counts
+        return protocol.table_round_reply(msg, session.name, table, noise, _privacy(session, request))
+
+    return _handle(msg, context, protocol.TERMINALS, work)
+
+
 @app.query("statistics")
 def statistics(msg: Message, context: Context) -> Message:
     def work(session: NodeSession, request: protocol.Request) -> Message:
@@ -75,6 +104,9 @@ def statistics(msg: Message, context: Context) -> Message:
 
 @app.train(mods=[institution_clipping_mod])
 def train(msg: Message, context: Context) -> Message:
+    if protocol.is_table_round(msg):  # the terminal table under SecAgg+, not a model round
+        return _table_round(msg, context)
+
     def work(session: NodeSession, request: protocol.Request) -> Message:
         received = protocol.model_of(msg)
         validation = None
@@ -126,7 +158,7 @@ def monitor(msg: Message, context: Context) -> Message:
     def work(session: NodeSession, request: protocol.Request) -> Message:
         counts, window = institution.window_statistics(
             session, request.shared, protocol.model_of(msg), request.campaign, request.edges or {}, request.score_grid,
-            request.window_days, request.window, request.windows)
+            request.window_days, request.window, request.windows, request.table)
         noise = float(session.ledger().plans[request.campaign]["noise"]["monitoring"])
         return protocol.counts_reply(msg, session.name, counts, _privacy(session, request), window, noise)
 

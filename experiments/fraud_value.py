@@ -3,17 +3,21 @@
 For each seed (a new simulated consortium), per issuer, on the issuer's own test window:
 - federated with DP: the default fraud campaign on the real Flower simulation engine;
 - federated without DP: the same campaign, DP off (what privacy costs);
+- federated with consortium features, DP and no DP: the same campaigns with the shared terminal
+  table (`data.transactions.consortium_features`), its noise included in the DP one;
 - alone: the same model trained on the issuer's own rows only, no DP (its best solo option;
   its data never leave it, so it needs no DP), same epochs, its own preprocessing;
 - alone with DP: the same at the campaign's epsilon, stated at the delta of the institutions'
   default policy (what it could share under the same rule);
 - pooled: the same model trained on every issuer's rows together, no DP (what no consortium
-  may do; the upper bound).
-Every figure comes from the project's own fraud metrics, on each model's evaluation grid (read
-from its scores on its training rows, as a campaign's server does); alert thresholds from each
-issuer's validation window. Each campaign runs on fresh institution homes (`experiments/homes.py`);
-for the one without DP every issuer's own policy first allows it. Writes
-docs/fraud_results_<institutions>.md, .csv and .png.
+  may do; the upper bound); and pooled with consortium-wide terminal features (the terminal
+  counts and fraud shares over every issuer's transactions, exact).
+Every figure comes from the project's own fraud metrics, exact (a federated model is scored on
+each issuer's rows as its node sees them, consortium columns from the table it received), on
+each model's evaluation grid (read from its scores on its training rows, as a campaign's server
+does); alert thresholds from each issuer's validation window. Each campaign runs on fresh
+institution homes (`experiments/homes.py`); for those without DP every issuer's own policy
+first allows it. Writes docs/fraud_results_<institutions>.md, .csv and .png.
 
     python experiments/fraud_value.py [--institutions 5] [--seeds 42 7 11] [--out FILE.md] [--quick]
 """
@@ -24,6 +28,7 @@ import argparse
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -42,18 +47,25 @@ from fedrisk.columns import DAY  # noqa: E402
 from fedrisk.config import CampaignConfig, load_config  # noqa: E402
 from fedrisk.data import load_institution  # noqa: E402
 from fedrisk.fraud_metrics import FraudStats, fraud_summary  # noqa: E402
+from fedrisk.generators.fraud import generate_issuer  # noqa: E402
+from fedrisk.guard import homes_root  # noqa: E402
 from fedrisk.launcher import simulate  # noqa: E402
 from fedrisk.metrics import EvalStats  # noqa: E402
 from fedrisk.models import build_model, predict_proba  # noqa: E402
 from fedrisk.preprocessing import Preprocessor, exact_preprocessor  # noqa: E402
 from fedrisk.privacy import calibrate_noise_multiplier  # noqa: E402
+from fedrisk.serving import load_model_files  # noqa: E402
+from fedrisk.session import NodeSession, sketch_key_file  # noqa: E402
 from fedrisk.sources import institution_names  # noqa: E402
 from fedrisk.splits import Split, split_institution  # noqa: E402
 from fedrisk.training import DPSettings, dp_sampling, train_local  # noqa: E402
+from fedrisk.transaction_features import terminal_risk  # noqa: E402
 
 METRICS = {"average_precision": "AUPRC", "recall_at_fpr_0.01": "recall at 1 % FPR",
            "recall_at_budget": "recall at 30 alerts/day", "amount_recall_at_budget": "fraud value caught"}
-SETTINGS = ["federated, DP", "federated, no DP", "alone, no DP", "alone, DP", "pooled, no DP"]
+SETTINGS = ["federated, DP", "federated, no DP", "federated + consortium, DP", "federated + consortium, no DP",
+            "alone, no DP", "alone, DP", "pooled, no DP", "pooled + consortium-wide, no DP"]
+CONSORTIUM = {"data.transactions.consortium_features": True}
 warnings.filterwarnings("ignore", message="Secure RNG turned off")  # Opacus, for the local DP baselines
 QUICK = {"data.synthetic.customers": 500, "data.synthetic.terminals": 1000, "training.rounds": 2}  # --quick
 
@@ -105,6 +117,50 @@ def _evaluate(config: CampaignConfig, splits: dict[str, Split], models: dict[str
     return metrics
 
 
+def _federated_exact(config: CampaignConfig, outcome, names: list[str]) -> dict[str, float]:
+    """Exact fraud metrics of a campaign's model: each issuer's rows as its node saw them (the
+    consortium's columns from the table the node kept), scored on the model's grid."""
+    state, pre, spec = load_model_files(outcome.tags[run_schema.MODEL_URI], config.tracking.uri)
+    model = build_model(spec, pre.width, config.seed)
+    model.load_state_dict(state)
+    splits = {}
+    for name in names:
+        session = NodeSession(name, config, homes_root() / name,
+                              sketch_key_file=sketch_key_file(name, {}) if config.consortium_features else None)
+        session.attach_table(outcome.campaign)
+        splits[name] = session.split
+    train = pd.concat([s.train for s in splits.values()], ignore_index=True)
+    ev = config.evaluation
+    grid = campaign_grid(predict_proba(model, torch.as_tensor(pre.transform(train))).numpy(), ev.bins, ev.threshold)
+    amount = config.data.transactions.amount
+    return _evaluate(config, splits, {n: (model, pre, grid) for n in names}, amount)
+
+
+def _consortium_wide(config: CampaignConfig, data: dict, splits: dict[str, Split]) -> tuple[dict[str, Split], object]:
+    """Each issuer's split with the terminal counts and fraud shares over every issuer's
+    transactions (exact, same windows and label delay): what no issuer can compute alone."""
+    tx, syn = config.data.transactions, config.data.synthetic
+    names = list(splits)
+    raw = [generate_issuer(i, len(names), syn.customers, syn.terminals, syn.days, config.seed) for i in range(len(names))]
+    pooled = pd.concat(raw, ignore_index=True)
+    seconds = pd.DatetimeIndex(pooled[tx.timestamp]).to_numpy(dtype="datetime64[s]").astype(np.int64)
+    wide = terminal_risk(pooled[tx.terminal].to_numpy(), seconds, pooled[config.data.target].to_numpy(float),
+                         tx.windows_days, tx.delay_days)
+    extra = [f"consortium_{name}" for name in wide]
+    out, start = {}, 0
+    for name, frame in zip(names, raw, strict=True):
+        rows = slice(start, start + len(frame))
+        start += len(frame)
+        full = data[name].frame.copy()
+        if len(full) != len(frame):  # load_institution keeps every generated row, in order
+            raise SystemExit(f"{name}: {len(full)} loaded rows for {len(frame)} generated")
+        for column, values in zip(extra, wide.values(), strict=True):
+            full[column] = values[rows]
+        out[name] = split_institution(replace(data[name], frame=full), config.data, config.seed)
+    columns = data[names[0]].columns
+    return out, replace(columns, numeric=columns.numeric + extra)
+
+
 def one_seed(seed: int, institutions: int, work: Path, overrides: dict | None = None) -> pd.DataFrame:
     base = {**(overrides or {}), "task": "fraud", "seed": seed, "institutions": institutions,
             "tracking_uri": f"sqlite:///{work}/mlflow.db"}
@@ -120,13 +176,16 @@ def one_seed(seed: int, institutions: int, work: Path, overrides: dict | None = 
             f"{n}:{metrics[f'test_average_precision.{n}']:.3f}" for n in names), flush=True)
 
     for setting, extra, policy in [("federated, DP", {}, None),
-                                   ("federated, no DP", {"privacy.enabled": False}, NO_DP)]:
+                                   ("federated, no DP", {"privacy.enabled": False}, NO_DP),
+                                   ("federated + consortium, DP", CONSORTIUM, None),
+                                   ("federated + consortium, no DP", {**CONSORTIUM, "privacy.enabled": False}, NO_DP)]:
         fresh_homes(names, policy)  # unspent budgets; without DP, policies that allow it
         start = time.perf_counter()
-        outcome = simulate(load_config(None, {**base, **extra}, work_dir=work))
+        campaign_config = load_config(None, {**base, **extra}, work_dir=work)
+        outcome = simulate(campaign_config)
         if outcome.status != "completed":
             raise SystemExit(f"seed {seed} {setting}: campaign {outcome.status} ({outcome.tags})")
-        record(setting, outcome.metrics, time.perf_counter() - start)
+        record(setting, _federated_exact(campaign_config, outcome, names), time.perf_counter() - start)
     data = {n: load_institution(config.data, n, config.seed) for n in names}
     splits = {n: split_institution(d, config.data, config.seed) for n, d in data.items()}
     columns, amount = data[names[0]].columns, data[names[0]].columns.amount
@@ -137,6 +196,11 @@ def one_seed(seed: int, institutions: int, work: Path, overrides: dict | None = 
     start = time.perf_counter()
     pooled = _train(config, splits, columns, dp=False)
     record("pooled, no DP", _evaluate(config, splits, {n: pooled for n in names}, amount),
+           time.perf_counter() - start)
+    start = time.perf_counter()
+    wide, wide_columns = _consortium_wide(config, data, splits)
+    pooled = _train(config, wide, wide_columns, dp=False)
+    record("pooled + consortium-wide, no DP", _evaluate(config, wide, {n: pooled for n in names}, amount),
            time.perf_counter() - start)
     sizes = {n: len(s.train) for n, s in splits.items()}
     frauds = {n: int(s.train[config.data.target].sum()) for n, s in splits.items()}

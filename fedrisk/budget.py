@@ -6,6 +6,9 @@ clipped value of a sum), so a release of b blocks with noise z per cell has sens
 sqrt(b) and noise multiplier z / sqrt(b). The plan lists them by the rows they touch:
 
 - every row: `quality` (the data-quality counts, `fedrisk.data_quality`), one release per part;
+- every row of the shared table's calendar (fraud, `consortium_features`): `shared_counts`, the
+  terminal table (`fedrisk.consortium_features`), one release per part (rows between the parts
+  pay it alone, less than any part);
 - train rows: `size` (the training rows' count, once per version of the data and split: every
   plan is calibrated on it, never on the exact count; its own ledger entry), `bounds` (a
   histogram of each numeric column on a fixed log grid: clipping bounds and decile edges),
@@ -18,10 +21,11 @@ sqrt(b) and noise multiplier z / sqrt(b). The plan lists them by the rows they t
 - test rows: `evaluation` once.
 
 Calibration (`plan_campaign`): the statistics get `privacy.statistics_share` of the campaign's
-epsilon, each part alone; DP-SGD the largest share that keeps the campaign within its epsilon
-and the institution within its lifetime cap; credit's validation and test as much as fits under
-the same two limits (they are other rows, so they cost the campaign nothing beyond its worst
-part; for fraud, the rows of a time window, see docs/privacy.md on linked transactions).
+epsilon, each part alone, and the shared terminal table `privacy.shared_counts_share`; DP-SGD
+the largest share that keeps the campaign within its epsilon and the institution within its
+lifetime cap; credit's validation and test as much as fits under the same two limits (they are
+other rows, so they cost the campaign nothing beyond its worst part; for fraud, the rows of a
+time window, see docs/privacy.md on linked transactions).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import math
 from dataclasses import dataclass
 
 from fedrisk.config import CampaignConfig
+from fedrisk.consortium_features import SENSITIVITY_BLOCKS
 from fedrisk.errors import BudgetExhaustedError
 from fedrisk.ledger import PrivacyLedger, Release, campaign_epsilon, parts_curve
 from fedrisk.privacy import smallest_noise
@@ -52,6 +57,7 @@ class Shape:
     protected: int
     fraud: bool
     quality: int = 0  # blocks of the data-quality counts (`fedrisk.data_quality.blocks`)
+    shared: int = 0  # numeric inputs from the consortium's shared table (no bounds release of their own)
 
     @property
     def features(self) -> int:
@@ -65,7 +71,7 @@ class Shape:
 
     @property
     def statistics_blocks(self) -> dict[str, int]:
-        return {"bounds": self.numeric, "preprocessing": 3 * self.numeric + self.categorical + self.protected,
+        return {"bounds": self.numeric - self.shared, "preprocessing": 3 * self.numeric + self.categorical + self.protected,
                 "drift_reference": 1 + self.numeric + self.categorical}
 
 
@@ -82,6 +88,7 @@ class CampaignPlan:
     partition_delta: float  # per categorical or protected column
     releases: tuple[Release, ...]
     epsilon: float  # the campaign's, at the institution's delta
+    shared_counts: float = 0.0  # noise per cell of the shared terminal table (0: none planned, or exact)
 
     def release(self, mechanism: str, part: str) -> Release:
         for release in self.releases:
@@ -95,6 +102,8 @@ class CampaignPlan:
             return self.dp_sgd
         if mechanism in ("bounds", "preprocessing", "drift_reference"):
             return self.statistics
+        if mechanism == "shared_counts":
+            return self.shared_counts
         scale = IMPORTANCE_NOISE if mechanism == "importance" else 1.0
         return scale * (self.validation if part == "validation" else self.test)
 
@@ -119,6 +128,12 @@ def _blocks(noise: float, blocks: int) -> float:
 def statistics_release(shape: Shape, mechanism: str, noise: float, partition_delta: float) -> Release:
     delta = partition_delta * (shape.categorical + shape.protected) if mechanism == "preprocessing" else 0.0
     return Release("train", mechanism, _blocks(noise, shape.statistics_blocks[mechanism]), delta=delta)
+
+
+def shared_counts_releases(noise: float) -> list[Release]:
+    """The shared terminal table: one transaction, one cell of each of its two counts (sensitivity
+    sqrt 2), on whichever part the transaction is in."""
+    return [Release(part, "shared_counts", _blocks(noise, SENSITIVITY_BLOCKS)) for part in PARTS]
 
 
 def quality_releases(shape: Shape, noise: float) -> list[Release]:
@@ -161,6 +176,15 @@ def plan_campaign(config: CampaignConfig, shape: Shape, ledger: PrivacyLedger, c
         raise BudgetExhaustedError(f"privacy.statistics_share {pv.statistics_share:g} of epsilon {limit:g} cannot pay "
                                    "for the campaign's statistics")
     stats = _statistics(shape, statistics, partition_delta)
+    shared = 0.0
+    if shape.shared:
+        found = smallest_noise(lambda z: campaign_epsilon(shared_counts_releases(z), delta, before),
+                               pv.shared_counts_share * limit, MAX_STATISTICS_NOISE)
+        if found is None:
+            raise BudgetExhaustedError(f"privacy.shared_counts_share {pv.shared_counts_share:g} of epsilon {limit:g} "
+                                       "cannot pay for the shared terminal table")
+        shared = found
+        stats += shared_counts_releases(shared)
     rate, per_epoch = dp_sampling(shape.train_rows, tr.batch_size)
     steps = per_epoch * tr.local_epochs
 
@@ -184,7 +208,7 @@ def plan_campaign(config: CampaignConfig, shape: Shape, ledger: PrivacyLedger, c
         noise[part] = found
         releases += _evaluation(shape, config, part, found)
     return CampaignPlan(statistics, sigma, rate, steps, noise["validation"], noise["test"], partition_delta,
-                        tuple(releases), campaign_epsilon(releases, delta, before))
+                        tuple(releases), campaign_epsilon(releases, delta, before), shared)
 
 
 def exact_plan(config: CampaignConfig, shape: Shape) -> CampaignPlan:
@@ -192,7 +216,8 @@ def exact_plan(config: CampaignConfig, shape: Shape) -> CampaignPlan:
     and the ledger records every release as what it is, infinitely costly."""
     rate, per_epoch = dp_sampling(shape.train_rows, config.training.batch_size)
     steps = per_epoch * config.training.local_epochs
-    releases = [*_statistics(shape, 0.0, 0.0), *[sgd_release(shape, 0.0, rate, steps)] * config.training.rounds,
+    releases = [*_statistics(shape, 0.0, 0.0), *(shared_counts_releases(0.0) if shape.shared else []),
+                *[sgd_release(shape, 0.0, rate, steps)] * config.training.rounds,
                 *_evaluation(shape, config, "validation", 0.0), *_evaluation(shape, config, "test", 0.0)]
     return CampaignPlan(0.0, 0.0, rate, steps, 0.0, 0.0, 0.0, tuple(releases), float("inf"))
 
@@ -204,15 +229,32 @@ def window_blocks(shape: Shape, labelled: bool = True) -> int:
 
 
 def plan_monitoring(epsilon: float, shape: Shape, windows: int, ledger: PrivacyLedger, run: str,
-                    max_campaign_epsilon: float, cap: float) -> tuple[float, tuple[Release, ...]]:
-    """Noise per cell of each window's release; windows are other rows, each its own part."""
+                    max_campaign_epsilon: float, cap: float,
+                    shared_share: float = 0.0) -> tuple[float, tuple[Release, ...], float]:
+    """Noise per cell of each window's release, the releases, and the noise of each window's shared
+    terminal table (fraud with consortium features: `shared_share` of the epsilon, 0 otherwise).
+    Windows are other rows, each its own part; a window's table counts its own stream's rows (the
+    window and its look-back), on the window's part."""
     limit = min(epsilon, max_campaign_epsilon)
     delta, cap = ledger.delta, ledger.effective_cap(cap)
     prior = ledger.lifetime(exclude=run)
     blocks = window_blocks(shape)
+    table = 0.0
+    if shape.shared:
+        found = smallest_noise(lambda z: campaign_epsilon(shared_counts_releases(z)[:1], delta), shared_share * limit,
+                               MAX_STATISTICS_NOISE)
+        if found is None:
+            raise BudgetExhaustedError(f"privacy.shared_counts_share {shared_share:g} of monitoring epsilon "
+                                       f"{limit:g} cannot pay for the windows' shared terminal tables")
+        table = found
 
     def releases(z: float) -> list[Release]:
-        return [Release(f"window:{i + 1}", "monitoring", _blocks(z, blocks)) for i in range(windows)]
+        out = []
+        for i in range(windows):
+            out.append(Release(f"window:{i + 1}", "monitoring", _blocks(z, blocks)))
+            if shape.shared:
+                out.append(Release(f"window:{i + 1}", "shared_counts", _blocks(table, SENSITIVITY_BLOCKS)))
+        return out
 
     noise = smallest_noise(lambda z: max(campaign_epsilon(releases(z), delta),
                                          campaign_epsilon(releases(z), delta, prior) - cap + limit),
@@ -221,4 +263,4 @@ def plan_monitoring(epsilon: float, shape: Shape, windows: int, ledger: PrivacyL
         left = max(cap - campaign_epsilon([], delta, prior), 0.0)
         raise BudgetExhaustedError(f"privacy budget left ({left:.3g} of {cap:g} at delta {delta:g}) cannot pay for "
                                    f"monitoring at epsilon {limit:g}")
-    return noise, tuple(releases(noise))
+    return noise, tuple(releases(noise)), table

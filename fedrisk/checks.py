@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fedrisk.columns import CUSTOMER, DAY, Columns
+from fedrisk.columns import CUSTOMER, DAY, TERMINAL, Columns
 from fedrisk.config import DataSpec
+from fedrisk.consortium_features import buckets
 from fedrisk.errors import FedriskInputError
 from fedrisk.transaction_features import transaction_features
 
@@ -24,7 +25,8 @@ def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file:
                     never_use: tuple[str, ...] = ()) -> Columns:
     """Which columns are inputs, and of which kind; personal identifiers never are."""
     never = {c.casefold() for c in never_use}  # the institution's own policy: never an input, whatever the campaign
-    excluded = {spec.target, *spec.drop, *spec.protected, DAY, CUSTOMER, *(c for c in frame.columns if c.casefold() in never)}
+    excluded = {spec.target, *spec.drop, *spec.protected, DAY, CUSTOMER, TERMINAL,
+                *(c for c in frame.columns if c.casefold() in never)}
     if spec.quality.date_column:
         excluded.add(spec.quality.date_column)
     if spec.institution_column:
@@ -158,12 +160,13 @@ def check_card_identifiers(frame: pd.DataFrame, columns: Columns, name: str, sou
 
 
 def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source: str,
-                          both_classes: bool = True) -> pd.DataFrame:
+                          both_classes: bool = True, sketch_key: bytes | None = None) -> pd.DataFrame:
     """Check an issuer's raw transactions and replace identifiers by engineered features.
 
     Returns the amount, the engineered features, every other raw column that is not an
     identifier, timestamp or dropped column, the target and the transaction day. Customer
-    and terminal ids are used for the windows here and go no further.
+    and terminal ids are used for the windows here and go no further; with `sketch_key`, a
+    terminal's bucket in the consortium's shared table is kept (`fedrisk.consortium_features`).
     """
     tx = spec.transactions
     assert tx is not None
@@ -203,4 +206,6 @@ def engineer_transactions(frame: pd.DataFrame, spec: DataSpec, name: str, source
     out[CUSTOMER] = pd.factorize(frame[tx.customer])[0]
     out[spec.target] = target.to_numpy()
     out[DAY] = when.to_numpy(dtype="datetime64[D]").astype(np.int64)
+    if sketch_key is not None:
+        out[TERMINAL] = buckets(frame[tx.terminal], sketch_key, tx.sketch_width)
     return out

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 DAY = "_day"  # fraud: day of each transaction (days since 1970), kept for splits and top-k
 CUSTOMER = "_customer"  # fraud: customer codes, only while loading (identifier checks)
+TERMINAL = "_terminal_bucket"  # fraud: each transaction's bucket in the shared terminal table (a keyed hash)
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,12 @@ class Columns:
     protected: list[str]
     target: str
     amount: str | None = None  # fraud: the transaction amount (amount-weighted recall)
+    shared: tuple[str, ...] = ()  # fraud: numeric inputs computed from the consortium's shared table
+
+    @property
+    def own_numeric(self) -> list[str]:
+        """The numeric inputs an institution computes from its own rows alone."""
+        return [c for c in self.numeric if c not in self.shared]
 
     @property
     def features(self) -> list[str]:

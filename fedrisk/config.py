@@ -75,6 +75,10 @@ class TransactionSpec(StrictModel):
     amount: str = "tx_amount"
     windows_days: list[int] = Field([1, 7, 30], min_length=1, description="look-back windows (days, <= 365)")
     delay_days: int = Field(7, ge=1, le=365, description="label delay: frauds are known this many days later")
+    consortium_features: bool = Field(False, description="terminal counts shared across issuers (noised, summed); "
+                                                          "see docs/consortium_features.md for what they are worth")
+    sketch_width: int = Field(16384, ge=16, le=1 << 20, description="buckets of the shared terminal table")
+    sketch_cell_days: int = Field(1, ge=1, le=28, description="days per cell of the shared terminal table")
 
     @model_validator(mode="after")
     def _positive_windows(self) -> TransactionSpec:
@@ -227,6 +231,8 @@ class Privacy(StrictModel):
     delta: float = Field(1e-5, gt=0.0, lt=1.0, description="the largest delta an institution may state epsilon at")
     statistics_share: float = Field(0.25, gt=0.0, lt=1.0,
                                     description="share of the epsilon for released statistics (each part alone)")
+    shared_counts_share: float = Field(0.2, gt=0.0, lt=1.0, description="fraud: share of the epsilon for the "
+                                       "shared terminal counts (data.transactions.consortium_features)")
     monitoring_epsilon: float = Field(1.5, gt=0.0, description="epsilon of each monitoring run of the model")
     max_grad_norm: float = Field(
         4.0, gt=0.0, description="per-sample clipping; tighter clipping biases PD downwards"
@@ -288,6 +294,13 @@ class CampaignConfig(StrictModel):
         if fraud and self.data.quality.date_column:
             raise ValueError("data.quality.date_column is for credit data; fraud freshness uses "
                              "data.transactions.timestamp")
+        if self.consortium_features:
+            if self.privacy.enabled and self.privacy.statistics_share + self.privacy.shared_counts_share >= 1.0:
+                raise ValueError("privacy.statistics_share plus privacy.shared_counts_share must stay below 1: the "
+                                 "rest pays for DP-SGD")
+            if self.data.source == "files" and self.data.time_split is not None and self.data.time_split.end is None:
+                raise ValueError("data.transactions.consortium_features needs data.time_split.end: the calendar "
+                                 "every issuer's shared table follows (or set consortium_features: false)")
         scenario = self.data.synthetic.drift.scenario
         allowed = DRIFT_SCENARIOS[self.task]
         if scenario not in allowed:
@@ -301,6 +314,11 @@ class CampaignConfig(StrictModel):
             raise ValueError("privacy.institution_level.clipping 'server' needs each institution's update, which "
                              "secure aggregation hides; use clipping 'client'")
         return self
+
+    @property
+    def consortium_features(self) -> bool:
+        """Fraud with terminal counts shared across issuers."""
+        return self.data.transactions is not None and self.data.transactions.consortium_features
 
     def institution_count_hint(self) -> int | None:
         """Number of institutions when the config alone fixes it."""

@@ -23,8 +23,9 @@ from fedrisk.checks import (
     engineer_transactions,
     resolve_columns,
 )
-from fedrisk.columns import CUSTOMER, DAY, ROW_ID, Columns
+from fedrisk.columns import CUSTOMER, DAY, ROW_ID, TERMINAL, Columns
 from fedrisk.config import DataSpec
+from fedrisk.consortium_features import Calendar, consortium_features, feature_names
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit, fraud
 from fedrisk.sources import institution_names, raw_frame
@@ -41,8 +42,12 @@ class InstitutionData:
     population: list[int]  # a sketch of its rows as read, for lineage (`fedrisk.lineage`), whatever the campaign asks
 
 
-def load_institution(spec: DataSpec, name: str, seed: int, never_use: list[str] | tuple[str, ...] = ()) -> InstitutionData:
-    """Load and check one institution's rows; the only data a client ever reads."""
+def load_institution(spec: DataSpec, name: str, seed: int, never_use: list[str] | tuple[str, ...] = (),
+                     sketch_key: bytes | None = None) -> InstitutionData:
+    """Load and check one institution's rows; the only data a client ever reads. With the
+    consortium's `sketch_key` (fraud, `consortium_features`), each transaction's terminal bucket
+    is kept and the consortium's columns are inputs, empty until the shared table arrives
+    (`fedrisk.session.NodeSession.attach_table`)."""
     names = institution_names(spec)
     if name not in names:
         raise FedriskInputError(f"unknown institution (known: {', '.join(names)})",
@@ -50,7 +55,8 @@ def load_institution(spec: DataSpec, name: str, seed: int, never_use: list[str] 
     raw, source, fingerprint = raw_frame(spec, name, names, seed)
     if len(raw) == 0:
         raise FedriskInputError("no rows", institution=name, file=source)
-    frame = engineer_transactions(raw, spec, name, source) if spec.transactions is not None else raw
+    frame = engineer_transactions(raw, spec, name, source, sketch_key=sketch_key) if spec.transactions is not None \
+        else raw
     columns = resolve_columns(frame, spec, name, source, tuple(never_use))
     target = check_target(frame, columns.target, name, source)
     quality = quality_counts(raw, frame, spec, columns, target.to_numpy(), name, source)
@@ -62,8 +68,14 @@ def load_institution(spec: DataSpec, name: str, seed: int, never_use: list[str] 
         amount = spec.transactions.amount
         measured += [DAY] + ([amount] if amount not in columns.features else [])
         columns = replace(columns, amount=amount)
+    if sketch_key is not None and spec.transactions is not None:
+        measured.append(TERMINAL)
     kept = frame[columns.features + measured].copy()
     kept[columns.target] = target.to_numpy()
+    if sketch_key is not None and spec.transactions is not None:
+        shared = feature_names(spec.transactions.windows_days)
+        columns = replace(columns, numeric=columns.numeric + shared, shared=tuple(shared))
+        kept[shared] = np.nan
     population = lineage.sketch(raw, lineage.population_columns(raw, spec.institution_column))
     return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns, quality, population)
 
@@ -123,14 +135,19 @@ def quality_card(spec: DataSpec, counts: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], categorical: list[str],
-                window_days: int) -> tuple[pd.DataFrame, np.ndarray | None, str]:
+                window_days: int, sketch_key: bytes | None = None, look_back: bool = False,
+                consortium: tuple[bytes, np.ndarray, Calendar] | None = None,
+                ) -> tuple[pd.DataFrame, np.ndarray | None, str]:
     """One institution's rows of a monitoring window: the model's inputs and labels if present.
 
     The model's columns are fixed, so only they are checked. Labels come back as floats, NaN
     where the outcome is not known yet; without a target column the window is unlabelled
     (performance is not measured). For transactions the window is the last `window_days`
     days; earlier rows only feed the look-back features, whose terminal risk needs the
-    labels older than the label delay: only the last `delay_days` days may lack them.
+    labels older than the label delay: only the last `delay_days` days may lack them. With the
+    consortium's (sketch key, summed table, calendar), the consortium's columns are computed for
+    the window's rows; `look_back` returns every row with its terminal bucket (for the window's
+    own table, with `sketch_key`) before the window is cut out.
     """
     names = institution_names(spec)
     if name not in names:
@@ -153,7 +170,8 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
         if spec.target in frame.columns:  # the terminal-risk features never read the newest labels
             unknown = frame[spec.target].isna().to_numpy()
             frame = frame.assign(**{spec.target: frame[spec.target].fillna(0)})
-        frame = engineer_transactions(frame, spec, name, source, both_classes=False)
+        key = consortium[0] if consortium is not None else sketch_key
+        frame = engineer_transactions(frame, spec, name, source, both_classes=False, sketch_key=key)
         if unknown is not None and unknown.any():
             days = frame[DAY].to_numpy()
             early = int((unknown & (days <= days.max() - tx.delay_days)).sum())
@@ -168,6 +186,18 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
                 f"{first_day - int(frame[DAY].min())} days of history before the {window_days}-day window; "
                 f"the look-back features need {history}", institution=name, file=source,
                 column=spec.transactions.timestamp)
+        if look_back:
+            frame[ROW_ID] = row_ids
+            return frame, None, source
+        if consortium is not None:
+            _, table, cal = consortium
+            expected = (cal.cells, spec.transactions.sketch_width, 2)
+            if table.shape != expected or not np.isfinite(table).all():
+                raise FedriskInputError(f"refused the consortium's terminal table of shape {table.shape}, expected "
+                                        f"{expected} finite counts", institution=name)
+            features = consortium_features(table, cal, frame[DAY].to_numpy(), frame[TERMINAL].to_numpy(),
+                                           spec.transactions.windows_days, spec.transactions.delay_days)
+            frame[list(features.columns)] = features.to_numpy()
         inside = (frame[DAY] >= first_day).to_numpy()
         frame = frame[inside].reset_index(drop=True)
         row_ids = row_ids[inside]

@@ -61,16 +61,18 @@ def superlink_command(ca: Path, certificate: Path, private_key: Path, *, host: s
 
 def supernode_command(superlink: str, ca: Path | None, private_key: Path | None, institution: str, *,
                       data_path: Path | None = None, home: Path | None = None, port: int = 9094,
-                      max_retries: int | None = None) -> list[str]:
+                      max_retries: int | None = None, sketch_key: Path | None = None) -> list[str]:
     """An institution's SuperNode. Its node config names the institution and, when given, the
-    file of its own data and its home (policy, privacy ledger): the campaign's config cannot
-    see them."""
+    file of its own data, its home (policy, privacy ledger) and the consortium's sketch key
+    (fraud consortium features): the campaign's config cannot see them."""
     check_institution_name(institution)
     node_config = [f"institution='{institution}'"]
     if data_path is not None:
         node_config.append(f"data-path='{Path(data_path).resolve()}'")
     if home is not None:
         node_config.append(f"home='{Path(home).resolve()}'")
+    if sketch_key is not None:
+        node_config.append(f"sketch-key='{Path(sketch_key).resolve()}'")
     cmd = [_tool("flower-supernode"), "--superlink", superlink]
     cmd += ["--root-certificates", str(ca)] if ca is not None else ["--insecure"]
     if private_key is not None:

@@ -2,7 +2,7 @@
 
 One command per role, each printing or running the Flower command it stands for:
 - consortium operator: `certs`, `superlink`, `register`, `tracking-server`, `run`;
-- each institution: `node-key`, `supernode`;
+- each institution: `node-key`, `supernode`; among the issuers (fraud consortium features): `sketch-key`;
 - anyone, on one machine: `trial` (the whole federation as real processes, then stopped).
 """
 
@@ -46,6 +46,17 @@ def _node_key(args: argparse.Namespace) -> int:
     print(f"private key  {key.private_key}  (stays at {args.institution}; flower-supernode reads it)")
     print(f"public key   {key.public_key}  (send to the consortium operator)")
     print(f"fingerprint  {public_key_fingerprint(key.public_key)}  (read it to the operator out of band)")
+    return 0
+
+
+def _sketch_key(args: argparse.Namespace) -> int:
+    from fedrisk.consortium_features import load_key
+
+    if Path(args.out).exists():
+        raise FedriskInputError("exists already: every institution must use the same key", file=args.out)
+    load_key(Path(args.out), create=True)
+    print(f"sketch key   {Path(args.out).resolve()}  (one institution makes it and hands it to the others out of "
+          "band; never to the operator; each SuperNode reads it: supernode --sketch-key)")
     return 0
 
 
@@ -94,8 +105,12 @@ def _supernode(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve() if args.data else None
     if data is not None and not data.is_file():
         raise FedriskInputError("--data: no such file", institution=args.institution, file=str(data))
+    if args.sketch_key is not None and not Path(args.sketch_key).is_file():
+        raise FedriskInputError("no such sketch key (make it with: fedrisk federation sketch-key --out FILE)",
+                                institution=args.institution, file=args.sketch_key)
     cmd = supernode_command(args.superlink, Path(args.ca).resolve(), Path(args.key).resolve(), args.institution,
-                            data_path=data, home=_institution_home(args.institution, args.home), port=args.port)
+                            data_path=data, home=_institution_home(args.institution, args.home), port=args.port,
+                            sketch_key=Path(args.sketch_key) if args.sketch_key else None)
     return _exec(cmd, flower_env(Path(args.flwr_home).resolve()), args.dry_run)
 
 
@@ -193,6 +208,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--institution", required=True)
     p.add_argument("--out", default=".fedrisk/keys")
     p.set_defaults(func=_node_key)
+    p = cmds.add_parser("sketch-key", help="institutions: the key that hashes terminal ids (consortium features)")
+    p.add_argument("--out", required=True, help="file to write (owner-only); share it among the institutions")
+    p.set_defaults(func=_sketch_key)
     p = cmds.add_parser("superlink", help="operator: start the SuperLink (TLS, registered nodes only)")
     p.add_argument("--certs", default=".fedrisk/certs")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
@@ -213,6 +231,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--home", help="its own folder: policy.yaml, privacy ledger, audit log (default: "
                                   "$FEDRISK_HOME/institutions/NAME, $FEDRISK_HOME defaulting to ~/.fedrisk)")
     p.add_argument("--port", type=int, default=9094, help="the SuperNode's local ClientApp port")
+    p.add_argument("--sketch-key", help="the issuers' shared key of the terminal table (fraud consortium features)")
     p.add_argument("--dry-run", action="store_true", help="print the command only")
     common(p, connect=True)
     p.set_defaults(func=_supernode)

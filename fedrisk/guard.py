@@ -55,6 +55,8 @@ class ReleaseRules(StrictModel):
     min_count: int = Field(ge=1, description="no exact count below this leaves")
     max_bins: int = Field(ge=REFERENCE_BINS, description="no histogram with more bins leaves (at least fedrisk's "
                                                          "drift reference grid)")
+    shared_counts_in_clear: bool = Field(False, description="a deployed node sends its (noised) terminal table to the "
+                                                            "server without secure aggregation")
 
 
 class InstitutionPolicy(StrictModel):

@@ -27,10 +27,12 @@ from fedrisk.budget import (
     plan_monitoring,
     quality_releases,
     sgd_release,
+    shared_counts_releases,
     statistics_release,
 )
-from fedrisk.columns import DAY, ROW_ID
+from fedrisk.columns import DAY, ROW_ID, TERMINAL
 from fedrisk.config import CampaignConfig
+from fedrisk.consortium_features import TABLE_SCALE, feature_names, load_key, local_table
 from fedrisk.data import load_window
 from fedrisk.drift import column_counts
 from fedrisk.errors import FedriskInputError, PolicyRefused
@@ -43,7 +45,7 @@ from fedrisk.metrics import EvalStats, score_histograms
 from fedrisk.models import build_model, predict_proba
 from fedrisk.preprocessing import Bounds, category_labels, check_bounds, local_bounds, local_statistics, schema
 from fedrisk.session import NodeSession
-from fedrisk.splits import time_windows
+from fedrisk.splits import table_calendar, time_windows, window_calendar
 from fedrisk.training import DPSettings, train_local
 
 
@@ -99,8 +101,42 @@ def admit(session: NodeSession, campaign: str) -> dict[str, Any]:
     return out
 
 
+def terminal_counts(session: NodeSession, campaign: str, secure: bool = False) -> np.ndarray:
+    """The issuer's share of the consortium's terminal table (`fedrisk.consortium_features`):
+    transactions and frauds per cell of the campaign's calendar and terminal bucket, noised and
+    charged; the same shape at every issuer. `secure`: SecAgg+ masks it (the server sees the sum)."""
+    config, plan = session.config, session.plan(campaign)
+    if not session.uses_table:
+        raise PolicyRefused("the campaign does not use consortium features: no terminal table is released",
+                            institution=session.name)
+    _check_in_clear(session, secure)
+    tx = config.data.transactions
+    assert tx is not None
+    frame = session.data.frame
+    table = local_table(frame[DAY].to_numpy(), frame[TERMINAL].to_numpy(), frame[session.data.columns.target].to_numpy(),
+                        table_calendar(config.data), tx.sketch_width)
+    if secure:  # SecAgg+ carries cells within +/- scale x clipping range: refuse before anything is charged
+        carried = TABLE_SCALE * config.secure_aggregation.clipping_range
+        if table.max(initial=0.0) + 6 * plan.shared_counts > carried:
+            raise FedriskInputError(f"a terminal table cell would exceed the {carried:g} counts secure aggregation "
+                                    "carries: raise secure_aggregation.clipping_range or data.transactions.sketch_width",
+                                    institution=session.name)
+    for release in shared_counts_releases(plan.shared_counts):
+        _charge(session, campaign, release)
+    return noised(table, plan.shared_counts)
+
+
+def _check_in_clear(session: NodeSession, secure: bool) -> None:
+    """A deployed node's table reaches the server summed under SecAgg+, or in clear only where its
+    policy says so (a simulation's nodes are one operator's)."""
+    if session.deployed and not secure and not session.policy.release.shared_counts_in_clear:
+        raise PolicyRefused("a deployed node sends its terminal table to the server only under secure aggregation, "
+                            "or where its policy sets release.shared_counts_in_clear: true", institution=session.name)
+
+
 def statistics(session: NodeSession, campaign: str, bounds: dict[str, Bounds]) -> dict[str, Any]:
     """Clipped sums and counts of the training rows, noised; category values by partition selection."""
+    session.require_table(campaign)
     plan, data = session.plan(campaign), session.data
     check_bounds(bounds, data.columns.numeric, session.name)
     _charge(session, campaign, statistics_release(session.shape, "preprocessing", plan.statistics, plan.partition_delta))
@@ -227,35 +263,93 @@ def reference_counts(session: NodeSession, preprocessor: str, state: dict[str, t
             for c, v in column_counts(frame, scores, session.preprocessor(preprocessor), edges).items()}
 
 
+def _monitoring_plan(session: NodeSession, preprocessor: str, run: str, edges: dict[str, list[float]],
+                     grid: np.ndarray, windows: int) -> dict[str, Any]:
+    """The monitoring run's plan: calibrated and reserved at its first message, then read back. A
+    message of another model or other bins than the run was planned for is refused."""
+    config, rules = session.config, session.policy.privacy
+    shared = session.preprocessor(preprocessor, monitoring=True)
+    binding = hashlib.sha256(json.dumps([preprocessor, edges, np.asarray(grid).tolist()]).encode()).hexdigest()
+    ledger = session.ledger()
+    if run not in ledger.plans:  # the run's first message: calibrate and reserve every window
+        consortium = [c for c in shared.numeric if c in _consortium_columns(config)]
+        shape = Shape(0, len(shared.numeric), len(shared.categorical), 0, config.data.transactions is not None,
+                      shared=len(consortium))
+        noise, releases, table = plan_monitoring(config.privacy.monitoring_epsilon, shape, windows, ledger, run,
+                                                 rules.max_campaign_epsilon, rules.lifetime_epsilon,
+                                                 config.privacy.shared_counts_share)
+        ledger.plan(run, list(releases), rules.lifetime_epsilon,
+                    {"noise": {"monitoring": noise, "shared_counts": table}, "binding": binding})
+    saved = session.ledger().plans[run]
+    if saved.get("binding") != binding:
+        raise PolicyRefused(f"monitoring run {run} was planned for another model or other bins", institution=session.name)
+    return saved
+
+
+def _consortium_columns(config: CampaignConfig) -> list[str]:
+    tx = config.data.transactions
+    return feature_names(tx.windows_days) if tx is not None else []
+
+
+def _window_release(saved: dict[str, Any], run: str, window: int, mechanism: str, name: str) -> Release:
+    for raw in saved["releases"]:
+        release = Release.from_dict(raw)
+        if release.part == f"window:{window}" and release.mechanism == mechanism:
+            return release
+    raise FedriskInputError(f"monitoring run {run} planned no {mechanism} release for window {window}", institution=name)
+
+
+def window_terminal_counts(session: NodeSession, preprocessor: str, run: str, edges: dict[str, list[float]],
+                           grid: np.ndarray, window_days: int, window: int, windows: int) -> tuple[np.ndarray, float]:
+    """A monitoring window's share of the consortium's terminal table (its calendar: the window and
+    its look-back), noised and charged to the window's part; and its noise per cell."""
+    config = session.config
+    tx = config.data.transactions
+    if tx is None or session.sketch_key_file is None:
+        raise PolicyRefused("the model has no consortium features: no terminal table is released",
+                            institution=session.name)
+    _check_in_clear(session, secure=False)  # monitoring tables are summed by the server
+    cal = window_calendar(config.data, window_days)  # before anything is reserved: files are refused
+    saved = _monitoring_plan(session, preprocessor, run, edges, grid, windows)
+    release = _window_release(saved, run, window, "shared_counts", session.name)
+    key = load_key(session.sketch_key_file, create=not session.deployed)
+    frame, _, _ = load_window(config.data, session.name, config.seed, [], [], window_days, sketch_key=key,
+                              look_back=True)
+    check_window_rows(session, run, window, frame)  # the table's rows, look-back included, are the window's part
+    _charge(session, run, release, window)
+    noise = float(saved["noise"]["shared_counts"])
+    table = local_table(frame[DAY].to_numpy(), frame[TERMINAL].to_numpy(), frame[config.data.target].fillna(0).to_numpy(),
+                        cal, tx.sketch_width)
+    return noised(table, noise), noise
+
+
 def window_statistics(
     session: NodeSession, preprocessor: str, state: dict[str, torch.Tensor], run: str, edges: dict[str, list[float]],
-    grid: np.ndarray, window_days: int, window: int, windows: int,
+    grid: np.ndarray, window_days: int, window: int, windows: int, table: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], SplitStatistics | None]:
     """Counts of a monitoring window on the reference bins, and its score histograms if labelled,
     noised and charged to the window's rows. Each window is its own part of the run only if its
     rows are other rows than the earlier windows' (checked here, on their hashes): a window that
     shares rows with an earlier one is refused, as is a window of another model or other bins
-    than the run was planned for."""
-    config, rules = session.config, session.policy.privacy
+    than the run was planned for. A model with consortium features needs the window's summed
+    terminal `table`."""
+    config = session.config
     shared = session.preprocessor(preprocessor, monitoring=True)
-    binding = hashlib.sha256(json.dumps([preprocessor, edges, np.asarray(grid).tolist()]).encode()).hexdigest()
-    ledger = session.ledger()
-    if run not in ledger.plans:  # the run's first window: calibrate and reserve every window
-        shape = Shape(0, len(shared.numeric), len(shared.categorical), 0, config.data.transactions is not None)
-        noise, releases = plan_monitoring(config.privacy.monitoring_epsilon, shape, windows, ledger, run,
-                                          rules.max_campaign_epsilon, rules.lifetime_epsilon)
-        ledger.plan(run, list(releases), rules.lifetime_epsilon, {"noise": {"monitoring": noise}, "binding": binding})
-    saved = session.ledger().plans[run]
-    if saved.get("binding") != binding:
-        raise PolicyRefused(f"monitoring run {run} was planned for another model or other bins", institution=session.name)
+    saved = _monitoring_plan(session, preprocessor, run, edges, grid, windows)
     noise = float(saved["noise"]["monitoring"])
-    planned = [Release.from_dict(r) for r in saved["releases"]]
-    release = planned[window - 1] if 1 <= window <= len(planned) else None
-    if release is None:
-        raise FedriskInputError(f"monitoring run {run} planned {len(saved['releases'])} windows, not window {window}",
+    release = _window_release(saved, run, window, "monitoring", session.name)
+    consortium = None
+    if any(c in _consortium_columns(config) for c in shared.numeric):
+        if table is None:
+            raise FedriskInputError("the model has consortium features: a window needs the consortium's terminal "
+                                    "table (query.terminals first)", institution=session.name)
+        if session.sketch_key_file is None or config.data.transactions is None:
+            raise PolicyRefused("the model has consortium features, the campaign's data do not",
                                 institution=session.name)
+        consortium = (load_key(session.sketch_key_file, create=not session.deployed), np.asarray(table, dtype=float),
+                      window_calendar(config.data, window_days))
     frame, labels, _ = load_window(config.data, session.name, config.seed, shared.numeric, shared.categorical,
-                                   window_days)
+                                   window_days, consortium=consortium)
     check_window_rows(session, run, window, frame)
     _charge(session, run, release, window)
     scores = predict_proba(_model(config, shared.width, state), torch.as_tensor(shared.transform(frame))).numpy()
@@ -272,7 +366,8 @@ def window_statistics(
 
 def check_window_rows(session: NodeSession, run: str, window: int, frame: pd.DataFrame) -> None:
     """Refuse a window whose rows an earlier window of the run released (their parts would overlap);
-    remember its rows' hashes in the institution's home (hashes only, never values)."""
+    remember its rows' hashes in the institution's home (hashes only, never values). A window's
+    terminal table counts its look-back rows too: they join the window's part."""
     folder = session.home / "windows" / hashlib.sha256(run.encode()).hexdigest()[:32]
     mine = np.unique(frame[ROW_ID].to_numpy())
     for earlier in sorted(folder.glob("*.npy")) if folder.is_dir() else []:
@@ -280,4 +375,5 @@ def check_window_rows(session: NodeSession, run: str, window: int, frame: pd.Dat
             raise PolicyRefused(f"window {window} shares rows with window {earlier.stem} of monitoring run {run}: "
                                 "a second release on them is not in its plan", institution=session.name)
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / f"{window}.npy", mine)
+    own = folder / f"{window}.npy"
+    np.save(own, np.union1d(mine, np.load(own)) if own.is_file() else mine)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedrisk.certificates import make_node_key, make_server_certificates
+from fedrisk.consortium_features import load_key
 from fedrisk.errors import FedriskInputError
 from fedrisk.federation import (
     Processes,
@@ -93,12 +94,14 @@ def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tra
     log.info(f"SuperLink on {superlink} (TLS, SuperNode authentication)")
     write_connection(flwr_home, superlink, certs.ca_certificate)
     node_ids = {}
+    sketch = root / "institutions" / "sketch.key"  # the institutions' shared key, never the operator's
+    load_key(sketch, create=True)
     for name in institutions:
         key = make_node_key(root / "institutions" / name / "keys", name)
         node_ids[name] = register(flwr_home, key.public_key, name)
         processes.start(f"supernode-{name}", supernode_command(
             superlink, certs.ca_certificate, key.private_key, name, data_path=data_paths.get(name),
-            home=homes_root() / name, port=free_port()), env, root / "institutions" / name)
+            home=homes_root() / name, port=free_port(), sketch_key=sketch), env, root / "institutions" / name)
     log.info(f"{len(institutions)} institution keys registered, SuperNodes started")
     deadline = time.monotonic() + node_timeout
     while sum(n.get("status") == "online" for n in nodes(flwr_home)) < len(institutions):

@@ -20,7 +20,7 @@ more than its clipped contribution.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -55,9 +55,10 @@ def schema(columns: Columns) -> dict[str, list[str]]:
 
 
 def local_bounds(frame: pd.DataFrame, columns: Columns) -> dict[str, np.ndarray]:
-    """Each numeric column's counts on `LOG_GRID` (the last cell: missing values)."""
+    """Each numeric column's counts on `LOG_GRID` (the last cell: missing values); not of the
+    consortium's columns, whose bounds come from the shared table itself."""
     return {column: log_grid_counts(pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float))
-            for column in columns.numeric}
+            for column in columns.own_numeric}
 
 
 @dataclass(frozen=True)
@@ -257,8 +258,9 @@ def fit_preprocessor(merged: dict[str, Any], schema: dict[str, list[str]], bound
 
 def exact_preprocessor(frames: list[pd.DataFrame], columns: Columns) -> Preprocessor:
     """The federated preprocessing of institutions whose training rows are `frames`, without
-    noise: the same steps a campaign runs, for pooled baselines and tests."""
-    counts = [local_bounds(frame, columns) for frame in frames]
+    noise: the same steps a campaign runs, for pooled baselines and tests (the consortium's
+    columns' bounds too are read off the rows)."""
+    counts = [local_bounds(frame, replace(columns, shared=())) for frame in frames]
     bounds = bounds_from_counts({column: sum(part[column] for part in counts) for column in counts[0]}, 0.0)
     merged = merge_statistics([local_statistics(frame, columns, bounds) for frame in frames])
     return fit_preprocessor(merged, schema(columns), bounds)

@@ -7,7 +7,8 @@ arrays (`pack`), never as JSON lists of floats; only small descriptive metadata 
 fingerprint, a quality scorecard of counts, the ledger's summary) travels as JSON.
 
 A campaign's messages, in order: `query.bounds` (admission: what the institution says of its
-data, its privacy plan, and noised histograms for the clipping bounds), `query.statistics`
+data, its privacy plan, and noised histograms for the clipping bounds), for fraud with
+consortium features `query.terminals` (the issuer's noised terminal table), `query.statistics`
 (noised sums for the shared preprocessing), `train` each round, `query.reference` (the drift
 reference, which also gives the evaluation grid), `evaluate` (validation and test), and
 `query.importance`; a monitoring run sends `query.monitor` per window. Every reply but an
@@ -25,8 +26,9 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
+from fedrisk.consortium_features import TABLE_SCALE
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError, PolicyRefused
 from fedrisk.evaluation import SplitStatistics
 from fedrisk.fairness import GroupHistograms
@@ -46,7 +48,8 @@ STATISTICS = "query.statistics"
 IMPORTANCE = "query.importance"
 REFERENCE = "query.reference"
 MONITOR = "query.monitor"
-MESSAGE_TYPES = (BOUNDS, STATISTICS, TRAIN, EVALUATE, IMPORTANCE, REFERENCE, MONITOR)
+TERMINALS = "query.terminals"
+MESSAGE_TYPES = (BOUNDS, TERMINALS, STATISTICS, TRAIN, EVALUATE, IMPORTANCE, REFERENCE, MONITOR)
 
 
 def implied_messages(message_type: str, config: CampaignConfig) -> list[str]:
@@ -57,7 +60,8 @@ def implied_messages(message_type: str, config: CampaignConfig) -> list[str]:
         return [TRAIN, EVALUATE]  # a round's reply then carries the received model's validation histograms
     if message_type != BOUNDS:
         return [message_type]
-    return [BOUNDS, STATISTICS, TRAIN, EVALUATE, REFERENCE, *([IMPORTANCE] if config.evaluation.importance else [])]
+    return [BOUNDS, *([TERMINALS] if config.consortium_features else []), STATISTICS, TRAIN, EVALUATE, REFERENCE,
+            *([IMPORTANCE] if config.evaluation.importance else [])]
 
 # Codes of the error replies a ClientApp sends: the server tells refusals from bad data by them.
 INPUT_ERROR = 2001
@@ -69,6 +73,7 @@ REPLY_KINDS = {INPUT_ERROR: "input", BUDGET_REFUSED: "budget", POLICY_REFUSED: "
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 WHO, ADMISSION_RECORD, STATISTICS_RECORD, EVALUATION_RECORD = "who", "admission", "statistics", "evaluation"
 IMPORTANCE_RECORD, COUNTS_RECORD, PRIVACY_RECORD = "importance", "counts", "privacy"
+TABLE_RECORD = "terminal-table"
 
 AGGREGATION_WEIGHT = "aggregation-weight"  # the train metric FedAvg and SecAgg+ weight an update by
 
@@ -77,6 +82,10 @@ CAMPAIGN_CONFIG, CAMPAIGN, PREPROCESSOR = "campaign-config", "campaign", "prepro
 SERVER_ROUND, PROXIMAL_MU, SPLITS = "server-round", "proximal-mu", "splits"
 EDGES, WINDOW_DAYS, INSTITUTIONS = "edges", "window-days", "institutions"
 BOUNDS_KEY, GRID, GROUPS, WINDOW, WINDOWS = "bounds", "grid", "groups", "window", "windows"
+TABLE = "terminal-table"
+TABLE_ROUND = "terminal-table-round"  # a train message that carries no model: the table under SecAgg+
+WIRE_TABLE = np.float16  # a terminal table's cells on the wire: whole counts to 2048 exact, noised ones to 0.05 %;
+WIDE_TABLE = np.float32  # ... float32 when a cell is beyond float16's range (65,504)
 
 
 def pack(array: np.ndarray) -> bytes:
@@ -111,6 +120,7 @@ class Request:
     groups: dict[str, list[str]] | None = None
     window: int = 0
     windows: int = 0
+    table: np.ndarray | None = None  # the consortium's summed terminal table
 
     @property
     def shared(self) -> str:
@@ -131,6 +141,7 @@ def request_config(
     edges: dict[str, list[float]] | None = None, window_days: int | None = None,
     institutions: list[str] | None = None, bounds: dict[str, Bounds] | None = None, grid: np.ndarray | None = None,
     groups: dict[str, list[str]] | None = None, window: int | None = None, windows: int | None = None,
+    table: np.ndarray | None = None,
 ) -> ConfigRecord:
     """The request's ConfigRecord; strategies add the round keys (`with_round`)."""
     record = ConfigRecord({CAMPAIGN_CONFIG: campaign_config, CAMPAIGN: campaign})
@@ -154,6 +165,8 @@ def request_config(
         record[WINDOW] = int(window)
     if windows is not None:
         record[WINDOWS] = int(windows)
+    if table is not None:
+        record[TABLE] = pack(wire_table(table))
     return record
 
 
@@ -164,6 +177,8 @@ def with_round(config: ConfigRecord, server_round: int, proximal_mu: float) -> C
 
 
 def read_request(msg: Message) -> Request:
+    if CONFIG not in msg.content or CAMPAIGN_CONFIG not in msg.content[CONFIG]:
+        raise FedriskInputError("the request carries no campaign: the server is of another version")
     config = msg.content[CONFIG]
     bounds = json.loads(str(config[BOUNDS_KEY])) if BOUNDS_KEY in config else None
     return Request(
@@ -177,11 +192,28 @@ def read_request(msg: Message) -> Request:
         window_days=int(config.get(WINDOW_DAYS, 0)),
         institutions=json.loads(str(config[INSTITUTIONS])) if INSTITUTIONS in config else None,
         bounds={c: Bounds(float(lo), float(hi), list(d)) for c, (lo, hi, d) in bounds.items()} if bounds else None,
-        grid=unpack(config[GRID]) if GRID in config else None,
+        grid=_floats(config[GRID], 1, "score grid") if GRID in config else None,
         groups=json.loads(str(config[GROUPS])) if GROUPS in config else None,
         window=int(config.get(WINDOW, 0)),
         windows=int(config.get(WINDOWS, 0)),
+        table=_floats(config[TABLE], 3, "terminal table") if TABLE in config else None,
     )
+
+
+def _floats(data: Any, ndim: int, what: str) -> np.ndarray:
+    """An array a request carries, as sent: `ndim` dimensions of floats, or a one-line refusal."""
+    try:
+        array = unpack(data)
+    except (ValueError, OSError, EOFError, TypeError):
+        array = None
+    if array is None or array.ndim != ndim or array.dtype.kind != "f":
+        raise FedriskInputError(f"the request's {what} is not an array of numbers of the expected shape")
+    return array
+
+
+def is_monitoring(msg: Message) -> bool:
+    """A request about a monitoring window (it names the window)."""
+    return CONFIG in msg.content and WINDOW in msg.content[CONFIG]
 
 
 def model_of(msg: Message) -> dict[str, Any]:
@@ -290,6 +322,52 @@ def read_admission(msg: Message) -> dict[str, Any]:
     out = json.loads(str(record["json"]))
     out["bounds"] = {c: unpack(record[f"bounds.{i}"]) for i, c in enumerate(json.loads(str(record["bounds.columns"])))}
     return out
+
+
+# The issuer's noised terminal table (fraud, consortium features).
+
+def wire_table(table: np.ndarray) -> np.ndarray:
+    """The table as it travels: float16, or float32 where a cell would overflow float16."""
+    table = np.asarray(table, dtype=float)
+    return table.astype(WIRE_TABLE if np.abs(table).max(initial=0.0) < np.finfo(WIRE_TABLE).max else WIDE_TABLE)
+
+
+def terminals_reply(msg: Message, name: str, table: np.ndarray, noise: float, privacy: dict[str, Any]) -> Message:
+    return reply(msg, name, {TABLE_RECORD: ConfigRecord({"table": pack(wire_table(table)),
+                                                         "noise": float(noise)})}, privacy)
+
+
+def read_terminals(msg: Message) -> tuple[np.ndarray, float]:
+    """(table, noise per cell) of a terminal-table reply."""
+    record = msg.content[TABLE_RECORD]
+    return unpack(record["table"]), float(record["noise"])
+
+
+def table_round_request(config: ConfigRecord, node: int) -> Message:
+    """The table's request under SecAgg+: a train message (the protocol masks train replies only),
+    flagged, with a one-cell placeholder naming the array the masked sum comes back as."""
+    config[TABLE_ROUND] = 1
+    content = RecordDict({CONFIG: config, ARRAYS: ArrayRecord({"table": Array(np.zeros(1, dtype=np.float32))})})
+    return Message(content, dst_node_id=node, message_type=TRAIN)
+
+
+def is_table_round(msg: Message) -> bool:
+    return CONFIG in msg.content and TABLE_ROUND in msg.content[CONFIG]
+
+
+def table_round_reply(msg: Message, name: str, table: np.ndarray, noise: float, privacy: dict[str, Any]) -> Message:
+    """The issuer's table for SecAgg+ to mask: scaled to fit the protocol's range, weight 1 (the
+    unmasked average times the institutions that took part is the sum)."""
+    arrays = ArrayRecord({"table": Array((np.asarray(table) / TABLE_SCALE).astype(np.float32))})
+    metrics = MetricRecord({AGGREGATION_WEIGHT: 1.0, "table-noise": float(noise)})
+    return reply(msg, name, {ARRAYS: arrays, METRICS: metrics}, privacy)
+
+
+def read_table_round(msg: Message, contributors: int) -> tuple[np.ndarray, float]:
+    """(summed table, this institution's noise) of a table round's reply, which carries the
+    unmasked average of the `contributors` institutions' scaled tables."""
+    average = msg.content[ARRAYS]["table"].numpy().astype(float)
+    return average * contributors * TABLE_SCALE, float(msg.content[METRICS]["table-noise"])
 
 
 # Statistics of the training rows, for the shared preprocessing.

@@ -85,6 +85,7 @@ TRAINING_RUN = "fedrisk.training_run"
 CONFIG_ARTIFACT = "config.yaml"
 DATA_QUALITY_ARTIFACT = "institutions/data_quality.json"
 DATA_SUMMARY_ARTIFACT = "institutions/data_summary.json"
+SHARED_TABLE_ARTIFACT = "institutions/shared_terminal_table.json"  # its calendar, size and noise, never its cells
 EXCLUDED_ARTIFACT = "institutions/excluded.json"
 CALIBRATION_ARTIFACT = "evaluation/calibration_test.json"
 TEST_STATISTICS_ARTIFACT = "evaluation/test_statistics.json"
@@ -110,6 +111,9 @@ SECURE_AGGREGATION_SECONDS = "secure_aggregation_seconds"
 INSTITUTION_EPSILON_METRIC = "institution_epsilon"
 INSTITUTION_NOISE_STDDEV = "institution_noise_stddev"
 WINDOW_SECONDS = "window_seconds"
+SHARED_TABLE_NOISE = "shared_table_noise"  # noise sd per cell of the summed terminal table
+SHARED_TABLE_MEGABYTES = "shared_table_megabytes"  # one issuer's traffic for the table: up and down
+SHARED_TABLE_SECONDS = "shared_table_seconds"
 
 
 def at(name: str, institution: str | None) -> str:

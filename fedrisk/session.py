@@ -20,7 +20,9 @@ import numpy as np
 
 from fedrisk import lineage
 from fedrisk.budget import SIZE_NOISE, CampaignPlan, Shape, exact_plan, plan_campaign
+from fedrisk.columns import DAY, TERMINAL
 from fedrisk.config import CampaignConfig, config_from_json
+from fedrisk.consortium_features import consortium_features, load_key
 from fedrisk.data import InstitutionData, load_institution
 from fedrisk.data_quality import blocks as quality_blocks
 from fedrisk.errors import FedriskInputError, PolicyRefused
@@ -39,7 +41,7 @@ from fedrisk.ledger import PrivacyLedger, Release
 from fedrisk.mechanisms import noised
 from fedrisk.preprocessing import Preprocessor
 from fedrisk.sources import institution_names
-from fedrisk.splits import Split, split_institution
+from fedrisk.splits import Split, split_institution, table_calendar
 
 SIZE = Release("train", "size", SIZE_NOISE)  # the training rows' count, released once per data version
 MAX_SESSIONS = 8  # a campaign, and a monitoring run's windows
@@ -58,6 +60,9 @@ class NodeSession:
     _matrices: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     _plans: dict[str, CampaignPlan] = field(default_factory=dict)
     _new_size: bool = False  # the row count was released for the campaign being admitted
+    sketch_key_file: Path | None = None  # the consortium's sketch key (fraud with consortium features)
+    deployed: bool = False  # a SuperNode of a real federation (its node config names the institution)
+    _table_campaign: str | None = None  # the campaign whose shared terminal table the rows carry
 
     @property
     def policy(self) -> InstitutionPolicy:
@@ -78,15 +83,72 @@ class NodeSession:
 
     def _loaded(self) -> tuple[InstitutionData, Split]:
         if self._data is None:
-            data = load_institution(self.config.data, self.name, self.config.seed, never_use=self.policy.never_use)
+            key = load_key(self.sketch_key_file, create=not self.deployed) if self.uses_table else None
+            data = load_institution(self.config.data, self.name, self.config.seed, never_use=self.policy.never_use,
+                                    sketch_key=key)
             self._data = (data, split_institution(data, self.config.data, self.config.seed))
         return self._data
+
+    @property
+    def uses_table(self) -> bool:
+        """Fraud with the consortium's shared terminal table among the inputs."""
+        return self.config.consortium_features and self.sketch_key_file is not None
+
+    def table_path(self, campaign: str) -> Path:
+        """Where the node keeps a campaign's shared table: its own home (a later message, another
+        process, `fedrisk score`, read it there)."""
+        return self.home / "shared_tables" / f"{hashlib.sha256(campaign.encode()).hexdigest()[:32]}.npy"
+
+    def attach_table(self, campaign: str, table: np.ndarray | None = None) -> None:
+        """Compute the consortium's columns of every row from the campaign's summed table (given,
+        or as kept from an earlier message); the rows then carry them for every later release.
+        A campaign has one table: a different one sent later is refused."""
+        if not self.uses_table:
+            return
+        path = self.table_path(campaign)
+        if table is not None:
+            self.plan(campaign)  # a campaign this institution did not admit keeps nothing here
+            table = np.asarray(table, dtype=np.float32)
+            if path.is_file() and not np.array_equal(np.load(path, allow_pickle=False), table):
+                raise PolicyRefused(f"refused a second, different terminal table for campaign {campaign}",
+                                    institution=self.name)
+        if self._table_campaign == campaign:
+            return
+        if table is None:
+            if not path.is_file():
+                return  # not shared yet: `require_table` refuses what needs it
+            table = np.load(path, allow_pickle=False)
+        tx, data = self.config.data.transactions, self.data
+        assert tx is not None
+        cal = table_calendar(self.config.data)
+        if table.shape != (cal.cells, tx.sketch_width, 2) or not np.isfinite(table).all():
+            raise PolicyRefused(f"refused the consortium's terminal table: shape {table.shape}, expected "
+                                f"{(cal.cells, tx.sketch_width, 2)} finite counts", institution=self.name)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, table, allow_pickle=False)
+        frame = data.frame.copy()
+        features = consortium_features(table.astype(float), cal, frame[DAY].to_numpy(), frame[TERMINAL].to_numpy(),
+                                       tx.windows_days, tx.delay_days)
+        frame[list(features.columns)] = features.to_numpy()
+        data = replace(data, frame=frame)
+        self._data = (data, split_institution(data, self.config.data, self.config.seed))
+        self._matrices.clear()
+        self._table_campaign = campaign
+
+    def require_table(self, campaign: str) -> None:
+        """Refuse a release whose rows would carry empty consortium columns."""
+        self.attach_table(campaign)
+        if self.uses_table and self._table_campaign != campaign:
+            raise FedriskInputError(f"campaign {campaign}: the consortium's terminal table has not been shared "
+                                    "with this institution yet (query.terminals, then query.statistics)",
+                                    institution=self.name)
 
     @property
     def shape(self) -> Shape:
         columns = self.data.columns
         return Shape(len(self.split.train), len(columns.numeric), len(columns.categorical), len(columns.protected),
-                     columns.amount is not None, quality_blocks(self.data.quality))
+                     columns.amount is not None, quality_blocks(self.data.quality), len(columns.shared))
 
     @property
     def binding(self) -> str:
@@ -184,6 +246,9 @@ class NodeSession:
     def matrices(self, preprocessor: str, part: str) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, labels) of one split under the shared preprocessing, computed once."""
         key = (preprocessor, part)
+        if self.uses_table and self._table_campaign is None:
+            raise FedriskInputError("the consortium's terminal table has not been shared with this institution yet",
+                                    institution=self.name)
         if key not in self._matrices:
             frame = getattr(self.split, part)
             x = self.preprocessor(preprocessor).transform(frame)
@@ -204,7 +269,9 @@ def open_session(config_json: str, node_config: dict[str, Any], names: list[str]
         _SESSIONS.move_to_end(key)
         return _SESSIONS[key]
     name = resolve_institution(config, node_config, names)
-    session = NodeSession(name, for_node(config, name, node_config), institution_home(name, node_config))
+    session = NodeSession(name, for_node(config, name, node_config), institution_home(name, node_config),
+                          sketch_key_file=sketch_key_file(name, node_config) if config.consortium_features else None,
+                          deployed="institution" in node_config)
     _SESSIONS[key] = session
     while len(_SESSIONS) > MAX_SESSIONS:
         _SESSIONS.popitem(last=False)
@@ -220,6 +287,14 @@ def _data_stamp(config: CampaignConfig, node_config: dict[str, Any]) -> list[Any
             info = Path(str(file)).stat()
             stamp.append([str(file), info.st_size, info.st_mtime_ns])
     return stamp
+
+
+def sketch_key_file(name: str, node_config: dict[str, Any]) -> Path:
+    """The consortium's sketch key: the node config's `sketch-key` (a deployment: it comes with
+    the federation's set-up), else one shared by the simulated institutions of this machine."""
+    if "sketch-key" in node_config:
+        return _absolute_node_path(name, "sketch-key", node_config["sketch-key"])
+    return homes_root().parent / "federation" / "sketch.key"
 
 
 def resolve_institution(config: CampaignConfig, node_config: dict[str, Any], names: list[str] | None = None) -> str:
@@ -255,16 +330,17 @@ def for_node(config: CampaignConfig, name: str, node_config: dict[str, Any]) -> 
 
 
 def _plan_noise(plan: CampaignPlan) -> dict[str, float]:
-    return {"statistics": plan.statistics, "dp_sgd": plan.dp_sgd, "sample_rate": plan.sample_rate,
-            "steps_per_round": plan.steps_per_round, "validation": plan.validation, "test": plan.test,
-            "partition_delta": plan.partition_delta, "epsilon": plan.epsilon}
+    return {"statistics": plan.statistics, "shared_counts": plan.shared_counts, "dp_sgd": plan.dp_sgd,
+            "sample_rate": plan.sample_rate, "steps_per_round": plan.steps_per_round, "validation": plan.validation,
+            "test": plan.test, "partition_delta": plan.partition_delta, "epsilon": plan.epsilon}
 
 
 def _plan_from(saved: dict[str, Any]) -> CampaignPlan:
     noise = saved["noise"]
     return CampaignPlan(noise["statistics"], noise["dp_sgd"], noise["sample_rate"], int(noise["steps_per_round"]),
                         noise["validation"], noise["test"], noise["partition_delta"],
-                        tuple(Release.from_dict(r) for r in saved["releases"]), noise["epsilon"])
+                        tuple(Release.from_dict(r) for r in saved["releases"]), noise["epsilon"],
+                        noise.get("shared_counts", 0.0))
 
 
 def _absolute_node_path(name: str, key: str, value: Any) -> Path:

@@ -9,8 +9,10 @@ import pandas as pd
 
 from fedrisk.columns import DAY
 from fedrisk.config import DataSpec
+from fedrisk.consortium_features import Calendar, calendar
 from fedrisk.data import InstitutionData
 from fedrisk.errors import FedriskInputError
+from fedrisk.generators import fraud
 from fedrisk.lineage import row_hashes
 
 
@@ -73,6 +75,43 @@ def time_windows(spec: DataSpec, last_day: int) -> dict[str, tuple[int, int]]:
     validation = (test[0] - tx.delay_days - ts.validation_days, test[0] - tx.delay_days - 1)
     train_end = validation[0] - tx.delay_days - 1
     return {"train": (train_end - ts.train_days + 1, train_end), "validation": validation, "test": test}
+
+
+def _shared_end(spec: DataSpec) -> int:
+    """The last day of the data every issuer's table follows: `time_split.end`, or the built-in
+    simulator's last day; never an issuer's own dates."""
+    ts = spec.time_split
+    assert ts is not None
+    if ts.end is not None:
+        return int(np.datetime64(ts.end, "D").astype(np.int64))
+    if spec.source == "synthetic":
+        synthetic = spec.synthetic
+        start = int(np.datetime64(fraud.START.date(), "D").astype(np.int64))
+        return start + synthetic.drift.start_day + synthetic.days - 1
+    raise FedriskInputError("data.transactions.consortium_features needs data.time_split.end")
+
+
+def table_calendar(spec: DataSpec) -> Calendar:
+    """The shared terminal table's calendar for a campaign, the same at every issuer: from the
+    train window's look-back to the test window's end."""
+    tx = spec.transactions
+    assert tx is not None
+    windows = time_windows(spec, _shared_end(spec))
+    return calendar(windows["train"][0], windows["test"][1], tx.windows_days, tx.delay_days, tx.sketch_cell_days)
+
+
+def window_calendar(spec: DataSpec, window_days: int) -> Calendar:
+    """The shared table's calendar for a monitoring window of the built-in simulator (a window
+    from files has no calendar the issuers share)."""
+    tx = spec.transactions
+    assert tx is not None
+    if spec.source != "synthetic":
+        raise FedriskInputError("monitoring a model with consortium features needs windows of the built-in "
+                                "simulator: windows from files have no shared calendar (retrain with "
+                                "data.transactions.consortium_features: false to monitor them)")
+    synthetic = spec.synthetic  # the window's own stream ends here, whatever the training's time_split.end
+    end = int(np.datetime64(fraud.START.date(), "D").astype(np.int64)) + synthetic.drift.start_day + synthetic.days - 1
+    return calendar(end - window_days + 1, end, tx.windows_days, tx.delay_days, tx.sketch_cell_days)
 
 
 def split_by_time(data: InstitutionData, spec: DataSpec) -> Split:

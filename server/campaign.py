@@ -5,15 +5,17 @@
 1. `admit`: every institution checks the request against its own policy, says what its data
    are, plans its privacy spend and sends noised log-grid histograms of its numeric columns;
    a refusal, bad data, another schema or poor data quality sit an institution out;
-2. `start_model`: the clipping bounds from the summed histograms, then the shared
+2. `share_terminal_counts` (fraud with consortium features): each issuer's noised terminal
+   table, summed: the consortium's columns and their bounds;
+3. `start_model`: the clipping bounds from the summed histograms, then the shared
    preprocessing from the institutions' noised sums, and the initial model;
-3. `train`: the rounds, on Flower's strategy (plain, SecAgg+ or institution-level DP);
-4. `build_drift_reference`: the final model's score and inputs on the training rows, noised,
+4. `train`: the rounds, on Flower's strategy (plain, SecAgg+ or institution-level DP);
+5. `build_drift_reference`: the final model's score and inputs on the training rows, noised,
    summed: the drift reference, and the evaluation grid (`evaluation_grid`);
-5. `evaluate_final`, `log_importance`, `log_privacy`: validation and test histograms on that
+6. `evaluate_final`, `log_importance`, `log_privacy`: validation and test histograms on that
    grid, the feature importance, and what each institution's ledger says it spent;
-6. `record_model` and `end`: the model in MLflow, the run's tags and the audit log's end;
-7. `judge`: the validation gate.
+7. `record_model` and `end`: the model in MLflow, the run's tags and the audit log's end;
+8. `judge`: the validation gate.
 
 Each phase takes and returns plain values, so a test can drive one alone.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ from tqdm import tqdm
 
 from fedrisk import protocol, run_schema
 from fedrisk.config import CampaignConfig, check_secure_aggregation, config_to_json
+from fedrisk.consortium_features import shared_bounds
 from fedrisk.data import quality_card
 from fedrisk.data_quality import exclusion_reason
 from fedrisk.drift import SCORE, build_reference, coarsen, reference_edges
@@ -51,6 +55,7 @@ from fedrisk.metrics import (
 )
 from fedrisk.models import build_model
 from fedrisk.preprocessing import (
+    DECILES,
     Bounds,
     Preprocessor,
     bounds_from_counts,
@@ -60,6 +65,7 @@ from fedrisk.preprocessing import (
     protected_groups,
 )
 from fedrisk.privacy import institution_noise_multiplier
+from fedrisk.splits import table_calendar
 from fedrisk.tracking import CampaignRun
 from fedrisk.validation import statistics_to_dict, validate_run
 from fedrisk.warning_levels import POOLED, auc_noise_sd, ranking_metrics
@@ -166,6 +172,76 @@ def _record_admission(admission: Admission, config: CampaignConfig, run: Campaig
 
 
 @dataclass(frozen=True)
+class SharedTable:
+    """The consortium's summed terminal table, its noise, and its columns' bounds."""
+
+    table: np.ndarray
+    noise: float  # standard deviation per cell of the sum
+    bounds: dict[str, Bounds]
+
+
+def share_terminal_counts(grid: Grid, config: CampaignConfig, campaign: str, admission: Admission,
+                          run: CampaignRun) -> SharedTable | None:
+    """Each admitted issuer's noised terminal table, summed (`fedrisk.consortium_features`);
+    the consortium's columns' bounds are read off the sum. None without consortium features."""
+    if not config.consortium_features:
+        return None
+    started = time.perf_counter()
+    tx = config.data.transactions
+    assert tx is not None
+    cal = table_calendar(config.data)
+    expected = (cal.cells, tx.sketch_width, 2)
+    admitted = admission.statistics
+    nodes = [n for n, name in admission.names.items() if name in admitted]
+    record = protocol.request_config(config_to_json(config), campaign)
+    secure = config.secure_aggregation.enabled
+    if secure:  # Flower's SecAgg+: the server unmasks only the sum of the issuers' tables
+        try:
+            replies = SecureAggregationGrid(grid, config.secure_aggregation, 1.0).send_and_receive(
+                [protocol.table_round_request(ConfigRecord(dict(record)), node) for node in nodes],
+                timeout=REPLY_TIMEOUT_SECONDS)
+        except SecureAggregationFailed as failed:
+            raise FedriskInputError(f"the terminal tables could not be summed: {failed}") from None
+    else:
+        replies = query(grid, nodes, protocol.TERMINALS, record)
+    contributors = sum(not msg.has_error() for msg in replies)
+    tables: dict[str, tuple[np.ndarray, float]] = {}
+    for msg in replies:
+        name = admission.names.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
+        if msg.has_error():
+            kind, reason = protocol.error_reason(msg.error.code, msg.error.reason, name)
+        else:
+            table, noise = (protocol.read_table_round(msg, contributors) if secure else protocol.read_terminals(msg))
+            if table.shape == expected and np.isfinite(table).all():
+                tables[name] = (table.astype(float), noise)
+                continue
+            kind, reason = "input", f"institution {name}: a terminal table of shape {table.shape}, not {expected}"
+        admission.errors[name], admission.kinds[name] = reason, kind
+        admitted.pop(name, None)
+    if len(tables) < config.training.min_institutions:
+        raise FedriskInputError(f"only {len(tables)} institution(s) shared their terminal table, minimum is "
+                                f"{config.training.min_institutions}: " + "; ".join(admission.errors.values()))
+    # under SecAgg+ every reply carries the one sum; otherwise the server adds the tables
+    total = next(iter(tables.values()))[0] if secure else sum(table for table, _ in tables.values())
+    noise = float(np.sqrt(sum(z ** 2 for _, z in tables.values())))
+    bounds = {name: Bounds(lower, upper, sorted({min(max(d, lower), upper) for d in deciles} - {lower, upper}))
+              for name, (lower, upper, deciles) in shared_bounds(total, cal, tx.windows_days, DECILES).items()}
+    megabytes = 2 * np.dtype(protocol.WIRE_TABLE).itemsize * int(np.prod(expected)) / 1e6  # up, then the sum down
+    run.log_metrics({run_schema.SHARED_TABLE_NOISE: noise, run_schema.SHARED_TABLE_MEGABYTES: megabytes,
+                     run_schema.SHARED_TABLE_SECONDS: time.perf_counter() - started}, step=0)
+    run.log_dict({"calendar": {"first_day": str(np.datetime64(cal.first_day, "D")),
+                               "last_day": str(np.datetime64(cal.last_day, "D")), "cell_days": cal.cell_days,
+                               "cells": cal.cells},
+                  "sketch_width": tx.sketch_width, "institutions": sorted(tables),
+                  "noise_per_cell": {name: z for name, (_, z) in tables.items()}, "noise_of_sum": noise,
+                  "megabytes_per_institution": megabytes,
+                  "summed": "under SecAgg+ (the server unmasked only the sum)" if secure else "by the server",
+                  "note": "transactions and known frauds per terminal bucket and cell, DP-noised at each issuer; "
+                          "the cells are not logged"}, run_schema.SHARED_TABLE_ARTIFACT)
+    return SharedTable(total, noise, bounds)
+
+
+@dataclass(frozen=True)
 class StartingModel:
     preprocessor: Preprocessor
     initial: ArrayRecord
@@ -175,14 +251,17 @@ class StartingModel:
 
 
 def start_model(grid: Grid, config: CampaignConfig, campaign: str, admission: Admission,
-                run: CampaignRun) -> StartingModel:
-    """Clipping bounds from the summed bound histograms, the shared preprocessing from the noised
-    sums, and the model the rounds start from."""
+                run: CampaignRun, shared: SharedTable | None = None) -> StartingModel:
+    """Clipping bounds from the summed bound histograms (and the shared table's), the shared
+    preprocessing from the noised sums, and the model the rounds start from."""
     admitted = admission.statistics
     columns = next(iter(admitted.values()))["bounds"].keys()
     noise = float(np.sqrt(sum(s["noise"]["statistics"] ** 2 for s in admitted.values())))
     bounds = bounds_from_counts({c: sum(s["bounds"][c] for s in admitted.values()) for c in columns}, noise)
-    request = protocol.request_config(config_to_json(config), campaign, bounds=bounds)
+    if shared is not None:
+        bounds.update(shared.bounds)
+    request = protocol.request_config(config_to_json(config), campaign, bounds=bounds,
+                                      table=shared.table if shared is not None else None)
     nodes = [n for n, name in admission.names.items() if name in admitted]
     stats: dict[str, dict[str, Any]] = {}
     for msg in query(grid, nodes, protocol.STATISTICS, request):
@@ -591,7 +670,8 @@ def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
 
 def _phases(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -> None:
     admission = admit(grid, config, campaign, run)
-    start = start_model(grid, config, campaign, admission, run)
+    shared = share_terminal_counts(grid, config, campaign, admission, run)
+    start = start_model(grid, config, campaign, admission, run, shared)
     every_round = metrics_grid(config) if config.evaluation.every_round else None
     request = protocol.request_config(config_to_json(config), campaign, preprocessor=start.preprocessor.to_json(),
                                       grid=every_round, groups=start.groups if every_round is not None else None)

@@ -70,6 +70,23 @@ def _parts(replies: list[Message]) -> tuple[dict[str, tuple[dict[str, np.ndarray
     return parts, errors, noise
 
 
+def _window_table(grid: Grid, nodes: list[int], record: Any) -> tuple[np.ndarray | None, list[int], dict[str, str]]:
+    """A window's terminal tables, summed (`fedrisk.consortium_features`): the nodes that sent theirs
+    are the ones asked for the window's counts."""
+    tables: dict[int, np.ndarray] = {}
+    errors: dict[str, str] = {}
+    for msg in query(grid, nodes, protocol.TERMINALS, record):
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            errors[f"node-{node}"] = str(msg.error.reason).strip().splitlines()[-1]
+            continue
+        tables[node] = protocol.read_terminals(msg)[0].astype(float)
+    shapes = {t.shape for t in tables.values()}
+    if len(shapes) > 1:  # tables of other calendars or widths cannot be added
+        raise FedriskInputError(f"the institutions' terminal tables differ in shape: {sorted(shapes)}")
+    return (sum(tables.values()) if tables else None), sorted(tables), errors
+
+
 def _scope_dict(result: ScopeResult) -> dict[str, Any]:
     return {"rows": result.rows, "psi": result.psi, "bound": result.bound, "performance": result.performance,
             "reference_performance": result.reference_performance, "drops": result.drops,
@@ -108,8 +125,16 @@ def _monitoring_body(grid: Grid, plan: MonitorPlan, run: TrackedRun) -> None:
                                          grid=np.asarray(plan.reference["grid"]), window=index + 1,
                                          windows=len(plan.windows))
         started = time.perf_counter()
-        replies = query(grid, nodes, protocol.MONITOR, record, arrays)
+        asked, table_errors = nodes, {}
+        if plan.training.consortium_features:  # the window's shared terminal table first, summed
+            table, asked, table_errors = _window_table(grid, nodes, record)
+            record = protocol.request_config(config_json, run.run_id, preprocessor=plan.preprocessor_json, edges=edges,
+                                             window_days=plan.monitor.windows.days, institutions=plan.institutions,
+                                             grid=np.asarray(plan.reference["grid"]), window=index + 1,
+                                             windows=len(plan.windows), table=table)
+        replies = query(grid, asked, protocol.MONITOR, record, arrays) if asked else []
         parts, errors, noise = _parts(replies)
+        errors.update(table_errors)
         for node in sorted(set(nodes) - {msg.metadata.src_node_id for msg in replies}):
             errors[f"node-{node}"] = f"node {node}: no reply"
         for reason in errors.values():

@@ -31,6 +31,7 @@ class LocalGrid(Grid):
         }
         self.replies: dict[str, Message] = {}
         self.delivered: list[Message] = []  # every request, for tests that inspect the wire
+        self.answered: list[Message] = []  # every reply, as the server received it
         self.silent: set[int] = set()  # nodes that never answer (a dropped institution)
         self._run: Any = None
 
@@ -60,6 +61,7 @@ class LocalGrid(Grid):
             self.delivered.append(msg)
             if msg.metadata.dst_node_id not in self.silent:
                 self.replies[msg.metadata.message_id] = self._deliver(msg)
+                self.answered.append(self.replies[msg.metadata.message_id])
             ids.append(msg.metadata.message_id)
         return ids
 
