@@ -63,6 +63,8 @@ class InstitutionPolicy(StrictModel):
     privacy: PrivacyRules
     release: ReleaseRules
     never_use: list[str] = Field(default_factory=list, description="columns never shared nor used (any case)")
+    label_delay_days: int | None = Field(None, ge=0, le=365, description="fraud: days until this issuer knows a "
+                                                                           "fraud (null: not stated)")
     messages: list[str] = Field(description="message types the institution answers")
     ledger: str = Field("ledger.json", description="its privacy ledger, relative to the policy's folder")
 
@@ -188,6 +190,11 @@ def check_request(policy: InstitutionPolicy, config: CampaignConfig, message_typ
     if config.evaluation.bins + 1 > policy.release.max_bins:  # + 1: the operating threshold is an edge too
         raise _refuse(name, "release.max_bins", f"the campaign asks evaluation.bins {config.evaluation.bins} (and "
                                                 f"a threshold edge), above {policy.release.max_bins}")
+    tx = config.data.transactions
+    if tx is not None and policy.label_delay_days is not None and tx.delay_days < policy.label_delay_days:
+        raise _refuse(name, "label_delay_days", f"the campaign's data.transactions.delay_days {tx.delay_days} is "
+                                                f"shorter than its label delay {policy.label_delay_days}: its newest "
+                                                "frauds are not known yet")
     never = {c.casefold() for c in policy.never_use}
     data = config.data
     asked_columns = [*(data.features or []), *(data.categorical or []), *data.protected, data.target]

@@ -413,3 +413,33 @@ def test_a_busy_cell_travels_as_float32_not_as_infinity():
     table[0, 1, 0] = 70_000.0
     assert protocol.wire_table(table).dtype == np.float32 and protocol.wire_table(table)[0, 1, 0] == 70_000.0
     assert protocol.wire_table(np.ones((2, 4, 2))).dtype == np.float16
+
+
+def test_an_issuer_whose_frauds_are_known_later_than_the_campaign_assumes_sits_out(tmp_path):
+    """Its newest fraud counts would be incomplete in the shared table (and its labels wrong)."""
+    from fedrisk.guard import update_policy
+
+    config = load_config(None, SMALL, work_dir=tmp_path)
+    update_policy(tmp_path / "inst01", "inst01", {"label_delay_days": 14})
+    session = NodeSession("inst01", config, tmp_path / "inst01", sketch_key_file=tmp_path / "sketch.key")
+    with pytest.raises(PolicyRefused) as refused:
+        session.guard(protocol.BOUNDS)
+    assert refused.value.one_line() == ("institution inst01: refused by its policy (label_delay_days): the campaign's "
+                                        "data.transactions.delay_days 7 is shorter than its label delay 14: its "
+                                        "newest frauds are not known yet")
+    update_policy(tmp_path / "inst01", "inst01", {"label_delay_days": 7})
+    session.guard(protocol.BOUNDS)
+
+
+def test_an_issuer_without_terminal_ids_is_refused_in_one_line(tmp_path):
+    frame = generate_issuer(0, 3, 600, 400, 70, 42).drop(columns="terminal_id")
+    frame.to_csv(tmp_path / "bank.csv", index=False)
+    config = load_config(None, {**SMALL, "data.source": "files", "data.files": {"bank": str(tmp_path / "bank.csv"),
+                                                                              "other": str(tmp_path / "bank.csv")},
+                                "data.time_split.end": "2026-03-10"}, work_dir=tmp_path)
+    from fedrisk.data import load_institution
+
+    with pytest.raises(FedriskInputError) as missing:
+        load_institution(config.data, "bank", config.seed, sketch_key=KEY)
+    assert missing.value.one_line() == (f"institution bank, file {tmp_path / 'bank.csv'}, column 'terminal_id': "
+                                        "terminal id column missing")
