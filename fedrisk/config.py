@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedrisk.errors import FedriskInputError
+from fedrisk.strict_yaml import load_yaml, yaml_reason
 
 DRIFT_SCENARIOS = {"credit": ("none", "population_shift", "downturn"),
                    "fraud": ("none", "population_shift", "new_fraud_pattern")}
@@ -401,14 +402,14 @@ def _resolve_paths(raw: dict[str, Any], config_dir: Path, work_dir: Path) -> Non
     data = raw.get("data") or {}
     if isinstance(data.get("files"), dict):
         data["files"] = {
-            k: str((config_dir / v).resolve()) if isinstance(v, str) else v
+            k: _resolved(config_dir / v) if isinstance(v, str) else v
             for k, v in data["files"].items()
         }
     if isinstance(data.get("path"), str):
-        data["path"] = str((config_dir / data["path"]).resolve())
+        data["path"] = _resolved(config_dir / data["path"])
     gate = raw.get("gate") or {}
     if isinstance(gate, dict) and isinstance(gate.get("policy"), str):
-        gate["policy"] = str((config_dir / gate["policy"]).resolve())
+        gate["policy"] = _resolved(config_dir / gate["policy"])
     audit = raw.setdefault("audit", {})
     if isinstance(audit, dict) and isinstance(audit.get("path", Audit.model_fields["path"].default), str):
         audit["path"] = str((work_dir / audit.get("path", Audit.model_fields["path"].default)).resolve())
@@ -417,6 +418,14 @@ def _resolve_paths(raw: dict[str, Any], config_dir: Path, work_dir: Path) -> Non
         uri = tracking.get("uri", Tracking.model_fields["uri"].default)
         if isinstance(uri, str):
             tracking["uri"] = absolute_tracking_uri(uri, work_dir)
+
+
+def _resolved(path: Path) -> str:
+    """An absolute path; a symbolic link that loops is refused here, not met as a traceback later."""
+    try:
+        return str(path.resolve())
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError for a loop, later ones OSError
+        raise FedriskInputError("a symbolic link that loops", file=str(path)) from None
 
 
 def absolute_tracking_uri(uri: str, work_dir: Path) -> str:
@@ -450,13 +459,13 @@ def load_config(
             reason = "not a file" if file.exists() else "config file not found"
             raise FedriskInputError(reason, file=str(file))
         try:
-            loaded = yaml.safe_load(file.read_text())
+            loaded = load_yaml(file.read_text())
         except UnicodeDecodeError:
             raise FedriskInputError("not a UTF-8 text file", file=str(file)) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
-            raise FedriskInputError(f"not valid YAML{where}", file=str(file)) from None
+            raise FedriskInputError(yaml_reason(exc, f"not valid YAML{where}"), file=str(file)) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -27,6 +27,7 @@ from pydantic import Field, ValidationError, model_validator
 from fedrisk.config import CampaignConfig, StrictModel, check_institution_name, format_validation_error
 from fedrisk.errors import FedriskInputError, PolicyRefused
 from fedrisk.preprocessing import Preprocessor
+from fedrisk.strict_yaml import load_yaml, yaml_reason
 
 DEFAULT_POLICY = Path(__file__).resolve().parent / "defaults" / "institution_policy.yaml"
 POLICY_FILE = "policy.yaml"
@@ -92,9 +93,12 @@ def load_policy(home: Path, name: str) -> InstitutionPolicy:
         home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(DEFAULT_POLICY, file)
     try:
-        raw = yaml.safe_load(file.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = load_yaml(file.read_text())
+    except (OSError, UnicodeDecodeError):
         raise FedriskInputError("institution policy is not readable YAML", institution=name, file=str(file)) from None
+    except yaml.YAMLError as exc:
+        raise FedriskInputError(yaml_reason(exc, "institution policy is not readable YAML"), institution=name,
+                                file=str(file)) from None
     try:
         return InstitutionPolicy.model_validate(raw or {})
     except ValidationError as err:

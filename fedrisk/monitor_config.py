@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fedrisk.config import StrictModel, absolute_tracking_uri, format_validation_error
 from fedrisk.errors import FedriskInputError
+from fedrisk.strict_yaml import load_yaml, yaml_reason
 
 
 class SyntheticWindows(StrictModel):
@@ -139,11 +140,11 @@ def load_monitor_config(path: str | Path | None, overrides: dict[str, Any] | Non
         if not file.is_file():
             raise FedriskInputError("monitoring config file not found", file=str(file))
         try:
-            raw = yaml.safe_load(file.read_text()) or {}
+            raw = load_yaml(file.read_text()) or {}
         except UnicodeDecodeError:
             raise FedriskInputError("not a UTF-8 text file", file=str(file)) from None
-        except yaml.YAMLError:
-            raise FedriskInputError("not valid YAML", file=str(file)) from None
+        except yaml.YAMLError as exc:
+            raise FedriskInputError(yaml_reason(exc, "not valid YAML"), file=str(file)) from None
         if not isinstance(raw, dict):
             raise FedriskInputError("a config must be a mapping of keys", file=str(file))
         source, folder = str(file), file.parent.resolve()

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedrisk.errors import FedriskInputError
+from fedrisk.strict_yaml import load_yaml, yaml_reason
 
 DEFAULTS = Path(__file__).resolve().parent / "defaults"  # package data: installed with fedrisk
 DEFAULT_POLICIES = {"credit": DEFAULTS / "gate_credit.yaml", "fraud": DEFAULTS / "gate_fraud.yaml"}
@@ -58,9 +59,11 @@ def load_policy(path: str | Path | None, task: str = "credit") -> Policy:
     if not file.is_file():
         raise FedriskInputError("policy file not found", file=str(file))
     try:
-        raw = yaml.safe_load(file.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
+        raw = load_yaml(file.read_text()) or {}
+    except UnicodeDecodeError:
         raise FedriskInputError("policy is not valid YAML", file=str(file)) from None
+    except yaml.YAMLError as exc:
+        raise FedriskInputError(yaml_reason(exc, "policy is not valid YAML"), file=str(file)) from None
     try:
         policy = Policy.model_validate(raw)
     except ValidationError as err:
