@@ -174,6 +174,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedrisk.cli", *args], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.mark.slow  # seconds of end-to-end work: the full suite runs it
 def test_cli_verify_exits_0_when_intact_and_1_naming_the_first_bad_entry(tmp_path):
     path = _log(tmp_path)
     ok = _cli("audit", "verify", str(path), cwd=tmp_path)

@@ -238,6 +238,7 @@ def test_a_deployed_node_sends_its_table_in_clear_only_if_its_policy_says_so(tmp
 LENIENT = "name: lenient\ntask: fraud\nrules:\n  - {metric: auc, comparator: '>=', threshold: 0.5, severity: block}\n"
 
 
+@pytest.mark.slow  # seconds of end-to-end work: the full suite runs it
 def test_monitoring_windows_refresh_the_table_and_charge_it(tmp_path):
     """A model with consortium features is monitored on windows whose own tables are shared first."""
     from fedrisk.monitor_config import load_monitor_config

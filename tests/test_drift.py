@@ -229,6 +229,7 @@ def test_assess_window_pools_counts_and_compares_each_institution_with_its_own_r
     assert {r.level for r in results.values()} == {GREEN}
 
 
+@pytest.mark.slow  # seconds of end-to-end work: the full suite runs it
 def test_a_stable_window_stays_green_with_the_windows_confidence_however_many_tests_it_makes():
     """Two institutions, five columns of ten bins, reference and window counts noised as
     released (the noise as large as a fifth of a cell): 18 tests a window. Each held to 99 %

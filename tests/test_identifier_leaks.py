@@ -36,6 +36,7 @@ def _with_identifiers(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
     return out
 
 
+@pytest.mark.slow  # seconds of end-to-end work: the full suite runs it
 def test_identifier_values_never_leave_an_institution(tmp_path):
     folder = tmp_path / "coordinator"
     folder.mkdir()

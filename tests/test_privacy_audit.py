@@ -72,6 +72,7 @@ def _by_name(result):
     return {a["name"]: a for a in result["attacks"]}
 
 
+@pytest.mark.slow  # seconds of end-to-end work: the full suite runs it
 def test_the_audit_breaks_a_campaign_without_dp_and_not_the_default(tmp_path, capsys, monkeypatch):
     """Without DP, exact histograms at 199 bins hold single applicants at the top of the score
     range: the attack recovers them exactly. With DP (the default), nothing is recovered."""
