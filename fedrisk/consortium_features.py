@@ -99,6 +99,16 @@ def load_key(path: Path, create: bool = False) -> bytes:
     return key
 
 
+def check_table(table: np.ndarray, cal: Calendar, width: int) -> np.ndarray:
+    """A summed table as received, refused in one line unless it has the calendar's shape and
+    finite counts."""
+    expected = (cal.cells, width, 2)
+    if table.shape != expected or not np.isfinite(table).all():
+        raise FedriskInputError(f"refused the consortium's terminal table of shape {table.shape}: expected "
+                                f"{expected} finite counts")
+    return np.asarray(table, dtype=float)
+
+
 def buckets(terminals: pd.Series | np.ndarray, key: bytes, width: int) -> np.ndarray:
     """Each transaction's bucket: a keyed hash (HMAC-SHA256) of its terminal id, modulo `width`.
     Ids are hashed as text, so 17 and "17" are one terminal in every issuer's file."""

@@ -25,7 +25,7 @@ from fedrisk.checks import (
 )
 from fedrisk.columns import CUSTOMER, DAY, ROW_ID, TERMINAL, Columns
 from fedrisk.config import DataSpec
-from fedrisk.consortium_features import Calendar, consortium_features, feature_names
+from fedrisk.consortium_features import Calendar, check_table, consortium_features, feature_names
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit, fraud
 from fedrisk.sources import institution_names, raw_frame
@@ -191,10 +191,11 @@ def load_window(spec: DataSpec, name: str, seed: int, numeric: list[str], catego
             return frame, None, source
         if consortium is not None:
             _, table, cal = consortium
-            expected = (cal.cells, spec.transactions.sketch_width, 2)
-            if table.shape != expected or not np.isfinite(table).all():
-                raise FedriskInputError(f"refused the consortium's terminal table of shape {table.shape}, expected "
-                                        f"{expected} finite counts", institution=name)
+            try:
+                table = check_table(table, cal, spec.transactions.sketch_width)
+            except FedriskInputError as err:
+                err.institution = name
+                raise
             features = consortium_features(table, cal, frame[DAY].to_numpy(), frame[TERMINAL].to_numpy(),
                                            spec.transactions.windows_days, spec.transactions.delay_days)
             frame[list(features.columns)] = features.to_numpy()

@@ -32,7 +32,7 @@ from fedrisk.budget import (
 )
 from fedrisk.columns import DAY, ROW_ID, TERMINAL
 from fedrisk.config import CampaignConfig
-from fedrisk.consortium_features import TABLE_SCALE, feature_names, load_key, local_table
+from fedrisk.consortium_features import TABLE_SCALE, feature_names, local_table
 from fedrisk.data import load_window
 from fedrisk.drift import column_counts
 from fedrisk.errors import FedriskInputError, PolicyRefused
@@ -312,8 +312,7 @@ def window_terminal_counts(session: NodeSession, preprocessor: str, run: str, ed
     cal = window_calendar(config.data, window_days)  # before anything is reserved: files are refused
     saved = _monitoring_plan(session, preprocessor, run, edges, grid, windows)
     release = _window_release(saved, run, window, "shared_counts", session.name)
-    key = load_key(session.sketch_key_file, create=not session.deployed)
-    frame, _, _ = load_window(config.data, session.name, config.seed, [], [], window_days, sketch_key=key,
+    frame, _, _ = load_window(config.data, session.name, config.seed, [], [], window_days, sketch_key=session.sketch_key(),
                               look_back=True)
     check_window_rows(session, run, window, frame)  # the table's rows, look-back included, are the window's part
     _charge(session, run, release, window)
@@ -346,7 +345,7 @@ def window_statistics(
         if session.sketch_key_file is None or config.data.transactions is None:
             raise PolicyRefused("the model has consortium features, the campaign's data do not",
                                 institution=session.name)
-        consortium = (load_key(session.sketch_key_file, create=not session.deployed), np.asarray(table, dtype=float),
+        consortium = (session.sketch_key(), np.asarray(table, dtype=float),
                       window_calendar(config.data, window_days))
     frame, labels, _ = load_window(config.data, session.name, config.seed, shared.numeric, shared.categorical,
                                    window_days, consortium=consortium)

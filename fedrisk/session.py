@@ -22,7 +22,7 @@ from fedrisk import lineage
 from fedrisk.budget import SIZE_NOISE, CampaignPlan, Shape, exact_plan, plan_campaign
 from fedrisk.columns import DAY, TERMINAL
 from fedrisk.config import CampaignConfig, config_from_json
-from fedrisk.consortium_features import consortium_features, load_key
+from fedrisk.consortium_features import check_table, consortium_features, load_key
 from fedrisk.data import InstitutionData, load_institution
 from fedrisk.data_quality import blocks as quality_blocks
 from fedrisk.errors import FedriskInputError, PolicyRefused
@@ -83,9 +83,8 @@ class NodeSession:
 
     def _loaded(self) -> tuple[InstitutionData, Split]:
         if self._data is None:
-            key = load_key(self.sketch_key_file, create=not self.deployed) if self.uses_table else None
             data = load_institution(self.config.data, self.name, self.config.seed, never_use=self.policy.never_use,
-                                    sketch_key=key)
+                                    sketch_key=self.sketch_key() if self.uses_table else None)
             self._data = (data, split_institution(data, self.config.data, self.config.seed))
         return self._data
 
@@ -93,6 +92,13 @@ class NodeSession:
     def uses_table(self) -> bool:
         """Fraud with the consortium's shared terminal table among the inputs."""
         return self.config.consortium_features and self.sketch_key_file is not None
+
+    def sketch_key(self) -> bytes:
+        """The consortium's key of terminal ids: a deployment's comes with the federation's set-up,
+        a simulation's is made once for the machine's simulated issuers."""
+        if self.sketch_key_file is None:
+            raise PolicyRefused("the campaign does not use consortium features: no sketch key", institution=self.name)
+        return load_key(self.sketch_key_file, create=not self.deployed)
 
     def table_path(self, campaign: str) -> Path:
         """Where the node keeps a campaign's shared table: its own home (a later message, another
@@ -121,9 +127,10 @@ class NodeSession:
         tx, data = self.config.data.transactions, self.data
         assert tx is not None
         cal = table_calendar(self.config.data)
-        if table.shape != (cal.cells, tx.sketch_width, 2) or not np.isfinite(table).all():
-            raise PolicyRefused(f"refused the consortium's terminal table: shape {table.shape}, expected "
-                                f"{(cal.cells, tx.sketch_width, 2)} finite counts", institution=self.name)
+        try:
+            table = check_table(table, cal, tx.sketch_width).astype(np.float32)
+        except FedriskInputError as err:
+            raise PolicyRefused(err.detail, institution=self.name) from None
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, table, allow_pickle=False)
