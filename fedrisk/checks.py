@@ -13,11 +13,14 @@ from fedrisk.columns import CUSTOMER, DAY, TERMINAL, Columns
 from fedrisk.config import DataSpec
 from fedrisk.consortium_features import buckets
 from fedrisk.errors import FedriskInputError
+from fedrisk.identifiers import numeric_identifier, text_identifier, whole_numbers
+from fedrisk.profile import is_date_column
 from fedrisk.transaction_features import transaction_features
 
 IDENTIFIER_SHARE = 0.5  # a text feature with more distinct values than this share of rows
 LEAK_CHECK_ROWS = 200  # below this, a pure feature value can happen by chance
 LEAK_CHECK_VALUES = 50
+STRAY_SHARE = 0.05  # a text column whose values are numbers but for at most this share: numbers with typos
 CARD_ID_MIN_VALUES = 5  # a category with fewer values cannot single out customers
 
 
@@ -57,6 +60,14 @@ def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file:
         categorical = [c for c in features if c in spec.categorical]
     else:
         categorical = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
+        for column in categorical:  # a stray word in a column of numbers is a typo, not a category
+            present = frame[column].dropna()
+            numbers = pd.to_numeric(present, errors="coerce")
+            words = int(numbers.isna().sum())
+            if len(present) and words and words <= STRAY_SHARE * len(present):
+                raise FedriskInputError(
+                    f"numeric column has {words} non-numeric values: correct them, or list the column in "
+                    "data.categorical if its values are codes", institution=institution, file=file, column=column)
     numeric = [c for c in features if c not in categorical]
     for column in numeric:
         if not pd.api.types.is_numeric_dtype(frame[column]):
@@ -70,15 +81,26 @@ def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file:
             raise FedriskInputError(f"numeric column has {infinite} infinite values",
                                     institution=institution, file=file, column=column)
     for column in categorical:
-        # A text column with mostly distinct values is an identifier, not a category: its
-        # values would travel in the shared vocabulary.
+        # A text column with mostly distinct values, or shaped like e-mails or card numbers, is an
+        # identifier, not a category: its values would travel in the shared vocabulary.
         present = frame[column].dropna()
-        if len(present) >= 20 and present.nunique() > IDENTIFIER_SHARE * len(present):
-            raise FedriskInputError(
-                f"{present.nunique()} distinct values in {len(present)} rows: looks like an "
-                "identifier; add it to data.drop (or list the features in data.features)",
-                institution=institution, file=file, column=column,
-            )
+        reason = text_identifier(present)
+        if reason is None and len(present) >= 20 and present.nunique() > IDENTIFIER_SHARE * len(present):
+            reason = f"{present.nunique()} distinct values in {len(present)} rows: looks like an identifier"
+        if reason:
+            raise FedriskInputError(f"{reason}; add it to data.drop (or list the model's inputs in data.features)",
+                                    institution=institution, file=file, column=column)
+    if spec.features is None:  # a number or date named in data.features is the user's choice
+        for column in categorical:
+            if is_date_column(frame[column]):
+                raise FedriskInputError(
+                    "holds dates, not a model input: name it in data.quality.date_column (the record's date, for "
+                    "freshness) or add it to data.drop", institution=institution, file=file, column=column)
+        for column in numeric:
+            reason = numeric_identifier(frame[column], column)
+            if reason:
+                raise FedriskInputError(f"{reason}; add it to data.drop, or list it in data.features to use it",
+                                        institution=institution, file=file, column=column)
     return Columns(numeric, categorical, list(spec.protected), spec.target)
 
 
@@ -141,14 +163,17 @@ def check_leaks(frame: pd.DataFrame, columns: Columns, target: pd.Series, name: 
             )
 
 
-def check_card_identifiers(frame: pd.DataFrame, columns: Columns, name: str, source: str) -> None:
+def check_card_identifiers(frame: pd.DataFrame, columns: Columns, name: str, source: str,
+                           raw_numbers: list[str] = ()) -> None:
     """A category whose values each belong to one customer is a card or account number.
 
     Category values travel in the shared vocabulary, so such a column would send card
     numbers to the server. Transactions repeat per card, so the share-of-rows test of
-    `resolve_columns` cannot see it; counting customers per value can, whatever the dtype.
+    `resolve_columns` cannot see it; counting customers per value can, whatever the dtype. A
+    file's own whole-number columns (`raw_numbers`: a numeric card or national id) are counted too.
     """
-    for column in columns.categorical:
+    whole = [c for c in raw_numbers if whole_numbers(frame[c])]
+    for column in [*columns.categorical, *whole]:
         per_value = frame.groupby(column)[CUSTOMER].nunique()
         single = float((per_value == 1).mean()) if len(per_value) else 0.0
         if len(per_value) >= CARD_ID_MIN_VALUES and single >= IDENTIFIER_SHARE:

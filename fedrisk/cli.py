@@ -207,6 +207,21 @@ def _tracking_uri(args: argparse.Namespace) -> str:
     return absolute_tracking_uri(args.tracking_uri, Path.cwd())
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from fedrisk.inspection import inspect_file
+
+    proposal, text = inspect_file(args.file, args.task)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    Path(args.out).write_text(text)
+    for warning in proposal.warnings:
+        print(f"fedrisk: warning: {warning}", file=sys.stderr)
+    print(f"proposed {proposal.task} data spec written to {args.out}: review every line, add the other "
+          f"institutions' files, then run: fedrisk simulate {args.out}")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     import mlflow
     import pandas as pd
@@ -315,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="folder (default: evidence-<run>)")
     _store_options(rep)
     rep.set_defaults(func=_report)
+    ins = sub.add_parser("inspect", help="profile one institution's file locally and propose its data spec")
+    ins.add_argument("file", help="CSV or Parquet file of one institution")
+    ins.add_argument("--task", choices=["credit", "fraud"], default=None, help="default: guessed from the columns")
+    ins.add_argument("--out", default=None, help="write the proposed spec here (YAML); default: print it")
+    ins.set_defaults(func=_inspect)
     exp = sub.add_parser("explain", help="points scorecard and reason codes of a logistic model")
     exp.add_argument("model", help="MLflow model URI, e.g. models:/fedrisk-credit@challenger")
     exp.add_argument("csv", help="applicants (raw feature columns)")
@@ -325,10 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--pdo", type=float, default=20.0)
     exp.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
     exp.set_defaults(func=_explain)
-    from fedrisk import federation_cli, institution_cli
+    from fedrisk import federation_cli, institution_cli, score_cli
 
     federation_cli.add_parser(sub)
     institution_cli.add_parser(sub)
+    score_cli.add_parser(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The column roles of one institution's data: which are model inputs, and of which kind.
+"""The column roles of one institution's data: which are model inputs, and of which kind, and
+the one spelling of a column's name (`canonical_name`) that files, configs and policies share.
 
 Shared by the data layer, preprocessing and drift; it knows nothing of where rows come from.
 """
@@ -6,9 +7,13 @@ Shared by the data layer, preprocessing and drift; it knows nothing of where row
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 DAY = "_day"  # fraud: day of each transaction (days since 1970), kept for splits and top-k
 CUSTOMER = "_customer"  # fraud: customer codes, only while loading (identifier checks)
+ROW_ID = "__row__"  # a monitoring window's row identities (hashes of the raw row), never released
 TERMINAL = "_terminal_bucket"  # fraud: each transaction's bucket in the shared terminal table (a keyed hash)
 
 
@@ -31,4 +36,22 @@ class Columns:
     @property
     def features(self) -> list[str]:
         return self.numeric + self.categorical
-ROW_ID = "__row__"  # a monitoring window's row identities (hashes of the raw row), never released
+
+
+def canonical_name(name: object) -> str:
+    """One spelling of a column name, in files and configs alike: `SEX`, `Sex `, a spreadsheet's
+    BOM-prefixed first header and `sex` are one column."""
+    return str(name).replace("\ufeff", "").strip().casefold()
+
+
+def _distinct(names: list[str]) -> list[str]:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"'{name}' is listed twice (column names match in any case)")
+        seen.add(name)
+    return names
+
+
+ColumnName = Annotated[str, AfterValidator(canonical_name)]
+ColumnNames = Annotated[list[ColumnName], AfterValidator(_distinct)]

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedrisk.columns import ColumnName, ColumnNames
 from fedrisk.errors import FedriskInputError
 from fedrisk.strict_yaml import load_yaml, yaml_reason
 
@@ -70,10 +71,10 @@ class SyntheticData(StrictModel):
 class TransactionSpec(StrictModel):
     """Fraud: which columns make a transaction, and how features look back in time."""
 
-    timestamp: str = "tx_datetime"
-    customer: str = Field("customer_id", description="customer or card id; never leaves the issuer")
-    terminal: str = Field("terminal_id", description="terminal or merchant id; never leaves the issuer")
-    amount: str = "tx_amount"
+    timestamp: ColumnName = "tx_datetime"
+    customer: ColumnName = Field("customer_id", description="customer or card id; never leaves the issuer")
+    terminal: ColumnName = Field("terminal_id", description="terminal or merchant id; never leaves the issuer")
+    amount: ColumnName = "tx_amount"
     windows_days: list[int] = Field([1, 7, 30], min_length=1, description="look-back windows (days, <= 365)")
     delay_days: int = Field(7, ge=1, le=365, description="label delay: frauds are known this many days later")
     consortium_features: bool = Field(False, description="terminal counts shared across issuers (noised, summed); "
@@ -101,12 +102,12 @@ class Quality(StrictModel):
     """The data spec each institution's rows are scored against, locally, before training."""
 
     min_score: float = Field(90.0, ge=0.0, le=100.0, description="below it the institution sits out")
-    ranges: dict[str, tuple[float | None, float | None]] = Field(
+    ranges: dict[ColumnName, tuple[float | None, float | None]] = Field(
         {}, description="column -> [min, max], bounds included, null: open; built-in data have their own")
-    categories: dict[str, list[str | int | bool]] = Field({}, description="column -> allowed values")
+    categories: dict[ColumnName, list[str | int | bool]] = Field({}, description="column -> allowed values")
     positive_rate: tuple[float, float] = Field((0.02, 0.5), description="expected share of positives")
     max_age_days: int = Field(365, ge=1, description="freshness: the newest row at most this old")
-    date_column: str | None = Field(None, description="credit: the column dating each row; fraud: the timestamp")
+    date_column: ColumnName | None = Field(None, description="credit: the column dating each row; fraud: the timestamp")
     as_of: date | None = Field(None, description="freshness is judged on this day; None: today")
 
     @model_validator(mode="after")
@@ -135,13 +136,13 @@ class DataSpec(StrictModel):
     synthetic: SyntheticData = SyntheticData()
     files: dict[str, str] | None = Field(None, description="institution -> CSV/Parquet file")
     path: str | None = Field(None, description="one CSV/Parquet file for all institutions")
-    institution_column: str | None = None
+    institution_column: ColumnName | None = None
     partition: Partition | None = None
-    target: str = "default"
-    features: list[str] | None = Field(None, description="None: every column not excluded")
-    categorical: list[str] | None = Field(None, description="None: non-numeric columns")
-    protected: list[str] = ["sex", "age_band"]
-    drop: list[str] = ["customer_id", "name", "national_id", "phone", "card_number"]
+    target: ColumnName = "default"
+    features: ColumnNames | None = Field(None, description="None: every column not excluded")
+    categorical: ColumnNames | None = Field(None, description="None: non-numeric columns")
+    protected: ColumnNames = ["sex", "age_band"]
+    drop: ColumnNames = ["customer_id", "name", "national_id", "phone", "card_number"]
     validation_fraction: float = Field(0.15, gt=0.0, lt=0.5, description="credit: random split")
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5, description="credit: random split")
     transactions: TransactionSpec | None = Field(None, description="fraud: transaction columns")
@@ -482,16 +483,13 @@ def load_config(
     except ValidationError as err:
         raise FedriskInputError(format_validation_error(err, source)) from None
     if config.gate.enabled:  # a bad policy fails now, not after the last round
-        from fedrisk.policy import load_policy
+        from fedrisk.policy import DEFAULT_POLICIES, check_policy_fits, load_policy
+        from fedrisk.run_schema import task_metrics
 
         policy = load_policy(config.gate.policy, config.task)
-        computed = f"recall_at_fpr_{config.evaluation.max_fpr:g}"
-        for rule in policy.rules:
-            if rule.metric.startswith("recall_at_fpr_") and rule.metric != computed:
-                raise FedriskInputError(
-                    f"gate policy '{policy.name}' judges {rule.metric} but the campaign computes "
-                    f"{computed} (evaluation.max_fpr); align them"
-                )
+        ev = config.evaluation
+        logged = task_metrics(config.task, threshold=ev.threshold, max_fpr=ev.max_fpr, k=ev.alerts_per_day)
+        check_policy_fits(policy, config.data.protected, logged, str(config.gate.policy or DEFAULT_POLICIES[config.task]))
     return config
 
 

@@ -28,6 +28,7 @@ from fedrisk.config import DataSpec
 from fedrisk.consortium_features import Calendar, check_table, consortium_features, feature_names
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit, fraud
+from fedrisk.profile import PERSONAL_DATE, date_columns, record_date_column
 from fedrisk.sources import institution_names, raw_frame
 
 
@@ -55,14 +56,19 @@ def load_institution(spec: DataSpec, name: str, seed: int, never_use: list[str] 
     raw, source, fingerprint = raw_frame(spec, name, names, seed)
     if len(raw) == 0:
         raise FedriskInputError("no rows", institution=name, file=source)
+    given = spec.quality.date_column
+    spec = _with_record_date(spec, raw, name, source)
     frame = engineer_transactions(raw, spec, name, source, sketch_key=sketch_key) if spec.transactions is not None \
         else raw
     columns = resolve_columns(frame, spec, name, source, tuple(never_use))
     target = check_target(frame, columns.target, name, source)
-    quality = quality_counts(raw, frame, spec, columns, target.to_numpy(), name, source)
+    quality = quality_counts(raw, frame, spec, columns, target.to_numpy(), name, source,
+                             detected_date=given is None and spec.quality.date_column is not None)
     check_leaks(frame, columns, target, name, source)
     if CUSTOMER in frame.columns:
-        check_card_identifiers(frame, columns, name, source)
+        own = [] if spec.features is not None else [  # a number named in data.features is the user's choice
+            c for c in columns.numeric if c in raw.columns and c != spec.transactions.amount]
+        check_card_identifiers(frame, columns, name, source, own)
     measured = [c for c in columns.protected if c not in columns.features]
     if spec.transactions is not None:
         amount = spec.transactions.amount
@@ -80,8 +86,25 @@ def load_institution(spec: DataSpec, name: str, seed: int, never_use: list[str] 
     return InstitutionData(name, source, fingerprint, kept.reset_index(drop=True), columns, quality, population)
 
 
+def _with_record_date(spec: DataSpec, raw: pd.DataFrame, name: str, source: str) -> DataSpec:
+    """A credit file's own record date for freshness, when it has exactly one date column and the
+    campaign names none (the file's modification date is the last resort); several: say which to name."""
+    if spec.source == "synthetic" or spec.transactions is not None or spec.quality.date_column:
+        return spec
+    skip = {spec.target, *spec.drop, *spec.protected, *([spec.institution_column] if spec.institution_column else [])}
+    found = record_date_column(raw, skip)
+    if found is None:
+        dated = [c for c in date_columns(raw, skip) if not PERSONAL_DATE.search(c)]
+        if len(dated) > 1:
+            raise FedriskInputError(f"{len(dated)} date columns ({', '.join(dated)}): name the record's date in "
+                                    "data.quality.date_column and add the others to data.drop",
+                                    institution=name, file=source, column=dated[0])
+        return spec
+    return spec.model_copy(update={"quality": spec.quality.model_copy(update={"date_column": found})})
+
+
 def quality_counts(raw: pd.DataFrame, frame: pd.DataFrame, spec: DataSpec, columns: Columns,
-                   labels: np.ndarray, name: str, source: str) -> dict[str, Any]:
+                   labels: np.ndarray, name: str, source: str, detected_date: bool = False) -> dict[str, Any]:
     """The counts of the institution's data-quality scorecard, on its rows as read (before
     features); they leave only noised (`fedrisk.data_quality.release`)."""
     q = spec.quality
@@ -120,10 +143,10 @@ def quality_counts(raw: pd.DataFrame, frame: pd.DataFrame, spec: DataSpec, colum
         local = pd.to_datetime(values.astype("string").str.strip().str.replace(r"(Z|[+-]\d{2}:?\d{2})$", "",
                                                                                  regex=True), errors="coerce",
                                format="mixed")
-        dates, basis = local, f"column {q.date_column}"
+        dates, basis = local, f"column {q.date_column}" + (" (detected)" if detected_date else "")
     else:
         newest = date.fromtimestamp(Path(source).stat().st_mtime)
-        basis = "file modification date"
+        basis = "file modification date (no date column: name one in data.quality.date_column)"
     return data_quality.measure(raw, checked, columns.target, labels, ranges, categories, dates,
                                 q.as_of or date.today(), q.max_age_days, newest, basis)
 

@@ -9,9 +9,13 @@ charged to its ledger with the admission's other statistics, and the scorecard i
 them (`scorecard`, at the server; with exact counts in a local check). Every count moves by at
 most one when one row is added or removed, so each is one block of the release:
 
-- completeness: missing cells, per checked column;
-- validity: values outside the campaign's ranges or categories, per ruled column (missing
-  values are completeness' business and count as valid);
+- completeness: missing cells, per checked column; scored on the worst column, so that 40 %
+  missing in one model input scores 60, however complete the others;
+- validity: values outside the campaign's ranges or categories, per ruled column, scored on the
+  worst column (missing
+  values are completeness' business and count as valid), and rows holding a number beyond
+  `PLAUSIBLE`, ranged or not (a 1e308 typed by mistake: winsorised at the
+  consortium's bounds in training, `fedrisk.preprocessing`, and counted here);
 - duplicates: rows repeating an earlier row;
 - label sanity: distinct input patterns, and those seen with both labels;
 - class balance: positives (the rows count is shared by all);
@@ -36,6 +40,7 @@ from fedrisk.mechanisms import noised, secure_rng
 DIMENSIONS = ("completeness", "validity", "duplicates", "label_sanity", "class_balance", "freshness")
 FRESH_SIGMAS = 3.0  # fresh rows count as present above this many noise standard deviations
 BENEFIT = 2.0  # noise standard deviations a released count is given in the institution's favour
+PLAUSIBLE = 1e15  # no amount, count or ratio of a customer is larger: beyond it, a typo or a sentinel
 
 
 def _missing(frame: pd.DataFrame, columns: list[str]) -> dict[str, float]:
@@ -66,6 +71,15 @@ def _invalid(frame: pd.DataFrame, ranges: dict[str, tuple[float | None, float | 
     return {column: float(mask.sum()) for column, mask in bad.items()}
 
 
+def _extreme(frame: pd.DataFrame, columns: list[str]) -> float:
+    """Rows holding a number beyond +/- `PLAUSIBLE` in any of `columns` (one row counts once)."""
+    numeric = [c for c in columns if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])]
+    if not numeric:
+        return 0.0
+    values = frame[numeric].to_numpy(dtype=float)
+    return float((np.abs(np.nan_to_num(values, nan=0.0)) > PLAUSIBLE).any(axis=1).sum())
+
+
 def measure(frame: pd.DataFrame, checked: list[str], target: str, labels: np.ndarray,
             ranges: dict[str, tuple[float | None, float | None]], categories: dict[str, list[str]],
             dates: pd.Series | None, as_of: date, max_age_days: int, newest: date | None, basis: str) -> dict[str, Any]:
@@ -88,6 +102,7 @@ def measure(frame: pd.DataFrame, checked: list[str], target: str, labels: np.nda
         "rows": float(len(frame)),
         "missing": _missing(frame, checked),
         "invalid": _invalid(frame, ranges, categories),
+        "extreme": _extreme(frame, [c for c in checked if c != target]),
         "duplicates": float(rows.duplicated().sum()),
         "patterns": float(len(patterns)),
         "conflicting": float((patterns > 1).sum()),
@@ -100,7 +115,7 @@ def measure(frame: pd.DataFrame, checked: list[str], target: str, labels: np.nda
 
 def blocks(counts: dict[str, Any]) -> int:
     """Unit-sensitivity cells of a release of these counts (see the module docstring)."""
-    return 5 + len(counts["missing"]) + len(counts["invalid"]) + (counts["fresh"] is not None)
+    return 6 + len(counts["missing"]) + len(counts["invalid"]) + (counts["fresh"] is not None)
 
 
 def release(counts: dict[str, Any], noise: float, rng: np.random.Generator | None = None) -> dict[str, Any]:
@@ -111,7 +126,8 @@ def release(counts: dict[str, Any], noise: float, rng: np.random.Generator | Non
         return float(noised(value, noise, rng))
 
     return {**counts, "rows": n(counts["rows"]), "missing": {c: n(v) for c, v in counts["missing"].items()},
-            "invalid": {c: n(v) for c, v in counts["invalid"].items()}, "duplicates": n(counts["duplicates"]),
+            "invalid": {c: n(v) for c, v in counts["invalid"].items()}, "extreme": n(counts["extreme"]),
+            "duplicates": n(counts["duplicates"]),
             "patterns": n(counts["patterns"]), "conflicting": n(counts["conflicting"]),
             "positives": n(counts["positives"]), "fresh": None if counts["fresh"] is None else n(counts["fresh"]),
             "noise": noise}
@@ -123,9 +139,13 @@ def _share_score(failed: float, checked: float) -> float:
     return float(np.clip(100.0 * (1.0 - failed / checked), 0.0, 100.0))
 
 
-def _worst(counts: dict[str, float], noise: float) -> str:
+def _worst(counts: dict[str, float], noise: float, rows: float | None = None) -> str:
     shown = {c: v for c, v in counts.items() if v > 3 * noise}
-    return f"; most in '{max(shown, key=shown.get)}'" if shown else ""
+    if not shown:
+        return ""
+    worst = max(shown, key=shown.get)
+    share = f" ({max(shown[worst], 0.0) / rows:.0%} of rows)" if rows else ""
+    return f"; most in '{worst}'{share}"
 
 
 def _about(value: float, noise: float) -> str:
@@ -142,9 +162,19 @@ def _dimensions(counts: dict[str, Any], positive_rate: tuple[float, float], as_o
     def fewer(value: float, cells: int = 1) -> float:
         return max(value - benefit * noise * np.sqrt(max(cells, 1)), 0.0)
 
+    def worst(values: list[float]) -> float:
+        """The largest count, less what the largest of so many noises adds by itself (about
+        sqrt(2 ln k) standard deviations of k): 2,000 complete columns are not one incomplete."""
+        if not values:
+            return 0.0
+        return max(max(values) - (benefit + np.sqrt(2 * np.log(len(values)))) * noise, 0.0)
+
     missing = fewer(sum(counts["missing"].values()), len(counts["missing"]))
+    worst_missing = worst(list(counts["missing"].values()))
+    extreme = fewer(counts.get("extreme", 0.0))
     invalid = fewer(sum(counts["invalid"].values()), len(counts["invalid"]))
-    cells, ruled = rows * len(counts["missing"]), rows * len(counts["invalid"])
+    worst_invalid = max(extreme, worst(list(counts["invalid"].values())))
+    cells = rows * len(counts["missing"])
     low, high = positive_rate
     rate = float(np.clip(counts["positives"] / rows, 0.0, 1.0))
     spread = benefit * noise / rows  # the rate's noise interval; its point nearest the band
@@ -153,12 +183,14 @@ def _dimensions(counts: dict[str, Any], positive_rate: tuple[float, float], as_o
     balance = (100.0 * nearest / low if nearest < low else
                100.0 * (1.0 - nearest) / (1.0 - high) if nearest > high else 100.0)
     return {
-        "completeness": {"score": _share_score(missing, cells),
+        "completeness": {"score": _share_score(worst_missing, rows),
                          "detail": f"{_about(missing, noise)} of {_about(cells, noise)} cells missing"
-                                   f"{_worst(counts['missing'], noise)}"},
-        "validity": {"score": _share_score(invalid, ruled),
+                                   f"{_worst(counts['missing'], noise, rows)}"},
+        "validity": {"score": _share_score(worst_invalid, rows),
                      "detail": f"{_about(invalid, noise)} values outside the spec (columns with rules: "
-                               f"{', '.join(sorted(counts['invalid'])) or 'none'}){_worst(counts['invalid'], noise)}"},
+                               f"{', '.join(sorted(counts['invalid'])) or 'none'}){_worst(counts['invalid'], noise)}; "
+                               f"{_about(counts.get('extreme', 0.0), noise)} rows with a number beyond "
+                               f"+/-{PLAUSIBLE:.0e} (winsorised in training)"},
         "duplicates": {"score": _share_score(fewer(counts["duplicates"]), rows),
                        "detail": f"{_about(counts['duplicates'], noise)} of {_about(rows, noise)} rows repeat an "
                                  "earlier row"},
@@ -208,5 +240,7 @@ def _freshness(counts: dict[str, Any], as_of: date, max_age_days: int, noise: fl
 
 def exclusion_reason(name: str, source: str, card: dict[str, Any]) -> str:
     weakest = card["dimensions"][card["weakest"]]
+    hint = ("; if the data are meant to be this old, set data.quality.as_of to their date or raise "
+            "data.quality.max_age_days" if card["weakest"] == "freshness" else "")
     return (f"institution {name}, file {source}: data quality {card['score']:.2f} below {card['min_score']:g} "
-            f"({card['weakest'].replace('_', ' ')}: {weakest['detail']})")
+            f"({card['weakest'].replace('_', ' ')}: {weakest['detail']}{hint})")

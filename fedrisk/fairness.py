@@ -21,6 +21,11 @@ GROUP_BINS = 10  # group histograms are coarser than the evaluation grid: a rate
 GroupHistograms = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
 
 
+# metrics named `<metric>.<attribute>` (a rule on one needs the attribute among data.protected)
+ATTRIBUTE_METRICS = ("approval_rate", "approval_rate_difference", "approval_rate_ratio",
+                     "equal_opportunity_difference", "equalized_odds_difference")
+
+
 def group_edges(edges: np.ndarray, threshold: float | None, bins: int = GROUP_BINS) -> np.ndarray:
     """The grid of the group histograms: about `bins` bins picked from the evaluation grid's
     edges, the operating threshold kept. An approval rate is a sum of noised cells below the

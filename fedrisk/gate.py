@@ -25,9 +25,15 @@ class RuleResult:
     threshold: float
     severity: str
     value: float | None
-    outcome: str  # pass | warn | block | not applicable
+    outcome: str  # pass | warn | block | missing (not in the run: fails as its severity) | not applicable
     where: str  # "pooled" or the failing institutions
     description: str
+
+    @property
+    def failed_as(self) -> str | None:
+        """block or warn when the rule failed (a missing metric fails as its severity)."""
+        return self.severity if self.outcome == "missing" else self.outcome if self.outcome in ("block", "warn") \
+            else None
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class Verdict:
 
     @property
     def failed(self) -> list[RuleResult]:
-        return [r for r in self.results if r.outcome in ("block", "warn")]
+        return [r for r in self.results if r.failed_as]
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "policy": self.policy,
@@ -46,8 +52,9 @@ class Verdict:
 
     def summary_lines(self) -> list[str]:
         return [
-            f"{r.outcome.upper():5} {r.metric} {r.comparator} {r.threshold:g} "
-            f"({r.scope}): {'-' if r.value is None else f'{r.value:.4f}'}"
+            f"{r.outcome.upper():5} {r.metric} {r.comparator} {r.threshold:g} ({r.scope}): "
+            + (f"not in the run, fails as {r.severity}" if r.outcome == "missing"
+               else f"{'-' if r.value is None else f'{r.value:.4f}'}")
             + (f" at {r.where}" if r.where not in ("pooled", "") else "")
             for r in self.results
         ]
@@ -69,8 +76,9 @@ def apply_policy(
 ) -> Verdict:
     """Judge a run's metrics (as logged, with split prefix) against every rule.
 
-    A metric that is missing fails its rule (the gate fails closed), except the privacy
-    rule when no non-private reference was named.
+    A metric that is missing fails its rule as its severity (the gate fails closed) and is
+    reported `missing`, not as a value beyond its threshold; the privacy rule with no
+    non-private reference named does not apply.
     """
     prefix = policy.split
     results = []
@@ -103,11 +111,12 @@ def apply_policy(
             value = worst(shown) if all(math.isfinite(v) for v in shown) else float("nan")
         else:
             value = shown[0] if shown else None
+        absent = bool(values) and all(v is None for v in values.values())
         results.append(RuleResult(
             rule.metric, rule.scope, rule.comparator, rule.threshold, rule.severity, value,
-            failing_outcome if failing else "pass", ",".join(failing) if failing else "pooled",
-            rule.description,
+            "missing" if absent else failing_outcome if failing else "pass",
+            ",".join(failing) if failing else "pooled", rule.description,
         ))
-    outcomes = {r.outcome for r in results}
-    verdict = "block" if "block" in outcomes else "warn" if "warn" in outcomes else "pass"
+    failed = {r.failed_as for r in results}
+    verdict = "block" if "block" in failed else "warn" if "warn" in failed else "pass"
     return Verdict(verdict, policy.name, results)

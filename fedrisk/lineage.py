@@ -32,7 +32,10 @@ def canonical_rows(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     for column in ordered:
         values = frame[column]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
-            out[column.casefold()] = values.astype(float).round(9)
+            numbers = values.to_numpy(dtype=float)
+            with np.errstate(over="ignore", invalid="ignore"):  # 1e308 * 1e9 overflows: such values stay as read
+                rounded = np.round(numbers, 9)
+            out[column.casefold()] = np.where(np.isfinite(rounded), rounded, numbers)
         else:
             out[column.casefold()] = values.astype("string").str.strip()
     return pd.DataFrame(out)

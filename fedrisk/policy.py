@@ -9,7 +9,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedrisk.columns import ColumnName
 from fedrisk.errors import FedriskInputError
+from fedrisk.fairness import ATTRIBUTE_METRICS
 from fedrisk.strict_yaml import load_yaml, yaml_reason
 
 DEFAULTS = Path(__file__).resolve().parent / "defaults"  # package data: installed with fedrisk
@@ -22,7 +24,8 @@ PRIVACY_AUC_LOSS = "privacy_auc_loss"  # relative AUC lost against the named non
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    metric: str = Field(description="metric name without split prefix, e.g. auc, approval_rate_difference.sex")
+    metric: ColumnName = Field(description="metric name without split prefix, e.g. auc, approval_rate_difference.sex "
+                                           "(any case: names are matched case-insensitively)")
     comparator: Literal["<=", ">=", "<", ">"]
     threshold: float
     severity: Literal["block", "warn"]
@@ -46,6 +49,28 @@ class Policy(BaseModel):
                 raise ValueError(f"metric '{rule.metric}' means nothing on imbalanced fraud data; "
                                  "use average_precision, recall_at_fpr_..., precision_top...")
         return self
+
+
+def check_policy_fits(policy: Policy, protected: list[str], logged: set[str], file: str | None = None) -> None:
+    """A rule no campaign run could ever satisfy, because its metric is not among those the run
+    logs (`logged`: `fedrisk.run_schema.task_metrics`) or judges an attribute the campaign does
+    not protect: said before any budget is spent, naming the rule."""
+    for number, rule in enumerate(policy.rules, start=1):
+        base, _, attribute = rule.metric.partition(".")
+        attribute = attribute.split(":")[0]
+        named = f"gate policy '{policy.name}' rule {number} ({rule.metric} {rule.comparator} {rule.threshold:g}, " \
+                f"{rule.severity})"
+        if base in ATTRIBUTE_METRICS or (base == "auc" and ":" in rule.metric):
+            if attribute not in protected:
+                listed = ", ".join(protected) or "none"
+                raise FedriskInputError(
+                    f"{named} judges attribute '{attribute or '?'}', which data.protected does not list (listed: "
+                    f"{listed}); add the column to data.protected or remove the rule", file=file)
+        elif rule.metric != PRIVACY_AUC_LOSS and rule.metric not in logged:
+            raise FedriskInputError(
+                f"{named} names a metric this campaign does not log (it logs: {', '.join(sorted(logged))}, and "
+                "fairness metrics by protected attribute); fix the name, or align evaluation.threshold, "
+                "evaluation.max_fpr or evaluation.alerts_per_day", file=file)
 
 
 def policy_sha256(policy: Policy) -> str:

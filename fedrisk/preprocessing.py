@@ -199,6 +199,21 @@ class Preprocessor:
     def width(self) -> int:
         return len(self.output_names)
 
+    def output_slices(self) -> dict[str, slice]:
+        """Where each input column lands in the model matrix (`transform`): one column per numeric
+        input, in order, then one per vocabulary value of each categorical input."""
+        out = {column: slice(i, i + 1) for i, column in enumerate(self.numeric)}
+        start = len(self.numeric)
+        for column, vocab in zip(self.categorical, self.vocabularies, strict=True):
+            out[column] = slice(start, start + len(vocab))
+            start += len(vocab)
+        return out
+
+    def imputed_row(self) -> np.ndarray:
+        """The model inputs of a row whose every value is missing (numerics at the federated mean,
+        categories at the mode): what `transform` makes of a blanked column, column by column."""
+        return self.transform(pd.DataFrame({column: [np.nan] for column in self.input_columns}, index=[0]))[0]
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

@@ -136,6 +136,23 @@ def fairness_metric(metric: str, attribute: str, group: str | None = None) -> st
     return f"{metric}.{attribute}" if group is None else f"{metric}.{attribute}:{group_safe(group)}"
 
 
+# The pooled metric keys a campaign of each task logs per split (fairness metrics, named by
+# attribute, come on top for credit): what a gate rule may judge.
+TASK_METRIC_KEYS = {
+    "credit": ("auc", "gini", "ks", "average_precision", "brier", "loss", "recall_at_fpr", "default_rate",
+               "precision_at_threshold", "recall_at_threshold", "f1_at_threshold", "flag_rate_at_threshold",
+               "examples", "auc_gap", "auc_worst_institution"),
+    "fraud": ("auc", "average_precision", "recall_at_fpr", "precision_top_k", "fraud_rate", "loss",
+              "precision_at_budget", "recall_at_budget", "amount_recall_at_budget", "alerts_per_day",
+              "operating_threshold", "examples", "average_precision_gap", "average_precision_worst_institution"),
+}
+
+
+def task_metrics(task: str, *, threshold: float, max_fpr: float, k: int) -> set[str]:
+    """The names (no split prefix) of the pooled metrics a campaign of `task` logs."""
+    return {metric_name(key, threshold=threshold, max_fpr=max_fpr, k=k) for key in TASK_METRIC_KEYS[task]}
+
+
 def metric_name(key: str, *, threshold: float | None = None, max_fpr: float | None = None,
                 k: int | None = None) -> str:
     """A metric module's key with its parameter: `recall_at_fpr` -> `recall_at_fpr_0.1`,

@@ -1,12 +1,14 @@
-"""The global model as an MLflow pyfunc: raw feature columns in, probability of default out.
+"""The global model as an MLflow pyfunc: input columns in, probability of the positive class out.
 
-The preprocessing travels with the weights, so a validator can score a DataFrame of raw
-columns with `mlflow.pyfunc.load_model(uri).predict(frame)`.
+The preprocessing travels with the weights, so a validator can score a DataFrame with
+`mlflow.pyfunc.load_model(uri).predict(frame)`: a credit model's raw columns, a fraud model's
+look-back features. Raw rows of both tasks, card transactions included: `fedrisk score`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fedrisk.columns import canonical_name
 from fedrisk.config import ModelSpec
 from fedrisk.models import build_model, predict_proba
 from fedrisk.preprocessing import Preprocessor
+
+# The fraud inputs an issuer computes from its history (`fedrisk.transaction_features`,
+# `fedrisk.consortium_features`): never columns of a raw transaction.
+ENGINEERED = re.compile(r"^(tx_during_(weekend|night)|(consortium_)?terminal_(nb_tx|risk)_\d+d"
+                        r"|customer_(nb_tx|avg_amount)_\d+d)$")
 
 
 class RiskModel(mlflow.pyfunc.PythonModel):
@@ -32,19 +40,27 @@ class RiskModel(mlflow.pyfunc.PythonModel):
         self.model.load_state_dict(torch.load(context.artifacts["weights"], weights_only=True))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
-        """Probability of default per row of `model_input`, a DataFrame of raw columns."""
+        """Probability of default per row of `model_input`, a DataFrame of raw columns (any case)."""
+        model_input = model_input.rename(columns=lambda c: canonical_name(str(c)))
         try:
             x = self.preprocessor.transform(model_input)
         except KeyError as err:
+            missing = [c for c in self.preprocessor.input_columns if c not in model_input.columns]
+            if any(ENGINEERED.match(c) for c in missing):  # a fraud model given raw transactions
+                raise ValueError(f"{err.args[0]}: this fraud model's inputs are look-back features computed from "
+                                 "the issuer's history; score raw transactions with `fedrisk score MODEL_URI DATA "
+                                 "--history FILE`") from None
             raise ValueError(err.args[0]) from None
         return predict_proba(self.model, torch.as_tensor(x)).numpy()
 
 
 def save_model_files(
     folder: Path, state: dict[str, torch.Tensor], preprocessor: Preprocessor, spec: ModelSpec,
-    reference: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None, transactions: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The model's files; `reference` (drift deciles and validation metrics) travels with it."""
+    """The model's files; `reference` (drift deciles and validation metrics) travels with it, and
+    for fraud `transactions`, what `fedrisk score` needs to compute the look-back features
+    (`fedrisk.scoring.transaction_spec`)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {
         "weights": folder / "weights.pt",
@@ -57,6 +73,9 @@ def save_model_files(
     if reference is not None:
         paths["reference"] = folder / "reference.json"
         paths["reference"].write_text(json.dumps(reference))
+    if transactions is not None:
+        paths["transactions"] = folder / "transactions.json"
+        paths["transactions"].write_text(json.dumps(transactions))
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -80,12 +99,13 @@ def read_model(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any
 
 
 def _read_files(root: Path) -> dict[str, Any]:
-    reference = root / "reference.json"
+    reference, transactions = root / "reference.json", root / "transactions.json"
     return {
         "state": torch.load(root / "weights.pt", weights_only=True),
         "preprocessor": Preprocessor.from_json((root / "preprocessor.json").read_text()),
         "spec": ModelSpec(**json.loads((root / "model_spec.json").read_text())["model"]),
         "reference": json.loads(reference.read_text()) if reference.is_file() else None,
+        "transactions": json.loads(transactions.read_text()) if transactions.is_file() else None,
     }
 
 

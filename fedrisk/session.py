@@ -286,13 +286,15 @@ def open_session(config_json: str, node_config: dict[str, Any], names: list[str]
 
 
 def _data_stamp(config: CampaignConfig, node_config: dict[str, Any]) -> list[Any]:
-    """Size and modification time of the data files: a file changed on disk is loaded again."""
+    """Identity, size and times of the data files: a file changed on disk is loaded again, even
+    rewritten with its size and modification time kept (cp -p, rsync -t: its change time moves);
+    a withdrawn file leaves the stamp, so the next message reads it again and fails."""
     files = [*(config.data.files or {}).values(), config.data.path, node_config.get("data-path")]
     stamp = []
     for file in files:
         if file is not None and Path(str(file)).is_file():
             info = Path(str(file)).stat()
-            stamp.append([str(file), info.st_size, info.st_mtime_ns])
+            stamp.append([str(file), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns])
     return stamp
 
 

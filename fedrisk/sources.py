@@ -6,6 +6,9 @@ Each function returns one institution's raw rows only; checks and features come 
 
 from __future__ import annotations
 
+import codecs
+import csv
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedrisk.columns import canonical_name
 from fedrisk.config import DataSpec, Drift, check_institution_name
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit, fraud
@@ -24,29 +28,145 @@ def _sha256_file(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def read_table(path: str | Path, institution: str | None = None) -> pd.DataFrame:
-    """Read a CSV or Parquet file, failing with the institution and file named."""
-    file = Path(path)
-    if not file.exists():
-        raise FedriskInputError("data file not found", institution=institution, file=str(file))
-    if not file.is_file():
-        raise FedriskInputError("not a file", institution=institution, file=str(file))
-    suffix = file.suffix.lower()
+CSV_SUFFIXES = {".csv", ".txt"}
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+# a one-column header holding one of these is a file written with another separator
+OTHER_SEPARATORS = {";": "semicolon", "\t": "tab", "|": "'|'"}
+BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),  # before UTF-16: same first bytes
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
+
+
+def canonical_columns(names: list[object], where: dict[str, str | None]) -> list[str]:
+    """The canonical names of a header; two columns of one name, in any spelling, are refused:
+    pandas would silently keep both (renaming one "a.1") and either could be taken for the other."""
+    seen: dict[str, str] = {}
+    out = []
+    for position, name in enumerate(names, start=1):
+        key = canonical_name(name)
+        if not key:
+            raise FedriskInputError(f"column {position} has no name (a row index saved with the rows? "
+                                    "save the file without it)", **where)
+        if key in seen:
+            first = seen[key]
+            reason = ("appears twice in the header" if first == str(name) else
+                      f"same name as column '{first}' (column names ignore case and surrounding spaces)")
+            raise FedriskInputError(reason, column=str(name), **where)
+        seen[key] = str(name)
+        out.append(key)
+    return out
+
+
+def _encoding(file: Path) -> str:
+    """UTF-16 or UTF-32 when the file starts with their byte-order mark, else UTF-8 (its BOM, if
+    any, dropped: Excel's "CSV UTF-8" writes one)."""
+    with file.open("rb") as handle:
+        start = handle.read(4)
+    return next((name for bom, name in BOMS if start.startswith(bom)), "utf-8-sig")
+
+
+def _blank(row: list[str]) -> bool:
+    """An empty or whitespace-only line: pandas skips it too (",," is a row)."""
+    return len(row) <= 1 and not (row and row[0].strip())
+
+
+def _csv_header(file: Path, encoding: str, where: dict[str, str | None]) -> list[str]:
+    """The header as written, after one pass over the rows: pandas would silently fill a short
+    row with missing values, and shift a long one into an index when it is the first."""
+    with file.open(newline="", encoding=encoding) as handle:
+        reader = csv.reader(handle)
+        header = next((row for row in reader if not _blank(row)), None)
+        if header is None:
+            raise FedriskInputError("empty file (only blank lines)", **where)
+        if len(header) == 1:
+            for separator, label in OTHER_SEPARATORS.items():
+                if separator in header[0]:
+                    raise FedriskInputError(
+                        f"the header is one column holding {label}s: a {label}-separated file? fedrisk reads "
+                        "comma-separated CSV: save it with ',' between fields and '.' as the decimal mark", **where)
+        rows = 0
+        for row in reader:
+            if _blank(row):
+                continue
+            if len(row) != len(header):
+                raise FedriskInputError(f"line {reader.line_num} has {len(row)} fields, the header has "
+                                        f"{len(header)}", **where)
+            rows += 1
+    if rows == 0:
+        raise FedriskInputError("no rows (a header only)", **where)
+    return header
+
+
+def _read_csv(file: Path, where: dict[str, str | None]) -> pd.DataFrame:
+    encoding = _encoding(file)
     try:
-        if suffix in {".csv", ".txt"}:
-            return pd.read_csv(file)
-        if suffix in {".parquet", ".pq"}:
-            return pd.read_parquet(file)
-    except Exception as exc:  # pandas raises many types for unreadable files
+        header = _csv_header(file, encoding, where)
+    except UnicodeDecodeError:
+        shown = "UTF-8" if encoding == "utf-8-sig" else encoding.upper()
+        raise FedriskInputError(f"not {shown} text: save it as CSV UTF-8", **where) from None
+    except csv.Error as exc:
+        raise FedriskInputError(f"cannot read file: {exc}", **where) from None
+    columns = canonical_columns(header, where)  # before pandas: it would rename a duplicate
+    frame = pd.read_csv(file, encoding=encoding)
+    if len(frame.columns) != len(columns):  # the two parsers disagree: refuse, never guess
+        raise FedriskInputError(f"cannot read file: {len(frame.columns)} columns read, the header has "
+                                f"{len(columns)}", **where)
+    frame.columns = columns
+    return frame
+
+
+def _read_parquet(file: Path, where: dict[str, str | None]) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    canonical_columns(pq.read_schema(file).names, where)  # pyarrow fails obscurely on a duplicate
+    frame = pd.read_parquet(file)
+    frame.columns = canonical_columns(list(frame.columns), where)
+    if len(frame) == 0:
+        raise FedriskInputError("no rows", **where)
+    return frame
+
+
+def _check_path(file: Path, where: dict[str, str | None]) -> None:
+    """A path that is not a readable, non-empty file, said in words (Python's own errors vary)."""
+    try:
+        _check_file(file, where)
+    except OSError as exc:  # a folder on the way that may not be read, say
+        raise FedriskInputError(f"cannot read file: {exc.strerror or type(exc).__name__}", **where) from None
+
+
+def _check_file(file: Path, where: dict[str, str | None]) -> None:
+    if file.is_symlink() and not file.exists():
+        try:
+            file.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FedriskInputError("a symbolic link that loops", **where) from None
+        raise FedriskInputError("a symbolic link to a missing file", **where)
+    if not file.exists():
+        raise FedriskInputError("data file not found", **where)
+    if not file.is_file():
+        raise FedriskInputError("not a file", **where)
+    if file.stat().st_size == 0:
+        raise FedriskInputError("empty file (0 bytes)", **where)
+
+
+def read_table(path: str | Path, institution: str | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file, failing in one line naming the institution and file.
+
+    Column names come back canonical (`canonical_name`: case-folded, stripped), so a config's
+    names match whatever case the file uses; the rows are checked before pandas reads them."""
+    file = Path(path)
+    where: dict[str, str | None] = {"institution": institution, "file": str(file)}
+    _check_path(file, where)
+    suffix = file.suffix.lower()
+    if suffix not in CSV_SUFFIXES | PARQUET_SUFFIXES:
+        raise FedriskInputError(f"unsupported file type '{suffix}' (use .csv or .parquet)", **where)
+    try:
+        return _read_csv(file, where) if suffix in CSV_SUFFIXES else _read_parquet(file, where)
+    except FedriskInputError:
+        raise
+    except Exception as exc:  # pandas and pyarrow raise many types for unreadable files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FedriskInputError(
-            f"cannot read file: {reason}", institution=institution, file=str(file)
-        ) from None
-    raise FedriskInputError(
-        f"unsupported file type '{suffix}' (use .csv or .parquet)",
-        institution=institution,
-        file=str(file),
-    )
+        raise FedriskInputError(f"cannot read file: {reason}", **where) from None
 
 
 def institution_names(spec: DataSpec) -> list[str]:

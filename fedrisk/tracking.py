@@ -189,8 +189,11 @@ class CampaignRun(TrackedRun):
     def log_model(self, state: dict[str, Any], preprocessor: Preprocessor,
                   reference: dict[str, Any] | None = None) -> str:
         """Log the global model with its preprocessing and drift reference; returns the model URI."""
+        from fedrisk.scoring import transaction_spec
+
         with tempfile.TemporaryDirectory() as tmp:
-            files = save_model_files(Path(tmp), state, preprocessor, self.config.model, reference)
+            files = save_model_files(Path(tmp), state, preprocessor, self.config.model, reference,
+                                     transaction_spec(self.config, self.campaign))
             mlflow.set_tracking_uri(self.uri)
             pyfunc_log = logging.getLogger("mlflow.pyfunc")
             level = pyfunc_log.level

@@ -148,8 +148,9 @@ def validate_run(
                            policy.split)
     client.log_dict(run_id, verdict.to_dict(), run_schema.VERDICT_ARTIFACT)
     client.log_text(run_id, report, run_schema.GATE_REPORT_ARTIFACT)
-    failed = [f"{r.metric} ({r.where})" for r in verdict.results if r.outcome == "block"]
-    warned = [f"{r.metric} ({r.where})" for r in verdict.results if r.outcome == "warn"]
+    named = {r: f"{r.metric} ({'missing' if r.outcome == 'missing' else r.where})" for r in verdict.results}
+    failed = [named[r] for r in verdict.results if r.failed_as == "block"]
+    warned = [named[r] for r in verdict.results if r.failed_as == "warn"]
     gate_tags = {
         run_schema.GATE_VERDICT: verdict.verdict,
         run_schema.GATE_POLICY: policy.name,

@@ -229,7 +229,7 @@ def test_a_request_cannot_add_inputs_or_categories(tmp_path):
 
 def test_error_replies_carry_no_counts_or_dates(tmp_path):
     """Finding 10: a campaign naming another column as the target read exact counts from errors."""
-    config = _config(tmp_path, **{"data.target": "past_delinquencies", "data.protected": []})
+    config = _config(tmp_path, **{"data.target": "past_delinquencies", "data.protected": [], "gate.enabled": False})
     grid = LocalGrid.simulation(client_app, 3)
     reason = _reason(_send(grid, protocol.BOUNDS, protocol.request_config(config_to_json(config), "c1")))
     assert re.search(r"column 'past_delinquencies': target is not binary 0/1 \(N distinct values of type [a-z]+\d*\)$",

@@ -46,7 +46,7 @@ def test_files_load_with_features_and_without_identifiers(files):
 
 def test_the_simulators_scenario_column_never_reaches_the_model():
     config = load_config(None, {"task": "fraud", "institutions": 2, "data.synthetic.customers": 300,
-                                "data.synthetic.terminals": 600, "data.drop": []})
+                                "data.synthetic.terminals": 600, "data.drop": ["transaction_id"]})
     data = load_institution(config.data, "inst01", config.seed)
     assert "tx_fraud_scenario" not in data.frame.columns
 
@@ -208,6 +208,7 @@ def test_task_defaults_are_not_shared_between_loads(tmp_path):
 
 
 def test_policy_and_computed_fpr_must_agree():
-    with pytest.raises(FedriskInputError, match="judges recall_at_fpr_0.01 but the campaign computes recall_at_fpr_0.05"):
+    with pytest.raises(FedriskInputError, match=r"\(recall_at_fpr_0.01 >= 0.5, block\) names a metric this campaign "
+                                                r"does not log \(it logs: .*recall_at_fpr_0.05.*evaluation.max_fpr"):
         load_config(None, {"task": "fraud", "evaluation.max_fpr": 0.05})
     assert load_config(None, {"task": "fraud", "evaluation.max_fpr": 0.05, "gate.enabled": False})

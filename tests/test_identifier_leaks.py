@@ -19,7 +19,7 @@ from local_grid import LocalGrid
 from clients.client_app import app as client_app
 from fedrisk.config import load_config
 from fedrisk.errors import FedriskInputError
-from fedrisk.generators.credit import generate_consortium
+from fedrisk.generators.credit import CATEGORICAL_FEATURES, NUMERIC_FEATURES, generate_consortium
 from fedrisk.launcher import campaign_outcome
 from server.campaign import run_campaign
 
@@ -53,10 +53,13 @@ def test_identifier_values_never_leave_an_institution(tmp_path):
     # Not dropped: no value is held by enough customers to pass partition selection anywhere,
     # so the campaign stops, naming the column (and nothing of it leaves).
     config = load_config(None, settings, work_dir=folder)
-    with pytest.raises(FedriskInputError, match=r"column '(email|account_ref)': no value is frequent enough"):
+    with pytest.raises(FedriskInputError, match=r"column '(email|account_ref)': values shaped like"):
         run_campaign(LocalGrid.simulation(client_app, 3), config, "undropped")
-    # Dropped text columns, and the numeric phone number left in as an input: a whole campaign.
-    config = load_config(None, {**settings, "data.drop": ["customer_id", "email", "account_ref"]}, work_dir=folder)
+    # Dropped text columns, and the numeric phone number named as an input (the user's choice,
+    # refused as an identifier otherwise): a whole campaign.
+    inputs = [*NUMERIC_FEATURES, *CATEGORICAL_FEATURES, "phone"]
+    config = load_config(None, {**settings, "data.drop": ["customer_id", "email", "account_ref"],
+                                "data.features": inputs}, work_dir=folder)
     run_campaign(LocalGrid.simulation(client_app, 3), config, "identifiers")
     outcome = campaign_outcome(config, "identifiers")
     assert outcome.status == "completed"
