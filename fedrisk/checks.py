@@ -13,7 +13,7 @@ from fedrisk.columns import CUSTOMER, DAY, TERMINAL, Columns
 from fedrisk.config import DataSpec
 from fedrisk.consortium_features import buckets
 from fedrisk.errors import FedriskInputError
-from fedrisk.identifiers import numeric_identifier, text_identifier, whole_numbers
+from fedrisk.identifiers import CARD_CUSTOMERS, id_like_number, numeric_identifier, text_identifier
 from fedrisk.profile import is_date_column
 from fedrisk.transaction_features import transaction_features
 
@@ -80,28 +80,34 @@ def resolve_columns(frame: pd.DataFrame, spec: DataSpec, institution: str, file:
         if infinite:
             raise FedriskInputError(f"numeric column has {infinite} infinite values",
                                     institution=institution, file=file, column=column)
+    _refuse_non_inputs(frame, categorical, numeric, spec.features is None, institution, file)
+    return Columns(numeric, categorical, list(spec.protected), spec.target)
+
+
+def _refuse_non_inputs(frame: pd.DataFrame, categorical: list[str], numeric: list[str], chosen_by_us: bool,
+                       institution: str, file: str) -> None:
+    """Dates and identifiers are not risk drivers. A text identifier is refused always (its values
+    would travel in the shared vocabulary); a number or a date the user names in data.features
+    is the user's choice, otherwise refused too."""
+    def refuse(reason: str, column: str) -> None:
+        raise FedriskInputError(reason, institution=institution, file=file, column=column)
+
+    if chosen_by_us:
+        for column in [*categorical, *numeric]:
+            if is_date_column(frame[column]):
+                refuse("holds dates, not a model input: name it in data.quality.date_column (the record's date, for "
+                       "freshness) or add it to data.drop", column)
     for column in categorical:
-        # A text column with mostly distinct values, or shaped like e-mails or card numbers, is an
-        # identifier, not a category: its values would travel in the shared vocabulary.
         present = frame[column].dropna()
         reason = text_identifier(present)
         if reason is None and len(present) >= 20 and present.nunique() > IDENTIFIER_SHARE * len(present):
             reason = f"{present.nunique()} distinct values in {len(present)} rows: looks like an identifier"
         if reason:
-            raise FedriskInputError(f"{reason}; add it to data.drop (or list the model's inputs in data.features)",
-                                    institution=institution, file=file, column=column)
-    if spec.features is None:  # a number or date named in data.features is the user's choice
-        for column in categorical:
-            if is_date_column(frame[column]):
-                raise FedriskInputError(
-                    "holds dates, not a model input: name it in data.quality.date_column (the record's date, for "
-                    "freshness) or add it to data.drop", institution=institution, file=file, column=column)
-        for column in numeric:
-            reason = numeric_identifier(frame[column], column)
-            if reason:
-                raise FedriskInputError(f"{reason}; add it to data.drop, or list it in data.features to use it",
-                                        institution=institution, file=file, column=column)
-    return Columns(numeric, categorical, list(spec.protected), spec.target)
+            refuse(f"{reason}; add it to data.drop (or list the model's inputs in data.features)", column)
+    for column in numeric if chosen_by_us else []:
+        reason = numeric_identifier(frame[column], column)
+        if reason:
+            refuse(f"{reason}; add it to data.drop, or list it in data.features to use it", column)
 
 
 def check_target(frame: pd.DataFrame, target: str, institution: str, file: str,
@@ -165,21 +171,21 @@ def check_leaks(frame: pd.DataFrame, columns: Columns, target: pd.Series, name: 
 
 def check_card_identifiers(frame: pd.DataFrame, columns: Columns, name: str, source: str,
                            raw_numbers: list[str] = ()) -> None:
-    """A category whose values each belong to one customer is a card or account number.
+    """A category whose values each belong to a few customers is a card or account number, or a name.
 
     Category values travel in the shared vocabulary, so such a column would send card
     numbers to the server. Transactions repeat per card, so the share-of-rows test of
     `resolve_columns` cannot see it; counting customers per value can, whatever the dtype. A
     file's own whole-number columns (`raw_numbers`: a numeric card or national id) are counted too.
     """
-    whole = [c for c in raw_numbers if whole_numbers(frame[c])]
+    whole = [c for c in raw_numbers if id_like_number(frame[c], c)]
     for column in [*columns.categorical, *whole]:
         per_value = frame.groupby(column)[CUSTOMER].nunique()
-        single = float((per_value == 1).mean()) if len(per_value) else 0.0
-        if len(per_value) >= CARD_ID_MIN_VALUES and single >= IDENTIFIER_SHARE:
+        few = float((per_value <= CARD_CUSTOMERS).mean()) if len(per_value) else 0.0
+        if len(per_value) >= CARD_ID_MIN_VALUES and few >= IDENTIFIER_SHARE:
             raise FedriskInputError(
-                f"{single:.0%} of its {len(per_value)} values belong to a single customer: looks like a "
-                "card or account number; add it to data.drop (or list the features in data.features)",
+                f"{few:.0%} of its {len(per_value)} values belong to {CARD_CUSTOMERS} customers or fewer: looks like "
+                "a card or account number or a name; add it to data.drop (or list the features in data.features)",
                 institution=name, file=source, column=column,
             )
 

@@ -6,6 +6,7 @@ Shared by the data layer, preprocessing and drift; it knows nothing of where row
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -51,6 +52,23 @@ def _distinct(names: list[str]) -> list[str]:
             raise ValueError(f"'{name}' is listed twice (column names match in any case)")
         seen.add(name)
     return names
+
+
+def canonical_metric(name: str) -> str:
+    """A metric's name as runs log it: `Approval_Rate.SEX:F` is `approval_rate.sex:F` (a group
+    keeps its spelling: groups are values of the data, not column names)."""
+    head, colon, group = name.partition(":")
+    return canonical_name(head) + colon + group.strip()
+
+
+LOOK_ALIKE_SCRIPTS = {"LATIN", "CYRILLIC", "GREEK"}  # letters drawn alike: 'е' (Cyrillic) and 'e' (Latin)
+
+
+def mixed_scripts(name: str) -> list[str]:
+    """The alphabets of a name when it mixes look-alike ones (a Cyrillic 'е' in `sеx`), else [];
+    Japanese or Chinese headers mixing their own scripts with Latin 'ID' are not look-alikes."""
+    scripts = {unicodedata.name(ch, "UNKNOWN").split()[0] for ch in name if ch.isalpha()} & LOOK_ALIKE_SCRIPTS
+    return sorted(scripts) if len(scripts) > 1 else []
 
 
 ColumnName = Annotated[str, AfterValidator(canonical_name)]

@@ -92,6 +92,7 @@ def _with_record_date(spec: DataSpec, raw: pd.DataFrame, name: str, source: str)
     if spec.source == "synthetic" or spec.transactions is not None or spec.quality.date_column:
         return spec
     skip = {spec.target, *spec.drop, *spec.protected, *([spec.institution_column] if spec.institution_column else [])}
+    skip |= {c for c in raw.columns if pd.api.types.is_numeric_dtype(raw[c])}  # 20180315: a number, never read as a date
     found = record_date_column(raw, skip)
     if found is None:
         dated = [c for c in date_columns(raw, skip) if not PERSONAL_DATE.search(c)]

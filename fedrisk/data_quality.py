@@ -140,7 +140,8 @@ def _share_score(failed: float, checked: float) -> float:
 
 
 def _worst(counts: dict[str, float], noise: float, rows: float | None = None) -> str:
-    shown = {c: v for c, v in counts.items() if v > 3 * noise}
+    floor = (3 + np.sqrt(2 * np.log(max(len(counts), 1)))) * noise  # above what the largest of k noises reaches
+    shown = {c: v for c, v in counts.items() if v > floor}
     if not shown:
         return ""
     worst = max(shown, key=shown.get)

@@ -13,21 +13,24 @@ import numpy as np
 import pandas as pd
 
 MIN_ROWS = 20  # below this, distinct values happen by chance
-UNIQUE_SHARE = 0.98  # whole numbers distinct on nearly every row: a row or person number
-DENSE_SPAN = 10  # a numbering: its values span at most this many times the rows
-LONG_ID = 10**5  # or every value has six digits or more (national, customer or account numbers)
-SEQUENCE_SHARE = 0.5  # a running sequence: ordered whole numbers, mostly distinct
-LONG_NUMBER = 10**9  # every value with ten or more digits: phone, card or account numbers
-NAMED_ID = re.compile(r"(^|_)(id|ids|uuid|guid|phone|tel|mobile|msisdn|ssn|nin|iban)(_|$)"
-                      r"|(account|acct|card|customer|client|application|contract|national|passport|tax|social)"
-                      r"_?(no|nr|num|number|id|ref)(_|$)")
+UNIQUE_SHARE = 0.98  # whole numbers distinct on nearly every row ...
+DENSE_SPAN = 10  # ... and numbered from a start: their values span at most this many times the rows
+ID_DIGITS = 6  # whole numbers of one width, six digits or more: customer, account or national numbers ...
+ID_SHARE = 0.2  # ... distinct on this share of rows (a customer's loans repeat it) ...
+ROUND_SHARE = 0.5  # ... unless most are multiples of 100 (amounts in whole units are rounded)
+PHONE_DIGITS = 10  # ten digits or more, of one width: phone, card or account numbers, whatever repeats
+SEQUENCE_SHARE = 0.5  # a running sequence: ordered whole numbers, mostly distinct, mostly one step apart
+CARD_CUSTOMERS = 3  # fraud: a value held by at most this many customers singles them out
+NAMED_ID = re.compile(r"(^|[^a-z0-9])(id|ids|uuid|guid|no|nr|num|number|ref|key)$"
+                      r"|^(cif|member|borrower|acct|account|customer|cust|client|custno|customerid|clientid)$"
+                      r"|(^|[^a-z0-9])(phone|tel|telephone|mobile|msisdn|ssn|nin|iban)$")
 SHAPE_SHARE = 0.9  # text: this share of values with an identifier's shape
 SAMPLE = 2000  # text values looked at for shapes
 
 EMAIL = re.compile(r"^[\w.+'-]+@[\w-]+(\.[\w-]+)+$")
 NUMBER_LIKE = re.compile(r"^[+(]?[\dA-Za-z][\dA-Za-z\s().\-/]*$")  # phone, card, account or id numbers
 NOT_AN_ID = re.compile(r"^(-?\d*[.,]\d+"  # a decimal number written as text
-                       r"|\d{4}-\d{1,2}-\d{1,2}([ T].*)?"  # an ISO date or timestamp
+                       r"|\d{4}-\d{1,2}(-\d{1,2}([ T].*)?)?"  # an ISO date, month or timestamp
                        r"|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}([ T].*)?)$")  # a day/month/year date
 
 
@@ -47,25 +50,48 @@ def whole_numbers(values: pd.Series) -> bool:
     return _whole_numbers(values) is not None
 
 
+def _width(x: float) -> int:
+    return len(str(int(abs(x))))
+
+
 def numeric_identifier(values: pd.Series, name: str = "") -> str | None:
-    """Why a numeric column looks like an identifier, or None."""
+    """Why a numeric column looks like an identifier, or None.
+
+    Amounts in whole units (a currency without cents, a bill rounded to the unit) are distinct
+    on nearly every row too: they span orders of magnitude, go negative or are rounded, where
+    a numbering is dense from its start and an id number has one width."""
     numbers = _whole_numbers(values)
     if numbers is None:
         return None
     count = len(np.unique(numbers))
     distinct = count / len(numbers)
-    low, span = numbers.min(), numbers.max() - numbers.min()
-    # distinct on nearly every row, and numbered (dense from a start) or long: amounts in whole units are neither
-    if distinct >= UNIQUE_SHARE and low >= 0 and (span <= DENSE_SPAN * len(numbers) or low >= LONG_ID):
-        return f"whole numbers distinct on {distinct:.0%} of rows: looks like a row, customer or id number"
+    low, high = numbers.min(), numbers.max()
+    one_width = low > 0 and _width(low) == _width(high)
+    if distinct >= UNIQUE_SHARE and low >= 0 and high - low <= DENSE_SPAN * len(numbers):
+        return f"whole numbers distinct on {distinct:.0%} of rows, numbered from a start: looks like a row number"
+    if one_width and _width(low) >= PHONE_DIGITS and count >= MIN_ROWS:
+        return f"{_width(low)}-digit whole numbers: looks like a phone, card or account number"
+    if one_width and _width(low) >= ID_DIGITS and distinct >= ID_SHARE and np.mean(numbers % 100 == 0) < ROUND_SHARE:
+        return f"{_width(low)}-digit whole numbers on {distinct:.0%} of rows: looks like a customer, account or id number"
     steps = np.diff(numbers)
-    if distinct >= SEQUENCE_SHARE and (np.all(steps >= 0) or np.all(steps <= 0)):
-        return "whole numbers in a running sequence: looks like a row or application number"
-    if count >= MIN_ROWS and np.abs(numbers).min() >= LONG_NUMBER:
-        return "whole numbers of ten or more digits: looks like a phone, card or account number"
-    if count >= MIN_ROWS and NAMED_ID.search(name):
+    moves = steps[steps != 0]
+    if distinct >= SEQUENCE_SHARE and len(moves) and (np.all(steps >= 0) or np.all(steps <= 0)):
+        _, counts = np.unique(moves, return_counts=True)
+        if counts.max() >= 0.5 * len(moves):
+            return "whole numbers in a running sequence: looks like a row or application number"
+    if count >= max(MIN_ROWS, ID_SHARE * len(numbers)) and NAMED_ID.search(name):
         return f"{count} distinct whole numbers under an identifier's name"
     return None
+
+
+def id_like_number(values: pd.Series, name: str = "") -> bool:
+    """A whole-number column that could be a card, account or customer number (fraud: then
+    counted per customer): one width of six digits or more, or an identifier's name."""
+    numbers = _whole_numbers(values)
+    if numbers is None:
+        return False
+    low, high = numbers.min(), numbers.max()
+    return bool((low > 0 and _width(low) == _width(high) and _width(low) >= ID_DIGITS) or NAMED_ID.search(name))
 
 
 def _shape(text: str) -> str | None:

@@ -21,20 +21,25 @@ import yaml
 
 from fedrisk.checks import LEAK_CHECK_VALUES
 from fedrisk.config import TransactionSpec
+from fedrisk.data_quality import PLAUSIBLE
 from fedrisk.identifiers import numeric_identifier, text_identifier, whole_numbers
 from fedrisk.policy import DEFAULT_POLICIES, load_policy
 from fedrisk.profile import PERSONAL_DATE, date_columns, is_date_column, record_date_column
 from fedrisk.sources import read_table
 
 TARGET_NAMES = re.compile(r"default|target|label|fraud|bad|outcome|churn|class|^y$|arrears|delinq")
+EXACT_TARGETS = re.compile(r"^(default|target|label|y|bad|outcome|is_fraud|fraud|tx_fraud|class|default[._ ]payment"
+                           r"[._ ]next[._ ]month)$")
+EARLIER = re.compile(r"prior|prev|past|hist|flag|ever|last")  # an earlier event, not the outcome to predict
 PROTECTED_NAMES = {  # column-name pattern -> the canonical attribute the shipped policy may judge
-    "sex": re.compile(r"^(sex|gender)$"), "age_band": re.compile(r"^age_?(band|group|bucket|range)$"),
+    "sex": re.compile(r"(^|[^a-z])(sex|gender)([^a-z]|$)"), "age_band": re.compile(r"^age_?(band|group|bucket|range)$"),
     "marital_status": re.compile(r"marital|marriage"), "race": re.compile(r"race|ethnic"),
     "religion": re.compile(r"religio"), "nationality": re.compile(r"nationality|citizenship"),
 }
 AGE = re.compile(r"^age(_years)?$")
-COUNT_NAMES = re.compile(r"(^|_)(n|nb|num|number|count|cnt|total|open|past|years?|months?|days?|age|times|"
-                         r"dependents?|children|accounts?|delinquen\w*|inquir\w*|loans?|cards?)(_|$)")
+COUNT_NAMES = re.compile(r"(^|[^a-z])(n|nb|num|number|count|cnt|total|open|past|years?|yrs|months?|mths|days?|age|"
+                         r"times|dependents?|children|accounts?|acc|delinq\w*|inq\w*|pub|rec|mort|loans?|cards?|"
+                         r"products?|held)([^a-z]|$)")
 MAX_CODES = 12  # whole numbers with this many distinct values or fewer may be codes
 FRAUD_ROLES = {"customer": re.compile(r"customer|card|account|client|pan"),
                "terminal": re.compile(r"terminal|merchant|pos|store|shop|atm"),
@@ -63,19 +68,27 @@ def _binary(values: pd.Series) -> float | None:
 
 
 def _target(frame: pd.DataFrame, task: str) -> tuple[str | None, str]:
+    """The outcome column: a 0/1 column, by name (an exact target name first, an earlier event's
+    flag last), with its base rate and the other candidates named."""
     rates = {c: r for c in frame.columns if (r := _binary(frame[c])) is not None}
     if not rates:
-        return None, "no 0/1 column: the target must be coded 0/1 (1 = default or fraud)"
-    named = [c for c in rates if TARGET_NAMES.search(c) and not PROTECTED_NAMES["sex"].search(c)]
-    chosen = named[-1] if named else list(rates)[-1]
+        single = [c for c in frame.columns if TARGET_NAMES.search(c) and frame[c].nunique() == 1]
+        return None, (f"'{single[0]}' holds one class only: a target needs both 0 and 1" if single else
+                      "no 0/1 column: the target must be coded 0/1 (1 = default or fraud)")
+
+    def rank(column: str) -> tuple[int, int]:
+        return (bool(EXACT_TARGETS.match(column)), bool(TARGET_NAMES.search(column)) and not EARLIER.search(column))
+
+    chosen = max(rates, key=rank)
     others = ", ".join(f"{c} ({rates[c]:.1%})" for c in rates if c != chosen)
-    return chosen, (f"0/1 column, {rates[chosen]:.1%} positive" + (f"; other 0/1 columns: {others}" if others else ""))
+    return chosen, (f"0/1 column, {rates[chosen]:.1%} positive" + (f"; other 0/1 columns: {others} (check which is "
+                                                                   "the outcome to predict)" if others else ""))
 
 
 def _plausible(values: pd.Series) -> list[float | None]:
     """An open range rounded out to powers of ten: plausible, and no customer's value."""
     numbers = values.to_numpy(dtype=float)
-    numbers = numbers[np.isfinite(numbers)]
+    numbers = np.clip(numbers[np.isfinite(numbers)], -PLAUSIBLE, PLAUSIBLE)  # a 1.8e308 sentinel is no bound
     if not len(numbers):
         return [None, None]
 

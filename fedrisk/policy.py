@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fedrisk.columns import ColumnName
+from fedrisk.columns import canonical_metric
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import ATTRIBUTE_METRICS
 from fedrisk.strict_yaml import load_yaml, yaml_reason
@@ -18,14 +18,16 @@ DEFAULTS = Path(__file__).resolve().parent / "defaults"  # package data: install
 DEFAULT_POLICIES = {"credit": DEFAULTS / "gate_credit.yaml", "fraud": DEFAULTS / "gate_fraud.yaml"}
 # On 0.1-1 % positives a model that flags nothing is 99 % accurate: never a fraud gate metric.
 NOT_FOR_FRAUD = ("accuracy", "flag_rate", "loss")
+GROUP_METRICS = ("approval_rate", "auc")  # logged per group too: `approval_rate.sex:F`
 PRIVACY_AUC_LOSS = "privacy_auc_loss"  # relative AUC lost against the named non-private run
 
 
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    metric: ColumnName = Field(description="metric name without split prefix, e.g. auc, approval_rate_difference.sex "
-                                           "(any case: names are matched case-insensitively)")
+    metric: Annotated[str, AfterValidator(canonical_metric)] = Field(
+        description="metric name without split prefix, e.g. auc, approval_rate_difference.sex, approval_rate.sex:F "
+                    "(any case, but a group's spelling is kept)")
     comparator: Literal["<=", ">=", "<", ">"]
     threshold: float
     severity: Literal["block", "warn"]
@@ -61,6 +63,9 @@ def check_policy_fits(policy: Policy, protected: list[str], logged: set[str], fi
         named = f"gate policy '{policy.name}' rule {number} ({rule.metric} {rule.comparator} {rule.threshold:g}, " \
                 f"{rule.severity})"
         if base in ATTRIBUTE_METRICS or (base == "auc" and ":" in rule.metric):
+            if ":" in rule.metric and base not in GROUP_METRICS:
+                raise FedriskInputError(f"{named}: {base} is one number per attribute, not per group (only "
+                                        f"{' and '.join(GROUP_METRICS)} have groups)", file=file)
             if attribute not in protected:
                 listed = ", ".join(protected) or "none"
                 raise FedriskInputError(

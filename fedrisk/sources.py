@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedrisk.columns import canonical_name
+from fedrisk.columns import canonical_name, mixed_scripts
 from fedrisk.config import DataSpec, Drift, check_institution_name
 from fedrisk.errors import FedriskInputError
 from fedrisk.generators import credit, fraud
@@ -43,6 +43,10 @@ def canonical_columns(names: list[object], where: dict[str, str | None]) -> list
     out = []
     for position, name in enumerate(names, start=1):
         key = canonical_name(name)
+        scripts = mixed_scripts(key)
+        if scripts:  # a look-alike of another column's name (Cyrillic 'е' in 'sеx'): never guessed at
+            raise FedriskInputError(f"the name mixes {' and '.join(s.title() for s in scripts)} letters (a look-alike?): "
+                                    "write it in one alphabet", column=str(name), **where)
         if not key:
             raise FedriskInputError(f"column {position} has no name (a row index saved with the rows? "
                                     "save the file without it)", **where)
@@ -120,6 +124,12 @@ def _read_parquet(file: Path, where: dict[str, str | None]) -> pd.DataFrame:
     canonical_columns(pq.read_schema(file).names, where)  # pyarrow fails obscurely on a duplicate
     frame = pd.read_parquet(file)
     frame.columns = canonical_columns(list(frame.columns), where)
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == np.float16:  # pandas cannot group or index half floats
+            frame[column] = values.astype(np.float32)
+        elif values.dtype == object and values.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray))).any():
+            raise FedriskInputError("holds lists or records, not one value per row", column=str(column), **where)
     if len(frame) == 0:
         raise FedriskInputError("no rows", **where)
     return frame
