@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 
 from fedrisk import run_schema
 from fedrisk.config import CampaignConfig
 from fedrisk.fairness import GroupHistograms, fairness_scores, group_edges, merge_group_histograms
 from fedrisk.fraud_metrics import EMPTY_FRAUD, FraudStats, fraud_summary
 from fedrisk.metrics import EvalStats, evaluation_summary, performance
+from fedrisk.run_schema import INTERVAL_KEYS
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,60 @@ def smallest_group(noise: float, bins: int) -> float:
 
 
 NOISE_DRAWS = 200
+LEVEL = 0.95  # the confidence level of the intervals logged next to the pooled metrics
+FAIRNESS_KEYS = ("approval_rate_difference", "equal_opportunity_difference")
+
+
+def _pooled_values(stats: EvalStats, groups: GroupHistograms, noise: float, config: CampaignConfig,
+                   keys: tuple[str, ...], fairness_keys: tuple[str, ...]) -> dict[str, float]:
+    """The pooled metrics a gate judges, under their names without split prefix."""
+    ev = config.evaluation
+    values = {run_schema.metric_name(k, max_fpr=ev.max_fpr): v
+              for k, v in performance(stats, ev.threshold, ev.max_fpr).items() if k in keys}
+    if config.task == "credit" and fairness_keys:
+        edges = group_edges(stats.edges, ev.threshold)
+        fairness = fairness_scores(groups, ev.threshold, edges, smallest_group(noise, len(edges) + 1))
+        values.update({run_schema.fairness_metric(key, a): f[key] for a, f in fairness.items() for key in fairness_keys})
+    return values
+
+
+def _redrawn(stats: EvalStats, groups: GroupHistograms, noise: float, rng: np.random.Generator,
+             resample: bool) -> tuple[EvalStats, GroupHistograms]:
+    """One parametric-bootstrap copy of released statistics: each cell re-noised with the
+    release's noise and, with `resample`, first redrawn as a Poisson count (the rows' sampling),
+    its score sums scaled with it."""
+    def counts(values: np.ndarray, fixed: bool = False) -> np.ndarray:
+        """A class's rows are fixed by the split (multinomial); a group's share of them is not (Poisson)."""
+        kept = np.clip(values, 0, None)
+        if not resample or kept.sum() <= 0:
+            drawn = values
+        elif fixed:
+            drawn = values - kept + rng.multinomial(int(round(kept.sum())), kept / kept.sum()).astype(float)
+        else:
+            drawn = values - kept + rng.poisson(kept).astype(float)
+        return drawn + (rng.normal(0, noise, values.shape) if noise > 0 else 0.0)
+
+    def scaled(sums: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        mean = np.divide(sums, before, out=np.zeros_like(sums, dtype=float), where=before > 0)
+        return (mean * np.clip(after, 0, None) if resample else sums) + (rng.normal(0, noise, sums.shape)
+                                                                          if noise > 0 else 0.0)
+
+    pos, neg = counts(stats.hist_pos, fixed=True), counts(stats.hist_neg, fixed=True)
+    drawn = EvalStats(stats.edges, pos, neg, scaled(stats.score_sum_pos, stats.hist_pos, pos),
+                      scaled(stats.score_sum_neg, stats.hist_neg, neg))
+    by_group = {a: {g: (counts(p), counts(n)) for g, (p, n) in by.items()} for a, by in groups.items()}
+    return drawn, by_group
+
+
+def _spread(consortium: SplitStatistics, config: CampaignConfig, draws: int, resample: bool,
+            keys: tuple[str, ...], fairness_keys: tuple[str, ...]) -> dict[str, float]:
+    rng = np.random.default_rng(0)  # the released values are public: redrawing them needs no secrecy
+    samples: dict[str, list[float]] = {}
+    for _ in range(draws):
+        stats, groups = _redrawn(consortium.overall, consortium.groups, consortium.noise, rng, resample)
+        for key, value in _pooled_values(stats, groups, consortium.noise, config, keys, fairness_keys).items():
+            samples.setdefault(key, []).append(value)
+    return {key: float(np.nanstd(v)) for key, v in samples.items()}
 
 
 def noise_error(consortium: SplitStatistics, config: CampaignConfig, draws: int = NOISE_DRAWS) -> dict[str, float]:
@@ -77,22 +133,19 @@ def noise_error(consortium: SplitStatistics, config: CampaignConfig, draws: int 
     re-noised with the pooled noise). Reported next to the metrics; 0 when nothing was noised."""
     if consortium.noise <= 0:
         return {}
-    ev = config.evaluation
-    rng = np.random.default_rng(0)  # the released values are public: re-noising them needs no secrecy
-    stats, noise = consortium.overall, consortium.noise
-    keys = ("auc", "ks", "average_precision", "brier")
-    samples: dict[str, list[float]] = {}
-    for _ in range(draws):
-        shifted = EvalStats(stats.edges, *(getattr(stats, f) + rng.normal(0, noise, stats.hist_pos.shape)
-                                           for f in ("hist_pos", "hist_neg", "score_sum_pos", "score_sum_neg")))
-        values = {k: v for k, v in performance(shifted, ev.threshold, ev.max_fpr).items() if k in keys}
-        if config.task == "credit":
-            groups = {a: {g: (p + rng.normal(0, noise, p.shape), n + rng.normal(0, noise, n.shape))
-                          for g, (p, n) in by.items()} for a, by in consortium.groups.items()}
-            edges = group_edges(stats.edges, ev.threshold)
-            fairness = fairness_scores(groups, ev.threshold, edges, smallest_group(noise, len(edges) + 1))
-            values.update({run_schema.fairness_metric("approval_rate_difference", a): f["approval_rate_difference"]
-                           for a, f in fairness.items()})
-        for key, value in values.items():
-            samples.setdefault(key, []).append(value)
-    return {key: float(np.nanstd(v)) for key, v in samples.items()}
+    return _spread(consortium, config, draws, False, ("auc", "ks", "average_precision", "brier"),
+                   ("approval_rate_difference",))
+
+
+def intervals(consortium: SplitStatistics, config: CampaignConfig, level: float = LEVEL,
+              draws: int = NOISE_DRAWS) -> dict[str, tuple[float, float]]:
+    """A `level` confidence interval of each pooled metric a gate judges, from the same summed
+    statistics: the point value plus or minus z standard deviations of a parametric bootstrap
+    that redraws each histogram cell (Poisson: the rows' sampling) and re-noises it (the DP
+    noise), so both sources of error are in it. Bounded to [0, 1], where every such metric lies."""
+    values = _pooled_values(consortium.overall, consortium.groups, consortium.noise, config, INTERVAL_KEYS,
+                            FAIRNESS_KEYS)
+    spread = _spread(consortium, config, draws, True, INTERVAL_KEYS, FAIRNESS_KEYS)
+    z = float(norm.ppf(0.5 + level / 2))
+    return {key: (float(np.clip(value - z * spread[key], 0.0, 1.0)), float(np.clip(value + z * spread[key], 0.0, 1.0)))
+            for key, value in values.items() if np.isfinite(value) and np.isfinite(spread.get(key, np.nan))}

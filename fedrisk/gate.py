@@ -28,6 +28,7 @@ class RuleResult:
     outcome: str  # pass | warn | block | missing (not in the run: fails as its severity) | not applicable
     where: str  # "pooled" or the failing institutions
     description: str
+    interval: tuple[float, float] | None = None  # the metric's logged confidence interval (pooled rules)
 
     @property
     def failed_as(self) -> str | None:
@@ -55,6 +56,7 @@ class Verdict:
             f"{r.outcome.upper():5} {r.metric} {r.comparator} {r.threshold:g} ({r.scope}): "
             + (f"not in the run, fails as {r.severity}" if r.outcome == "missing"
                else f"{'-' if r.value is None else f'{r.value:.4f}'}")
+            + (f" [{r.interval[0]:.4f}, {r.interval[1]:.4f}]" if r.interval else "")
             + (f" at {r.where}" if r.where not in ("pooled", "") else "")
             for r in self.results
         ]
@@ -112,10 +114,11 @@ def apply_policy(
         else:
             value = shown[0] if shown else None
         absent = bool(values) and all(v is None for v in values.values())
+        interval = run_schema.interval_of(metrics, prefix, rule.metric) if rule.scope == "pooled" else None
         results.append(RuleResult(
             rule.metric, rule.scope, rule.comparator, rule.threshold, rule.severity, value,
             "missing" if absent else failing_outcome if failing else "pass",
-            ",".join(failing) if failing else "pooled", rule.description,
+            ",".join(failing) if failing else "pooled", rule.description, interval,
         ))
     failed = {r.failed_as for r in results}
     verdict = "block" if "block" in failed else "warn" if "warn" in failed else "pass"

@@ -59,7 +59,7 @@ def check_policy_fits(policy: Policy, protected: list[str], logged: set[str], fi
     not protect: said before any budget is spent, naming the rule."""
     for number, rule in enumerate(policy.rules, start=1):
         base, _, attribute = rule.metric.partition(".")
-        attribute = attribute.split(":")[0]
+        attribute = attribute.split(":")[0].removesuffix("_ci_low").removesuffix("_ci_high")
         named = f"gate policy '{policy.name}' rule {number} ({rule.metric} {rule.comparator} {rule.threshold:g}, " \
                 f"{rule.severity})"
         if base in ATTRIBUTE_METRICS or (base == "auc" and ":" in rule.metric):

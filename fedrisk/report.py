@@ -121,7 +121,9 @@ def render_report(
     colour = {"pass": "#1a7f37", "warn": "#b58100", "block": "#c62828"}[verdict.verdict]
     rules = [
         {"outcome": r.outcome, "metric": r.metric, "scope": r.scope, "rule": f"{r.comparator} {r.threshold:g}",
-         "value": "-" if r.value is None else r.value, "where": r.where, "severity": r.severity,
+         "value": "-" if r.value is None else r.value,
+         "95 % interval": "-" if r.interval is None else f"{r.interval[0]:.4f} to {r.interval[1]:.4f}",
+         "where": r.where, "severity": r.severity,
          "why": r.description}
         for r in verdict.results
     ]

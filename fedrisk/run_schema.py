@@ -148,9 +148,16 @@ TASK_METRIC_KEYS = {
 }
 
 
+INTERVAL_KEYS = ("auc", "ks", "average_precision", "brier", "recall_at_fpr")  # logged with `_ci_low`, `_ci_high`
+INTERVAL_SUFFIXES = ("_ci_low", "_ci_high")
+
+
 def task_metrics(task: str, *, threshold: float, max_fpr: float, k: int) -> set[str]:
-    """The names (no split prefix) of the pooled metrics a campaign of `task` logs."""
-    return {metric_name(key, threshold=threshold, max_fpr=max_fpr, k=k) for key in TASK_METRIC_KEYS[task]}
+    """The names (no split prefix) of the pooled metrics a campaign of `task` logs, with the
+    bounds of their confidence intervals (a rule may judge `auc_ci_low`)."""
+    names = {metric_name(key, threshold=threshold, max_fpr=max_fpr, k=k) for key in TASK_METRIC_KEYS[task]}
+    bounds = {f"{metric_name(key, max_fpr=max_fpr)}{end}" for key in INTERVAL_KEYS for end in INTERVAL_SUFFIXES}
+    return names | bounds
 
 
 def metric_name(key: str, *, threshold: float | None = None, max_fpr: float | None = None,
@@ -211,6 +218,21 @@ def data_quality_metrics(institution: str, card: dict[str, Any]) -> dict[str, fl
 def noise_metrics(split: str, errors: dict[str, float]) -> dict[str, float]:
     """`<split>_<metric>_noise_sd`: how much the DP noise in the released histograms moves a metric."""
     return {split_metric(split, f"{metric}_noise_sd"): value for metric, value in errors.items()}
+
+
+def interval_metrics(split: str, found: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """`<split>_<metric>_ci_low` and `_ci_high`: the confidence interval logged next to a metric."""
+    out = {}
+    for metric, (low, high) in found.items():
+        out[split_metric(split, f"{metric}_ci_low")] = low
+        out[split_metric(split, f"{metric}_ci_high")] = high
+    return out
+
+
+def interval_of(metrics: dict[str, float], split: str, metric: str) -> tuple[float, float] | None:
+    """The logged interval of a pooled metric, when the run has one."""
+    low, high = metrics.get(split_metric(split, f"{metric}_ci_low")), metrics.get(split_metric(split, f"{metric}_ci_high"))
+    return None if low is None or high is None else (low, high)
 
 
 def importance_metric(feature: str) -> str:

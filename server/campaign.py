@@ -43,7 +43,7 @@ from fedrisk.data import quality_card
 from fedrisk.data_quality import exclusion_reason
 from fedrisk.drift import SCORE, build_reference, coarsen, reference_edges
 from fedrisk.errors import FedriskInputError
-from fedrisk.evaluation import NOISE_DRAWS, SplitStatistics, noise_error, pooled, split_metrics
+from fedrisk.evaluation import LEVEL, NOISE_DRAWS, SplitStatistics, intervals, noise_error, pooled, split_metrics
 from fedrisk.guard import REFERENCE_BINS
 from fedrisk.metrics import (
     EvalStats,
@@ -438,6 +438,8 @@ def evaluate_final(training: Training, config: CampaignConfig, campaign: str, st
         consortium = pooled(test)
         errors = noise_error(consortium, config)
         metrics.update(run_schema.noise_metrics(run_schema.TEST, errors))
+        found = intervals(consortium, config)
+        metrics.update(run_schema.interval_metrics(run_schema.TEST, found))
         stats = consortium.overall
         bands = calibration_bands(stats.hist_pos, stats.hist_neg, stats.score_sum_pos + stats.score_sum_neg, stats.edges)
         run.log_dict({"split": "test", "bands": bands, "noise_per_cell": consortium.noise}, run_schema.CALIBRATION_ARTIFACT)
@@ -446,7 +448,11 @@ def evaluate_final(training: Training, config: CampaignConfig, campaign: str, st
         run.log_dict({"split": "test", "noise_per_cell": consortium.noise, "draws": NOISE_DRAWS,
                       "standard_deviation": errors,
                       "meaning": "how much each pooled test metric moves under the DP noise the institutions added "
-                                 "(parametric bootstrap of the released histograms)"}, run_schema.NOISE_ARTIFACT)
+                                 "(parametric bootstrap of the released histograms)",
+                      "intervals": {"level": LEVEL, "bounds": {k: list(v) for k, v in found.items()},
+                                    "meaning": "the metric plus or minus z standard deviations of a bootstrap that "
+                                               "redraws every histogram cell (the rows' sampling) and re-noises it "
+                                               "(the DP noise)"}}, run_schema.NOISE_ARTIFACT)
     run.log_metrics(metrics, step=strategy.rounds_done)
     return FinalEvaluation(replies, validation, test, metrics)
 

@@ -413,3 +413,11 @@ def test_inspect_survives_the_largest_double_and_proposes_the_real_target(tmp_pa
     assert "code_gender" in proposal.spec["protected"]
     assert "delinq_2yrs" not in proposal.spec["categorical"]
     assert proposal.spec["quality"]["ranges"]["income"][1] <= 1e15
+
+
+def test_a_rule_may_judge_the_bound_of_an_interval(tmp_path):
+    path = tmp_path / "bounds.yaml"
+    path.write_text("name: b\nrules:\n  - {metric: auc_ci_low, comparator: '>=', threshold: 0.7, severity: block}\n"
+                    "  - {metric: approval_rate_difference.sex_ci_high, comparator: '<=', threshold: 0.05, "
+                    "severity: block}\n")
+    assert load_config(None, {"gate.policy": str(path), "data.protected": ["sex"]}).gate.policy == str(path)
