@@ -26,7 +26,7 @@ class RuleResult:
     severity: str
     value: float | None
     outcome: str  # pass | warn | block | missing (not in the run: fails as its severity) | not applicable
-    where: str  # "pooled" or the failing institutions
+    where: str  # the failing institutions; when it holds, "pooled" or the worst institution shown
     description: str
     interval: tuple[float, float] | None = None  # the metric's logged confidence interval (pooled rules)
 
@@ -106,19 +106,21 @@ def apply_policy(
         failing = sorted(where for where, ok in checks.items() if ok is not True)
         if not values:
             failing = ["no institution"]  # nothing to check is a failure, not a pass
-        shown = [v for v in values.values() if v is not None]
+        shown = {where: v for where, v in values.items() if v is not None}
+        held = "pooled"  # where the value shown was measured: never "pooled" for one institution's value
         if rule.scope == "every_institution" and shown:
             # the worst institution's value is the one that matters; NaN shows as NaN
             worst = min if rule.comparator in (">=", ">") else max
-            value = worst(shown) if all(math.isfinite(v) for v in shown) else float("nan")
+            held = worst(shown, key=lambda w: shown[w])
+            value = shown[held] if all(math.isfinite(v) for v in shown.values()) else float("nan")
         else:
-            value = shown[0] if shown else None
+            value = next(iter(shown.values()), None)
         absent = bool(values) and all(v is None for v in values.values())
         interval = run_schema.interval_of(metrics, prefix, rule.metric) if rule.scope == "pooled" else None
         results.append(RuleResult(
             rule.metric, rule.scope, rule.comparator, rule.threshold, rule.severity, value,
             "missing" if absent else failing_outcome if failing else "pass",
-            ",".join(failing) if failing else "pooled", rule.description, interval,
+            ",".join(failing) if failing else held, rule.description, interval,
         ))
     failed = {r.failed_as for r in results}
     verdict = "block" if "block" in failed else "warn" if "warn" in failed else "pass"

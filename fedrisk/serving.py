@@ -40,7 +40,8 @@ class RiskModel(mlflow.pyfunc.PythonModel):
         self.model.load_state_dict(torch.load(context.artifacts["weights"], weights_only=True))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
-        """Probability of default per row of `model_input`, a DataFrame of raw columns (any case)."""
+        """Per row of `model_input` (raw columns, names in any case), the probability of default for a
+        credit model, of fraud for a card-fraud model (whose inputs are engineered: `fedrisk score`)."""
         model_input = model_input.rename(columns=lambda c: canonical_name(str(c)))
         try:
             x = self.preprocessor.transform(model_input)

@@ -6,7 +6,7 @@ import pytest
 
 from fedrisk.errors import FedriskInputError
 from fedrisk.gate import apply_policy
-from fedrisk.policy import Policy, load_policy
+from fedrisk.policy import Policy, Rule, load_policy
 
 GOOD = {"test_auc": 0.80, "test_ks": 0.45, "test_approval_rate_difference.sex": 0.01,
         "test_approval_rate_difference.age_band": 0.02, "test_auc.a": 0.79, "test_auc.b": 0.70}
@@ -123,3 +123,12 @@ def test_a_policy_judges_only_its_own_task():
 
     with pytest.raises(FedriskInputError, match="a credit policy cannot judge a fraud model"):
         load_policy(DEFAULT_POLICIES["credit"], "fraud")
+
+
+def test_a_passing_every_institution_rule_names_the_institution_whose_value_it_shows():
+    """A per-institution value is never labelled pooled (issue 17, item 5)."""
+    policy = Policy(name="p", rules=[Rule(metric="auc", comparator=">=", threshold=0.65, severity="warn",
+                                          scope="every_institution")])
+    verdict = apply_policy(policy, {"test_auc.a": 0.80, "test_auc.b": 0.7888, "test_auc": 0.81}, ["a", "b"])
+    assert verdict.results[0].outcome == "pass" and verdict.results[0].where == "b"
+    assert verdict.results[0].value == 0.7888 and verdict.summary_lines()[0].endswith("0.7888 at b")
