@@ -176,3 +176,9 @@ def shared_bounds(table: np.ndarray, cal: Calendar, windows: list[int],
         out[f"consortium_terminal_risk_{w}d"] = (0.0, 1.0, [
             float(q) for q in np.quantile(share, levels, weights=weights, method="inverted_cdf")])
     return {name: out[name] for name in feature_names(windows)}
+
+
+def kept_table(campaign: str) -> str:
+    """Where, under an institution's home, its node keeps a campaign's summed terminal table: a
+    later message, another process and `fedrisk score` read it there."""
+    return f"shared_tables/{hashlib.sha256(campaign.encode()).hexdigest()[:32]}.npy"

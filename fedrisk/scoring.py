@@ -13,7 +13,6 @@ It runs where the issuer's data are and sends nothing anywhere.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 from fedrisk.checks import engineer_transactions, local_timestamps
 from fedrisk.columns import DAY, TERMINAL
 from fedrisk.config import CampaignConfig, DataSpec, TransactionSpec
-from fedrisk.consortium_features import Calendar, check_table, consortium_features, feature_names
+from fedrisk.consortium_features import Calendar, check_table, consortium_features, feature_names, kept_table
 from fedrisk.errors import FedriskInputError
 from fedrisk.models import build_model, predict_proba
 from fedrisk.preprocessing import Preprocessor
@@ -34,12 +33,6 @@ from fedrisk.transaction_features import window_names
 
 SPEC_FORMAT = 1
 SECONDS_A_DAY = 86_400
-
-
-def kept_table(campaign: str) -> str:
-    """Where, under an institution's home, its node keeps a campaign's summed terminal table
-    (`fedrisk.session.NodeSession.table_path`; a test holds the two together)."""
-    return f"shared_tables/{hashlib.sha256(campaign.encode()).hexdigest()[:32]}.npy"
 
 
 def transaction_spec(config: CampaignConfig, campaign: str) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from fedrisk import lineage
 from fedrisk.budget import SIZE_NOISE, CampaignPlan, Shape, exact_plan, plan_campaign
 from fedrisk.columns import DAY, TERMINAL
 from fedrisk.config import CampaignConfig, config_from_json
-from fedrisk.consortium_features import check_table, consortium_features, load_key
+from fedrisk.consortium_features import check_table, consortium_features, kept_table, load_key
 from fedrisk.data import InstitutionData, load_institution
 from fedrisk.data_quality import blocks as quality_blocks
 from fedrisk.errors import FedriskInputError, PolicyRefused
@@ -103,7 +103,7 @@ class NodeSession:
     def table_path(self, campaign: str) -> Path:
         """Where the node keeps a campaign's shared table: its own home (a later message, another
         process, `fedrisk score`, read it there)."""
-        return self.home / "shared_tables" / f"{hashlib.sha256(campaign.encode()).hexdigest()[:32]}.npy"
+        return self.home / kept_table(campaign)
 
     def attach_table(self, campaign: str, table: np.ndarray | None = None) -> None:
         """Compute the consortium's columns of every row from the campaign's summed table (given,

@@ -263,7 +263,7 @@ def test_the_entry_point_prints_one_line_without_traceback(tmp_path):
 
 
 def test_the_kept_table_is_where_the_node_keeps_it(tmp_path):
-    from fedrisk.scoring import kept_table
+    from fedrisk.consortium_features import kept_table
     from fedrisk.session import NodeSession
 
     config = load_config(None, {"task": "fraud"}, work_dir=tmp_path)
@@ -344,7 +344,7 @@ def test_fraud_campaign_model_scores_its_test_window_from_raw_transactions(tmp_p
 
 @pytest.mark.slow
 def test_consortium_model_scores_with_the_kept_table_and_the_sketch_key(tmp_path, capsys, monkeypatch):
-    from fedrisk.scoring import kept_table
+    from fedrisk.consortium_features import kept_table
     from fedrisk.session import NodeSession
 
     overrides = {**FRAUD, "data.transactions.consortium_features": True, "data.transactions.sketch_width": 4096}
