@@ -9,6 +9,12 @@ the MLflow runs it covers (`anchor_tags`), and `verify_anchors` compares the two
 
 Appends take an exclusive lock on a side file, so processes writing at once (the server, a
 validator promoting a model) each chain onto the true last entry.
+
+The chain shows that nothing changed since an entry was written, not who wrote it: anyone who
+can write the file can append a well-hashed entry. So each entry is signed (Ed25519) by its
+actor's key when this machine holds it (`fedrisk keys create`), and `verify_signatures`
+checks every entry against the consortium's roster (`fedrisk.identity`): signed, by a listed
+key, held by the person the entry names, in a role that may write that event.
 """
 
 from __future__ import annotations
@@ -27,12 +33,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedrisk import run_schema
+from fedrisk import identity, run_schema
 from fedrisk.errors import FedriskInputError
 from fedrisk.strict_json import nan_to_null
 
 GENESIS = "0" * 64
 FIELDS = ("actor", "details", "event", "hash", "prev", "seq", "time")
+SIGNED_FIELDS = tuple(sorted((*FIELDS, "key", "sig")))
+# Who may write which event (any roster member may write the others).
+EVENT_ROLES = {"approval": {"approver"}, "promotion": {"approver"}, "override_promotion": {"approver"},
+               "campaign_started": {"trainer", "coordinator"}, "campaign_ended": {"trainer", "coordinator"}}
 DEFAULT_PATH = ".fedrisk/audit.jsonl"
 
 
@@ -62,7 +72,8 @@ def canonical(value: Any) -> bytes:
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+    """Over everything but the hash and the signature (which signs the hash, so covers the rest)."""
+    return hashlib.sha256(canonical({k: v for k, v in entry.items() if k not in ("hash", "sig")})).hexdigest()
 
 
 @contextmanager
@@ -102,12 +113,14 @@ def _last_line(path: Path) -> bytes | None:
 
 
 def append(path: str | Path, event: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
-    """Chain one entry onto the log (creating it with a `log_created` entry); returns it."""
+    """Chain one entry onto the log (creating it with a `log_created` entry), signed with the
+    actor's key when this machine holds one; returns it."""
     path = Path(path)
+    signer = identity.private_key(actor)
     with locked(path):
         last = _last_line(path)
         if last is None:
-            previous = _write(path, None, "log_created", actor, {"log_id": uuid.uuid4().hex})
+            previous = _write(path, None, "log_created", actor, {"log_id": uuid.uuid4().hex}, signer)
         else:
             try:
                 previous = json.loads(last)
@@ -116,11 +129,11 @@ def append(path: str | Path, event: str, actor: str, details: dict[str, Any]) ->
             except (ValueError, KeyError, TypeError):
                 raise FedriskInputError("audit log's last entry is damaged; run `fedrisk audit verify`",
                                         file=str(path)) from None
-        return _write(path, previous, event, actor, details)
+        return _write(path, previous, event, actor, details, signer)
 
 
 def _write(path: Path, previous: dict[str, Any] | None, event: str, actor: str,
-           details: dict[str, Any]) -> dict[str, Any]:
+           details: dict[str, Any], signer: identity.Ed25519PrivateKey | None) -> dict[str, Any]:
     entry = {
         "seq": 1 if previous is None else int(previous["seq"]) + 1,
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
@@ -129,7 +142,11 @@ def _write(path: Path, previous: dict[str, Any] | None, event: str, actor: str,
         "details": nan_to_null(details),
         "prev": GENESIS if previous is None else previous["hash"],
     }
+    if signer is not None:
+        entry["key"] = identity.public_text(signer.public_key())
     entry["hash"] = entry_hash(entry)
+    if signer is not None:
+        entry["sig"] = identity.sign(signer, entry["hash"].encode())
     line = canonical(entry) + b"\n"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o664)
@@ -192,8 +209,8 @@ def verify(path: str | Path) -> Check:
             entry = json.loads(line)
         except ValueError:
             return broken(number, f"line {number}: not a JSON entry (modified)")
-        if (not isinstance(entry, dict) or tuple(sorted(entry)) != FIELDS or not isinstance(entry["details"], dict)
-                or type(entry["seq"]) is not int):
+        if (not isinstance(entry, dict) or tuple(sorted(entry)) not in (FIELDS, SIGNED_FIELDS)
+                or not isinstance(entry["details"], dict) or type(entry["seq"]) is not int):
             return broken(number, f"line {number}: not an audit entry (fields changed)")
         try:
             same = canonical(entry) == line
@@ -215,6 +232,29 @@ def verify(path: str | Path) -> Check:
             log_id = entry["details"]["log_id"]
         previous, count = entry, count + 1
     return Check(str(path), count, previous, log_id)
+
+
+def verify_signatures(path: str | Path, roster: identity.Roster) -> str | None:
+    """The first entry (of a log whose chain is intact) not signed by the roster key of the person
+    it names, in a role that may write it; None when every entry is."""
+    for number, line, _ in read_entries(path):
+        entry = json.loads(line)
+        where = f"entry {entry['seq']} at line {number} ({entry['event']} by {entry['actor']})"
+        if "sig" not in entry:
+            return f"{where} is not signed"
+        if not identity.signature_holds(entry["key"], entry["hash"].encode(), entry["sig"]):
+            return f"{where}: its signature does not verify (changed after signing)"
+        roles = roster.roles_of(entry["key"])
+        if not roles:
+            return f"{where}: signed by a key that is not in the roster {roster.path}"
+        signers = sorted(set(roles.values()))
+        if identity.skeleton(entry["actor"]) not in {identity.skeleton(n) for n in signers}:
+            return f"{where}: signed by {', '.join(signers)}, not by {entry['actor']}"
+        needed = EVENT_ROLES.get(entry["event"])
+        if needed and not needed & set(roles):
+            return (f"{where}: a {entry['event']} needs the role {' or '.join(sorted(needed))}; {signers[0]} holds "
+                    f"{', '.join(sorted(roles))}")
+    return None
 
 
 def head_tag(entry: dict[str, Any]) -> str:

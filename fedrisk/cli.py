@@ -41,6 +41,12 @@ def _simulate(args: argparse.Namespace) -> int:
         f"{config.training.rounds} rounds, {config.model.kind}, DP {dp}",
         file=sys.stderr,
     )
+    if args.reference:
+        from fedrisk.launcher import simulate_with_reference
+
+        outcome = simulate_with_reference(config, verbose=args.verbose)
+        print(f"reference    {outcome.tags.get(run_schema.GATE_REFERENCE, '-')} (non-private twin)")
+        return print_outcome(config, outcome)
     return print_outcome(config, simulate(config, verbose=args.verbose))
 
 
@@ -111,7 +117,10 @@ def _download_report(uri: str, run_id: str) -> dict[str, Any]:
 def _validate(args: argparse.Namespace) -> int:
     from fedrisk.validation import validate_run
 
-    verdict = validate_run(_tracking_uri(args), args.run_id, args.policy, audit_log=args.audit_log)
+    if args.reference_uri and not args.reference:
+        raise FedriskInputError("--reference-uri goes with --reference RUN")
+    verdict = validate_run(_tracking_uri(args), args.run_id, args.policy, audit_log=args.audit_log,
+                           reference_run=args.reference, reference_uri=args.reference_uri)
     print(f"verdict {verdict.verdict.upper()} (policy {verdict.policy})")
     for line in verdict.summary_lines():
         print(f"  {line}")
@@ -161,7 +170,7 @@ def _audit_privacy(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from fedrisk import audit
+    from fedrisk import audit, identity
     from fedrisk.tracking import audit_anchors
 
     path = Path(args.path or audit.DEFAULT_PATH).resolve()
@@ -172,21 +181,44 @@ def _audit_verify(args: argparse.Namespace) -> int:
         return 1
     head = audit.head_tag(check.head) if check.head else "-"
     print(f"audit log {path}: chain intact, {check.entries} entries, head {head}")
+    if args.chain_only:
+        print("chain only   signatures and anchors not checked (--chain-only): who wrote the entries, and whether "
+              "the log was cut short or rewritten whole, is not shown")
+        return 0
+    status = 0
     uri = _tracking_uri(args)
     store = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    anchors: dict[str, str] | None = None
     if store is not None and not store.is_file():
-        print(f"anchors      not checked: no MLflow store at {store}")
-        return 0
-    anchors, foreign = audit_anchors(uri, check.log_id or "", path)
-    problem = audit.verify_anchors(path, anchors)
-    if foreign:
-        where, other = sorted(foreign.items())[0]
-        problem = f"{where} recorded log id {other} at this path; the file holds log {check.log_id}: the log was replaced"
+        print(f"anchors      NOT CHECKED: no MLflow store at {store} (--tracking-uri)")
+        status = 1
+    else:
+        try:
+            anchors, foreign = audit_anchors(uri, check.log_id or "", path)
+        except Exception as exc:  # an unreachable server: say so, and fail
+            print(f"anchors      NOT CHECKED: MLflow store {uri} not reachable ({str(exc).splitlines()[0][:200]})")
+            status = 1
+    if anchors is not None:
+        problem = audit.verify_anchors(path, anchors)
+        if foreign:
+            where, other = sorted(foreign.items())[0]
+            problem = (f"{where} recorded log id {other} at this path; the file holds log {check.log_id}: the log "
+                       "was replaced")
+        if problem:
+            print(f"audit log {path}: BROKEN: {problem}")
+            return 1
+        print(f"anchors      {len(anchors)} MLflow run(s) hold a copy of an entry, all match")
+    try:
+        roster = identity.load_roster(args.roster, args.ca)
+    except FedriskInputError as err:
+        print(f"signatures   NOT CHECKED: {err.detail}")
+        return 1
+    problem = audit.verify_signatures(path, roster)
     if problem:
         print(f"audit log {path}: BROKEN: {problem}")
         return 1
-    print(f"anchors      {len(anchors)} MLflow run(s) hold a copy of an entry, all match")
-    return 0
+    print(f"signatures   all {check.entries} entries signed by their roster key ({roster.path})")
+    return status
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -277,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int)
     sim.add_argument("--tracking-uri", dest="tracking_uri")
     sim.add_argument("--no-dp", action="store_true", help="non-private baseline")
+    sim.add_argument("--reference", action="store_true",
+                     help="then train the campaign's non-private twin and judge the privacy rule against it "
+                          "(every institution's policy must allow privacy.require_dp false; spends their budget)")
     sim.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override any config key, e.g. --set model.kind=logistic")
     sim.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
@@ -285,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("run_id")
     val.add_argument("--policy", help="policy YAML (default: the campaign's gate.policy, else the shipped policy of "
                                       "its task, as configs/gate_<task>.yaml)")
+    val.add_argument("--reference", metavar="RUN", help="non-private run of the same set-up for the privacy rule "
+                                                        "(overrides the policy's reference_run)")
+    val.add_argument("--reference-uri", dest="reference_uri", metavar="URI",
+                     help="tracking URI of the reference's store (default: the run's own)")
     _store_options(val)
     val.set_defaults(func=_validate)
     mon = sub.add_parser("monitor", help="watch a registered model's new data windows for drift")
@@ -314,10 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     rol.set_defaults(func=_rollback)
     aud = sub.add_parser("audit", help="check the hash-chained audit log")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True)
-    ver = aud_sub.add_parser("verify", help="exit 0 when intact, 1 naming the first bad entry")
+    ver = aud_sub.add_parser("verify", help="chain, signatures against the roster, and the copies of its head in "
+                                            "MLflow: exit 0 when all hold, 1 naming the first bad entry or what "
+                                            "could not be checked")
     ver.add_argument("path", nargs="?", help="audit log (default: .fedrisk/audit.jsonl)")
     ver.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db",
                      help="MLflow store whose runs hold copies of the log's head (catches a log cut short)")
+    ver.add_argument("--roster", help="the consortium's signed roster (default: $FEDRISK_ROSTER)")
+    ver.add_argument("--ca", help="the CA's public key the roster must be signed with (default: $FEDRISK_ROSTER_CA)")
+    ver.add_argument("--chain-only", dest="chain_only", action="store_true",
+                     help="check the hash chain alone and say so (exit 0 when intact)")
     ver.set_defaults(func=_audit_verify)
     pa = aud_sub.add_parser("privacy", help="attack a simulated campaign's run whose members are known: singleton "
                                             "bins, stored scores, loss-threshold membership inference")
@@ -345,10 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--pdo", type=float, default=20.0)
     exp.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
     exp.set_defaults(func=_explain)
-    from fedrisk import federation_cli, institution_cli, score_cli
+    from fedrisk import federation_cli, institution_cli, keys_cli, score_cli
 
     federation_cli.add_parser(sub)
     institution_cli.add_parser(sub)
+    keys_cli.add_parser(sub)
     score_cli.add_parser(sub)
     return parser
 

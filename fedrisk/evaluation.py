@@ -71,7 +71,6 @@ def smallest_group(noise: float, bins: int) -> float:
 
 
 NOISE_DRAWS = 200
-LEVEL = 0.95  # the confidence level of the intervals logged next to the pooled metrics
 FAIRNESS_KEYS = ("approval_rate_difference", "equal_opportunity_difference")
 
 
@@ -137,7 +136,7 @@ def noise_error(consortium: SplitStatistics, config: CampaignConfig, draws: int 
                    ("approval_rate_difference",))
 
 
-def intervals(consortium: SplitStatistics, config: CampaignConfig, level: float = LEVEL,
+def intervals(consortium: SplitStatistics, config: CampaignConfig, level: float = run_schema.INTERVAL_LEVEL,
               draws: int = NOISE_DRAWS) -> dict[str, tuple[float, float]]:
     """A `level` confidence interval of each pooled metric a gate judges, from the same summed
     statistics: the point value plus or minus z standard deviations of a parametric bootstrap

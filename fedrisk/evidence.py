@@ -254,7 +254,7 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
     gate = evidence["gate"]
     rules = [{**{k: r.get(k) for k in ("outcome", "metric", "scope", "comparator", "threshold", "value")},
               "95 % interval": "-" if not r.get("interval") else f"{r['interval'][0]:.4f} to {r['interval'][1]:.4f}",
-              "where": r.get("where")} for r in gate["rules"]]
+              "where": r.get("where"), "note": r.get("note") or "-"} for r in gate["rules"]]
     parts.append(_section("11. Gate verdict", _kv({k: v for k, v in gate.items() if k != "rules"}) + html_table(rules)))
     approvals = [{"version": f"{v['model']}/{v['version']}", "aliases": ", ".join(v["aliases"]) or "-",
                   "archived": v["archived"], "override": v["override"], "approver": a["approver"], "time": a["time"],

@@ -116,6 +116,42 @@ def simulate(config: CampaignConfig, *, campaign: str | None = None, check_input
     return outcome
 
 
+def reference_config(config: CampaignConfig) -> CampaignConfig:
+    """The same campaign without DP, as a reference for the gate's privacy rule: never gated or
+    registered (it is evidence, not a model to deploy)."""
+    if not config.privacy.enabled:
+        raise FedriskInputError("--reference compares a DP campaign with its non-private twin: this campaign has "
+                                "privacy.enabled false")
+    return config.model_copy(update={"privacy": config.privacy.model_copy(update={"enabled": False}),
+                                     "gate": config.gate.model_copy(update={"enabled": False})})
+
+
+def simulate_with_reference(config: CampaignConfig, *, verbose: bool = False) -> Outcome:
+    """The campaign, then its non-private twin on the same data and settings, then the gate again
+    with the twin as reference. Every institution's policy must accept the non-private release:
+    that is checked before anything is trained. The private campaign runs first because the
+    ledger records the twin's releases as what they are, infinitely costly."""
+    from fedrisk.validation import validate_run
+
+    twin = reference_config(config)
+    preflight(twin)  # a policy that requires DP refuses the twin now, before any budget is spent
+    outcome = simulate(config, verbose=verbose)
+    if outcome.status != "completed":
+        return outcome
+    log.warning("training the non-private reference (a non-private release of every institution's data)")
+    reference = simulate(twin, verbose=verbose, check_inputs=False)
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(config.tracking.uri).set_tag(reference.run_id, run_schema.REFERENCE_FOR, outcome.run_id)
+    if reference.status != "completed":
+        raise FedriskInputError(f"the non-private reference {reference.run_id} did not complete ({reference.status}): "
+                                "the privacy rule stays not evaluated")
+    if config.gate.enabled:
+        validate_run(config.tracking.uri, outcome.run_id, config.gate.policy, actor=config.audit.actor,
+                     reference_run=reference.run_id)
+    return campaign_outcome(config, outcome.campaign) or outcome
+
+
 def campaign_outcome(config: CampaignConfig, campaign: str) -> Outcome | None:
     """A campaign's MLflow run as the CLI summarises it; None when it left no run."""
     run = find_campaign_run(config.tracking.uri, config.tracking.experiment, campaign)

@@ -329,21 +329,40 @@ def importance_from_histograms(
 
 
 def evaluation_grid(fine_counts: np.ndarray | None, fine_edges: np.ndarray | list[float], bins: int,
-                    threshold: float | None, noise: float = 0.0) -> np.ndarray:
+                    threshold: float | None, noise: float = 0.0, keep: np.ndarray | list[float] = ()) -> np.ndarray:
     """The campaign's evaluation grid: edges of the fine grid at quantiles of the pooled (noised)
     score counts. Half the bins split the rows evenly; the other half are ever finer towards the
     top (the last 10 %, 1 %, ... 0.001 % of scores), where frauds and the riskiest applicants sit
-    and precision is decided. The operating threshold is always an edge. Without counts, or with
-    too few edges, the log-odds grid. Post-processing of a DP release: it costs no privacy."""
+    and precision is decided. The operating threshold and the edges in `keep` (the score's
+    deciles) are always edges, and all of them together are at most `bins` edges, which is what
+    the institutions' policies agreed to release. Without counts, or with too few edges, the
+    log-odds grid. Post-processing of a DP release: it costs no privacy."""
     from fedrisk.mechanisms import quantiles_from_histogram, significant
 
     fine_edges = np.asarray(fine_edges, dtype=float)
+    keep = np.asarray(keep, dtype=float)
+    room = bins - len(keep)  # edges left once the kept ones are in (the threshold is one of them)
+
+    def with_kept(edges: np.ndarray) -> np.ndarray:
+        return np.unique(np.concatenate([with_threshold(edges, threshold), keep]))
+
+    if room <= 1:
+        return with_kept(np.empty(0))
     if fine_counts is not None:
         counts = significant(np.asarray(fine_counts, dtype=float)[: len(fine_edges) + 1], noise)
-        body = max(bins // 2, 2)
-        levels = sorted([*np.linspace(0.0, 1.0, body + 1)[1:-1], *(1.0 - np.logspace(-1, -5, bins - body))])
-        chosen = [fine_edges[i] for i in quantiles_from_histogram(counts, levels) if i < len(fine_edges)]
-        grid = with_threshold(np.asarray(chosen), threshold)
+
+        def at_levels(n: int) -> np.ndarray:
+            body = max(n // 2, 2)
+            levels = sorted([*np.linspace(0.0, 1.0, body + 1)[1:-1], *(1.0 - np.logspace(-1, -5, n - body))])
+            return with_kept(np.asarray([fine_edges[i] for i in quantiles_from_histogram(counts, levels)
+                                         if i < len(fine_edges)]))
+
+        grid = at_levels(room)  # room - 1 levels: fits whatever coincides
+        for n in range(room + 1, 4 * room):  # quantiles that fall in one fine bin give one edge: ask for more
+            wider = at_levels(n)
+            if len(wider) > bins:
+                break
+            grid = wider
         if len(grid) >= min(bins, 10) // 2:
             return grid
-    return with_threshold(logit_edges(bins), threshold)
+    return with_kept(logit_edges(room))

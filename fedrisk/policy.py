@@ -33,6 +33,9 @@ class Rule(BaseModel):
     severity: Literal["block", "warn"]
     scope: Literal["pooled", "every_institution"] = "pooled"
     description: str = ""
+    evidence: Literal["interval", "point"] | None = Field(
+        None, description="interval: judged on the metric's 95 % interval where the run logs one; point: on the "
+                          "value alone; None: the policy's")
 
 
 class Policy(BaseModel):
@@ -42,6 +45,11 @@ class Policy(BaseModel):
     task: Literal["credit", "fraud"] = "credit"
     split: Literal["test", "val"] = "test"
     reference_run: str | None = Field(None, description="MLflow run id of the non-private reference")
+    evidence: Literal["interval", "point"] = Field(
+        "interval", description="interval: a rule is met when the metric's interval lies wholly on its side of the "
+                                "threshold, broken when wholly on the other, unresolved (a warning) when it straddles")
+    confidence: float = Field(0.95, ge=0.5, le=0.999, description="confidence level of the intervals rules are "
+                              "judged on (the run logs 95 % intervals; the gate rescales them)")
     rules: list[Rule] = Field(min_length=1)
 
     @model_validator(mode="after")

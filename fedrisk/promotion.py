@@ -6,16 +6,17 @@ each promotion uses the approvals up. The registry mirrors the state where valid
 (tags on versions, the order of champions on the registered model). One lock per log keeps
 two validators acting at once from losing an approval.
 
-Approvers are names the validator states; fedrisk checks who they are not (the trainer,
-each other), not who they are: in a bank, wrap the command in the identity check of the
-machine it runs on (the audit entries also record the operating-system user).
+An approver is a key, not a spelling: the approval entry is signed with the approver's own
+key (`fedrisk keys create`), and counts only when the consortium's roster, signed by its CA,
+lists that key as an approver's under that name. Distinct approvers are distinct keys; the key
+that signed the campaign, and any key of the trainer, never approves it. Names are compared
+by their confusable skeleton (`fedrisk.identity.skeleton`): `rооt` with Cyrillic o is `root`.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
-import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fedrisk import audit, run_schema
+from fedrisk import audit, identity, run_schema
 from fedrisk.errors import FedriskInputError, FourEyesRefused
 from fedrisk.policy import load_policy, policy_sha256
 from fedrisk.tracking import audit_event
@@ -47,11 +48,17 @@ class Decision:
 
 
 def normalise_name(name: str) -> str:
-    """One person, one key: compatibility forms folded, invisible characters dropped, case and
-    spacing ignored ('Alice', 'ａｌｉｃｅ' and 'alice\\u200b' are the same approver)."""
-    text = unicodedata.normalize("NFKC", name)
-    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cc"))
-    return " ".join(text.split()).casefold()
+    """One person, one name: the confusable skeleton ('Alice', 'ａｌｉｃｅ', 'alice\u200b', 'а l i c e'
+    with a Cyrillic a are the same approver)."""
+    return identity.skeleton(name)
+
+
+def consortium_roster() -> identity.Roster:
+    """The roster four eyes are checked against; without one there are no four eyes to check."""
+    try:
+        return identity.load_roster()
+    except FedriskInputError as err:
+        raise FourEyesRefused(f"approvals need the consortium's roster: {err.one_line()}") from None
 
 
 def _now() -> str:
@@ -77,10 +84,22 @@ def _set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[
         client.set_model_version_tag(name, version, key, value)
 
 
-def logged_approvals(log: str, name: str, version: str, run_id: str) -> list[dict[str, Any]]:
+def _approver_key(entry: dict[str, Any], roster: identity.Roster | None) -> str | None:
+    """The key of a signed approval whose signer the roster lists as an approver under that name."""
+    if roster is None:
+        return entry.get("key") or entry["actor"]
+    if "sig" not in entry or not identity.signature_holds(entry["key"], entry["hash"].encode(), entry["sig"]):
+        return None
+    holder = roster.roles_of(entry["key"]).get("approver")
+    return entry["key"] if holder and identity.skeleton(holder) == identity.skeleton(entry["actor"]) else None
+
+
+def logged_approvals(log: str, name: str, version: str, run_id: str,
+                     roster: identity.Roster | None = None) -> list[dict[str, Any]]:
     """Approvals of a version in the log since its last promotion; the log must be intact.
     The training run binds them: a version number is reused by a re-created model or
-    another store writing to the same log."""
+    another store writing to the same log. With a roster, only approvals signed by a listed
+    approver's key count (a line written into the log by hand does not)."""
     check = audit.verify(log)
     if not check.intact:
         raise FourEyesRefused(f"the audit log is broken ({check.problem}): no promotion until it is repaired")
@@ -91,11 +110,25 @@ def logged_approvals(log: str, name: str, version: str, run_id: str) -> list[dic
         if details.get("model") != name or str(details.get("version")) != version or details.get("run_id") != run_id:
             continue
         if entry["event"] == "approval":
-            found.append({"approver": entry["actor"], "time": entry["time"], **{k: details.get(k) for k in (
+            key = _approver_key(entry, roster)
+            if key is None:
+                continue
+            found.append({"approver": entry["actor"], "time": entry["time"], "key": key, **{k: details.get(k) for k in (
                 "verdict", "policy_sha256", "override", "justification", "os_user")}})
         elif entry["event"] in ("promotion", "override_promotion"):
             found = []  # used up
     return found
+
+
+def _trainer_keys(log: str, run_id: str, trainer: str, roster: identity.Roster) -> set[str]:
+    """Every key of the trainer: the roster's keys under the trainer's name, and the key that
+    signed the campaign's own entries."""
+    keys = {m.public_key for m in roster.members if normalise_name(m.name) == normalise_name(trainer)}
+    for _, line, _ in audit.read_entries(log):
+        entry = json.loads(line)
+        if entry["event"] in ("campaign_started", "campaign_ended") and entry["details"].get("run_id") == run_id:
+            keys.add(entry.get("key", ""))
+    return keys - {""}
 
 
 def approve(tracking_uri: str, name: str, version: str, approver: str, *, override: bool = False,
@@ -133,6 +166,18 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
         raise FourEyesRefused(f"{where}: its campaign run does not name a trainer, so four eyes cannot be checked")
     if normalise_name(approver) == normalise_name(trainer):
         raise FourEyesRefused(f"{where}: {approver} trained this model; the trainer cannot approve it")
+    roster = consortium_roster()
+    signer = identity.private_key(approver)
+    if signer is None:
+        raise FourEyesRefused(f"{where}: this machine holds no key of {approver} (in {identity.keys_dir()}); an "
+                               "approval is signed by its approver")
+    key = identity.public_text(signer.public_key())
+    holder = roster.roles_of(key).get("approver")
+    if holder is None or normalise_name(holder) != normalise_name(approver):
+        raise FourEyesRefused(f"{where}: {approver}'s key is not an approver's in the roster {roster.path}")
+    approver = holder  # recorded as the roster spells it
+    if key in _trainer_keys(log, run_id, trainer, roster):
+        raise FourEyesRefused(f"{where}: {approver}'s key trained this model; the trainer cannot approve it")
     blocked = verdict == "block"
     if blocked and not override:
         raise FourEyesRefused(
@@ -150,13 +195,13 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
         return (a["verdict"] == verdict and a["policy_sha256"] == policy_sha256(policy)
                 and (bool(a["override"]) or not blocked))
 
-    counted = [a for a in logged_approvals(log, name, version, run_id) if counts(a)]
-    if any(normalise_name(a["approver"]) == normalise_name(approver) for a in counted):
+    counted = [a for a in logged_approvals(log, name, version, run_id, roster) if counts(a)]
+    if any(a["key"] == key or normalise_name(a["approver"]) == normalise_name(approver) for a in counted):
         raise FourEyesRefused(f"{where}: {approver} has already approved; a second, different approver is needed")
     entry = audit_event(client, run_id, log, "approval", approver, {
         "model": name, "version": version, "verdict": verdict, "policy_sha256": policy_sha256(policy),
         "override": override, "justification": justification or None, "os_user": getpass.getuser()})
-    counted.append({"approver": approver, "time": entry["time"], "verdict": verdict, "override": override,
+    counted.append({"approver": approver, "time": entry["time"], "key": key, "verdict": verdict, "override": override,
                     "justification": justification or None, "os_user": getpass.getuser()})
     _set_version_tags(client, name, version, {run_schema.APPROVALS: json.dumps(counted), **audit.anchor_tags(log, entry)})
     if len(counted) < APPROVERS_NEEDED:

@@ -124,7 +124,7 @@ def render_report(
          "value": "-" if r.value is None else r.value,
          "95 % interval": "-" if r.interval is None else f"{r.interval[0]:.4f} to {r.interval[1]:.4f}",
          "where": r.where, "severity": r.severity,
-         "why": r.description}
+         "why": r.description + (f" ({r.note})" if r.note else "")}
         for r in verdict.results
     ]
     per_institution = per_institution_rows(metrics, tags.get(run_schema.TASK, "credit"), institutions, split)

@@ -49,6 +49,8 @@ GATE_WARNINGS = "fedrisk.gate.warnings"
 GATE_MODEL_VERSION = "fedrisk.gate.model_version"
 GATE_ALIAS = "fedrisk.gate.alias"
 GATE_ERROR = "fedrisk.gate.error"
+GATE_REFERENCE = "fedrisk.gate.reference"  # the non-private run privacy_auc_loss was judged against, or "-"
+REFERENCE_FOR = "fedrisk.reference_for"  # on a non-private reference run: the private run it was trained for
 
 # --- tags of a registered model version ---------------------------------------------------
 RUN_ID = "fedrisk.run_id"
@@ -148,6 +150,7 @@ TASK_METRIC_KEYS = {
 }
 
 
+INTERVAL_LEVEL = 0.95  # the confidence level of the logged `_ci_low`, `_ci_high`
 INTERVAL_KEYS = ("auc", "ks", "average_precision", "brier", "recall_at_fpr")  # logged with `_ci_low`, `_ci_high`
 INTERVAL_SUFFIXES = ("_ci_low", "_ci_high")
 

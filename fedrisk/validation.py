@@ -112,11 +112,48 @@ def campaign_policy_path(run: Any) -> str | None:
     return None if named in (None, "", "None") else named
 
 
+def _reference_name(reference_run: str | None, reference_uri: str | None, tracking_uri: str) -> str:
+    if reference_run is None:
+        return "-"
+    return reference_run if not reference_uri or reference_uri == tracking_uri else f"{reference_run} at {reference_uri}"
+
+
+def _reference_auc(client: MlflowClient, reference_id: str, run: Any, institutions: list[str], split: str) -> float:
+    """The AUC of a non-private reference of the same campaign set-up: same task, same
+    institutions, completed. Anything else would make 'AUC lost to privacy' a different question."""
+    where = f"reference run {reference_id}"
+    try:
+        reference = client.get_run(reference_id)
+    except MlflowException:
+        raise FedriskInputError(f"{where} not found at {client.tracking_uri}") from None
+    tags = reference.data.tags
+    if reference.info.lifecycle_stage == "deleted":
+        raise FedriskInputError(f"{where} is deleted")
+    if tags.get(run_schema.PRIVACY) != "none":
+        raise FedriskInputError(f"{where} is not a non-private run ({run_schema.PRIVACY} is "
+                                f"{tags.get(run_schema.PRIVACY, 'not set')})")
+    if tags.get(run_schema.TASK, "credit") != run.data.tags.get(run_schema.TASK, "credit"):
+        raise FedriskInputError(f"{where} is a {tags.get(run_schema.TASK, 'credit')} run, not "
+                                f"{run.data.tags.get(run_schema.TASK, 'credit')}")
+    theirs = sorted(n for n in tags.get(run_schema.INSTITUTIONS, "").split(",") if n)
+    if theirs != institutions:
+        raise FedriskInputError(f"{where} trained on institutions {','.join(theirs) or 'none'}, not "
+                                f"{','.join(institutions)}")
+    if tags.get(run_schema.STATUS) != "completed":
+        raise FedriskInputError(f"{where} did not complete ({tags.get(run_schema.STATUS, 'no status')})")
+    auc = reference.data.metrics.get(run_schema.split_metric(split, "auc"))
+    if auc is None or not np.isfinite(auc):
+        raise FedriskInputError(f"{where} has no {run_schema.split_metric(split, 'auc')}")
+    return float(auc)
+
+
 def validate_run(
     tracking_uri: str, run_id: str, policy_path: str | None = None, model_name: str | None = None,
-    audit_log: str | None = None, actor: str | None = None,
+    audit_log: str | None = None, actor: str | None = None, reference_run: str | None = None,
+    reference_uri: str | None = None,
 ) -> Verdict:
-    """Apply a policy to a finished campaign run and record the outcome in MLflow and the audit log."""
+    """Apply a policy to a finished campaign run and record the outcome in MLflow and the audit log.
+    `reference_run` (in `reference_uri`, default the run's own store) overrides the policy's."""
     client = MlflowClient(tracking_uri)
     try:
         run = client.get_run(run_id)
@@ -129,18 +166,9 @@ def validate_run(
     policy = load_policy(policy_path or campaign_policy_path(run), tags.get(run_schema.TASK, "credit"))
     # Every institution that took part must be judged; one without metrics fails its rules.
     institutions = sorted(n for n in tags.get(run_schema.INSTITUTIONS, "").split(",") if n)
-    reference_auc = None
-    if policy.reference_run:
-        try:
-            reference = client.get_run(policy.reference_run)
-        except MlflowException:
-            raise FedriskInputError(f"reference run {policy.reference_run} not found") from None
-        if reference.data.tags.get(run_schema.PRIVACY) != "none":
-            raise FedriskInputError(f"reference run {policy.reference_run} is not a non-private run")
-        reference_auc = reference.data.metrics.get(run_schema.split_metric(policy.split, "auc"))
-        if reference_auc is None or not np.isfinite(reference_auc):
-            raise FedriskInputError(f"reference run {policy.reference_run} has no "
-                                    f"{run_schema.split_metric(policy.split, 'auc')}")
+    reference_run = reference_run or policy.reference_run
+    reference_auc = None if reference_run is None else _reference_auc(
+        MlflowClient(reference_uri) if reference_uri else client, reference_run, run, institutions, policy.split)
     completed = tags.get(run_schema.STATUS) == "completed"
     verdict = apply_policy(policy, metrics, institutions, reference_auc, completed)
 
@@ -148,7 +176,8 @@ def validate_run(
                            policy.split)
     client.log_dict(run_id, verdict.to_dict(), run_schema.VERDICT_ARTIFACT)
     client.log_text(run_id, report, run_schema.GATE_REPORT_ARTIFACT)
-    named = {r: f"{r.metric} ({'missing' if r.outcome == 'missing' else r.where})" for r in verdict.results}
+    named = {r: f"{r.metric} ({r.outcome if r.outcome in ('missing', 'unresolved', 'not evaluated') else r.where})"
+             for r in verdict.results}
     failed = [named[r] for r in verdict.results if r.failed_as == "block"]
     warned = [named[r] for r in verdict.results if r.failed_as == "warn"]
     gate_tags = {
@@ -157,6 +186,7 @@ def validate_run(
         run_schema.GATE_FAILED_RULES: "; ".join(failed) or "-",
         run_schema.GATE_WARNINGS: "; ".join(warned) or "-",
         run_schema.GATE_POLICY_SHA256: policy_sha256(policy),
+        run_schema.GATE_REFERENCE: _reference_name(reference_run, reference_uri, tracking_uri),
     }
     model_uri = tags.get(run_schema.MODEL_URI)
     if model_uri:
@@ -175,6 +205,7 @@ def validate_run(
     entry = audit_event(client, run_id, log, "gate_verdict", actor or audit.default_actor(), {
         "policy": policy.name, "policy_sha256": policy_sha256(policy), "verdict": verdict.verdict,
         "failed_rules": failed, "warnings": warned, "model_version": gate_tags.get(run_schema.GATE_MODEL_VERSION),
+        "reference": gate_tags[run_schema.GATE_REFERENCE],
     })
     if model_uri:
         for key, value in audit.anchor_tags(log, entry).items():

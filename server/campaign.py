@@ -43,7 +43,7 @@ from fedrisk.data import quality_card
 from fedrisk.data_quality import exclusion_reason
 from fedrisk.drift import SCORE, build_reference, coarsen, reference_edges
 from fedrisk.errors import FedriskInputError
-from fedrisk.evaluation import LEVEL, NOISE_DRAWS, SplitStatistics, intervals, noise_error, pooled, split_metrics
+from fedrisk.evaluation import NOISE_DRAWS, SplitStatistics, intervals, noise_error, pooled, split_metrics
 from fedrisk.guard import REFERENCE_BINS
 from fedrisk.metrics import (
     EvalStats,
@@ -396,9 +396,8 @@ def build_drift_reference(training: Training, config: CampaignConfig, campaign: 
                                 dict(zip(preprocessor.categorical, preprocessor.vocabularies, strict=True)), noise)
     # the evaluation grid, with the score's deciles among its edges: validation histograms on it
     # coarsen to the deciles exactly (the score's reference, `score_reference`)
-    grid = np.unique(np.concatenate([
-        evaluation_grid(sums[SCORE], edges[SCORE], config.evaluation.bins, config.evaluation.threshold, noise),
-        reference["columns"][SCORE]["edges"]]))
+    grid = evaluation_grid(sums[SCORE], edges[SCORE], config.evaluation.bins, config.evaluation.threshold, noise,
+                           keep=reference["columns"][SCORE]["edges"])
     # Each institution's own distribution on the pooled bins: its windows are compared with
     # it, so that a regional lender is not flagged for differing from the consortium.
     reference["institutions"] = {
@@ -449,7 +448,7 @@ def evaluate_final(training: Training, config: CampaignConfig, campaign: str, st
                       "standard_deviation": errors,
                       "meaning": "how much each pooled test metric moves under the DP noise the institutions added "
                                  "(parametric bootstrap of the released histograms)",
-                      "intervals": {"level": LEVEL, "bounds": {k: list(v) for k, v in found.items()},
+                      "intervals": {"level": run_schema.INTERVAL_LEVEL, "bounds": {k: list(v) for k, v in found.items()},
                                     "meaning": "the metric plus or minus z standard deviations of a bootstrap that "
                                                "redraws every histogram cell (the rows' sampling) and re-noises it "
                                                "(the DP noise)"}}, run_schema.NOISE_ARTIFACT)

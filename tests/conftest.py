@@ -15,6 +15,10 @@ os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # Institutions' homes (policies, ledgers) never in the user's ~/.fedrisk; each test gets its own below.
 os.environ["FEDRISK_HOME"] = tempfile.mkdtemp(prefix="fedrisk-homes-")
+# Nobody's keys or roster from ~/.fedrisk: a test that needs identities makes them (consortium_keys).
+os.environ["FEDRISK_KEYS"] = tempfile.mkdtemp(prefix="fedrisk-keys-")
+for _name in ("FEDRISK_ROSTER", "FEDRISK_ROSTER_CA"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +64,18 @@ def write_policies(names, **changes):
         home.mkdir(parents=True, exist_ok=True)
         (home / POLICY_FILE).write_text(DEFAULT_POLICY.read_text())
         update_policy(home, name, changes)
+
+
+def consortium_keys(folder, members: dict[str, str]) -> dict[str, str]:
+    """An Ed25519 key for each member (name -> role) and for the consortium CA, and the roster the
+    CA signs; returns the environment that points fedrisk at them."""
+    from pathlib import Path
+
+    from fedrisk.identity import create_key, write_roster
+
+    keys = Path(folder) / "keys"
+    for name in ("consortium-ca", *members):
+        create_key(name, keys)
+    write_roster(list(members.items()), "consortium-ca", Path(folder) / "roster.json", keys)
+    return {"FEDRISK_KEYS": str(keys), "FEDRISK_ROSTER": str(Path(folder) / "roster.json"),
+            "FEDRISK_ROSTER_CA": str(keys / "consortium-ca.pub")}

@@ -177,9 +177,12 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow  # seconds of end-to-end work: the full suite runs it
 def test_cli_verify_exits_0_when_intact_and_1_naming_the_first_bad_entry(tmp_path):
     path = _log(tmp_path)
-    ok = _cli("audit", "verify", str(path), cwd=tmp_path)
+    ok = _cli("audit", "verify", str(path), "--chain-only", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
-    assert "chain intact, 5 entries" in ok.stdout and "not checked: no MLflow store" in ok.stdout
+    assert "chain intact, 5 entries" in ok.stdout and "chain only" in ok.stdout
+    unchecked = _cli("audit", "verify", str(path), cwd=tmp_path)  # no store, no roster: it says so and fails
+    assert unchecked.returncode == 1 and "anchors      NOT CHECKED: no MLflow store" in unchecked.stdout
+    assert "signatures   NOT CHECKED: no consortium roster" in unchecked.stdout
     lines = _lines(path)
     lines[3] = lines[3].replace(b"alice", b"alicf")
     _write(path, lines)

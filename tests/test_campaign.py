@@ -57,7 +57,9 @@ def _names(names, institutions) -> list[str]:
     return sorted({group.sub(r".\1:<group>", pattern.sub(".<institution>", n)) for n in names})
 
 
-LENIENT = "name: lenient\nrules:\n  - {metric: auc, comparator: '>=', threshold: 0.6, severity: block}\n"
+# Judged on the value: on 1,350 test rows the DP-noised AUC's 95 % interval is about +-0.19
+# (measured over 4 runs: 0.67-0.81, intervals down to 0.47), so an interval rule may be unresolved.
+LENIENT = "name: lenient\nevidence: point\nrules:\n  - {metric: auc, comparator: '>=', threshold: 0.5, severity: block}\n"
 
 
 @pytest.fixture(scope="module")
@@ -268,10 +270,14 @@ def test_the_gate_records_its_verdict_and_moves_the_alias(credit_run, tmp_path):
     assert client.get_model_version_by_alias("fedrisk-credit", "challenger").run_id == outcome.run_id
 
 
-def test_four_eyes_promotion_and_rollback(credit_run):
+def test_four_eyes_promotion_and_rollback(credit_run, tmp_path, monkeypatch):
+    from conftest import consortium_keys
+
     from fedrisk.errors import FourEyesRefused
     from fedrisk.promotion import approve, rollback
 
+    for key, value in consortium_keys(tmp_path, {"tom": "trainer", "alice": "approver", "bob": "approver"}).items():
+        monkeypatch.setenv(key, value)  # approvals are signed by their approvers' keys, listed in the roster
     config, outcome = credit_run
     uri, version = config.tracking.uri, outcome.tags[run_schema.GATE_MODEL_VERSION].split("/")[1]
     with pytest.raises(FourEyesRefused, match="trained this model"):

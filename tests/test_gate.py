@@ -20,14 +20,17 @@ def test_shipped_credit_policy_loads():
 
 
 def test_good_metrics_pass():
-    verdict = apply_policy(load_policy(None), GOOD, ["a", "b"])
+    verdict = apply_policy(load_policy(None), GOOD, ["a", "b"], reference_auc=0.81)
     assert verdict.verdict == "pass"
-    assert [r.outcome for r in verdict.results if r.metric == "privacy_auc_loss"] == ["not applicable"]
+    unjudged = apply_policy(load_policy(None), GOOD, ["a", "b"])  # the privacy rule is never skipped in silence
+    assert [r.outcome for r in unjudged.results if r.metric == "privacy_auc_loss"] == ["not evaluated"]
+    assert unjudged.verdict == "warn"
 
 
 @pytest.mark.parametrize("gap,expected", [(0.02, "pass"), (0.04, "warn"), (0.06, "block")])
 def test_approval_gap_thresholds(gap, expected):
-    verdict = apply_policy(load_policy(None), {**GOOD, "test_approval_rate_difference.sex": gap}, ["a", "b"])
+    verdict = apply_policy(load_policy(None), {**GOOD, "test_approval_rate_difference.sex": gap}, ["a", "b"],
+                           reference_auc=0.81)
     assert verdict.verdict == expected
 
 
@@ -102,7 +105,7 @@ def test_shipped_fraud_policy_blocks_on_auprc_and_recall_at_one_percent_fpr():
     policy = load_policy(None, "fraud")
     blocking = {r.metric for r in policy.rules if r.severity == "block"}
     assert {"average_precision", "recall_at_fpr_0.01"} <= blocking
-    assert apply_policy(policy, FRAUD_GOOD, ["a", "b"]).verdict == "pass"
+    assert apply_policy(policy, FRAUD_GOOD, ["a", "b"], reference_auc=FRAUD_GOOD["test_auc"]).verdict == "pass"
     low_recall = apply_policy(policy, {**FRAUD_GOOD, "test_recall_at_fpr_0.01": 0.3}, ["a", "b"])
     assert low_recall.verdict == "block" and low_recall.failed[0].metric == "recall_at_fpr_0.01"
     low_ap = apply_policy(policy, {**FRAUD_GOOD, "test_average_precision": 0.2}, ["a", "b"])

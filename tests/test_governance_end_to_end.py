@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import consortium_keys
 from mlflow.tracking import MlflowClient
 
 from fedrisk import audit, run_schema
@@ -26,8 +27,14 @@ pytestmark = pytest.mark.slow
 MODEL = "fedrisk-credit"
 
 
+MEMBERS = {"tom": "trainer", "alice": "approver", "bob": "approver", "carol": "approver", "dora": "approver",
+           "victor": "validator"}
+KEYS: dict[str, str] = {}  # the consortium's keys and roster, made by the fixture
+
+
 def _cli(*args: str, cwd: Path, actor: str = "tom") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(KEYS)
     env["FEDRISK_ACTOR"] = actor
     env["FEDRISK_HOME"] = str(cwd / "homes")  # the lenders' homes: their policies and ledgers
     return subprocess.run([sys.executable, "-m", "fedrisk.cli", *args], cwd=cwd, env=env, capture_output=True,
@@ -38,6 +45,7 @@ def _cli(*args: str, cwd: Path, actor: str = "tom") -> subprocess.CompletedProce
 def consortium(tmp_path_factory):
     """Three lenders' files, the third one corrupted; two campaigns trained by tom."""
     folder = tmp_path_factory.mktemp("governance")
+    KEYS.update(consortium_keys(folder, MEMBERS))  # every entry is signed by its actor's key
     files = {}
     for index, name in enumerate(["inst01", "inst02", "inst03"]):
         frame = generate_institution(index, 3, 12_000, 42)
@@ -126,7 +134,7 @@ def test_four_eyes_promotion_rollback_and_override(consortium):
     assert client.get_model_version(MODEL, "1").tags["fedrisk.gate.verdict"] in ("pass", "warn")
     assert client.get_model_version(MODEL, "2").tags["fedrisk.gate.verdict"] == "block"
     # the trainer cannot approve, under any spelling; one approver is not enough; nor the same one twice
-    for spelling in ("tom", "ＴＯＭ", "to\u200bm"):
+    for spelling in ("tom", "ＴＯＭ", "to\u200bm", "tоm", "t o m"):  # full-width, zero-width, Cyrillic o, spaced
         refused = _cli("promote", MODEL, "1", "--approver", spelling, cwd=folder, actor="tom")
         assert refused.returncode == 3 and "trained this model" in refused.stderr, spelling
     one = _cli("promote", MODEL, "1", "--approver", "alice", cwd=folder, actor="alice")
@@ -213,7 +221,7 @@ def test_the_audit_log_verifies_and_its_anchors_catch_a_cut(consortium):
     folder = consortium[0]
     ok = _cli("audit", "verify", cwd=folder)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "chain intact" in ok.stdout and "all match" in ok.stdout
+    assert "chain intact" in ok.stdout and "all match" in ok.stdout and "signed by their roster key" in ok.stdout
     head = audit.verify(folder / ".fedrisk" / "audit.jsonl").head
     runs = _client(folder).search_runs([_client(folder).get_experiment_by_name("fedrisk-credit").experiment_id])
     assert head["seq"] == max(int(r.data.tags[run_schema.AUDIT_HEAD].split(":")[0]) for r in runs)

@@ -124,6 +124,9 @@ def test_the_adaptive_grid_keeps_ranking_metrics_within_the_binning_tolerance(ra
     assert auc_from_histograms(pos, neg) == pytest.approx(roc_auc_score(y, s), abs=0.002)
     assert ks_from_histograms(pos, neg) == pytest.approx(ks_2samp(s[y == 1], s[y == 0]).statistic, abs=0.01)
     assert average_precision_from_histograms(pos, neg) == pytest.approx(average_precision_score(y, s), abs=0.01)
+    wider = evaluation_grid(counts, fine, 100, 0.2)  # the issue's 0.005 for average precision needs 100 bins
+    pos_w, neg_w = score_histograms(y, s, wider)
+    assert average_precision_from_histograms(pos_w, neg_w) == pytest.approx(average_precision_score(y, s), abs=0.005)
     if crowded:  # the old equal-width grid puts nearly everyone in its lowest bin
         pos_u, neg_u = score_histograms(y, s, uniform_edges(30))
         assert abs(auc_from_histograms(pos_u, neg_u) - roc_auc_score(y, s)) > 0.01
@@ -225,3 +228,19 @@ def test_auc_of_noised_histograms_is_unbiased():
     exact = auc_from_histograms(pos, neg)
     draws = [auc_from_histograms(pos + rng.normal(0, 5, 50), neg + rng.normal(0, 5, 50)) for _ in range(2000)]
     assert abs(np.mean(draws) - exact) < 4 * np.std(draws) / np.sqrt(len(draws)) + 0.003
+
+
+@pytest.mark.parametrize("bins", [10, 50, 199])
+@pytest.mark.parametrize("noise", [0.0, 3.0])
+def test_the_evaluation_grid_with_the_deciles_kept_never_exceeds_the_bins_the_policies_allow(bins, noise):
+    """The campaign's grid also holds the score's deciles (drift reference): together with the
+    threshold at most `bins` edges, or institutions whose policy allows bins + 1 cells refuse the
+    final evaluation (it happened at bins 199: 200 edges, 201 cells)."""
+    rng = np.random.default_rng(bins)
+    fine = logit_edges(200)
+    scores = 1 / (1 + np.exp(-rng.normal(-1.5, 2.0, 50_000)))
+    counts = np.bincount(np.searchsorted(fine, scores, side="right"), minlength=201) + rng.normal(0, noise, 201)
+    deciles = np.quantile(scores, np.linspace(0.1, 0.9, 9))
+    for fine_counts in (counts, None):
+        grid = evaluation_grid(fine_counts, fine, bins, 0.2, noise, keep=deciles)
+        assert len(grid) <= bins and 0.2 in grid and set(deciles) <= set(grid)

@@ -7,8 +7,9 @@ from fedrisk.promotion import normalise_name
 
 def test_lookalike_invisible_and_spacing_variants_are_one_person():
     same = ["Alice Smith", "alice  smith", " ALICE SMITH ", "ａｌｉｃｅ ｓｍｉｔｈ", "alice\u200b smith",
-            "alice\u00a0smith", "Alice Smith\u200d"]
-    assert {normalise_name(n) for n in same} == {"alice smith"}
+            "alice\u00a0smith", "Alice Smith\u200d", "alicesmith", "а l i c e smith"]  # the last: Cyrillic a
+    assert {normalise_name(n) for n in same} == {"alicesrnith"}  # UTS #39 draws 'm' as 'rn'
+    assert normalise_name("bob") == normalise_name("b o b") != normalise_name("rob")
     assert normalise_name("alice") != normalise_name("alicia")
     assert normalise_name("\u200b \u200d") == ""  # nothing but invisible characters: no name
 

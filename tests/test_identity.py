@@ -1,0 +1,95 @@
+"""Keys, the signed roster and names compared by their confusable skeleton: each test plays
+someone trying to pass as someone else."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+
+from fedrisk.cli import main
+from fedrisk.errors import FedriskInputError
+from fedrisk.identity import create_key, load_roster, private_key, public_key, skeleton, write_roster
+
+
+@pytest.mark.parametrize("look_alike,name", [
+    ("rооt", "root"),  # Cyrillic o
+    ("b o b", "bob"),  # spaces
+    ("b\u00a0ob", "bob"),  # no-break space
+    ("ａｌｉｃｅ", "alice"),  # full-width
+    ("alice\u200b", "alice"),  # zero-width space
+    ("ALICE", "alice"),
+    ("Ιvan", "ivan"),  # Greek capital iota
+    ("t0m", "tom"),  # digit zero for o
+])
+def test_look_alike_names_share_a_skeleton(look_alike, name):
+    assert skeleton(look_alike) == skeleton(name)
+
+
+def test_different_people_keep_different_skeletons():
+    assert len({skeleton(n) for n in ("alice", "bob", "carol", "tom", "root", "ivan")}) == 6
+
+
+def test_a_key_is_private_and_never_overwritten(tmp_path):
+    path = create_key("alice", tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert private_key("alice", tmp_path) is not None and public_key("ALICE", tmp_path)
+    with pytest.raises(FedriskInputError, match="exists already"):
+        create_key("аlice", tmp_path)  # Cyrillic a: the same person's file
+
+
+def _roster(tmp_path, members=(("alice", "approver"), ("bob", "approver"), ("tom", "trainer"))):
+    for name in ("ca", *dict(members)):
+        if private_key(name, tmp_path) is None:
+            create_key(name, tmp_path)
+    out = tmp_path / "roster.json"
+    write_roster(list(members), "ca", out, tmp_path)
+    return out, public_key("ca", tmp_path)
+
+
+def test_a_roster_loads_only_with_the_trusted_ca_key(tmp_path):
+    out, ca = _roster(tmp_path)
+    roster = load_roster(out, ca)
+    assert {m.name for m in roster.holders("approver")} == {"alice", "bob"}
+    create_key("mallory", tmp_path)
+    with pytest.raises(FedriskInputError, match="not signed by the trusted CA"):
+        load_roster(out, public_key("mallory", tmp_path))
+    with pytest.raises(FedriskInputError, match="no trusted CA key"):
+        load_roster(out, None)
+
+
+def test_an_edited_roster_is_refused(tmp_path):
+    out, ca = _roster(tmp_path)
+    document = json.loads(out.read_text())
+    document["body"]["members"][2]["role"] = "approver"  # the trainer makes himself an approver
+    out.write_text(json.dumps(document))
+    with pytest.raises(FedriskInputError, match="not signed by the trusted CA"):
+        load_roster(out, ca)
+    create_key("mallory", tmp_path)  # re-signed by another key, with that key as the roster's own copy
+    write_roster([("mallory", "approver")], "mallory", out, tmp_path)
+    with pytest.raises(FedriskInputError, match="not signed by the trusted CA"):
+        load_roster(out, ca)
+
+
+def test_a_roster_refuses_a_look_alike_of_another_member(tmp_path):
+    for name in ("ca", "root", "rооt"):
+        try:
+            create_key(name, tmp_path)
+        except FedriskInputError:
+            pass  # 'rооt' is root's file: the key store refuses it too
+    with pytest.raises(FedriskInputError, match="drawn like"):
+        write_roster([("root", "trainer"), ("rооt", "approver")], "ca", tmp_path / "r.json", tmp_path)
+
+
+def test_keys_cli_creates_keys_and_a_roster(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FEDRISK_KEYS", str(tmp_path / "keys"))
+    for name in ("ca", "alice", "bob", "tom"):
+        assert main(["keys", "create", name]) == 0
+    assert main(["keys", "create", "Alice"]) == 2
+    assert main(["keys", "roster", "--ca", "ca", "--out", str(tmp_path / "roster.json"), "alice=approver",
+                 "bob=approver", "tom=trainer"]) == 0
+    out = capsys.readouterr().out
+    assert "roster" in out and "3 members" in out
+    assert len(load_roster(tmp_path / "roster.json", public_key("ca", tmp_path / "keys")).members) == 3
+    assert main(["keys", "roster", "--ca", "ca", "--out", str(tmp_path / "r2.json"), "alice=boss"]) == 2
