@@ -42,6 +42,7 @@ FIELDS = ("actor", "details", "event", "hash", "prev", "seq", "time")
 SIGNED_FIELDS = tuple(sorted((*FIELDS, "key", "sig")))
 # Who may write which event (any roster member may write the others).
 EVENT_ROLES = {"approval": {"approver"}, "promotion": {"approver"}, "override_promotion": {"approver"},
+               "rollback": {"approver"}, "gate_verdict": {"trainer", "coordinator", "validator"},
                "campaign_started": {"trainer", "coordinator"}, "campaign_ended": {"trainer", "coordinator"}}
 DEFAULT_PATH = ".fedrisk/audit.jsonl"
 
@@ -126,7 +127,7 @@ def append(path: str | Path, event: str, actor: str, details: dict[str, Any]) ->
                 previous = json.loads(last)
                 if canonical(previous) != last or entry_hash(previous) != previous["hash"]:
                     raise ValueError
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError, UnicodeError):
                 raise FedriskInputError("audit log's last entry is damaged; run `fedrisk audit verify`",
                                         file=str(path)) from None
         return _write(path, previous, event, actor, details, signer)
@@ -207,14 +208,14 @@ def verify(path: str | Path) -> Check:
             return broken(number, f"line {number}: incomplete entry after the last complete one")
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return broken(number, f"line {number}: not a JSON entry (modified)")
         if (not isinstance(entry, dict) or tuple(sorted(entry)) not in (FIELDS, SIGNED_FIELDS)
                 or not isinstance(entry["details"], dict) or type(entry["seq"]) is not int):
             return broken(number, f"line {number}: not an audit entry (fields changed)")
         try:
             same = canonical(entry) == line
-        except ValueError:
+        except (ValueError, RecursionError, UnicodeError):
             same = False
         if not same or entry["hash"] != entry_hash(entry):
             return broken(number, f"entry {entry.get('seq')} at line {number}: content does not match "
@@ -238,22 +239,41 @@ def verify_signatures(path: str | Path, roster: identity.Roster) -> str | None:
     """The first entry (of a log whose chain is intact) not signed by the roster key of the person
     it names, in a role that may write it; None when every entry is."""
     for number, line, _ in read_entries(path):
-        entry = json.loads(line)
-        where = f"entry {entry['seq']} at line {number} ({entry['event']} by {entry['actor']})"
-        if "sig" not in entry:
-            return f"{where} is not signed"
-        if not identity.signature_holds(entry["key"], entry["hash"].encode(), entry["sig"]):
-            return f"{where}: its signature does not verify (changed after signing)"
-        roles = roster.roles_of(entry["key"])
-        if not roles:
-            return f"{where}: signed by a key that is not in the roster {roster.path}"
-        signers = sorted(set(roles.values()))
-        if identity.skeleton(entry["actor"]) not in {identity.skeleton(n) for n in signers}:
-            return f"{where}: signed by {', '.join(signers)}, not by {entry['actor']}"
-        needed = EVENT_ROLES.get(entry["event"])
-        if needed and not needed & set(roles):
-            return (f"{where}: a {entry['event']} needs the role {' or '.join(sorted(needed))}; {signers[0]} holds "
-                    f"{', '.join(sorted(roles))}")
+        try:
+            problem = _signature_problem(json.loads(line), number, roster)
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, UnicodeError):
+            problem = f"entry at line {number}: malformed signature, key or actor"
+        if problem:
+            return problem
+    return None
+
+
+def verify_signatures_of(entry: dict[str, Any], roster: identity.Roster) -> str | None:
+    """Why one entry is not signed as it should be; None when it is."""
+    try:
+        return _signature_problem(entry, 0, roster)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, UnicodeError):
+        return "malformed signature, key or actor"
+
+
+def _signature_problem(entry: dict[str, Any], number: int, roster: identity.Roster) -> str | None:
+    if not all(isinstance(entry.get(k), str) for k in ("actor", "event", "hash")):
+        return f"entry at line {number}: actor, event and hash must be text"
+    where = f"entry {entry['seq']} at line {number} ({entry['event']} by {entry['actor']})"
+    if "sig" not in entry:
+        return f"{where} is not signed"
+    if not identity.signature_holds(entry["key"], entry["hash"].encode(), entry["sig"]):
+        return f"{where}: its signature does not verify (changed after signing)"
+    roles = roster.roles_of(entry["key"])
+    if not roles:
+        return f"{where}: signed by a key that is not in the roster {roster.path}"
+    signers = sorted(set(roles.values()))
+    if identity.skeleton(entry["actor"]) not in {identity.skeleton(n) for n in signers}:
+        return f"{where}: signed by {', '.join(signers)}, not by {entry['actor']}"
+    needed = EVENT_ROLES.get(entry["event"])
+    if needed and not needed & set(roles):
+        return (f"{where}: a {entry['event']} needs the role {' or '.join(sorted(needed))}; {signers[0]} holds "
+                f"{', '.join(sorted(roles))}")
     return None
 
 

@@ -207,7 +207,11 @@ def _audit_verify(args: argparse.Namespace) -> int:
         if problem:
             print(f"audit log {path}: BROKEN: {problem}")
             return 1
-        print(f"anchors      {len(anchors)} MLflow run(s) hold a copy of an entry, all match")
+        if anchors:
+            print(f"anchors      {len(anchors)} MLflow run(s) hold a copy of an entry, all match")
+        else:
+            print(f"anchors      NOT CHECKED: no MLflow run of {uri} holds a copy of this log's head")
+            status = 1
     try:
         roster = identity.load_roster(args.roster, args.ca)
     except FedriskInputError as err:

@@ -52,13 +52,26 @@ def _prototypes() -> dict[str, str]:
     return table
 
 
+# Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt) and blanks drawn as
+# nothing (U+2800 braille blank): characters a reader cannot see, so never part of a name.
+IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+             (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x2800, 0x2800),
+             (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8),
+             (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+
+
+def visible(text: str) -> str:
+    """The text without ignorable, control, format or spacing characters."""
+    return "".join(ch for ch in text if not ch.isspace()
+                   and unicodedata.category(ch) not in ("Cf", "Cc", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")
+                   and not any(low <= ord(ch) <= high for low, high in IGNORABLE))
+
+
 def skeleton(name: str) -> str:
     """UTS #39 skeleton of the name (NFD, each character to its prototype, NFD again), of its
     compatibility form, without invisible characters or any spacing, case-folded."""
     table = _prototypes()
-    text = unicodedata.normalize("NFKC", name)
-    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cc", "Zs", "Zl", "Zp")
-                   and not ch.isspace())
+    text = visible(unicodedata.normalize("NFKC", str(name)))
     text = unicodedata.normalize("NFD", text.casefold())  # 'Ivan' and 'ivan' are one person before 'I' looks like 'l'
     text = unicodedata.normalize("NFD", "".join(table.get(ch, ch) for ch in text))
     return text.casefold()
@@ -70,8 +83,7 @@ def keys_dir() -> Path:
 
 def _stem(name: str) -> str:
     """The file name of a person's key: the name as typed, folded, unsafe characters replaced."""
-    text = "".join(ch for ch in unicodedata.normalize("NFKC", name).casefold()
-                   if not ch.isspace() and unicodedata.category(ch) not in ("Cf", "Cc"))
+    text = visible(unicodedata.normalize("NFKC", name).casefold())[:120]
     plain = re.sub(r"[^a-z0-9_.-]", "_", text)
     return plain if plain == text else f"{plain}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
@@ -89,7 +101,12 @@ def create_key(name: str, folder: Path | None = None) -> Path:
     folder = folder or keys_dir()
     if not skeleton(name):
         raise FedriskInputError("a key needs a name")
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if len(name) > 100:
+        raise FedriskInputError("a key's name has at most 100 characters")
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise FedriskInputError(f"the key folder cannot be made ({exc.strerror})", file=str(folder)) from None
     private = folder / f"{_stem(name)}.key"
     taken = [p for p in folder.glob("*.pub") if skeleton(p.read_text().split("\n", 1)[-1].strip() or p.stem)
              == skeleton(name)]
@@ -99,10 +116,13 @@ def create_key(name: str, folder: Path | None = None) -> Path:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
-    (folder / f"{_stem(name)}.pub").write_text(public_text(key.public_key()) + "\n" + name + "\n")
+    try:
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        (folder / f"{_stem(name)}.pub").write_text(public_text(key.public_key()) + "\n" + name + "\n")
+    except OSError as exc:
+        raise FedriskInputError(f"the key cannot be written ({exc.strerror})", file=str(private)) from None
     return private
 
 
@@ -111,7 +131,11 @@ def private_key(name: str, folder: Path | None = None) -> Ed25519PrivateKey | No
     path = (folder or keys_dir()) / f"{_stem(name)}.key"
     if not path.is_file():
         return None
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError):
+        raise FedriskInputError("not a readable private key (damaged, or protected by a password)",
+                                file=str(path)) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise FedriskInputError("not an Ed25519 private key", file=str(path))
     return key
@@ -135,6 +159,14 @@ def signature_holds(public: str, message: bytes, signature: str) -> bool:
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys repeat reads differently to different readers: refused."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("repeated key")
+    return dict(pairs)
 
 
 def _canonical(value: Any) -> bytes:
@@ -178,12 +210,18 @@ def write_roster(members: list[tuple[str, str]], ca: str, out: Path, folder: Pat
         shape = skeleton(name)
         if seen.get(shape, name) != name:
             raise FedriskInputError(f"'{name}' is drawn like '{seen[shape]}': one person, one name in the roster")
+        if shape in seen:
+            raise FedriskInputError(f"'{name}' is listed twice: one person, one role (a trainer who approves "
+                                    "would approve his own models)")
         seen[shape] = name
         listed.append({"name": name, "role": role, "public_key": public_key(name, folder)})
     body = {"members": listed, "issued": datetime.now(UTC).isoformat(timespec="seconds")}
     document = {"body": body, "ca_key": public_text(signer.public_key()), "signature": sign(signer, _canonical(body))}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise FedriskInputError(f"the roster cannot be written ({exc.strerror})", file=str(out)) from None
     return load_roster(out, document["ca_key"])
 
 
@@ -194,7 +232,10 @@ def trusted_ca(value: str | None = None) -> str | None:
         return None
     path = Path(value)
     if path.is_file():
-        return path.read_text().split("\n", 1)[0].strip()
+        try:
+            return path.read_text(encoding="utf-8").split("\n", 1)[0].strip()
+        except (UnicodeDecodeError, OSError):
+            raise FedriskInputError("not a public key file", file=value) from None
     try:
         if len(base64.b64decode(value.strip(), validate=True)) == 32:
             return value.strip()
@@ -214,17 +255,20 @@ def load_roster(path: str | Path | None = None, ca: str | None = None) -> Roster
         raise FedriskInputError(f"no trusted CA key (--ca or ${CA_ENV}): the roster's signature cannot be checked",
                                 file=str(path))
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_repeats)
+        if not isinstance(document, dict) or set(document) != {"body", "ca_key", "signature"}:
+            raise ValueError
         body, signature = document["body"], document["signature"]
         members = tuple(Member(str(m["name"]), str(m["role"]), str(m["public_key"])) for m in body["members"])
-    except (ValueError, KeyError, TypeError):
-        raise FedriskInputError("not a fedrisk roster", file=str(path)) from None
-    if not signature_holds(trusted, _canonical(body), signature):
+        signed = signature_holds(trusted, _canonical(body), signature) and document["ca_key"] == trusted
+    except (ValueError, KeyError, TypeError, RecursionError, UnicodeError, OSError):
+        raise FedriskInputError("not a fedrisk roster (or not one as the CA wrote it)", file=str(path)) from None
+    if not signed:
         raise FedriskInputError("the roster is not signed by the trusted CA key (altered, or another CA's)",
                                 file=str(path))
     names: dict[str, set[str]] = {}
     for m in members:
         names.setdefault(skeleton(m.name), set()).add(m.name)
-    if any(len(spellings) > 1 for spellings in names.values()):
-        raise FedriskInputError("the roster lists names drawn alike for different people", file=str(path))
+    if len(names) != len(members) or len({m.public_key for m in members}) != len(members):
+        raise FedriskInputError("the roster lists a person or key twice, or names drawn alike", file=str(path))
     return Roster(members, str(path))

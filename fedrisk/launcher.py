@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fedrisk import audit, run_schema
+from fedrisk.campaign_lock import campaign_lock, close_interrupted, describe
 from fedrisk.config import CampaignConfig, check_secure_aggregation, config_to_json
 from fedrisk.environment import quiet
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
@@ -98,6 +99,14 @@ def simulate(config: CampaignConfig, *, campaign: str | None = None, check_input
     """Run one campaign on Flower's simulation engine; returns its MLflow run."""
     quiet()
     campaign = campaign or uuid.uuid4().hex
+    with campaign_lock(config, campaign):  # one campaign per store; any other still RUNNING here died
+        for found in close_interrupted(config):
+            log.warning(describe(found))
+        return _simulate_locked(config, campaign, check_inputs, verbose, num_supernodes)
+
+
+def _simulate_locked(config: CampaignConfig, campaign: str, check_inputs: bool, verbose: bool,
+                     num_supernodes: int | None) -> Outcome:
     try:
         names = preflight(config) if check_inputs else institution_names(config.data)
     except FedriskInputError as err:  # a refusal before any round is a decision too

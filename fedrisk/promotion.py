@@ -115,8 +115,25 @@ def logged_approvals(log: str, name: str, version: str, run_id: str,
                 continue
             found.append({"approver": entry["actor"], "time": entry["time"], "key": key, **{k: details.get(k) for k in (
                 "verdict", "policy_sha256", "override", "justification", "os_user")}})
-        elif entry["event"] in ("promotion", "override_promotion"):
+        elif entry["event"] in ("promotion", "override_promotion") and (
+                roster is None or audit.verify_signatures_of(entry, roster) is None):
             found = []  # used up
+    return found
+
+
+def _signed_campaign(log: str, run_id: str, name: str, version: str, roster: identity.Roster) -> dict[str, Any]:
+    """What the log's signed entries say of a run: its trainer (and key), from the campaign_started
+    entry a roster trainer signed, and the verdict of the last gate_verdict a roster key signed."""
+    found: dict[str, Any] = {"trainer": None, "trainer_key": None, "verdict": None}
+    for _, line, _ in audit.read_entries(log):
+        entry = json.loads(line)
+        details = entry["details"]
+        if details.get("run_id") != run_id or audit.verify_signatures_of(entry, roster) is not None:
+            continue
+        if entry["event"] == "campaign_started" and found["trainer"] is None:
+            found["trainer"], found["trainer_key"] = entry["actor"], entry["key"]
+        elif entry["event"] == "gate_verdict" and details.get("model_version") in (None, f"{name}/{version}"):
+            found["verdict"] = details.get("verdict")
     return found
 
 
@@ -137,7 +154,10 @@ def approve(tracking_uri: str, name: str, version: str, approver: str, *, overri
     client = MlflowClient(tracking_uri)
     mv = _version(client, name, version)
     version = str(mv.version)
-    run_id = mv.tags.get(run_schema.RUN_ID) or mv.run_id
+    run_id = mv.run_id or mv.tags.get(run_schema.RUN_ID)
+    if mv.run_id and mv.tags.get(run_schema.RUN_ID, mv.run_id) != mv.run_id:
+        raise FourEyesRefused(f"{name}/{version}: its tag {run_schema.RUN_ID} names run "
+                               f"{mv.tags[run_schema.RUN_ID]}, the registry run {mv.run_id}: tags were edited")
     run = client.get_run(run_id)
     log = audit_log_of(run.data.tags, audit_log)
     with audit.locked(Path(log), "promotion"):
@@ -167,6 +187,16 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
     if normalise_name(approver) == normalise_name(trainer):
         raise FourEyesRefused(f"{where}: {approver} trained this model; the trainer cannot approve it")
     roster = consortium_roster()
+    signed = _signed_campaign(log, run_id, name, version, roster)
+    if signed["trainer"] is None:
+        raise FourEyesRefused(f"{where}: the audit log holds no campaign_started entry of run {run_id} signed by a "
+                               "trainer in the roster, so its trainer cannot be known")
+    if normalise_name(approver) == normalise_name(signed["trainer"]):
+        raise FourEyesRefused(f"{where}: {approver} trained this model; the trainer cannot approve it")
+    if signed["verdict"] != verdict:
+        raise FourEyesRefused(f"{where}: the registry says {verdict}, the last gate verdict signed in the audit log "
+                               f"says {signed['verdict'] or 'nothing'}: tags were edited; run `fedrisk validate "
+                               f"{run_id}`")
     signer = identity.private_key(approver)
     if signer is None:
         raise FourEyesRefused(f"{where}: this machine holds no key of {approver} (in {identity.keys_dir()}); an "
@@ -176,7 +206,7 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
     if holder is None or normalise_name(holder) != normalise_name(approver):
         raise FourEyesRefused(f"{where}: {approver}'s key is not an approver's in the roster {roster.path}")
     approver = holder  # recorded as the roster spells it
-    if key in _trainer_keys(log, run_id, trainer, roster):
+    if key in _trainer_keys(log, run_id, trainer, roster) | {signed["trainer_key"]}:
         raise FourEyesRefused(f"{where}: {approver}'s key trained this model; the trainer cannot approve it")
     blocked = verdict == "block"
     if blocked and not override:

@@ -133,6 +133,19 @@ def test_verify_exits_non_zero_when_it_cannot_check_what_it_should(keyed, tmp_pa
     chain = _cli("audit", "verify", str(log), "--chain-only", cwd=tmp_path,
                  env={"FEDRISK_ROSTER": "", "FEDRISK_ROSTER_CA": ""})
     assert chain.returncode == 0 and "chain only" in chain.stdout
+    from mlflow.tracking import MlflowClient
+    MlflowClient(f"sqlite:///{tmp_path}/empty.db").search_experiments()  # a store none of whose runs know the log
+    empty = _cli("audit", "verify", str(log), "--tracking-uri", f"sqlite:///{tmp_path}/empty.db", cwd=tmp_path)
+    assert empty.returncode == 1 and "anchors      NOT CHECKED: no MLflow run" in empty.stdout
     _append_forged(log, "approval", "bob", {"run_id": "r1"})
     forged = _cli("audit", "verify", str(log), cwd=tmp_path)
     assert forged.returncode == 1 and "BROKEN" in forged.stdout and "not signed" in forged.stdout
+
+
+@pytest.mark.parametrize("actor", [["x"], 7, {"a": 1}])
+def test_a_hostile_actor_field_is_a_broken_entry_not_a_crash(keyed, actor):
+    log, roster = keyed
+    tom = private_key("tom")
+    from fedrisk.identity import public_text
+    _append_forged(log, "approval", actor, {"run_id": "r1"}, tom, public_text(tom.public_key()))
+    assert "must be text" in audit.verify_signatures(log, roster)

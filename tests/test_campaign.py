@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -64,17 +65,29 @@ LENIENT = "name: lenient\nevidence: point\nrules:\n  - {metric: auc, comparator:
 
 @pytest.fixture(scope="module")
 def credit_run(tmp_path_factory):
-    """One campaign whose own policy it passes, trained by tom."""
+    """One campaign whose own policy it passes, trained by tom, whose key signs its audit entries."""
+    from conftest import consortium_keys
+
     tmp = tmp_path_factory.mktemp("campaign")
     (tmp / "lenient.yaml").write_text(LENIENT)
-    config = _config(tmp, **{"gate.policy": str(tmp / "lenient.yaml"), "audit.actor": "tom"})
-    run_campaign(LocalGrid.simulation(client_app, 3), config, "local1")
-    return config, campaign_outcome(config, "local1")
+    keys = consortium_keys(tmp, {"tom": "trainer", "alice": "approver", "bob": "approver"})
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        config = _config(tmp, **{"gate.policy": str(tmp / "lenient.yaml"), "audit.actor": "tom"})
+        run_campaign(LocalGrid.simulation(client_app, 3), config, "local1")
+        yield config, campaign_outcome(config, "local1"), keys
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def test_a_campaign_completes_with_the_pinned_mlflow_names(credit_run):
     """The run schema is a contract: every tag, metric, param and artifact name as before."""
-    config, outcome = credit_run
+    config, outcome, _ = credit_run
     assert outcome.status == "completed"
     client = MlflowClient(config.tracking.uri)
     run = client.get_run(outcome.run_id)
@@ -255,7 +268,7 @@ def test_secure_aggregation_round_gives_the_weighted_average(tmp_path):
 def test_the_gate_records_its_verdict_and_moves_the_alias(credit_run, tmp_path):
     from fedrisk.validation import validate_run
 
-    config, outcome = credit_run
+    config, outcome, _ = credit_run
     assert outcome.tags[run_schema.GATE_VERDICT] == "pass" and outcome.tags[run_schema.GATE_ALIAS] == "challenger"
     client = MlflowClient(config.tracking.uri)
     assert client.get_model_version_by_alias("fedrisk-credit", "challenger").run_id == outcome.run_id
@@ -271,14 +284,12 @@ def test_the_gate_records_its_verdict_and_moves_the_alias(credit_run, tmp_path):
 
 
 def test_four_eyes_promotion_and_rollback(credit_run, tmp_path, monkeypatch):
-    from conftest import consortium_keys
-
     from fedrisk.errors import FourEyesRefused
     from fedrisk.promotion import approve, rollback
 
-    for key, value in consortium_keys(tmp_path, {"tom": "trainer", "alice": "approver", "bob": "approver"}).items():
+    config, outcome, keys = credit_run
+    for key, value in keys.items():
         monkeypatch.setenv(key, value)  # approvals are signed by their approvers' keys, listed in the roster
-    config, outcome = credit_run
     uri, version = config.tracking.uri, outcome.tags[run_schema.GATE_MODEL_VERSION].split("/")[1]
     with pytest.raises(FourEyesRefused, match="trained this model"):
         approve(uri, "fedrisk-credit", version, "ＴＯＭ")
@@ -299,7 +310,7 @@ def test_four_eyes_promotion_and_rollback(credit_run, tmp_path, monkeypatch):
 def test_the_evidence_pack_has_every_section(credit_run, tmp_path):
     from fedrisk.evidence import SECTIONS, write_evidence
 
-    config, outcome = credit_run
+    config, outcome, _ = credit_run
     page, data, head = write_evidence(config.tracking.uri, outcome.run_id, tmp_path / "pack", "vera")
     evidence = json.loads(data.read_text())
     assert list(evidence) == list(SECTIONS)

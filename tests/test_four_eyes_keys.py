@@ -32,10 +32,13 @@ def version(tmp_path, monkeypatch):
     run = client.create_run(client.create_experiment("e"), tags={run_schema.TRAINER: "root", run_schema.TASK: "credit"})
     audit_event(client, run.info.run_id, log, "campaign_started", "root", {})
     client.create_registered_model(MODEL)
-    mv = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id)
-    for key, value in {run_schema.GATE_VERDICT: "pass", run_schema.RUN_ID: run.info.run_id,
-                       run_schema.GATE_POLICY_SHA256: policy_sha256(load_policy(None, "credit"))}.items():
-        client.set_model_version_tag(MODEL, mv.version, key, value)
+    for verdict in ("pass", "block"):  # version 1 passed its gate, version 2 was blocked
+        mv = client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id)
+        for key, value in {run_schema.GATE_VERDICT: verdict, run_schema.RUN_ID: run.info.run_id,
+                           run_schema.GATE_POLICY_SHA256: policy_sha256(load_policy(None, "credit"))}.items():
+            client.set_model_version_tag(MODEL, mv.version, key, value)
+        audit_event(client, run.info.run_id, log, "gate_verdict", "root",
+                    {"verdict": verdict, "model_version": f"{MODEL}/{mv.version}"})
     return uri, str(log), run.info.run_id
 
 
@@ -105,3 +108,21 @@ def test_two_keyed_approvers_promote_and_the_log_verifies_against_the_roster(ver
     assert approve(uri, MODEL, "1", "bob", audit_log=log).promoted
     assert str(_champion(uri)) == "1"
     assert audit.verify_signatures(log, load_roster()) is None
+
+
+def test_a_decoy_run_named_in_the_registry_tags_is_refused(version):
+    """The trainer points the version's run tag at a run 'trained by bob', to pass as an approver."""
+    uri, log, _ = version
+    client = MlflowClient(uri)
+    decoy = client.create_run(client.get_experiment_by_name("e").experiment_id, tags={run_schema.TRAINER: "bob"})
+    client.set_model_version_tag(MODEL, "1", run_schema.RUN_ID, decoy.info.run_id)
+    with pytest.raises(FourEyesRefused, match="tags were edited"):
+        approve(uri, MODEL, "1", "alice", audit_log=log)
+
+
+def test_a_blocked_verdict_turned_to_pass_in_the_registry_is_refused(version):
+    """No override needed, the attacker hopes: the registry's verdict tag is edited from block to pass."""
+    uri, log, _ = version
+    MlflowClient(uri).set_model_version_tag(MODEL, "2", run_schema.GATE_VERDICT, "pass")
+    with pytest.raises(FourEyesRefused, match="signed in the audit log says block"):
+        approve(uri, MODEL, "2", "alice", audit_log=log)

@@ -22,6 +22,10 @@ from fedrisk.identity import create_key, load_roster, private_key, public_key, s
     ("ALICE", "alice"),
     ("Ιvan", "ivan"),  # Greek capital iota
     ("t0m", "tom"),  # digit zero for o
+    ("root\u034f", "root"),  # combining grapheme joiner
+    ("ro\ufe0fot", "root"),  # variation selector
+    ("r\u3164oot", "root"),  # Hangul filler
+    ("root\u2800", "root"),  # braille blank
 ])
 def test_look_alike_names_share_a_skeleton(look_alike, name):
     assert skeleton(look_alike) == skeleton(name)
@@ -93,3 +97,39 @@ def test_keys_cli_creates_keys_and_a_roster(tmp_path, monkeypatch, capsys):
     assert "roster" in out and "3 members" in out
     assert len(load_roster(tmp_path / "roster.json", public_key("ca", tmp_path / "keys")).members) == 3
     assert main(["keys", "roster", "--ca", "ca", "--out", str(tmp_path / "r2.json"), "alice=boss"]) == 2
+
+
+def test_a_roster_lists_each_person_once(tmp_path):
+    """A trainer who is also an approver would approve his own models."""
+    for name in ("ca", "root", "alice"):
+        create_key(name, tmp_path)
+    with pytest.raises(FedriskInputError, match="listed twice"):
+        write_roster([("root", "trainer"), ("root", "approver")], "ca", tmp_path / "r.json", tmp_path)
+    with pytest.raises(FedriskInputError, match="exists already"):
+        create_key("root\u034f", tmp_path)  # an invisible joiner does not make a second person
+
+
+def test_a_roster_with_a_repeated_key_or_extra_fields_is_refused(tmp_path):
+    out, ca = _roster(tmp_path)
+    text = out.read_text()
+    forged = text.replace('"body": {', '"body": {"members": [], "issued": "x"}, "body": {', 1)
+    out.write_text(forged)  # two "body" keys: readers disagree on which one is the roster
+    with pytest.raises(FedriskInputError, match="not a fedrisk roster"):
+        load_roster(out, ca)
+    document = json.loads(text)
+    document["note"] = "extra"
+    out.write_text(json.dumps(document))
+    with pytest.raises(FedriskInputError, match="not a fedrisk roster"):
+        load_roster(out, ca)
+
+
+def test_broken_key_files_are_one_line_errors(tmp_path):
+    create_key("alice", tmp_path)
+    (tmp_path / "alice.key").write_text("not a key")
+    with pytest.raises(FedriskInputError, match="not a readable private key"):
+        private_key("alice", tmp_path)
+    (tmp_path / "bin.pub").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(FedriskInputError, match="not a public key file"):
+        load_roster(_roster(tmp_path / "r")[0], str(tmp_path / "bin.pub"))
+    with pytest.raises(FedriskInputError, match="at most 100 characters"):
+        create_key("x" * 300, tmp_path)
