@@ -20,7 +20,7 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -188,6 +188,8 @@ class Member:
 class Roster:
     members: tuple[Member, ...]
     path: str
+    serial: int = 0
+    expires: str = ""
 
     def roles_of(self, public: str) -> dict[str, str]:
         """role -> name of every entry the key holds."""
@@ -197,8 +199,20 @@ class Roster:
         return [m for m in self.members if m.role == role]
 
 
-def write_roster(members: list[tuple[str, str]], ca: str, out: Path, folder: Path | None = None) -> Roster:
-    """The roster of `members` (name, role), with their public keys, signed by the CA's key."""
+def _previous_serial(out: Path) -> int:
+    try:
+        return int(json.loads(out.read_text(encoding="utf-8"))["body"]["serial"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def write_roster(members: list[tuple[str, str]], ca: str, out: Path, folder: Path | None = None,
+                 valid_days: int = 365) -> Roster:
+    """The roster of `members` (name, role), with their public keys, signed by the CA's key. It
+    carries a serial (one above the roster it replaces at `out`) and an expiry: a verifier
+    refuses an expired roster, and one older than a roster it has already seen."""
+    if not 1 <= valid_days <= 3650:
+        raise FedriskInputError("a roster is valid for 1 to 3650 days")
     signer = private_key(ca, folder)
     if signer is None:
         raise FedriskInputError(f"this machine holds no key of the CA '{ca}'")
@@ -215,7 +229,9 @@ def write_roster(members: list[tuple[str, str]], ca: str, out: Path, folder: Pat
                                     "would approve his own models)")
         seen[shape] = name
         listed.append({"name": name, "role": role, "public_key": public_key(name, folder)})
-    body = {"members": listed, "issued": datetime.now(UTC).isoformat(timespec="seconds")}
+    issued = datetime.now(UTC)
+    body = {"members": listed, "issued": issued.isoformat(timespec="seconds"), "serial": _previous_serial(out) + 1,
+            "expires": (issued + timedelta(days=valid_days)).isoformat(timespec="seconds")}
     document = {"body": body, "ca_key": public_text(signer.public_key()), "signature": sign(signer, _canonical(body))}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +239,25 @@ def write_roster(members: list[tuple[str, str]], ca: str, out: Path, folder: Pat
     except OSError as exc:
         raise FedriskInputError(f"the roster cannot be written ({exc.strerror})", file=str(out)) from None
     return load_roster(out, document["ca_key"])
+
+
+def _ratchet(ca: str, serial: int, path: Path) -> None:
+    """Refuse a roster older than the newest this machine has seen from the CA; remember a newer one."""
+    seen_file = keys_dir() / "rosters_seen.json"
+    try:
+        seen = json.loads(seen_file.read_text())
+    except (OSError, ValueError):
+        seen = {}
+    newest = int(seen.get(key_id(ca), 0)) if isinstance(seen, dict) else 0
+    if serial < newest:
+        raise FedriskInputError(f"roster serial {serial} is older than serial {newest}, already seen from this CA: "
+                                "an out-of-date roster was put back", file=str(path))
+    if serial > newest:
+        try:
+            seen_file.parent.mkdir(parents=True, exist_ok=True)
+            seen_file.write_text(json.dumps({**(seen if isinstance(seen, dict) else {}), key_id(ca): serial}))
+        except OSError:
+            pass  # a read-only verifier still checks; it cannot remember
 
 
 def trusted_ca(value: str | None = None) -> str | None:
@@ -244,8 +279,10 @@ def trusted_ca(value: str | None = None) -> str | None:
     raise FedriskInputError("trusted CA key not found (neither a .pub file nor an Ed25519 public key)", file=value)
 
 
-def load_roster(path: str | Path | None = None, ca: str | None = None) -> Roster:
-    """The roster, checked against the trusted CA key; one line when it cannot be trusted."""
+def load_roster(path: str | Path | None = None, ca: str | None = None, now: datetime | None = None) -> Roster:
+    """The roster, checked against the trusted CA key, its expiry, and the newest serial this
+    machine has seen from that CA (so an older roster cannot be put back); one line when it
+    cannot be trusted."""
     path = Path(path or os.environ.get(ROSTER_ENV) or "")
     if not str(path) or not path.is_file():
         raise FedriskInputError(f"no consortium roster (--roster or ${ROSTER_ENV}): who holds which role cannot be "
@@ -261,14 +298,20 @@ def load_roster(path: str | Path | None = None, ca: str | None = None) -> Roster
         body, signature = document["body"], document["signature"]
         members = tuple(Member(str(m["name"]), str(m["role"]), str(m["public_key"])) for m in body["members"])
         signed = signature_holds(trusted, _canonical(body), signature) and document["ca_key"] == trusted
+        serial, expires = body["serial"], datetime.fromisoformat(body["expires"])
+        if type(serial) is not int or serial < 1 or expires.tzinfo is None:
+            raise ValueError
     except (ValueError, KeyError, TypeError, RecursionError, UnicodeError, OSError):
         raise FedriskInputError("not a fedrisk roster (or not one as the CA wrote it)", file=str(path)) from None
     if not signed:
         raise FedriskInputError("the roster is not signed by the trusted CA key (altered, or another CA's)",
                                 file=str(path))
+    if (now or datetime.now(UTC)) > expires:
+        raise FedriskInputError(f"the roster expired on {body['expires']}: ask the CA for a new one", file=str(path))
+    _ratchet(trusted, serial, path)
     names: dict[str, set[str]] = {}
     for m in members:
         names.setdefault(skeleton(m.name), set()).add(m.name)
     if len(names) != len(members) or len({m.public_key for m in members}) != len(members):
         raise FedriskInputError("the roster lists a person or key twice, or names drawn alike", file=str(path))
-    return Roster(members, str(path))
+    return Roster(members, str(path), serial, body["expires"])

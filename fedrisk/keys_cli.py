@@ -26,6 +26,8 @@ def add_parser(sub: Any) -> None:
     roster.add_argument("members", nargs="+", metavar="NAME=ROLE", help=f"roles: {', '.join(identity.ROLES)}")
     roster.add_argument("--ca", required=True, help="name of the CA's key on this machine")
     roster.add_argument("--out", default="roster.json")
+    roster.add_argument("--valid-days", dest="valid_days", type=int, default=365,
+                        help="after this many days verifiers refuse it (default 365)")
     roster.set_defaults(func=_roster)
 
 
@@ -43,8 +45,9 @@ def _roster(args: argparse.Namespace) -> int:
         if not sep or not name.strip():
             raise FedriskInputError(f"'{item}' is not NAME=ROLE")
         members.append((name.strip(), role.strip()))
-    roster = identity.write_roster(members, args.ca, Path(args.out))
-    print(f"roster       {args.out}: {len(roster.members)} members, signed by {args.ca}")
+    roster = identity.write_roster(members, args.ca, Path(args.out), valid_days=args.valid_days)
+    print(f"roster       {args.out}: {len(roster.members)} members, serial {roster.serial}, valid until "
+          f"{roster.expires}, signed by {args.ca}")
     print(f"trust        verifiers need the CA's public key: {identity.keys_dir() / (args.ca + '.pub')} "
           f"(${identity.CA_ENV})")
     return 0

@@ -133,3 +133,28 @@ def test_broken_key_files_are_one_line_errors(tmp_path):
         load_roster(_roster(tmp_path / "r")[0], str(tmp_path / "bin.pub"))
     with pytest.raises(FedriskInputError, match="at most 100 characters"):
         create_key("x" * 300, tmp_path)
+
+
+def test_an_expired_roster_is_refused(tmp_path):
+    from datetime import UTC, datetime, timedelta
+    out, ca = _roster(tmp_path)
+    assert load_roster(out, ca).serial == 1
+    with pytest.raises(FedriskInputError, match="the roster expired on"):
+        load_roster(out, ca, now=datetime.now(UTC) + timedelta(days=366))
+    with pytest.raises(FedriskInputError, match="1 to 3650 days"):
+        write_roster([("alice", "approver")], "ca", tmp_path / "x.json", tmp_path, valid_days=0)
+
+
+def test_an_older_roster_put_back_is_refused_once_a_newer_one_was_seen(tmp_path):
+    """The CA removed carol; the coordinator puts back the roster that still lists her."""
+    import shutil
+    for name in ("ca", "alice", "bob", "carol"):
+        create_key(name, tmp_path)
+    out = tmp_path / "roster.json"
+    ca = public_key("ca", tmp_path)
+    write_roster([("alice", "approver"), ("bob", "approver"), ("carol", "approver")], "ca", out, tmp_path)
+    shutil.copy(out, tmp_path / "old.json")
+    write_roster([("alice", "approver"), ("bob", "approver")], "ca", out, tmp_path)
+    assert load_roster(out, ca).serial == 2
+    with pytest.raises(FedriskInputError, match="roster serial 1 is older than serial 2"):
+        load_roster(tmp_path / "old.json", ca)
