@@ -122,30 +122,24 @@ def logged_approvals(log: str, name: str, version: str, run_id: str,
 
 
 def _signed_campaign(log: str, run_id: str, name: str, version: str, roster: identity.Roster) -> dict[str, Any]:
-    """What the log's signed entries say of a run: its trainer (and key), from the campaign_started
-    entry a roster trainer signed, and the verdict of the last gate_verdict a roster key signed."""
-    found: dict[str, Any] = {"trainer": None, "trainer_key": None, "verdict": None}
+    """What the log says of a run, in one pass: its trainer, from the campaign_started entry a
+    roster trainer signed; the verdict of the last gate_verdict a roster key signed; and every
+    key that signed the campaign's own start or end (none of them may approve it)."""
+    found: dict[str, Any] = {"trainer": None, "verdict": None, "campaign_keys": set()}
     for _, line, _ in audit.read_entries(log):
         entry = json.loads(line)
         details = entry["details"]
-        if details.get("run_id") != run_id or audit.verify_signatures_of(entry, roster) is not None:
+        if details.get("run_id") != run_id:
+            continue
+        if entry["event"] in ("campaign_started", "campaign_ended") and entry.get("key"):
+            found["campaign_keys"].add(entry["key"])
+        if audit.verify_signatures_of(entry, roster) is not None:
             continue
         if entry["event"] == "campaign_started" and found["trainer"] is None:
-            found["trainer"], found["trainer_key"] = entry["actor"], entry["key"]
+            found["trainer"] = entry["actor"]
         elif entry["event"] == "gate_verdict" and details.get("model_version") in (None, f"{name}/{version}"):
             found["verdict"] = details.get("verdict")
     return found
-
-
-def _trainer_keys(log: str, run_id: str, trainer: str, roster: identity.Roster) -> set[str]:
-    """Every key of the trainer: the roster's keys under the trainer's name, and the key that
-    signed the campaign's own entries."""
-    keys = {m.public_key for m in roster.members if normalise_name(m.name) == normalise_name(trainer)}
-    for _, line, _ in audit.read_entries(log):
-        entry = json.loads(line)
-        if entry["event"] in ("campaign_started", "campaign_ended") and entry["details"].get("run_id") == run_id:
-            keys.add(entry.get("key", ""))
-    return keys - {""}
 
 
 def approve(tracking_uri: str, name: str, version: str, approver: str, *, override: bool = False,
@@ -206,7 +200,8 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
     if holder is None or normalise_name(holder) != normalise_name(approver):
         raise FourEyesRefused(f"{where}: {approver}'s key is not an approver's in the roster {roster.path}")
     approver = holder  # recorded as the roster spells it
-    if key in _trainer_keys(log, run_id, trainer, roster) | {signed["trainer_key"]}:
+    trainer_keys = {m.public_key for m in roster.members if normalise_name(m.name) == normalise_name(trainer)}
+    if key in trainer_keys | signed["campaign_keys"]:
         raise FourEyesRefused(f"{where}: {approver}'s key trained this model; the trainer cannot approve it")
     blocked = verdict == "block"
     if blocked and not override:
