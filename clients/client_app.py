@@ -19,7 +19,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients.mods import institution_clipping_mod, secure_aggregation_mod, under_secure_aggregation
-from fedrisk import institution, protocol
+from fedrisk import institution, protocol, witness
 from fedrisk.errors import FedriskInputError
 from fedrisk.guard import check_histograms
 from fedrisk.session import NodeSession, open_session
@@ -39,6 +39,8 @@ def _handle(msg: Message, context: Context, message_type: str,
         for kind in protocol.implied_messages(message_type, session.config):
             session.guard(kind, monitoring)
         check_histograms(session.policy, request.grid, request.edges, session.name)
+        if request.audit_head is not None:  # what the coordinator's log said when this message left
+            witness.record(session.home, session.name, request.audit_head, request.campaign, request.server_round)
         if request.preprocessor is not None:  # checked before anything is charged
             session.preprocessor(request.preprocessor, monitoring)
         if not monitoring:  # the consortium's columns, once its terminal table has been shared

@@ -26,7 +26,7 @@ from unittest import mock
 from homes import fresh_homes  # experiments/homes.py
 from report_file import write_report  # experiments/report_file.py
 
-from fedrisk import audit, data, data_quality
+from fedrisk import audit, data, data_quality, identity, witness
 from fedrisk.config import load_config
 
 # --quick: a smoke test on small data, not a measurement
@@ -77,8 +77,6 @@ def audit_rows(count: int) -> list[str]:
 
 def _signed(count: int) -> tuple[float, float]:
     """Seconds to append `count` signed entries, and to check their signatures against a roster."""
-    from fedrisk import identity
-
     with tempfile.TemporaryDirectory() as tmp:
         keys = Path(tmp) / "keys"
         for name in ("ca", "bench"):
@@ -114,9 +112,21 @@ def scorecard_rows(quick: bool = False) -> list[str]:
     return rows
 
 
+def _witness_seconds(keys: Path, count: int) -> float:
+    """Seconds per witness record (signed), each with a new head as a new round brings."""
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {identity.KEYS_ENV: str(keys)}):
+        name = "inst01"
+        start = time.perf_counter()
+        for i in range(count):
+            witness.record(Path(tmp), name, f"{'a' * 32}:{i + 1}:{i:064x}", "c" * 32, i)
+        return (time.perf_counter() - start) / count
+
+
 def campaign_rows(folder: Path, quick: bool = False) -> list[str]:
     from fedrisk.evidence import write_evidence
+    from fedrisk.guard import homes_root
     from fedrisk.launcher import simulate
+    from fedrisk.sources import institution_names
 
     fresh_homes()  # the campaign's institutions start with unspent budgets
     config = load_config(None, {**(QUICK_CREDIT if quick else {}), "tracking_uri": f"sqlite:///{folder}/mlflow.db"},
@@ -124,21 +134,33 @@ def campaign_rows(folder: Path, quick: bool = False) -> list[str]:
     spent: list[float] = []
     original = audit.append
 
-    def timed(*args, **kwargs):
+    def timed(path, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return original(*args, **kwargs)
+            return original(path, *args, **kwargs)
         finally:
             spent.append(time.perf_counter() - start)
 
+    keys = folder / "keys"  # everyone signs: the trainer its campaign events, each institution its witness entries
+    for name in (audit.default_actor(), *institution_names(config.data)):
+        identity.create_key(name, keys)
     start = time.perf_counter()
-    with mock.patch.object(audit, "append", timed):
+    with mock.patch.object(audit, "append", timed), mock.patch.dict(os.environ, {identity.KEYS_ENV: str(keys)}):
         outcome = simulate(config)
     campaign = time.perf_counter() - start
+    # the institutions' witness entries are written in their own (Ray) processes: counted from their
+    # homes, each costing what a record costs here (a signed append after reading the last entry)
+    homes = homes_root()
+    entries = sum(len((homes / name / witness.WITNESS_FILE).read_bytes().splitlines()) - 1
+                  for name in institution_names(config.data))
+    per_entry = _witness_seconds(keys, 200)
     pack = _median(lambda: write_evidence(config.tracking.uri, outcome.run_id, folder / "pack", "bench"), 1)
     return [
         f"| audit events of the default credit campaign | {len(spent)} entries, {sum(spent):.3f} s | "
         f"campaign {campaign:.1f} s | {sum(spent) / campaign:.4f}x |",
+        f"| witness entries of that campaign (each institution, each new head) | {entries} entries, "
+        f"{entries * per_entry:.3f} s at {per_entry * 1e3:.2f} ms each | campaign {campaign:.1f} s | "
+        f"{entries * per_entry / campaign:.4f}x |",
         f"| evidence pack of that campaign (`fedrisk report`) | {pack:.2f} s | campaign {campaign:.1f} s | "
         f"{pack / campaign:.3f}x |",
     ]

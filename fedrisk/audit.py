@@ -43,7 +43,8 @@ SIGNED_FIELDS = tuple(sorted((*FIELDS, "key", "sig")))
 # Who may write which event (any roster member may write the others).
 EVENT_ROLES = {"approval": {"approver"}, "promotion": {"approver"}, "override_promotion": {"approver"},
                "rollback": {"approver"}, "gate_verdict": {"trainer", "coordinator", "validator"},
-               "campaign_started": {"trainer", "coordinator"}, "campaign_ended": {"trainer", "coordinator"}}
+               "campaign_started": {"trainer", "coordinator"}, "campaign_ended": {"trainer", "coordinator"},
+               "witnessed": {"institution"}}
 DEFAULT_PATH = ".fedrisk/audit.jsonl"
 
 
@@ -111,6 +112,20 @@ def _last_line(path: Path) -> bytes | None:
         raise FedriskInputError("audit log ends in an incomplete entry; run `fedrisk audit verify`",
                                 file=str(path))
     return data[:-1].rsplit(b"\n", 1)[-1]
+
+
+def last_entry(path: str | Path) -> dict[str, Any] | None:
+    """The log's last entry as written (None before the log exists), unchecked: `verify` checks."""
+    last = _last_line(Path(path))
+    if last is None:
+        return None
+    try:
+        entry = json.loads(last)
+    except (ValueError, RecursionError):
+        entry = None
+    if not isinstance(entry, dict):
+        raise FedriskInputError("audit log's last entry is damaged; run `fedrisk audit verify`", file=str(path))
+    return entry
 
 
 def append(path: str | Path, event: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +201,12 @@ def read_entries(path: str | Path) -> Iterator[tuple[int, bytes, bool]]:
         yield number, line, True
     if lines[-1]:
         yield len(lines), lines[-1], False
+
+
+def entries(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, entry) of a log `verify` found intact."""
+    for number, line, _ in read_entries(path):
+        yield number, json.loads(line)
 
 
 def verify(path: str | Path) -> Check:

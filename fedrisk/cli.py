@@ -184,7 +184,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
     if args.chain_only:
         print("chain only   signatures and anchors not checked (--chain-only): who wrote the entries, and whether "
               "the log was cut short or rewritten whole, is not shown")
-        return 0
+        return _witnesses(args.witness, path, None, check.entries)
     status = 0
     uri = _tracking_uri(args)
     store = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
@@ -222,7 +222,32 @@ def _audit_verify(args: argparse.Namespace) -> int:
         print(f"audit log {path}: BROKEN: {problem}")
         return 1
     print(f"signatures   all {check.entries} entries signed by their roster key ({roster.path})")
-    return status
+    return max(status, _witnesses(args.witness, path, roster, check.entries))
+
+
+def _witnesses(folders: list[str] | None, path: Path, roster: Any, entries: int) -> int:
+    """The institutions' witness logs against the coordinator's log: 1 on the first disagreement."""
+    from fedrisk import witness
+
+    if not folders:
+        return 0
+    try:
+        checks = [witness.check(path, folder, roster) for folder in folders]
+    except FedriskInputError as err:
+        print(f"witnesses    NOT CHECKED: {err.one_line()}")
+        return 1
+    for check in checks:
+        if check.problem:
+            print(f"audit log {path}: BROKEN: {check.problem}")
+            return 1
+    last = max(c.last_seq or 0 for c in checks)
+    names = sorted({c.institution or "?" for c in checks})
+    print(f"witnesses    {len(checks)} institutions ({', '.join(names)}): {sum(c.heads for c in checks)} heads up to "
+          f"entry {last}, all match{'' if roster is not None else ' (witness signatures not checked)'}")
+    if last < entries:
+        print(f"not witnessed entries {last + 1}-{entries}: written after the last message to an institution (a "
+              "campaign's end, its gate verdict, approvals); the next campaign's first message covers them")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -367,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--ca", help="the CA's public key the roster must be signed with (default: $FEDRISK_ROSTER_CA)")
     ver.add_argument("--chain-only", dest="chain_only", action="store_true",
                      help="check the hash chain alone and say so (exit 0 when intact)")
+    ver.add_argument("--witness", nargs="+", metavar="HOME",
+                     help="institutions' homes (or their witness.jsonl): every head they saw and signed must be in "
+                          "this log as they saw it")
     ver.set_defaults(func=_audit_verify)
     pa = aud_sub.add_parser("privacy", help="attack a simulated campaign's run whose members are known: singleton "
                                             "bins, stored scores, loss-threshold membership inference")

@@ -83,6 +83,7 @@ SERVER_ROUND, PROXIMAL_MU, SPLITS = "server-round", "proximal-mu", "splits"
 EDGES, WINDOW_DAYS, INSTITUTIONS = "edges", "window-days", "institutions"
 BOUNDS_KEY, GRID, GROUPS, WINDOW, WINDOWS = "bounds", "grid", "groups", "window", "windows"
 TABLE = "terminal-table"
+AUDIT_HEAD = "audit-head"  # the coordinator's audit log head when the message left: the node witnesses it
 TABLE_ROUND = "terminal-table-round"  # a train message that carries no model: the table under SecAgg+
 WIRE_TABLE = np.float16  # a terminal table's cells on the wire: whole counts to 2048 exact, noised ones to 0.05 %;
 WIDE_TABLE = np.float32  # ... float32 when a cell is beyond float16's range (65,504)
@@ -121,6 +122,7 @@ class Request:
     window: int = 0
     windows: int = 0
     table: np.ndarray | None = None  # the consortium's summed terminal table
+    audit_head: str | None = None  # `log id:seq:hash` of the coordinator's audit log
 
     @property
     def shared(self) -> str:
@@ -170,6 +172,13 @@ def request_config(
     return record
 
 
+def with_audit_head(config: ConfigRecord, head: str | None) -> ConfigRecord:
+    """The coordinator's audit head as the message leaves (`fedrisk.witness`)."""
+    if head is not None:
+        config[AUDIT_HEAD] = head
+    return config
+
+
 def with_round(config: ConfigRecord, server_round: int, proximal_mu: float) -> ConfigRecord:
     config[SERVER_ROUND] = int(server_round)
     config[PROXIMAL_MU] = float(proximal_mu)
@@ -197,6 +206,7 @@ def read_request(msg: Message) -> Request:
         window=int(config.get(WINDOW, 0)),
         windows=int(config.get(WINDOWS, 0)),
         table=_floats(config[TABLE], 3, "terminal table") if TABLE in config else None,
+        audit_head=str(config[AUDIT_HEAD]) if AUDIT_HEAD in config else None,
     )
 
 

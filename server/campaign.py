@@ -36,7 +36,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
-from fedrisk import protocol, run_schema
+from fedrisk import protocol, run_schema, witness
 from fedrisk.config import CampaignConfig, check_secure_aggregation, config_to_json
 from fedrisk.consortium_features import shared_bounds
 from fedrisk.data import quality_card
@@ -101,7 +101,7 @@ def admit(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -
     """Ask every institution to admit the campaign; sit out refusals, bad data, another schema, low quality."""
     expected = config.institution_count_hint() or config.training.min_institutions
     nodes = wait_for_nodes(grid, expected)
-    replies = query(grid, nodes, protocol.BOUNDS, protocol.request_config(config_to_json(config), campaign))
+    replies = query(grid, nodes, protocol.BOUNDS, campaign_request(config, campaign))
     admission = Admission({}, {}, {}, {})
     for msg in replies:
         node = msg.metadata.src_node_id
@@ -193,7 +193,7 @@ def share_terminal_counts(grid: Grid, config: CampaignConfig, campaign: str, adm
     expected = (cal.cells, tx.sketch_width, 2)
     admitted = admission.statistics
     nodes = [n for n, name in admission.names.items() if name in admitted]
-    record = protocol.request_config(config_to_json(config), campaign)
+    record = campaign_request(config, campaign)
     secure = config.secure_aggregation.enabled
     if secure:  # Flower's SecAgg+: the server unmasks only the sum of the issuers' tables
         try:
@@ -260,7 +260,7 @@ def start_model(grid: Grid, config: CampaignConfig, campaign: str, admission: Ad
     bounds = bounds_from_counts({c: sum(s["bounds"][c] for s in admitted.values()) for c in columns}, noise)
     if shared is not None:
         bounds.update(shared.bounds)
-    request = protocol.request_config(config_to_json(config), campaign, bounds=bounds,
+    request = campaign_request(config, campaign, bounds=bounds,
                                       table=shared.table if shared is not None else None)
     nodes = [n for n, name in admission.names.items() if name in admitted]
     stats: dict[str, dict[str, Any]] = {}
@@ -376,7 +376,7 @@ def build_drift_reference(training: Training, config: CampaignConfig, campaign: 
     and summed: the drift reference, and the evaluation grid read from the pooled scores."""
     strategy = training.strategy
     edges = reference_edges({c: b.deciles for c, b in start.bounds.items()}, REFERENCE_BINS)
-    request = protocol.request_config(config_to_json(config), campaign, preprocessor=start.preprocessor.to_json(),
+    request = campaign_request(config, campaign, preprocessor=start.preprocessor.to_json(),
                                       edges=edges)
     replies = query(training.grid, strategy.active_nodes(training.grid), protocol.REFERENCE, request, training.final)
     for msg in replies:  # the model is trained: a failure here costs the reference, not the campaign
@@ -425,7 +425,7 @@ def evaluate_final(training: Training, config: CampaignConfig, campaign: str, st
     """Validation and test statistics of the final model on the evaluation grid: test metrics,
     the noise they carry, calibration, the test sums (for the gate)."""
     strategy = training.strategy
-    request = protocol.request_config(config_to_json(config), campaign, preprocessor=start.preprocessor.to_json(),
+    request = campaign_request(config, campaign, preprocessor=start.preprocessor.to_json(),
                                       splits=("validation", "test"), grid=grid, groups=start.groups)
     replies = strategy.usable_replies(
         query(training.grid, strategy.active_nodes(training.grid), protocol.EVALUATE, request, training.final),
@@ -491,7 +491,7 @@ def log_importance(training: Training, config: CampaignConfig, campaign: str, st
     strategy = training.strategy
     if not config.evaluation.importance or not evaluation.validation:
         return
-    request = protocol.request_config(config_to_json(config), campaign, preprocessor=start.preprocessor.to_json(),
+    request = campaign_request(config, campaign, preprocessor=start.preprocessor.to_json(),
                                       grid=grid)
     answers = strategy.usable_replies(
         query(training.grid, strategy.active_nodes(training.grid), protocol.IMPORTANCE, request, training.final),
@@ -678,7 +678,7 @@ def _phases(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun)
     shared = share_terminal_counts(grid, config, campaign, admission, run)
     start = start_model(grid, config, campaign, admission, run, shared)
     every_round = metrics_grid(config) if config.evaluation.every_round else None
-    request = protocol.request_config(config_to_json(config), campaign, preprocessor=start.preprocessor.to_json(),
+    request = campaign_request(config, campaign, preprocessor=start.preprocessor.to_json(),
                                       grid=every_round, groups=start.groups if every_round is not None else None)
     bar, on_round = progress_bar(config)
     try:
@@ -699,6 +699,12 @@ def _phases(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun)
     tags = record_model(training, start, with_validation(reference, evaluation), evaluation, config, run)
     end(training, tags, evaluation, admission, config, run)
     judge(config, evaluation, run)
+
+
+def campaign_request(config: CampaignConfig, campaign: str, **fields: Any) -> ConfigRecord:
+    """A request of this campaign, carrying the audit log's head for the institutions to witness."""
+    return protocol.with_audit_head(protocol.request_config(config_to_json(config), campaign, **fields),
+                                    witness.head_of(config.audit.path))
 
 
 def metrics_grid(config: CampaignConfig) -> np.ndarray:

@@ -30,7 +30,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
-from fedrisk import protocol, run_schema
+from fedrisk import protocol, run_schema, witness
 from fedrisk.config import CampaignConfig
 from fedrisk.evaluation import SplitStatistics, split_metrics
 from fedrisk.tracking import CampaignRun
@@ -125,6 +125,7 @@ class CampaignMixin:
         wanted = max(math.ceil(len(active) * self.fraction_train), self.min_institutions)
         chosen = sorted(self.rng.sample(active, min(wanted, len(active))))
         protocol.with_round(config, server_round, float(getattr(self, "proximal_mu", 0.0)))
+        protocol.with_audit_head(config, witness.head_of(self.config.audit.path))
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         # institutions resting this round evaluate only, when validation is released every round
         resting = [n for n in active if n not in chosen] if self.config.evaluation.every_round else []

@@ -11,10 +11,10 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fedrisk.config import load_config
-from fedrisk.data import load_institution
+from fedrisk.data import load_institution, load_window
 from fedrisk.gate import apply_policy
 from fedrisk.launcher import simulate
 from fedrisk.metrics import bin_index
@@ -105,7 +105,7 @@ def test_cli_runs_the_shipped_fraud_config(tmp_path):
 def test_monitoring_catches_a_new_fraud_pattern(tmp_path):
     from fedrisk.launcher import monitor
     from fedrisk.monitor_config import load_monitor_config
-    from fedrisk.monitoring import plan_monitoring
+    from fedrisk.monitoring import plan_monitoring, window_config
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # monitoring at epsilon 3 (the policy's per-run maximum), not 1.5: the windows' AUC noise
@@ -124,9 +124,30 @@ def test_monitoring_catches_a_new_fraud_pattern(tmp_path):
     rows = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "rows")}
     noise = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "auc_noise_sd")}
     # Eight-week windows: a week of this small consortium holds ~18 frauds, whose noised AUC
-    # moves by ~0.1; at eight weeks ~150 frauds, AUC noise sd 0.019 and 0.011 (measured), and
-    # the takeovers took the AUC from 0.84 to 0.69 in one run.
-    assert auc[1] - auc[2] > max(0.05, 3 * float(np.hypot(noise[1], noise[2])))  # they score like normal purchases
+    # moves by ~0.1; at eight weeks the AUC's noise sd is 0.02-0.03 and 0.01 (measured).
+    # The exact AUC of each window, from its rows scored by the MLflow model: what the noised
+    # release estimates. How well a DP-trained model happens to score the takeovers varies
+    # from campaign to campaign (released drops of 0.07-0.30 over 8 campaigns), so the test
+    # holds the monitor to the truth, not to a drop the model may not have.
+    model = mlflow.pyfunc.load_model(outcome.tags["fedrisk.model_uri"])
+    _, preprocessor, _ = load_model_files(outcome.tags["fedrisk.model_uri"])
+    exact = {}
+    for index in (0, 1):
+        window = window_config(plan.training, monitor_config, index)
+        ys, scores = [], []
+        for name in plan.institutions:
+            frame, labels, _ = load_window(window.data, name, window.seed, preprocessor.numeric,
+                                           preprocessor.categorical, monitor_config.windows.days)
+            known = ~np.isnan(labels)
+            ys.append(labels[known])
+            scores.append(np.asarray(model.predict(frame))[known])
+        exact[index + 1] = roc_auc_score(np.concatenate(ys), np.concatenate(scores))
+    # within four of the release's noise sd, plus the 50-bin grid's AUC error (<= 0.001 measured)
+    for step in (1, 2):
+        assert auc[step] == pytest.approx(exact[step], abs=4 * noise[step] + 0.002), step
+    # The takeovers score like normal purchases: exact drops of 0.195-0.258 over 4 campaigns
+    # (released 0.07-0.30 over 8, the window's DP noise sd 0.02-0.03 included).
+    assert exact[1] - exact[2] > 0.02
     assert rows[1] > 1000 and rows[2] > rows[1]  # eight weeks of transactions; the takeovers add some
     report = json.loads(Path(client.download_artifacts(run.info.run_id, "drift/report.json", str(tmp_path))).read_text())
     assert set(report["windows"][0]["scopes"]) == {"pooled", *institution_names(config.data)}
