@@ -35,6 +35,13 @@ def _simulate(args: argparse.Namespace) -> int:
         raise FedriskInputError("--institutions applies to the built-in generator only")
     from fedrisk.launcher import simulate
 
+    if args.resume:  # the campaign's own config; this one only says where its store is
+        from fedrisk.launcher import resume
+
+        if args.reference:
+            raise FedriskInputError("--resume goes on with one campaign; --reference starts two")
+        print(f"fedrisk: resuming campaign {args.resume} in {config.tracking.uri}", file=sys.stderr)
+        return print_outcome(*resume(config, args.resume, verbose=args.verbose))
     dp = "on" if config.privacy.enabled else "off"
     print(
         f"fedrisk: {config.task} campaign, {config.institution_count_hint() or '?'} institutions, "
@@ -212,6 +219,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
         else:
             print(f"anchors      NOT CHECKED: no MLflow run of {uri} holds a copy of this log's head")
             status = 1
+        status = max(status, _registry(uri, path))
     try:
         roster = identity.load_roster(args.roster, args.ca)
     except FedriskInputError as err:
@@ -223,6 +231,18 @@ def _audit_verify(args: argparse.Namespace) -> int:
         return 1
     print(f"signatures   all {check.entries} entries signed by their roster key ({roster.path})")
     return max(status, _witnesses(args.witness, path, roster, check.entries))
+
+
+def _registry(uri: str, path: Path) -> int:
+    """The registry's champion and challenger aliases against the log's decisions: 1 on any moved by hand."""
+    from fedrisk.registry_check import expected_aliases, unexplained_aliases
+
+    problems = unexplained_aliases(uri, path)
+    for problem in problems:
+        print(f"registry     BROKEN: {problem}")
+    if not problems:
+        print(f"registry     champion and challenger of {len(expected_aliases(path))} model(s) as the log decided")
+    return 1 if problems else 0
 
 
 def _witnesses(folders: list[str] | None, path: Path, roster: Any, entries: int) -> int:
@@ -341,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--reference", action="store_true",
                      help="then train the campaign's non-private twin and judge the privacy rule against it "
                           "(every institution's policy must allow privacy.require_dp false; spends their budget)")
+    sim.add_argument("--resume", metavar="CAMPAIGN",
+                     help="go on with an interrupted campaign (its id) after its last completed round, with the "
+                          "config it started with; what the institutions already released is not spent again")
     sim.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override any config key, e.g. --set model.kind=logistic")
     sim.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")

@@ -20,6 +20,7 @@ from fedrisk import audit, run_schema
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import group_edges
 from fedrisk.monitor_config import MonitorConfig
+from fedrisk.registry_check import unexplained_aliases
 from fedrisk.report import (
     approval_chart,
     calibration_chart,
@@ -102,7 +103,7 @@ def _earlier_campaigns(client: MlflowClient, run: Any, institutions: list[str]) 
     return out
 
 
-def _audit_section(tags: dict[str, str], run_id: str) -> dict[str, Any]:
+def _audit_section(tracking_uri: str, tags: dict[str, str], run_id: str) -> dict[str, Any]:
     section: dict[str, Any] = {"log": tags.get(run_schema.AUDIT_LOG), "head_on_run": tags.get(run_schema.AUDIT_HEAD),
                                "log_id": tags.get(run_schema.AUDIT_LOG_ID)}
     try:
@@ -114,6 +115,10 @@ def _audit_section(tags: dict[str, str], run_id: str) -> dict[str, Any]:
     problem = check.problem or (audit.verify_anchors(path, {"this run": head}) if head else None)
     section["verification"] = (f"BROKEN: {problem}" if problem else "chain intact; the run's copy of the head matches"
                                if head else "chain intact; this run holds no copy of the head (made before fedrisk audited)")
+    if check.intact:
+        moved = unexplained_aliases(tracking_uri, path)
+        section["registry"] = ("ALIASES MOVED OUTSIDE fedrisk: " + "; ".join(moved) if moved
+                               else "champion and challenger aliases as the log's decisions left them")
     events = []
     for _, line, _ in list(audit.read_entries(path))[: check.entries]:  # only entries the chain vouches for
         entry = json.loads(line)
@@ -189,7 +194,7 @@ def build_evidence(tracking_uri: str, run_id: str) -> dict[str, Any]:
                  "failed_rules": tags.get(run_schema.GATE_FAILED_RULES), "warnings": tags.get(run_schema.GATE_WARNINGS),
                  "rules": (verdict or {}).get("results", [])},
         "approvals": versions,
-        "audit": _audit_section(tags, run_id),
+        "audit": _audit_section(tracking_uri, tags, run_id),
     }
     return evidence
 

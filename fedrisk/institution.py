@@ -44,6 +44,7 @@ from fedrisk.mechanisms import noised, partition_threshold, secure_rng, select_p
 from fedrisk.metrics import EvalStats, score_histograms
 from fedrisk.models import ablated_probabilities, build_model, predict_proba
 from fedrisk.preprocessing import Bounds, category_labels, check_bounds, local_bounds, local_statistics, schema
+from fedrisk.replay import current_key, replayed
 from fedrisk.session import NodeSession
 from fedrisk.splits import table_calendar, time_windows, window_calendar
 from fedrisk.training import DPSettings, train_local
@@ -66,7 +67,7 @@ class RoundResult:
 
 def _charge(session: NodeSession, campaign: str, release: Release, server_round: int = 0) -> float:
     """Charge a release before anything leaves; returns the institution's lifetime epsilon after it."""
-    return session.ledger().charge(campaign, release, server_round)
+    return session.ledger().charge(campaign, release, server_round, current_key())
 
 
 def privacy_summary(session: NodeSession, campaign: str) -> dict[str, Any]:
@@ -75,6 +76,7 @@ def privacy_summary(session: NodeSession, campaign: str) -> dict[str, Any]:
     return {**ledger.summary(campaign), "lifetime_cap": ledger.effective_cap(session.policy.privacy.lifetime_epsilon)}
 
 
+@replayed("admission")
 def admit(session: NodeSession, campaign: str) -> dict[str, Any]:
     """First contact: the campaign's plan reserved, then its first release: the log-grid
     histograms of the numeric columns (for the clipping bounds), the data-quality counts and the
@@ -101,6 +103,7 @@ def admit(session: NodeSession, campaign: str) -> dict[str, Any]:
     return out
 
 
+@replayed("terminals")
 def terminal_counts(session: NodeSession, campaign: str, secure: bool = False) -> np.ndarray:
     """The issuer's share of the consortium's terminal table (`fedrisk.consortium_features`):
     transactions and frauds per cell of the campaign's calendar and terminal bucket, noised and
@@ -134,6 +137,7 @@ def _check_in_clear(session: NodeSession, secure: bool) -> None:
                             "or where its policy sets release.shared_counts_in_clear: true", institution=session.name)
 
 
+@replayed("statistics")
 def statistics(session: NodeSession, campaign: str, bounds: dict[str, Bounds]) -> dict[str, Any]:
     """Clipped sums and counts of the training rows, noised; category values by partition selection."""
     session.require_table(campaign)
@@ -163,6 +167,7 @@ def _scores(session: NodeSession, preprocessor: str, state: dict[str, torch.Tens
     return predict_proba(_model(session.config, shared.width, state), torch.as_tensor(shared.transform(frame))).numpy()
 
 
+@replayed("train")
 def train_round(session: NodeSession, preprocessor: str, state: dict[str, torch.Tensor], server_round: int,
                 campaign: str, proximal_mu: float) -> RoundResult:
     """One round of DP-SGD from the global weights, charged before it runs."""
@@ -197,6 +202,7 @@ def _noised_groups(groups: GroupHistograms, noise: float, rng: np.random.Generat
             for a, by in groups.items()}
 
 
+@replayed("evaluation")
 def evaluate_split(session: NodeSession, preprocessor: str, state: dict[str, torch.Tensor], part: str, campaign: str,
                    grid: np.ndarray, groups: dict[str, list[str]], server_round: int = 0) -> SplitStatistics:
     """Score histograms of a split on the server's grid, by protected group and (fraud) per
@@ -228,6 +234,7 @@ def evaluate_split(session: NodeSession, preprocessor: str, state: dict[str, tor
     return SplitStatistics(overall, by_group, fraud, noise=z)
 
 
+@replayed("importance")
 def importance_histograms(session: NodeSession, preprocessor: str, state: dict[str, torch.Tensor], campaign: str,
                           grid: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Score histograms of the validation rows with each input column ablated to the federated
@@ -255,6 +262,7 @@ def importance_histograms(session: NodeSession, preprocessor: str, state: dict[s
     return out
 
 
+@replayed("reference")
 def reference_counts(session: NodeSession, preprocessor: str, state: dict[str, torch.Tensor], campaign: str,
                      edges: dict[str, list[float]]) -> dict[str, np.ndarray]:
     """Counts of the final model's score (fine grid) and of every input (reference bins) on the

@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import uuid
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedrisk import audit, run_schema
@@ -123,6 +125,63 @@ def _simulate_locked(config: CampaignConfig, campaign: str, check_inputs: bool, 
     if outcome is None:
         raise RuntimeError(f"campaign {campaign} left no MLflow run")
     return outcome
+
+
+def check_resumable(config: CampaignConfig) -> None:
+    """What a resumed campaign cannot carry over yet, refused in one line before anything starts."""
+    if config.privacy.institution_level.enabled:
+        raise FedriskInputError("a campaign with institution-level DP cannot resume yet: the server's own noise and "
+                                "its accountant start again; start a new campaign")
+    if config.secure_aggregation.enabled:
+        raise FedriskInputError("a campaign under SecAgg+ cannot resume yet: start a new campaign")
+
+
+def resume(where: CampaignConfig, campaign: str, *, verbose: bool = False) -> tuple[CampaignConfig, Outcome]:
+    """Go on with an interrupted campaign after its last completed round. Its config is the one
+    it started with (the run's artifact, checked against the run's hash); `where` only says which
+    store holds it. The institutions answer what they already answered from their homes, so the
+    campaign spends what an uninterrupted one would."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from fedrisk import checkpoint
+    from fedrisk.tracking import config_hash
+
+    quiet()
+    if not re.fullmatch(r"[0-9a-f]{32}", campaign):
+        raise FedriskInputError("--resume needs a campaign id: 32 hexadecimal characters, as the audit log and the "
+                                f"run's tag {run_schema.CAMPAIGN} show it")
+    uri, experiment = where.tracking.uri, where.tracking.experiment
+    with campaign_lock(where, campaign):
+        for found in close_interrupted(where):
+            log.warning(describe(found))
+        run = find_campaign_run(uri, experiment, campaign)
+        if run is None:
+            raise FedriskInputError(f"no campaign {campaign} in experiment '{experiment}' of {uri}")
+        status = run.data.tags.get(run_schema.STATUS, run.info.status)
+        if run.info.status not in ("KILLED", "FAILED"):
+            raise FedriskInputError(f"campaign {campaign} (MLflow run {run.info.run_id}) is {status}: only an "
+                                    "interrupted or failed campaign resumes")
+        client = MlflowClient(uri)
+        try:
+            raw = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, run_schema.CONFIG_ARTIFACT)).read_text())
+            config = CampaignConfig.model_validate(raw)
+        except Exception as exc:  # the artifact missing or not a campaign
+            raise FedriskInputError(f"campaign {campaign}'s config cannot be read from its run "
+                                    f"({type(exc).__name__})") from None
+        if config_hash(config) != run.data.tags.get(run_schema.CONFIG_SHA256):
+            raise FedriskInputError(f"campaign {campaign}'s config artifact is not the config it started with "
+                                    f"(SHA-256 differs from the run's tag {run_schema.CONFIG_SHA256})")
+        check_resumable(config)
+        saved = checkpoint.load(config, campaign)
+        log.warning("campaign %s resumes after round %d of %d", campaign, saved.server_round, config.training.rounds)
+        run_config = {"campaign-config": config_to_json(config), "campaign-id": campaign,
+                      "resume-run": run.info.run_id}
+        _run_engine(SERVER_APP, run_config, len(institution_names(config.data)), verbose)
+    outcome = campaign_outcome(config, campaign)
+    if outcome is None:
+        raise RuntimeError(f"campaign {campaign} left no MLflow run")
+    return config, outcome
 
 
 def reference_config(config: CampaignConfig) -> CampaignConfig:

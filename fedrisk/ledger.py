@@ -88,6 +88,7 @@ class PrivacyLedger:
         self.plans: dict[str, dict[str, Any]] = {}
         self.refusals: list[dict[str, Any]] = []
         self.cap_changes: list[dict[str, Any]] = []
+        self.voided: list[dict[str, Any]] = []  # charges of releases that never left (`void_pending`)
 
     # -- persistence ------------------------------------------------------------------------
 
@@ -102,7 +103,7 @@ class PrivacyLedger:
     def state_dict(self) -> dict[str, Any]:
         return {"version": VERSION, "institution": self.institution, "accountant": "rdp", "cap": self.cap,
                 "delta": self.delta, "charges": self.charges, "plans": self.plans, "refusals": self.refusals,
-                "cap_changes": self.cap_changes}
+                "cap_changes": self.cap_changes, "voided": self.voided}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         if saved.get("version") != VERSION or saved.get("accountant") != "rdp":
@@ -113,6 +114,7 @@ class PrivacyLedger:
         self.cap, self.delta = float(saved["cap"]), float(saved["delta"])
         self.charges, self.plans = list(saved["charges"]), dict(saved["plans"])
         self.refusals, self.cap_changes = list(saved["refusals"]), list(saved["cap_changes"])
+        self.voided = list(saved.get("voided", []))
 
     def _reload(self) -> None:
         if not self.path.exists():
@@ -211,8 +213,9 @@ class PrivacyLedger:
                 return
         raise refused
 
-    def charge(self, campaign: str, release: Release, server_round: int = 0) -> float:
-        """Charge one release of a planned campaign; returns the lifetime epsilon after it."""
+    def charge(self, campaign: str, release: Release, server_round: int = 0, key: str | None = None) -> float:
+        """Charge one release of a planned campaign; returns the lifetime epsilon after it. With
+        `key` (`fedrisk.replay`), the charge stays pending until its release is kept (`settle`)."""
         with self.transaction():
             planned = Counter(Release.from_dict(r) for r in self.plans.get(campaign, {}).get("releases", []))
             charged = Counter(Release.from_dict(c) for c in self.charges if c["campaign"] == campaign)
@@ -222,9 +225,27 @@ class PrivacyLedger:
                 self._refusal(campaign, server_round, reason)
                 refused = BudgetExhaustedError(reason, institution=self.institution)
             else:
-                self.charges.append({"campaign": campaign, "round": server_round, "time": time.time(), **asdict(release)})
+                self.charges.append({"campaign": campaign, "round": server_round, "time": time.time(), **asdict(release),
+                                     **({"release_key": key, "pending": True} if key else {})})
                 return self.epsilon()
         raise refused
+
+    def settle(self, key: str) -> None:
+        """The releases charged under `key` are kept: they may leave, and their charges stand for good."""
+        with self.transaction():
+            for charge in self.charges:
+                if charge.get("release_key") == key:
+                    charge.pop("pending", None)
+
+    def void_pending(self, key: str) -> None:
+        """Charges under `key` still pending belong to a computation that died before its release
+        was kept, hence before it could leave: nobody saw that output, so computing it again
+        spends the same charge (moved to `voided`, with the time)."""
+        with self.transaction():
+            stale = [c for c in self.charges if c.get("release_key") == key and c.get("pending")]
+            if stale:
+                self.charges = [c for c in self.charges if not (c.get("release_key") == key and c.get("pending"))]
+                self.voided += [{**c, "voided": time.time()} for c in stale]
 
     def _refusal(self, campaign: str, server_round: int, reason: str) -> None:
         self.refusals.append({"campaign": campaign, "round": server_round, "reason": reason, "time": time.time()})

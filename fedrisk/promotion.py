@@ -28,10 +28,11 @@ from mlflow.tracking import MlflowClient
 from fedrisk import audit, identity, run_schema
 from fedrisk.errors import FedriskInputError, FourEyesRefused
 from fedrisk.policy import load_policy, policy_sha256
+from fedrisk.registry_check import recorded_digests
+from fedrisk.serving import model_digest
 from fedrisk.tracking import audit_event
-from fedrisk.validation import audit_log_of, campaign_policy_path
+from fedrisk.validation import CHAMPION, audit_log_of, campaign_policy_path
 
-CHAMPION = "champion"
 APPROVERS_NEEDED = 2
 MIN_JUSTIFICATION = 20  # characters: a sentence, not "ok"
 
@@ -114,7 +115,7 @@ def logged_approvals(log: str, name: str, version: str, run_id: str,
             if key is None:
                 continue
             found.append({"approver": entry["actor"], "time": entry["time"], "key": key, **{k: details.get(k) for k in (
-                "verdict", "policy_sha256", "override", "justification", "os_user")}})
+                "verdict", "policy_sha256", "override", "justification", "model_sha256", "os_user")}})
         elif entry["event"] in ("promotion", "override_promotion") and (
                 roster is None or audit.verify_signatures_of(entry, roster) is None):
             found = []  # used up
@@ -156,11 +157,11 @@ def approve(tracking_uri: str, name: str, version: str, approver: str, *, overri
     log = audit_log_of(run.data.tags, audit_log)
     with audit.locked(Path(log), "promotion"):
         mv = _version(client, name, version)  # fresh, under the lock
-        return _approve(client, mv, run, log, approver, override, justification)
+        return _approve(client, mv, run, log, approver, override, justification, tracking_uri)
 
 
 def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, override: bool,
-             justification: str | None) -> Decision:
+             justification: str | None, tracking_uri: str) -> Decision:
     name, version, run_id = mv.name, str(mv.version), run.info.run_id
     approver = " ".join(approver.split())
     justification = " ".join((justification or "").split())
@@ -223,11 +224,20 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
     counted = [a for a in logged_approvals(log, name, version, run_id, roster) if counts(a)]
     if any(a["key"] == key or normalise_name(a["approver"]) == normalise_name(approver) for a in counted):
         raise FourEyesRefused(f"{where}: {approver} has already approved; a second, different approver is needed")
+    digest = model_digest(f"models:/{name}/{version}", tracking_uri)  # the files this approval vouches for
+    for earlier in counted:
+        if earlier.get("model_sha256") is None:
+            raise FourEyesRefused(f"{where}: {earlier['approver']}'s approval does not name the model's files (made "
+                                   "before approvals recorded them); it must be given again")
+        if earlier["model_sha256"] != digest:
+            raise FourEyesRefused(f"{where}: its files changed since {earlier['approver']} approved them (SHA-256 "
+                                   f"{earlier['model_sha256'][:12]} then, {digest[:12]} now)")
     entry = audit_event(client, run_id, log, "approval", approver, {
         "model": name, "version": version, "verdict": verdict, "policy_sha256": policy_sha256(policy),
-        "override": override, "justification": justification or None, "os_user": getpass.getuser()})
+        "override": override, "justification": justification or None, "model_sha256": digest,
+        "os_user": getpass.getuser()})
     counted.append({"approver": approver, "time": entry["time"], "key": key, "verdict": verdict, "override": override,
-                    "justification": justification or None, "os_user": getpass.getuser()})
+                    "justification": justification or None, "model_sha256": digest, "os_user": getpass.getuser()})
     _set_version_tags(client, name, version, {run_schema.APPROVALS: json.dumps(counted), **audit.anchor_tags(log, entry)})
     if len(counted) < APPROVERS_NEEDED:
         return Decision(name, version, [a["approver"] for a in counted], False, override=override,
@@ -237,7 +247,7 @@ def _approve(client: MlflowClient, mv: Any, run: Any, log: str, approver: str, o
     approvers = [a["approver"] for a in counted]
     entry = audit_event(client, run_id, log, "override_promotion" if blocked else "promotion", approver, {
         "model": name, "version": version, "previous_champion": previous, "approvers": approvers,
-        "verdict": verdict, "os_user": getpass.getuser()})
+        "verdict": verdict, "model_sha256": digest, "os_user": getpass.getuser()})
     client.set_registered_model_alias(name, CHAMPION, version)
     history = json.loads(client.get_registered_model(name).tags.get(run_schema.CHAMPION_HISTORY, "[]"))
     client.set_registered_model_tag(name, run_schema.CHAMPION_HISTORY, json.dumps([*history, version]))
@@ -287,9 +297,14 @@ def rollback(tracking_uri: str, name: str, actor: str, *, reason: str | None = N
         if target.tags.get(run_schema.GATE_VERDICT) == "block" and target.tags.get(run_schema.OVERRIDE) != "true":
             raise FourEyesRefused(f"{name}/{restored}, the previous champion, has since been blocked by the gate; "
                                    "promote a version instead")
+        digest = model_digest(f"models:/{name}/{restored}", tracking_uri)
+        approved = recorded_digests(log).get((name, restored))
+        if approved is not None and approved != digest:
+            raise FourEyesRefused(f"{name}/{restored}'s files changed since it was approved (SHA-256 {approved[:12]} "
+                                   f"then, {digest[:12]} now); promote a version instead")
         entry = audit_event(client, run_id, log, "rollback", actor, {
             "model": name, "from_version": current, "to_version": restored,
-            "reason": " ".join((reason or "").split()) or None, "os_user": getpass.getuser()})
+            "reason": " ".join((reason or "").split()) or None, "model_sha256": digest, "os_user": getpass.getuser()})
         client.set_registered_model_alias(name, CHAMPION, restored)
         client.set_registered_model_tag(name, run_schema.CHAMPION_HISTORY, json.dumps(history[:-1]))
         _set_version_tags(client, name, current, {run_schema.ARCHIVED: "true", run_schema.ARCHIVED_AT: _now(),

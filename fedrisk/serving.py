@@ -7,8 +7,11 @@ look-back features. Raw rows of both tasks, card transactions included: `fedrisk
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +83,9 @@ def save_model_files(
     return {k: str(v) for k, v in paths.items()}
 
 
-def read_model(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
-    """Weights, preprocessing, model spec and drift reference (None if absent) of a logged
-    fedrisk model, by any MLflow URI, looked up in `tracking_uri` (default: the current one)."""
+@contextmanager
+def _downloaded(model_uri: str, tracking_uri: str | None) -> Iterator[Path]:
+    """A logged model's files, by any MLflow URI, looked up in `tracking_uri` (default: the current one)."""
     import tempfile
 
     import mlflow.artifacts
@@ -92,11 +95,29 @@ def read_model(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any
         mlflow.set_tracking_uri(tracking_uri)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            root = Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri)) / "artifacts"
-            return _read_files(root)
+            yield Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri, registry_uri=tracking_uri))
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def read_model(model_uri: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Weights, preprocessing, model spec and drift reference (None if absent) of a logged
+    fedrisk model, by any MLflow URI, looked up in `tracking_uri` (default: the current one)."""
+    with _downloaded(model_uri, tracking_uri) as root:
+        return _read_files(root / "artifacts")
+
+
+def model_digest(model_uri: str, tracking_uri: str | None = None) -> str:
+    """SHA-256 over every file of a logged model (names and bytes): what an approval vouches for."""
+    digest = hashlib.sha256()
+    with _downloaded(model_uri, tracking_uri) as root:
+        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+            name = file.relative_to(root).as_posix().encode()
+            digest.update(len(name).to_bytes(8, "big") + name)
+            data = file.read_bytes()
+            digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
 
 
 def _read_files(root: Path) -> dict[str, Any]:

@@ -55,12 +55,18 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 class TrackedRun:
     """One MLflow run; state is the run id and a batch of pending metrics."""
 
-    def __init__(self, uri: str, experiment: str, tags: dict[str, str]) -> None:
+    def __init__(self, uri: str, experiment: str, tags: dict[str, str], run_id: str | None = None) -> None:
+        """A new run, or the existing `run_id` running again (a resumed campaign's)."""
         self.uri = uri
         self.tags = dict(tags)  # what the run's tags are, as set through this object
         self.client = MlflowClient(uri)
-        exp = experiment_id(self.client, experiment, uri)
-        self.run_id = self.client.create_run(exp, tags=tags).info.run_id
+        if run_id is None:
+            exp = experiment_id(self.client, experiment, uri)
+            self.run_id = self.client.create_run(exp, tags=tags).info.run_id
+        else:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self._pending: list[Any] = []
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -157,7 +163,8 @@ def config_hash(config: CampaignConfig) -> str:
 class CampaignRun(TrackedRun):
     """The MLflow run of one campaign: its config as params, metrics, the model, its audit trail."""
 
-    def __init__(self, config: CampaignConfig, campaign: str) -> None:
+    def __init__(self, config: CampaignConfig, campaign: str, resume_run: str | None = None) -> None:
+        """A new run, or `resume_run` (an interrupted run of this campaign) running again."""
         self.config = config
         self.campaign = campaign
         self.ended = False  # its campaign_ended entry is written
@@ -176,7 +183,13 @@ class CampaignRun(TrackedRun):
         }
         if config.training.initial_model:
             tags[run_schema.WARM_START] = config.training.initial_model
-        super().__init__(config.tracking.uri, config.tracking.experiment, tags)
+        if resume_run is not None:
+            tags[run_schema.STATUS] = "resumed"
+        super().__init__(config.tracking.uri, config.tracking.experiment, tags, resume_run)
+        if resume_run is not None:  # its params and config are the campaign's own, logged at its start
+            if run_schema.STOP_REASON in self.client.get_run(resume_run).data.tags:
+                self.client.delete_tag(resume_run, run_schema.STOP_REASON)
+            return
         params = [Param(k, v[:6000]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])

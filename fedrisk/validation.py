@@ -28,6 +28,7 @@ from fedrisk.report import render_report
 from fedrisk.tracking import audit_event, read_artifact
 
 CHALLENGER = "challenger"
+CHAMPION = "champion"  # moved only by `fedrisk promote` and `fedrisk rollback`
 
 
 def statistics_to_dict(stats: EvalStats, groups: GroupHistograms, threshold: float,

@@ -36,7 +36,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from tqdm import tqdm
 
-from fedrisk import protocol, run_schema, witness
+from fedrisk import checkpoint, protocol, run_schema, witness
 from fedrisk.config import CampaignConfig, check_secure_aggregation, config_to_json
 from fedrisk.consortium_features import shared_bounds
 from fedrisk.data import quality_card
@@ -327,8 +327,10 @@ class Training:
 
 
 def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: Admission, start: StartingModel,
-          run: CampaignRun, on_round: Callable[[int, dict[str, float]], None]) -> Training:
-    """The campaign's rounds on Flower's strategy, with SecAgg+ and institution-level DP if asked."""
+          run: CampaignRun, on_round: Callable[[int, dict[str, float]], None],
+          resume: checkpoint.Checkpoint | None = None) -> Training:
+    """The campaign's rounds on Flower's strategy, with SecAgg+ and institution-level DP if asked;
+    after `resume`'s round, from its model, when an interrupted campaign goes on."""
     tr, inst_dp, secure = config.training, config.privacy.institution_level, config.secure_aggregation
     stats = admission.statistics
     noise = (institution_noise_multiplier(inst_dp.target_epsilon, inst_dp.delta, tr.rounds, inst_dp.noise_multiplier)
@@ -343,6 +345,10 @@ def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: 
                    on_round=on_round, config=config)
     for name, reason in admission.errors.items():
         strategy.exclude(name, reason, 0, admission.kind(name))
+    initial, rounds = start.initial, tr.rounds
+    if resume is not None:
+        strategy.restore(resume)
+        initial, rounds = ArrayRecord(resume.state), tr.rounds - resume.server_round
     runner = strategy if noise is None else with_institution_dp(strategy, inst_dp, noise, len(stats))
     if secure.enabled:  # the largest weight any institution can send: its training rows, or 1
         max_weight = 1.0 if inst_dp.enabled else float(max(s["split_rows"]["train"] for s in stats.values()))
@@ -352,15 +358,16 @@ def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: 
             f"clipping_range {secure.clipping_range:g}, max_weight {max_weight:g})")})
     stop_reason = ""
     try:
-        runner.start(grid=grid, initial_arrays=start.initial, num_rounds=tr.rounds, timeout=REPLY_TIMEOUT_SECONDS,
-                     train_config=ConfigRecord(dict(request)), evaluate_config=ConfigRecord(dict(request)))
+        if rounds > 0:
+            runner.start(grid=grid, initial_arrays=initial, num_rounds=rounds, timeout=REPLY_TIMEOUT_SECONDS,
+                         train_config=ConfigRecord(dict(request)), evaluate_config=ConfigRecord(dict(request)))
     except (CampaignStopped, SecureAggregationFailed) as stop:
         stop_reason = str(stop)
         log.warning("campaign stopped: %s", stop_reason)
     if isinstance(grid, SecureAggregationGrid):
         for step, seconds in enumerate(grid.seconds, start=1):
             run.log_metrics({run_schema.SECURE_AGGREGATION_SECONDS: seconds}, step=step)
-    return Training(strategy, grid, strategy.latest_arrays or start.initial, stop_reason)
+    return Training(strategy, grid, strategy.latest_arrays or initial, stop_reason)
 
 
 @dataclass(frozen=True)
@@ -653,14 +660,19 @@ def _started(config: CampaignConfig, run: CampaignRun) -> dict[str, Any]:
     }
 
 
-def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
-    """The whole campaign; its MLflow run and audit entries end however it ends."""
-    run = CampaignRun(config, campaign)
+def run_campaign(grid: Grid, config: CampaignConfig, campaign: str, resume_run: str | None = None) -> None:
+    """The whole campaign; its MLflow run and audit entries end however it ends. With
+    `resume_run`, the interrupted campaign of that MLflow run goes on after its checkpoint."""
+    resume = checkpoint.load(config, campaign) if resume_run else None
+    run = CampaignRun(config, campaign, resume_run)
     log.debug("campaign %s: MLflow run %s at %s", campaign, run.run_id, config.tracking.uri)
     try:
         with run.closing():
-            run.audit("campaign_started", _started(config, run))  # inside: a log that refuses it ends the run
-            _phases(grid, config, campaign, run)
+            if resume is None:  # inside: a log that refuses it ends the run
+                run.audit("campaign_started", _started(config, run))
+            else:
+                run.audit("campaign_resumed", {"after_round": resume.server_round, "rounds": config.training.rounds})
+            _phases(grid, config, campaign, run, resume)
     except Exception as exc:
         stopped = isinstance(exc, FedriskInputError)
         # the server's own text only for fedrisk's errors: others may quote a value
@@ -673,7 +685,8 @@ def run_campaign(grid: Grid, config: CampaignConfig, campaign: str) -> None:
         raise
 
 
-def _phases(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -> None:
+def _phases(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun,
+            resume: checkpoint.Checkpoint | None = None) -> None:
     admission = admit(grid, config, campaign, run)
     shared = share_terminal_counts(grid, config, campaign, admission, run)
     start = start_model(grid, config, campaign, admission, run, shared)
@@ -682,7 +695,7 @@ def _phases(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun)
                                       grid=every_round, groups=start.groups if every_round is not None else None)
     bar, on_round = progress_bar(config)
     try:
-        training = train(grid, config, request, admission, start, run, on_round)
+        training = train(grid, config, request, admission, start, run, on_round, resume)
     finally:
         bar.close()
     try:
@@ -698,6 +711,7 @@ def _phases(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun)
     log_privacy(training, config, admission, run)
     tags = record_model(training, start, with_validation(reference, evaluation), evaluation, config, run)
     end(training, tags, evaluation, admission, config, run)
+    checkpoint.remove(config, campaign)
     judge(config, evaluation, run)
 
 

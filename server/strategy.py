@@ -30,7 +30,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
-from fedrisk import protocol, run_schema, witness
+from fedrisk import checkpoint, protocol, run_schema, witness
 from fedrisk.config import CampaignConfig
 from fedrisk.evaluation import SplitStatistics, split_metrics
 from fedrisk.tracking import CampaignRun
@@ -72,7 +72,24 @@ class CampaignMixin:
         self.institution_privacy: dict[str, float | str] = {}  # set by the institution-level DP wrapper
         self.privacy_summaries: dict[str, dict] = {}  # each institution's latest ledger summary
         self.rounds_done = 0
+        self.round_offset = 0  # rounds done before a resumed campaign's first
         self._round_start = 0.0
+
+    def restore(self, saved: checkpoint.Checkpoint) -> None:
+        """Continue after round `saved.server_round` of an interrupted campaign."""
+        state = saved.server
+        self.round_offset = self.rounds_done = saved.server_round
+        self.excluded = {str(k): dict(v) for k, v in state["excluded"].items()}
+        self.epsilon = {str(k): float(v) for k, v in state["epsilon"].items()}
+        self.privacy = {str(k): dict(v) for k, v in state["privacy"].items()}
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+    def save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        """The global model and this state after a completed round (`fedrisk.checkpoint`)."""
+        checkpoint.save(self.config, self.run.campaign, checkpoint.Checkpoint(server_round, arrays.to_torch_state_dict(), {
+            "excluded": self.excluded, "epsilon": self.epsilon, "privacy": self.privacy,
+            "rng": list(self.rng.getstate())}))
 
     def exclude(self, name: str, reason: str, server_round: int, kind: str) -> None:
         """Sit an institution out for the rest of the campaign (kind: input, quality or budget)."""
@@ -117,6 +134,7 @@ class CampaignMixin:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         self._round_start = time.perf_counter()
         active = self.active_nodes(grid)
         if len(active) < self.min_institutions:
@@ -137,6 +155,7 @@ class CampaignMixin:
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         ok = self.usable_replies(replies, server_round)
         self.log_validation(server_round - 1, ok)
         trained = [m for m in ok if m.metadata.message_type == MessageType.TRAIN]
@@ -170,6 +189,8 @@ class CampaignMixin:
             "epsilon_max": metrics.get(run_schema.EPSILON_MAX),
         })
         self.rounds_done = server_round
+        if arrays is not None:
+            self.save_checkpoint(server_round, arrays)
         self.on_round(server_round, {**self.latest_validation, **metrics})
         return arrays, aggregated
 

@@ -197,9 +197,15 @@ def test_every_message_type_round_trips_through_the_client_app(tmp_path):
     assert abs(counts["score"].sum() - admission["split_rows"]["train"]) < 8 * protocol.counts_noise(reference) * 15
     spent = protocol.privacy_of(reference)
     assert set(spent["by_mechanism"]) == {"bounds", "quality", "preprocessing", "evaluation", "importance", "drift_reference"}
-    # one release more than planned is refused, and nothing leaves
+    # the same request again is answered with the same release, charged once (`fedrisk.replay`)
     again = grid.send_and_receive([_message(protocol.EVALUATE, shared, 100, model)])[0]
-    assert again.has_error() and again.error.code == protocol.BUDGET_REFUSED and "plan" in again.error.reason
+    assert not again.has_error() and protocol.privacy_of(again)["campaign"] == spent["campaign"]
+    repeated = protocol.read_evaluation(again, "test")
+    assert np.array_equal(repeated.overall.hist_pos, test.overall.hist_pos)  # not a fresh noise draw
+    # one release more than planned (another model) is refused, and nothing leaves
+    other = ArrayRecord({k: v + 0.01 for k, v in build_model(config.model, preprocessor.width, 0).state_dict().items()})
+    refused = grid.send_and_receive([_message(protocol.EVALUATE, shared, 100, other)])[0]
+    assert refused.has_error() and refused.error.code == protocol.BUDGET_REFUSED and "plan" in refused.error.reason
 
 
 def _message(message_type: str, config, node: int, arrays=None):

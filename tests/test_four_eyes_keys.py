@@ -126,3 +126,18 @@ def test_a_blocked_verdict_turned_to_pass_in_the_registry_is_refused(version):
     MlflowClient(uri).set_model_version_tag(MODEL, "2", run_schema.GATE_VERDICT, "pass")
     with pytest.raises(FourEyesRefused, match="signed in the audit log says block"):
         approve(uri, MODEL, "2", "alice", audit_log=log)
+
+
+def test_files_swapped_between_two_approvals_are_refused(version):
+    """The trainer swaps the weights under version 1 after alice approved them: bob's approval
+    would promote files nobody approved."""
+    uri, log, run_id = version
+    client = MlflowClient(uri)
+    client.log_text(run_id, "weights as judged", "model/weights.pt")
+    approve(uri, MODEL, "1", "alice", audit_log=log)
+    client.log_text(run_id, "other weights", "model/weights.pt")
+    with pytest.raises(FourEyesRefused, match="files changed since alice approved them"):
+        approve(uri, MODEL, "1", "bob", audit_log=log)
+    assert _champion(uri) is None
+    client.log_text(run_id, "weights as judged", "model/weights.pt")  # put back: what alice approved
+    assert approve(uri, MODEL, "1", "bob", audit_log=log).promoted

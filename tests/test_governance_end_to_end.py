@@ -247,3 +247,25 @@ def test_the_audit_log_verifies_and_its_anchors_catch_a_cut(consortium):
     assert _cli("audit", "verify", cwd=folder).returncode == 1
     shutil.copy(copy / "kept.jsonl", real)
     assert _cli("audit", "verify", cwd=folder).returncode == 0
+
+
+def test_an_alias_moved_by_hand_is_flagged_by_verify_and_the_pack(consortium):
+    """MLflow's own alias pencil (its REST API) makes version 1 champion again, around the approvers."""
+    folder = consortium[0]
+    client = _client(folder)
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
+    other = next(v.version for v in client.search_model_versions(f"name = '{MODEL}'") if v.version != champion)
+    client.set_registered_model_alias(MODEL, "champion", other)
+    try:
+        moved = _cli("audit", "verify", cwd=folder)
+        assert moved.returncode == 1, moved.stdout
+        assert f"registry     BROKEN: {MODEL}@champion is version {other}" in moved.stdout
+        assert "moved outside fedrisk" in moved.stdout
+        run_id = client.get_model_version(MODEL, champion).tags[run_schema.RUN_ID]
+        assert _cli("report", run_id, "--out", str(folder / "pack2"), cwd=folder, actor="victor").returncode == 0
+        pack = json.loads((folder / "pack2" / "report.json").read_text())
+        assert pack["audit"]["registry"].startswith("ALIASES MOVED OUTSIDE fedrisk")
+    finally:
+        client.set_registered_model_alias(MODEL, "champion", champion)
+    ok = _cli("audit", "verify", cwd=folder)
+    assert ok.returncode == 0 and "registry     champion and challenger of 1 model(s) as the log decided" in ok.stdout

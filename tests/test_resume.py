@@ -1,0 +1,182 @@
+"""An interrupted campaign goes on where it stopped, spending what an uninterrupted one would.
+
+The node half: a request already answered is answered again from the institution's home, with
+the same release and no new charge (`fedrisk.replay`). The whole: a campaign killed with SIGKILL
+after round 2, resumed with `fedrisk simulate --resume`, ends with every planned release charged
+exactly once, one MLflow run, and an audit log that tells the story."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from fedrisk import institution
+from fedrisk.config import config_to_json, load_config
+from fedrisk.ledger import Release, campaign_epsilon
+from fedrisk.models import build_model
+from fedrisk.preprocessing import bounds_from_counts, fit_preprocessor, merge_statistics
+from fedrisk.session import open_session
+
+SMALL = ["--institutions", "3", "--set", "data.synthetic.rows=9000", "--set", "training.batch_size=128"]
+
+
+def _ledger(session):
+    return session.ledger()
+
+
+def test_a_repeated_request_is_answered_from_home_and_charged_once(tmp_path):
+    config = config_to_json(load_config(None, {"data.synthetic.rows": 6000}, work_dir=tmp_path))
+    session = open_session(config, {"partition-id": 0})
+    first = institution.admit(session, "c" * 32)
+    charges = len(_ledger(session).charges)
+    again = institution.admit(open_session(config, {"partition-id": 0}), "c" * 32)
+    assert json.dumps(first, default=str, sort_keys=True) == json.dumps(again, default=str, sort_keys=True)
+    assert len(_ledger(session).charges) == charges  # the same release, not a second one
+
+    bounds = _consortium_bounds(first)
+    stats = institution.statistics(session, "c" * 32, bounds)
+    charges = len(_ledger(session).charges)
+    assert institution.statistics(session, "c" * 32, bounds) == stats and len(_ledger(session).charges) == charges
+
+
+def _consortium_bounds(admission: dict):
+    """The clipping bounds a server would derive from this one institution's release."""
+    return bounds_from_counts(admission["bounds"], admission["noise"]["statistics"])
+
+
+def test_a_round_is_replayed_only_for_the_same_model(tmp_path):
+    config = config_to_json(load_config(None, {"data.synthetic.rows": 6000}, work_dir=tmp_path))
+    session = open_session(config, {"partition-id": 0})
+    campaign = "d" * 32
+    admission = institution.admit(session, campaign)
+    bounds = _consortium_bounds(admission)
+    stats = institution.statistics(session, campaign, bounds)
+    preprocessor = fit_preprocessor(merge_statistics([stats]), admission["schema"], bounds).to_json()
+    width = session.preprocessor(preprocessor).width
+    state = build_model(session.config.model, width, 0).state_dict()
+    one = institution.train_round(session, preprocessor, state, 1, campaign, 0.0)
+    charges = len(_ledger(session).charges)
+    two = institution.train_round(session, preprocessor, state, 1, campaign, 0.0)
+    assert len(_ledger(session).charges) == charges
+    assert all(torch.equal(one.state[k], two.state[k]) for k in one.state)  # the same noised update
+    other = {k: v + 0.01 for k, v in state.items()}  # another model: a new release, charged
+    institution.train_round(session, preprocessor, other, 1, campaign, 0.0)
+    assert len(_ledger(session).charges) == charges + 1
+
+
+def _start(folder: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "FEDRISK_HOME": str(folder / "homes")}
+    return subprocess.Popen([sys.executable, "-m", "fedrisk.cli", "simulate", *args], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _entries(folder: Path) -> list[dict]:
+    log = folder / ".fedrisk" / "audit.jsonl"
+    return [json.loads(x) for x in log.read_text().splitlines() if x.endswith("}")] if log.is_file() else []
+
+
+@pytest.mark.slow  # a real campaign killed with SIGKILL, then resumed: the full suite runs it
+def test_a_killed_campaign_resumes_and_spends_what_an_uninterrupted_one_would(tmp_path):
+    from fedrisk.ledger import PrivacyLedger
+
+    killed = _start(tmp_path, *SMALL, "--rounds", "6")
+    deadline = time.time() + 180
+    while time.time() < deadline and not any(e["event"] == "round_completed" and e["details"]["round"] >= 2
+                                             for e in _entries(tmp_path)):
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=60)
+    campaign = next(e["details"]["campaign"] for e in _entries(tmp_path) if e["event"] == "campaign_started")
+    done = max(e["details"]["round"] for e in _entries(tmp_path) if e["event"] == "round_completed")
+    assert done < 6
+
+    resumed = _start(tmp_path, "--resume", campaign)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode in (0, 3), err[-3000:]
+    assert "(completed)" in out and f"campaign {campaign} resumes after round" in err
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.tags["fedrisk.status"] == "completed"
+    assert sorted({m.step for m in client.get_metric_history(run.info.run_id, "round_seconds")}) == [1, 2, 3, 4, 5, 6]
+    events = _entries(tmp_path)
+    (interrupted,) = [e for e in events if e["event"] == "campaign_interrupted"]
+    (resumed_entry,) = [e for e in events if e["event"] == "campaign_resumed"]
+    after = resumed_entry["details"]["after_round"]
+    assert after >= 2 and interrupted["details"]["rounds_completed"] >= after
+    assert {e["details"]["round"] for e in events if e["event"] == "round_completed"} == set(range(1, 7))
+    (ended,) = [e for e in events if e["event"] == "campaign_ended"]
+    assert ended["details"]["rounds_completed"] == 6 and ended["details"]["status"] == "completed"
+    assert not (tmp_path / ".fedrisk" / "checkpoints" / f"{campaign}.pt").exists()
+
+    # every release the campaign planned was charged once: the epsilon of an uninterrupted campaign
+    for path in (tmp_path / "homes" / "institutions").glob("*/ledger.json"):
+        ledger = PrivacyLedger.open(path, path.parent.name, float("inf"), 1.0)
+        planned = [Release.from_dict(r) for r in ledger.plans[campaign]["releases"]]
+        charged = [Release.from_dict(c) for c in ledger.charges if c["campaign"] == campaign]
+        assert Counter(charged) == Counter(planned), path.parent.name
+        assert ledger.spent(campaign=campaign) == pytest.approx(campaign_epsilon(planned, ledger.delta), rel=1e-9)
+        assert run.data.metrics[f"epsilon.{path.parent.name}"] == pytest.approx(ledger.epsilon(), rel=1e-6)
+
+    again = _start(tmp_path, "--resume", campaign)
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 2 and "only an interrupted or failed campaign resumes" in err.strip().splitlines()[-1]
+    bogus = _start(tmp_path, "--resume", "nope")
+    _, err = bogus.communicate(timeout=120)
+    assert bogus.returncode == 2 and "--resume needs a campaign id" in err
+
+
+@pytest.mark.parametrize("setting", ["privacy.institution_level.enabled", "secure_aggregation.enabled"])
+def test_what_cannot_resume_yet_is_refused_in_one_line(tmp_path, setting):
+    from fedrisk.errors import FedriskInputError
+    from fedrisk.launcher import check_resumable
+
+    check_resumable(load_config(None, {}, work_dir=tmp_path))
+    overrides = {setting: True, **({"privacy.institution_level.target_epsilon": 8.0}
+                                   if setting.startswith("privacy") else {})}
+    with pytest.raises(FedriskInputError, match="cannot resume yet"):
+        check_resumable(load_config(None, overrides, work_dir=tmp_path))
+
+
+def test_a_release_computed_but_never_kept_is_charged_once_when_asked_again(tmp_path, monkeypatch):
+    """The node dies between the charge and keeping the reply (the campaign killed mid-round): its
+    output never left, so the retry spends the same charge; a kept and settled release whose file
+    was pruned is a new release, charged again."""
+    config = config_to_json(load_config(None, {"data.synthetic.rows": 6000}, work_dir=tmp_path))
+    session = open_session(config, {"partition-id": 0})
+    campaign = "e" * 32
+    admission = institution.admit(session, campaign)
+    bounds = _consortium_bounds(admission)
+    stats = institution.statistics(session, campaign, bounds)
+    preprocessor = fit_preprocessor(merge_statistics([stats]), admission["schema"], bounds).to_json()
+    state = build_model(session.config.model, session.preprocessor(preprocessor).width, 0).state_dict()
+    before = len(_ledger(session).charges)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # after the charge, before anything is kept or sent
+
+    with monkeypatch.context() as patch:
+        patch.setattr(institution, "train_local", killed)
+        with pytest.raises(KeyboardInterrupt):
+            institution.train_round(session, preprocessor, state, 1, campaign, 0.0)
+    pending = [c for c in _ledger(session).charges if c.get("pending")]
+    assert len(_ledger(session).charges) == before + 1 and len(pending) == 1
+    institution.train_round(session, preprocessor, state, 1, campaign, 0.0)
+    ledger = _ledger(session)
+    assert len(ledger.charges) == before + 1 and not any(c.get("pending") for c in ledger.charges)
+    assert len(ledger.voided) == 1 and ledger.voided[0]["release_key"] == pending[0]["release_key"]
+
+    for kept in (session.home / "releases").glob("train-*.pkl"):
+        kept.unlink()  # the institution prunes its releases: a settled charge is never voided
+    institution.train_round(session, preprocessor, state, 1, campaign, 0.0)
+    assert len(_ledger(session).charges) == before + 2
