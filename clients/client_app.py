@@ -39,7 +39,7 @@ def _handle(msg: Message, context: Context, message_type: str,
         for kind in protocol.implied_messages(message_type, session.config):
             session.guard(kind, monitoring)
         check_histograms(session.policy, request.grid, request.edges, session.name)
-        if request.audit_head is not None:  # what the coordinator's log said when this message left
+        if not monitoring:  # what the coordinator's log said when this message left, or that it said nothing
             witness.record(session.home, session.name, request.audit_head, request.campaign, request.server_round)
         if request.preprocessor is not None:  # checked before anything is charged
             session.preprocessor(request.preprocessor, monitoring)

@@ -256,12 +256,15 @@ def _witnesses(folders: list[str] | None, path: Path, roster: Any, entries: int)
     except FedriskInputError as err:
         print(f"witnesses    NOT CHECKED: {err.one_line()}")
         return 1
+    names = sorted({c.institution or "?" for c in checks})
+    if len(names) < len(checks):
+        print("witnesses    NOT CHECKED: the same institution's witness log given twice (each counts once)")
+        return 1
     for check in checks:
         if check.problem:
             print(f"audit log {path}: BROKEN: {check.problem}")
             return 1
     last = max(c.last_seq or 0 for c in checks)
-    names = sorted({c.institution or "?" for c in checks})
     print(f"witnesses    {len(checks)} institutions ({', '.join(names)}): {sum(c.heads for c in checks)} heads up to "
           f"entry {last}, all match{'' if roster is not None else ' (witness signatures not checked)'}")
     if last < entries:

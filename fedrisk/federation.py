@@ -81,10 +81,14 @@ def supernode_command(superlink: str, ca: Path | None, private_key: Path | None,
     return cmd + (["--max-retries", str(max_retries)] if max_retries is not None else [])
 
 
-def tracking_server_command(store: Path, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """MLflow's tracking server on a SQLite store, serving artifacts itself (validators browse it)."""
+def tracking_server_command(store: Path, *, host: str = "127.0.0.1", port: int = 5000,
+                            backend_store_uri: str | None = None) -> list[str]:
+    """MLflow's tracking server, serving artifacts itself (validators browse it): runs and the model
+    registry in `backend_store_uri` (a consortium's PostgreSQL, `postgresql://...`), else in a
+    SQLite file in `store`, the one-machine default."""
     store = Path(store).resolve()
-    return [_tool("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+    backend = backend_store_uri or f"sqlite:///{store / 'mlflow.db'}"
+    return [_tool("mlflow"), "server", "--backend-store-uri", backend,
             "--artifacts-destination", str(store / "artifacts"), "--host", host, "--port", str(port),
             "--workers", "1"]
 

@@ -117,7 +117,8 @@ def _supernode(args: argparse.Namespace) -> int:
 def _tracking_server(args: argparse.Namespace) -> int:
     from fedrisk.federation import flower_env, tracking_server_command
 
-    cmd = tracking_server_command(Path(args.store), host=args.host, port=args.port)
+    cmd = tracking_server_command(Path(args.store), host=args.host, port=args.port,
+                                  backend_store_uri=args.backend_store_uri)
     return _exec(cmd, flower_env(Path(args.flwr_home).resolve()), args.dry_run)
 
 
@@ -235,8 +236,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the command only")
     common(p, connect=True)
     p.set_defaults(func=_supernode)
-    p = cmds.add_parser("tracking-server", help="operator: MLflow's tracking server on a SQLite store")
-    p.add_argument("--store", default=".fedrisk/mlflow", help="folder of mlflow.db and artifacts/")
+    p = cmds.add_parser("tracking-server", help="operator: MLflow's tracking server (runs and model registry)")
+    p.add_argument("--store", default=".fedrisk/mlflow", help="folder of artifacts/ (and mlflow.db without "
+                                                              "--backend-store-uri)")
+    p.add_argument("--backend-store-uri", dest="backend_store_uri",
+                   help="the consortium's database for runs and the registry, e.g. "
+                        "postgresql://USER@HOST:5432/mlflow (default: SQLite in --store)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--dry-run", action="store_true", help="print the command only")

@@ -59,8 +59,10 @@ def start_federation(
     data_paths: dict[str, Path] | None = None,
     tracking: bool = True,
     node_timeout: float = 90.0,
+    backend_store_uri: str | None = None,
 ) -> LocalFederation:
-    """Start the federation; on any failure, stop what was started and raise."""
+    """Start the federation (MLflow's runs and registry in `backend_store_uri`, default a SQLite
+    file in the folder); on any failure, stop what was started and raise."""
     root = Path(folder).resolve()
     if root.exists() and not root.is_dir():
         raise FedriskInputError("not a folder", file=str(root))
@@ -68,14 +70,14 @@ def start_federation(
         raise FedriskInputError("the federation folder is not empty: a trial starts from new keys", file=str(root))
     processes = Processes(root / "logs")
     try:
-        return _start(root, institutions, data_paths or {}, tracking, node_timeout, processes)
+        return _start(root, institutions, data_paths or {}, tracking, node_timeout, processes, backend_store_uri)
     except BaseException:
         processes.stop_all()
         raise
 
 
 def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tracking: bool,
-           node_timeout: float, processes: Processes) -> LocalFederation:
+           node_timeout: float, processes: Processes, backend_store_uri: str | None = None) -> LocalFederation:
     flwr_home = root / "flwr"
     env = flower_env(flwr_home)
     certs = make_server_certificates(root / "certs")
@@ -83,7 +85,9 @@ def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tra
     tracking_uri = None
     if tracking:
         port = free_port()
-        mlflow_server = processes.start("mlflow", tracking_server_command(root / "mlflow", port=port), env, root)
+        mlflow_server = processes.start("mlflow", tracking_server_command(root / "mlflow", port=port,
+                                                                          backend_store_uri=backend_store_uri),
+                                        env, root)
         tracking_uri = f"http://127.0.0.1:{port}"
     port = free_port()
     superlink = f"127.0.0.1:{port}"

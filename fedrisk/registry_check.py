@@ -14,7 +14,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fedrisk import audit, run_schema
+from fedrisk import audit, identity, run_schema
 from fedrisk.validation import CHALLENGER, CHAMPION
 
 ALIASES = (CHAMPION, CHALLENGER)
@@ -39,14 +39,20 @@ def expected_aliases(log: str | Path) -> dict[str, dict[str, str]]:
     return models
 
 
-def recorded_digests(log: str | Path) -> dict[tuple[str, str], str]:
-    """(model, version) -> SHA-256 of its files when it last became champion (promotion or rollback)."""
+def recorded_digests(log: str | Path, alias: str = CHAMPION) -> dict[tuple[str, str], str]:
+    """(model, version) -> SHA-256 of its files when it last got `alias`: champion by a promotion or
+    rollback (signed by approvers), challenger by the gate's verdict."""
     digests: dict[tuple[str, str], str] = {}
     for _, entry in audit.entries(log):
-        details = entry["details"]
-        if entry["event"] in ("promotion", "override_promotion", "rollback") and "model_sha256" in details:
-            version = details["to_version"] if entry["event"] == "rollback" else details["version"]
+        details, event = entry["details"], entry["event"]
+        if "model_sha256" not in details:
+            continue
+        if alias == CHAMPION and event in ("promotion", "override_promotion", "rollback"):
+            version = details["to_version"] if event == "rollback" else details["version"]
             digests[(str(details["model"]), str(version))] = str(details["model_sha256"])
+        elif alias == CHALLENGER and event == "gate_verdict" and isinstance(details.get("model_version"), str):
+            name, _, version = details["model_version"].rpartition("/")
+            digests[(name, version)] = str(details["model_sha256"])
     return digests
 
 
@@ -58,10 +64,17 @@ def unexplained_aliases(tracking_uri: str, log: str | Path) -> list[str]:
     from fedrisk.serving import model_digest
 
     client = MlflowClient(tracking_uri)
-    expected, digests = expected_aliases(log), recorded_digests(log)
+    expected = expected_aliases(log)
+    digests = {alias: recorded_digests(log, alias) for alias in ALIASES}
     mine = audit.log_id(log)
+    looks = {identity.skeleton(name): name for name in expected}
     problems = []
     for model in _registered(client):
+        held = sorted(alias for alias in (model.aliases or {}) if alias in ALIASES)
+        if model.name not in expected and identity.skeleton(model.name) in looks and held:
+            problems.append(f"registered model '{model.name}' looks like {looks[identity.skeleton(model.name)]} "
+                            f"and holds {', '.join(held)}: a look-alike fedrisk never registered")
+            continue
         if model.name not in expected and not _names_log(client, model.name, mine):
             continue
         actual = {alias: str(version) for alias, version in (model.aliases or {}).items() if alias in ALIASES}
@@ -69,10 +82,12 @@ def unexplained_aliases(tracking_uri: str, log: str | Path) -> list[str]:
         for alias in ALIASES:
             have, want = actual.get(alias), (decided or {}).get(alias)
             if have == want:
-                approved = digests.get((model.name, have)) if alias == CHAMPION and have else None
-                if approved is not None and model_digest(f"models:/{model.name}/{have}", tracking_uri) != approved:
-                    problems.append(f"{model.name}@{alias} (version {have}): its files changed since it was approved "
-                                    "(the SHA-256 the approvers signed no longer matches)")
+                recorded = digests[alias].get((model.name, have)) if have else None
+                if recorded is not None and model_digest(f"models:/{model.name}/{have}", tracking_uri) != recorded:
+                    signed = "the approvers signed" if alias == CHAMPION else "the gate judged"
+                    problems.append(f"{model.name}@{alias} (version {have}): its files changed since "
+                                    f"{'it was approved' if alias == CHAMPION else 'the gate judged them'} "
+                                    f"(the SHA-256 {signed} no longer matches)")
                 continue
             if decided is None:
                 problems.append(f"{model.name}@{alias} is version {have}, but the audit log holds no decision about "

@@ -16,6 +16,7 @@ again and the release is computed (and charged) once more.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import os
@@ -79,26 +80,37 @@ def replayed(kind: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def answer(session: Any, *args: Any, **kwargs: Any) -> T:
             key = fingerprint([kind, session.name, args, kwargs])
             path = Path(session.home) / FOLDER / f"{kind}-{key[:40]}.pkl"
-            if path.is_file():
-                with open(path, "rb") as handle:
-                    return pickle.load(handle)
-            ledger = session.ledger()
-            ledger.void_pending(key)  # an earlier try that died before its release was kept
-            token = _KEY.set(key)
-            try:
-                result = release(session, *args, **kwargs)
-            finally:
-                _KEY.reset(token)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as handle:
-                pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            ledger.settle(key)  # only now may the release leave the node
-            return result
+            # one release at a time per home: a copy of the request arriving while the first is
+            # still computing waits for it and is answered with its release, never voids its charge
+            with open(path.parent / ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                return _answer(release, session, key, path, args, kwargs)
 
         return answer
 
     return wrap
+
+
+def _answer(release: Callable[..., T], session: Any, key: str, path: Path, args: tuple, kwargs: dict) -> T:
+    """The kept release, or the release computed, kept, and only then settled (under the home's lock;
+    a decorated release never calls another: the lock is not reentrant)."""
+    if path.is_file():
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    ledger = session.ledger()
+    ledger.void_pending(key)  # an earlier try that died before its release was kept
+    token = _KEY.set(key)
+    try:
+        result = release(session, *args, **kwargs)
+    finally:
+        _KEY.reset(token)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as handle:
+        pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    ledger.settle(key)  # only now may the release leave the node
+    return result

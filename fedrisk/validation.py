@@ -203,10 +203,15 @@ def validate_run(
         gate_tags[run_schema.GATE_ALIAS] = CHALLENGER if verdict.verdict != "block" else "none"
     for key, value in gate_tags.items():
         client.set_tag(run_id, key, value)
+    judged = {}
+    if model_uri:  # the files the verdict is about: a challenger's swapped later is flagged by `audit verify`
+        from fedrisk.serving import model_digest
+
+        judged = {"model_sha256": model_digest(f"models:/{name}/{version}", tracking_uri)}
     entry = audit_event(client, run_id, log, "gate_verdict", actor or audit.default_actor(), {
         "policy": policy.name, "policy_sha256": policy_sha256(policy), "verdict": verdict.verdict,
         "failed_rules": failed, "warnings": warned, "model_version": gate_tags.get(run_schema.GATE_MODEL_VERSION),
-        "reference": gate_tags[run_schema.GATE_REFERENCE],
+        "reference": gate_tags[run_schema.GATE_REFERENCE], **judged,
     })
     if model_uri:
         for key, value in audit.anchor_tags(log, entry).items():

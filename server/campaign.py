@@ -117,7 +117,9 @@ def admit(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun) -
             continue
         admission.names[node] = name
         admission.statistics[name] = {**protocol.read_admission(msg), "privacy": protocol.privacy_of(msg)}
-    stats = admission.statistics
+    # in the institutions' order, not the replies': sums of floats then come out the same in a
+    # resumed campaign, whose preprocessing must match the one its institutions already trained on
+    admission.statistics = stats = dict(sorted(admission.statistics.items()))
     for s in stats.values():  # the scorecard, from the counts as released (noised)
         s["data"]["card"] = quality_card(config.data, s["data"]["quality"])
     admission.data = {name: s["data"] for name, s in stats.items()}
@@ -222,6 +224,7 @@ def share_terminal_counts(grid: Grid, config: CampaignConfig, campaign: str, adm
         raise FedriskInputError(f"only {len(tables)} institution(s) shared their terminal table, minimum is "
                                 f"{config.training.min_institutions}: " + "; ".join(admission.errors.values()))
     # under SecAgg+ every reply carries the one sum; otherwise the server adds the tables
+    tables = dict(sorted(tables.items()))  # summed in the institutions' order (see `admit`)
     total = next(iter(tables.values()))[0] if secure else sum(table for table, _ in tables.values())
     noise = float(np.sqrt(sum(z ** 2 for _, z in tables.values())))
     bounds = {name: Bounds(lower, upper, sorted({min(max(d, lower), upper) for d in deciles} - {lower, upper}))
@@ -276,6 +279,7 @@ def start_model(grid: Grid, config: CampaignConfig, campaign: str, admission: Ad
         raise FedriskInputError(f"only {len(stats)} institution(s) released their statistics, minimum is "
                                 f"{config.training.min_institutions}: " + "; ".join(admission.errors.values()))
     shared_schema = next(iter(admitted.values()))["schema"]
+    stats = dict(sorted(stats.items()))  # merged in the institutions' order (see `admit`)
     merged = merge_statistics(list(stats.values()))
     preprocessor = fit_preprocessor(merged, shared_schema, bounds)
     initial = ArrayRecord(build_model(config.model, preprocessor.width, config.seed).state_dict())

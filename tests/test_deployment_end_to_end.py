@@ -1,5 +1,6 @@
 """A real deployment on loopback: a TLS SuperLink admitting only registered keys, three
-authenticated SuperNodes each reading its own file, an MLflow tracking server, SecAgg+.
+authenticated SuperNodes each reading its own file, an MLflow tracking server whose runs and
+model registry live in PostgreSQL (a consortium's registry is never a SQLite file), SecAgg+.
 Refusals of an unregistered and a plaintext node; a fourth institution whose own policy
 refuses the campaign (it sits out, the others go on); every process stopped at the end."""
 
@@ -9,8 +10,10 @@ import json
 import re
 import time
 
+import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
+from postgres_cluster import postgres_cluster
 
 from fedrisk import audit
 from fedrisk.certificates import make_node_key
@@ -45,7 +48,8 @@ def test_tls_federation_with_authenticated_nodes_and_secure_aggregation(tmp_path
         files[name].parent.mkdir(parents=True)
         generate_institution(index, 4, 12000, 42).to_csv(files[name], index=False)
     update_policy(homes_root() / REFUSER, REFUSER, {"privacy.max_campaign_epsilon": 2.0})
-    with start_federation(tmp_path / "federation", [*NAMES, REFUSER], data_paths=files) as fed:
+    with postgres_cluster() as registry, start_federation(tmp_path / "federation", [*NAMES, REFUSER],
+                                                          data_paths=files, backend_store_uri=registry) as fed:
         started = dict(fed.processes.started)
         rogue = make_node_key(tmp_path / "rogue", "rogue")
         code, log = _refused(fed, "rogue", supernode_command(fed.superlink, fed.ca, rogue.private_key, "inst01",
@@ -79,6 +83,10 @@ def test_tls_federation_with_authenticated_nodes_and_secure_aggregation(tmp_path
         assert tags["fedrisk.gate.verdict"] in {"pass", "warn", "block"}
         name, version = tags["fedrisk.gate.model_version"].split("/")
         assert client.get_model_version(name, version).run_id == run.info.run_id
+        with psycopg.connect(registry) as db, db.cursor() as cursor:  # the registry is PostgreSQL's
+            cursor.execute("select run_id from model_versions where name = %s and version = %s", (name, int(version)))
+            assert cursor.fetchone() == (run.info.run_id,)
+        assert not list((tmp_path / "federation" / "mlflow").glob("*.db"))  # no SQLite store beside it
         assert audit.verify(tmp_path / "audit.jsonl").problem is None
         entries = [json.loads(line) for _, line, _ in audit.read_entries(tmp_path / "audit.jsonl")]
         sources = {e["details"]["institution"]: e["details"]["source"] for e in entries

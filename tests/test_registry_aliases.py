@@ -28,7 +28,8 @@ def store(tmp_path):
     log = tmp_path / "audit.jsonl"
     for version, verdict in (("1", "pass"), ("2", "warn"), ("3", "block")):
         audit.append(log, "gate_verdict", "tom", {"run_id": f"r{version}", "verdict": verdict,
-                                                  "model_version": f"{MODEL}/{version}"})
+                                                  "model_version": f"{MODEL}/{version}",
+                                                  "model_sha256": model_digest(f"models:/{MODEL}/{version}", uri)})
     audit.append(log, "promotion", "bob", {"run_id": "r1", "model": MODEL, "version": "1", "previous_champion": None,
                                            "model_sha256": model_digest(f"models:/{MODEL}/1", uri)})
     client.set_registered_model_alias(MODEL, "challenger", "2")
@@ -94,3 +95,22 @@ def test_champion_files_changed_after_approval_are_flagged(store, tmp_path):
     (tmp_path / "model1" / "weights.pt").write_bytes(b"\x01" * 64)
     (tmp_path / "model1" / "extra.py").write_text("import os")  # a file added next to them
     assert "files changed" in " ".join(unexplained_aliases(uri, log))
+
+
+def test_challenger_files_changed_after_the_gate_are_flagged(store, tmp_path):
+    """Found by adversarial review: only the champion's files were compared."""
+    uri, client, log = store
+    (tmp_path / "model2" / "weights.pt").write_bytes(b"\x07" * 64)
+    problems = unexplained_aliases(uri, log)
+    assert len(problems) == 1 and "challenger (version 2): its files changed since the gate judged them" in problems[0]
+
+
+@pytest.mark.parametrize("look_alike", ["Fedrisk-credit", "fedrisk\u2010credit", "fedrisk-credit\u200b"])
+def test_a_look_alike_model_holding_an_alias_is_flagged(store, look_alike):
+    """Found by adversarial review: a model whose name only looks like the consortium's was skipped."""
+    uri, client, log = store
+    client.create_registered_model(look_alike)
+    client.create_model_version(look_alike, source="/tmp/x")
+    client.set_registered_model_alias(look_alike, "champion", "1")
+    problems = unexplained_aliases(uri, log)
+    assert len(problems) == 1 and "looks like fedrisk-credit" in problems[0]

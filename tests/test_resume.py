@@ -54,16 +54,21 @@ def _consortium_bounds(admission: dict):
     return bounds_from_counts(admission["bounds"], admission["noise"]["statistics"])
 
 
-def test_a_round_is_replayed_only_for_the_same_model(tmp_path):
+def _admitted(tmp_path: Path, campaign: str):
+    """One institution admitted to `campaign`, its statistics released: (session, preprocessing, model)."""
     config = config_to_json(load_config(None, {"data.synthetic.rows": 6000}, work_dir=tmp_path))
     session = open_session(config, {"partition-id": 0})
-    campaign = "d" * 32
     admission = institution.admit(session, campaign)
     bounds = _consortium_bounds(admission)
     stats = institution.statistics(session, campaign, bounds)
     preprocessor = fit_preprocessor(merge_statistics([stats]), admission["schema"], bounds).to_json()
-    width = session.preprocessor(preprocessor).width
-    state = build_model(session.config.model, width, 0).state_dict()
+    state = build_model(session.config.model, session.preprocessor(preprocessor).width, 0).state_dict()
+    return session, preprocessor, state
+
+
+def test_a_round_is_replayed_only_for_the_same_model(tmp_path):
+    campaign = "d" * 32
+    session, preprocessor, state = _admitted(tmp_path, campaign)
     one = institution.train_round(session, preprocessor, state, 1, campaign, 0.0)
     charges = len(_ledger(session).charges)
     two = institution.train_round(session, preprocessor, state, 1, campaign, 0.0)
@@ -152,14 +157,8 @@ def test_a_release_computed_but_never_kept_is_charged_once_when_asked_again(tmp_
     """The node dies between the charge and keeping the reply (the campaign killed mid-round): its
     output never left, so the retry spends the same charge; a kept and settled release whose file
     was pruned is a new release, charged again."""
-    config = config_to_json(load_config(None, {"data.synthetic.rows": 6000}, work_dir=tmp_path))
-    session = open_session(config, {"partition-id": 0})
     campaign = "e" * 32
-    admission = institution.admit(session, campaign)
-    bounds = _consortium_bounds(admission)
-    stats = institution.statistics(session, campaign, bounds)
-    preprocessor = fit_preprocessor(merge_statistics([stats]), admission["schema"], bounds).to_json()
-    state = build_model(session.config.model, session.preprocessor(preprocessor).width, 0).state_dict()
+    session, preprocessor, state = _admitted(tmp_path, campaign)
     before = len(_ledger(session).charges)
 
     def killed(*args, **kwargs):
@@ -180,3 +179,75 @@ def test_a_release_computed_but_never_kept_is_charged_once_when_asked_again(tmp_
         kept.unlink()  # the institution prunes its releases: a settled charge is never voided
     institution.train_round(session, preprocessor, state, 1, campaign, 0.0)
     assert len(_ledger(session).charges) == before + 2
+
+
+def test_the_server_derives_the_same_preprocessing_whatever_order_the_replies_arrive_in(tmp_path):
+    """A resumed campaign asks its admission and statistics again; the answers are the same releases
+    but may arrive in another order. Summed in arrival order, the floats differed in their last bits,
+    the preprocessing with them, and the round trained before the kill was not recognised (charged
+    twice; seen in 1 of 7 kills)."""
+    from itertools import permutations
+
+    from local_grid import LocalGrid
+
+    from clients.client_app import app as client_app
+    from fedrisk.tracking import CampaignRun
+    from server.campaign import admit, start_model
+
+    class Ordered(LocalGrid):
+        order: tuple[int, ...] = (0, 1, 2)
+
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = list(super().send_and_receive(messages, timeout=timeout))
+            return [replies[i] for i in self.order] if len(replies) == len(self.order) else replies
+
+    config = load_config(None, {"institutions": 3, "data.synthetic.rows": 9000,
+                                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                "audit.path": str(tmp_path / "audit.jsonl")}, work_dir=tmp_path)
+    campaign = "f" * 32
+    run = CampaignRun(config, campaign)
+    built = set()
+    for order in permutations(range(3)):
+        grid = Ordered.simulation(client_app, 3)
+        grid.order = order
+        start = start_model(grid, config, campaign, admit(grid, config, campaign, run), run)
+        built.add((start.preprocessor.to_json(), repr(start.bounds)))
+    assert len(built) == 1
+
+
+def _train_copy(session_config: str, preprocessor: str, state: dict, campaign: str, delay: float, slow: float,
+                out) -> None:
+    """A second ClientApp execution of one train message, on the same home (forked)."""
+    time.sleep(delay)
+    original = institution.train_local
+
+    def slowly(*args, **kwargs):
+        time.sleep(slow)  # still computing when the copy arrives
+        return original(*args, **kwargs)
+
+    institution.train_local = slowly
+    result = institution.train_round(open_session(session_config, {"partition-id": 0}), preprocessor, state, 1,
+                                     campaign, 0.0)
+    out.put({k: v.numpy().tolist() for k, v in result.state.items()})
+
+
+def test_two_copies_of_a_request_at_once_get_one_release_and_one_charge(tmp_path):
+    """Found by adversarial review: the copy voided the first one's pending charge while it was
+    still computing, and two different noised updates left for one charge."""
+    import multiprocessing
+
+    campaign = "a" * 32
+    session, preprocessor, state = _admitted(tmp_path, campaign)
+    config = config_to_json(session.config)
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    copies = [context.Process(target=_train_copy, args=(config, preprocessor, state, campaign, delay, slow, out))
+              for delay, slow in ((0.0, 1.5), (0.5, 0.0))]
+    for copy in copies:
+        copy.start()
+    first, second = out.get(timeout=120), out.get(timeout=120)
+    for copy in copies:
+        copy.join(timeout=60)
+    assert first == second  # one release, sent twice
+    ledger = _ledger(session)
+    assert sum(c["mechanism"] == "dp_sgd" for c in ledger.charges) == 1 and ledger.voided == []

@@ -30,19 +30,23 @@ def keyed(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _campaign_log(folder: Path, rounds: int = 2) -> Path:
-    """A coordinator's log whose heads the three institutions witnessed as a campaign would send them."""
+def _campaign_log(folder: Path, rounds: int = 2, campaign: str = "c1", sent=witness.head_of) -> Path:
+    """A coordinator's log whose heads the three institutions witnessed as a campaign would send them
+    (`sent`: what the coordinator puts in each message, from the log)."""
     log = folder / "audit.jsonl"
-    audit.append(log, "campaign_started", "tom", {"run_id": "r1"})
-    for server_round in range(1, rounds + 1):
-        head = witness.head_of(log)
-        for name in INSTITUTIONS:
-            witness.record(folder / name, name, head, "c1", server_round)
-        audit.append(log, "round_completed", "tom", {"run_id": "r1", "round": server_round, "epsilon_max": 1.0})
-    head = witness.head_of(log)
+    audit.append(log, "campaign_started", "tom", {"run_id": "r1", "campaign": campaign})
     for name in INSTITUTIONS:
-        witness.record(folder / name, name, head, "c1", rounds + 1)
-    audit.append(log, "campaign_ended", "tom", {"run_id": "r1"})
+        audit.append(log, "institution_data", "tom", {"campaign": campaign, "institution": name})
+    for server_round in range(1, rounds + 1):
+        head = sent(log)
+        for name in INSTITUTIONS:
+            witness.record(folder / name, name, head, campaign, server_round)
+        audit.append(log, "round_completed", "tom", {"run_id": "r1", "campaign": campaign, "round": server_round,
+                                                     "epsilon_max": 1.0})
+    head = sent(log)
+    for name in INSTITUTIONS:
+        witness.record(folder / name, name, head, campaign, rounds + 1)
+    audit.append(log, "campaign_ended", "tom", {"run_id": "r1", "campaign": campaign})
     return log
 
 
@@ -65,8 +69,9 @@ def _rewrite(log: Path, change, signer: str = "tom") -> None:
     log.write_bytes(b"\n".join(out) + b"\n")
 
 
-def _lower_epsilon(entry: dict) -> None:
-    if entry["event"] == "round_completed" and entry["details"]["round"] == 1:
+def _lower_epsilon(entry: dict, campaign: str = "c1") -> None:
+    if (entry["event"] == "round_completed" and entry["details"]["round"] == 1
+            and entry["details"]["campaign"] == campaign):
         entry["details"]["epsilon_max"] = 0.5
 
 
@@ -77,6 +82,8 @@ def test_witnesses_agree_with_an_honest_log(keyed):
         check = witness.check(log, keyed / name, roster)
         assert check.problem is None and check.heads == 3 and check.institution == name
         assert check.last_seq == audit.verify(log).entries - 1  # all but campaign_ended, written after the last message
+        assert all("sig" in e["details"] for _, e in audit.entries(keyed / name / witness.WITNESS_FILE)
+                   if e["event"] == witness.EVENT)  # each head carries the coordinator's signature
 
 
 def test_a_history_rewritten_and_resigned_by_the_coordinator_is_caught(keyed):
@@ -116,9 +123,9 @@ def test_a_witness_forged_by_the_coordinator_fails_its_signatures(keyed):
 def test_a_witness_of_another_log_or_none_cannot_vouch(keyed):
     log = _campaign_log(keyed)
     other = keyed / "other"
-    witness.record(other / "inst01", "inst01", witness.head_of(_campaign_log(other)), "c2", 1)
+    witness.record(other / "inst01", "inst01", witness.head_of(_campaign_log(other, campaign="c2")), "c2", 1)
     stranger = witness.check(log, other / "inst01", load_roster())
-    assert stranger.heads == 0 and "never saw this log" in stranger.problem
+    assert stranger.heads == 0 and "took part in campaign c1" in stranger.problem
     with pytest.raises(FedriskInputError, match="no witness log"):
         witness.check(log, keyed / "nobody", load_roster())
 
@@ -132,6 +139,62 @@ def test_a_witness_signed_by_another_institution_fails(keyed):
     _rewrite(spoof, lambda entry: entry.update(actor="inst01"), signer="inst02")
     problem = witness.check(log, spoof, load_roster()).problem
     assert problem is not None and "signed by inst02, not by inst01" in problem
+
+
+def test_a_second_campaign_sent_without_heads_or_with_stale_ones_cannot_be_rewritten_unseen(keyed):
+    """Found by adversarial review: the coordinator stopped sending heads (or resent campaign 1's
+    last one) in campaign 2, rewrote campaign 2, and every witness still matched."""
+    log = _campaign_log(keyed)
+    _campaign_log(keyed, campaign="c2", sent=lambda _: None)
+    _rewrite(log, lambda entry: _lower_epsilon(entry, "c2"))
+    problem = witness.check(log, keyed / "inst01", load_roster()).problem
+    assert problem is not None and "without the audit head" in problem
+
+    other = keyed / "stale"
+    other.mkdir()
+    log = _campaign_log(other)
+    stale = witness.head_of(log)  # campaign 1's last head, resent all through campaign 2
+    _campaign_log(other, campaign="c2", sent=lambda _: stale)
+    _rewrite(log, lambda entry: _lower_epsilon(entry, "c2"))
+    problem = witness.check(log, other / "inst01", load_roster()).problem
+    assert problem is not None and "older than the campaign's start" in problem
+
+
+def test_a_campaign_the_institution_took_part_in_must_be_witnessed(keyed):
+    log = _campaign_log(keyed)
+    audit.append(log, "campaign_started", "tom", {"campaign": "c3"})
+    audit.append(log, "institution_data", "tom", {"campaign": "c3", "institution": "inst01"})
+    problem = witness.check(log, keyed / "inst01", load_roster()).problem
+    assert problem is not None and "took part in campaign c3" in problem
+    assert witness.check(log, keyed / "inst02", load_roster()).problem is None  # inst02 was not in it
+
+
+def test_a_head_going_back_is_refused_by_the_node(keyed):
+    log = _campaign_log(keyed)
+    log_id = audit.log_id(log)
+    with pytest.raises(FedriskInputError, match="went back"):
+        witness.record(keyed / "inst01", "inst01", f"{log_id}:1:{'0' * 64}", "c9", 1)
+
+
+def test_an_institution_cannot_frame_an_honest_coordinator(keyed):
+    """inst02 writes into its own witness a head the coordinator never sent."""
+    log = _campaign_log(keyed)
+    log_id = audit.log_id(log)
+    home = keyed / "inst02"
+    made_up = witness.record  # through the node's own function: a well-formed, signed witness entry
+    inst02 = private_key("inst02")
+    fake = "ab" * 32
+    forged_sig = sign(inst02, fake.encode())
+    made_up(home, "inst02", f"{log_id}:9:{fake}:{public_text(inst02.public_key())}:{forged_sig}", "c1", 9)
+    problem = witness.check(log, home, load_roster()).problem
+    assert problem is not None and "the witness is wrong, not the log" in problem
+
+    unsigned = keyed / "unsigned"
+    (unsigned / witness.WITNESS_FILE).parent.mkdir()
+    (unsigned / witness.WITNESS_FILE).write_bytes((keyed / "inst03" / witness.WITNESS_FILE).read_bytes())
+    witness.record(unsigned, "inst03", f"{log_id}:9:{fake}", "c1", 9)
+    problem = witness.check(log, unsigned, load_roster()).problem
+    assert problem is not None and "either the log or this witness is wrong" in problem
 
 
 @pytest.mark.parametrize("head", ["", "x", "abc:1", "a:b:c", "a:-1:" + "0" * 64, "a:1:" + "z" * 64, "a:1:00"])
@@ -160,7 +223,7 @@ def test_a_campaign_is_witnessed_and_a_rewrite_is_caught_from_the_command_line(k
         assert witness.check(log, Path(homes[0]).parent / name, load_roster()).heads >= 4
 
     # the coordinator lowers round 1's epsilon, re-signs with tom's key, moves the MLflow copies
-    _rewrite(log, _lower_epsilon)
+    _rewrite(log, lambda entry: _lower_epsilon(entry, entry["details"].get("campaign")))
     heads = {json.loads(x)["seq"]: json.loads(x)["hash"] for x in log.read_bytes().splitlines()}
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for experiment in client.search_experiments():
@@ -171,5 +234,7 @@ def test_a_campaign_is_witnessed_and_a_rewrite_is_caught_from_the_command_line(k
     assert fooled.returncode == 0, fooled.stdout  # chain, anchors and signatures all hold
     caught = cli("audit", "verify", str(log), "--witness", *homes)
     assert caught.returncode == 1 and "rewritten" in caught.stdout and "inst01" in caught.stdout
+    twice = cli("audit", "verify", str(log), "--witness", homes[0], homes[0] + "/witness.jsonl")
+    assert twice.returncode == 1 and "given twice" in twice.stdout
     missing = cli("audit", "verify", str(log), "--witness", str(tmp_path / "homes" / "institutions" / "inst09"))
     assert missing.returncode == 1 and "no witness log" in missing.stdout + missing.stderr
