@@ -129,9 +129,6 @@ def _simulate_locked(config: CampaignConfig, campaign: str, check_inputs: bool, 
 
 def check_resumable(config: CampaignConfig) -> None:
     """What a resumed campaign cannot carry over yet, refused in one line before anything starts."""
-    if config.privacy.institution_level.enabled:
-        raise FedriskInputError("a campaign with institution-level DP cannot resume yet: the server's own noise and "
-                                "its accountant start again; start a new campaign")
     if config.secure_aggregation.enabled:
         raise FedriskInputError("a campaign under SecAgg+ cannot resume yet: start a new campaign")
 

@@ -100,7 +100,8 @@ class TrackedRun:
 
     @contextmanager
     def closing(self) -> Iterator[None]:
-        """Ends the run: stopped (bad input, with the reason), failed (with the error) or finished."""
+        """Ends the run: stopped (bad input, with the reason), failed (with the error), interrupted
+        (Ctrl-C: KILLED, as a campaign found dead is; `fedrisk simulate --resume` goes on) or finished."""
         status = "FINISHED"
         try:
             yield
@@ -111,6 +112,10 @@ class TrackedRun:
         except Exception as exc:
             status = "FAILED"
             self.set_tags({run_schema.STATUS: "failed", run_schema.ERROR: str(exc)[:4000]})
+            raise
+        except BaseException as exc:  # Ctrl-C, SystemExit: stopped by hand, not finished (it may resume)
+            status = "KILLED"
+            self.set_tags({run_schema.STATUS: "interrupted", run_schema.STOP_REASON: type(exc).__name__})
             raise
         finally:
             self.finish(status)

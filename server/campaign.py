@@ -687,6 +687,18 @@ def run_campaign(grid: Grid, config: CampaignConfig, campaign: str, resume_run: 
         except (FedriskInputError, OSError) as audit_error:
             log.warning("audit log: %s", audit_error)
         raise
+    except BaseException as exc:  # Ctrl-C: the campaign may resume; the log says where it stopped
+        try:
+            run.audit("campaign_interrupted", {"run_id": run.run_id, "reason": type(exc).__name__,
+                                               "rounds_completed": _rounds_done(run)})
+        except (FedriskInputError, OSError) as audit_error:
+            log.warning("audit log: %s", audit_error)
+        raise
+
+
+def _rounds_done(run: CampaignRun) -> int:
+    history = run.client.get_metric_history(run.run_id, run_schema.ROUND_SECONDS)
+    return max((m.step for m in history), default=0)
 
 
 def _phases(grid: Grid, config: CampaignConfig, campaign: str, run: CampaignRun,

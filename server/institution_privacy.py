@@ -47,15 +47,17 @@ class _Accounted:
         arrays, metrics = super().aggregate_train(server_round, usable)  # type: ignore[misc]
         if arrays is not None:
             campaign.latest_arrays = arrays
-            epsilon = institution_epsilon(self.noise_multiplier, server_round, self.delta)
+            rounds = campaign.round_offset + server_round  # a resumed campaign's earlier rounds count too
+            epsilon = institution_epsilon(self.noise_multiplier, rounds, self.delta)
             campaign.institution_privacy = {
-                "epsilon": epsilon, "delta": self.delta, "rounds": server_round, "accountant": "rdp",
+                "epsilon": epsilon, "delta": self.delta, "rounds": rounds, "accountant": "rdp",
                 "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm,
                 "noise_stddev": self.noise_multiplier * self.clipping_norm / self.num_sampled_clients,
             }
             campaign.run.log_metrics({run_schema.INSTITUTION_EPSILON_METRIC: epsilon,
                                       run_schema.INSTITUTION_NOISE_STDDEV: campaign.institution_privacy["noise_stddev"]},
-                                     step=server_round)
+                                     step=rounds)
+            campaign.save_checkpoint(rounds, arrays)  # the noised model, the one the next round starts from
         return arrays, metrics
 
 
@@ -73,4 +75,5 @@ def with_institution_dp(
     wrapper_cls = ClientSideClipping if settings.clipping == "client" else ServerSideClipping
     wrapper = wrapper_cls(strategy, noise_multiplier, settings.clipping_norm, max(institutions, 1))
     wrapper.delta = settings.delta
+    strategy.checkpoints = False  # the wrapper keeps the noised aggregate, not the strategy's
     return wrapper

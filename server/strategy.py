@@ -73,6 +73,7 @@ class CampaignMixin:
         self.privacy_summaries: dict[str, dict] = {}  # each institution's latest ledger summary
         self.rounds_done = 0
         self.round_offset = 0  # rounds done before a resumed campaign's first
+        self.checkpoints = True  # False when a wrapper changes the aggregate (institution-level DP noise) and keeps it
         self._round_start = 0.0
 
     def restore(self, saved: checkpoint.Checkpoint) -> None:
@@ -189,7 +190,7 @@ class CampaignMixin:
             "epsilon_max": metrics.get(run_schema.EPSILON_MAX),
         })
         self.rounds_done = server_round
-        if arrays is not None:
+        if arrays is not None and self.checkpoints:
             self.save_checkpoint(server_round, arrays)
         self.on_round(server_round, {**self.latest_validation, **metrics})
         return arrays, aggregated

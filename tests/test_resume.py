@@ -20,7 +20,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from fedrisk import institution
+from fedrisk import audit, institution
 from fedrisk.config import config_to_json, load_config
 from fedrisk.ledger import Release, campaign_epsilon
 from fedrisk.models import build_model
@@ -141,16 +141,67 @@ def test_a_killed_campaign_resumes_and_spends_what_an_uninterrupted_one_would(tm
     assert bogus.returncode == 2 and "--resume needs a campaign id" in err
 
 
-@pytest.mark.parametrize("setting", ["privacy.institution_level.enabled", "secure_aggregation.enabled"])
-def test_what_cannot_resume_yet_is_refused_in_one_line(tmp_path, setting):
+def test_what_cannot_resume_yet_is_refused_in_one_line(tmp_path):
     from fedrisk.errors import FedriskInputError
     from fedrisk.launcher import check_resumable
 
-    check_resumable(load_config(None, {}, work_dir=tmp_path))
-    overrides = {setting: True, **({"privacy.institution_level.target_epsilon": 8.0}
-                                   if setting.startswith("privacy") else {})}
+    check_resumable(load_config(None, {"privacy.institution_level.enabled": True}, work_dir=tmp_path))
     with pytest.raises(FedriskInputError, match="cannot resume yet"):
-        check_resumable(load_config(None, overrides, work_dir=tmp_path))
+        check_resumable(load_config(None, {"secure_aggregation.enabled": True}, work_dir=tmp_path))
+
+
+@pytest.mark.parametrize("institution_level", [False, True])
+def test_a_campaign_that_died_mid_round_resumes_in_process(tmp_path, institution_level):
+    """The server dies while round 3 is out (one institution has trained it); resumed on the real
+    ClientApp, every institution's charges equal its plan, and institution-level DP counts all
+    four rounds, as an uninterrupted campaign's accountant would."""
+    from flwr.app import MessageType
+    from local_grid import LocalGrid
+
+    from clients.client_app import app as client_app
+    from fedrisk.campaign_lock import close_interrupted
+    from fedrisk.guard import homes_root
+    from fedrisk.ledger import PrivacyLedger
+    from fedrisk.privacy import institution_epsilon, institution_noise_multiplier
+    from fedrisk.tracking import find_campaign_run
+    from server.campaign import run_campaign
+
+    class Dies(LocalGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            if any(m.metadata.message_type == MessageType.TRAIN
+                   and int(m.content["config"].get("server-round", 0)) == 3 for m in messages):
+                super().send_and_receive(messages[:1], timeout=timeout)  # one node trains round 3, then the server dies
+                raise KeyboardInterrupt
+            return super().send_and_receive(messages, timeout=timeout)
+
+    config = load_config(None, {"institutions": 3, "data.synthetic.rows": 9000, "rounds": 4,
+                                "privacy.institution_level.enabled": institution_level,
+                                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                "audit.path": str(tmp_path / "audit.jsonl")}, work_dir=tmp_path)
+    campaign = "b" * 32
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign(Dies.simulation(client_app, 3), config, campaign)
+    stopped = find_campaign_run(config.tracking.uri, config.tracking.experiment, campaign)
+    assert stopped.info.status == "KILLED" and stopped.data.tags["fedrisk.status"] == "interrupted"  # not FINISHED
+    assert close_interrupted(config) == []  # nothing left RUNNING
+    events = [e for _, e in audit.entries(config.audit.path)]
+    assert events[-1]["event"] == "campaign_interrupted" and events[-1]["details"]["rounds_completed"] == 2
+    run_campaign(LocalGrid.simulation(client_app, 3), config, campaign, resume_run=stopped.info.run_id)
+
+    run = find_campaign_run(config.tracking.uri, config.tracking.experiment, campaign)
+    assert run.info.run_id == stopped.info.run_id and run.data.tags["fedrisk.status"] == "completed"
+    for name in ("inst01", "inst02", "inst03"):
+        ledger = PrivacyLedger.open(homes_root() / name / "ledger.json", name, float("inf"), 1.0)
+        planned = [Release.from_dict(r) for r in ledger.plans[campaign]["releases"]]
+        charged = [Release.from_dict(c) for c in ledger.charges if c["campaign"] == campaign]
+        assert Counter(charged) == Counter(planned), name
+    if institution_level:  # the server's accountant over all four rounds, not the two after the resume
+        inst = config.privacy.institution_level
+        z = institution_noise_multiplier(inst.target_epsilon, inst.delta, 4, inst.noise_multiplier)
+        history = MlflowClient(config.tracking.uri).get_metric_history(run.info.run_id, "institution_epsilon")
+        assert sorted(m.step for m in history) == [1, 2, 3, 4]
+        assert run.data.metrics["institution_epsilon"] == pytest.approx(institution_epsilon(z, 4, inst.delta), rel=1e-9)
 
 
 def test_a_release_computed_but_never_kept_is_charged_once_when_asked_again(tmp_path, monkeypatch):
