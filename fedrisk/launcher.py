@@ -127,12 +127,6 @@ def _simulate_locked(config: CampaignConfig, campaign: str, check_inputs: bool, 
     return outcome
 
 
-def check_resumable(config: CampaignConfig) -> None:
-    """What a resumed campaign cannot carry over yet, refused in one line before anything starts."""
-    if config.secure_aggregation.enabled:
-        raise FedriskInputError("a campaign under SecAgg+ cannot resume yet: start a new campaign")
-
-
 def resume(where: CampaignConfig, campaign: str, *, verbose: bool = False) -> tuple[CampaignConfig, Outcome]:
     """Go on with an interrupted campaign after its last completed round. Its config is the one
     it started with (the run's artifact, checked against the run's hash); `where` only says which
@@ -169,7 +163,6 @@ def resume(where: CampaignConfig, campaign: str, *, verbose: bool = False) -> tu
         if config_hash(config) != run.data.tags.get(run_schema.CONFIG_SHA256):
             raise FedriskInputError(f"campaign {campaign}'s config artifact is not the config it started with "
                                     f"(SHA-256 differs from the run's tag {run_schema.CONFIG_SHA256})")
-        check_resumable(config)
         saved = checkpoint.load(config, campaign)
         log.warning("campaign %s resumes after round %d of %d", campaign, saved.server_round, config.training.rounds)
         run_config = {"campaign-config": config_to_json(config), "campaign-id": campaign,

@@ -357,6 +357,7 @@ def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: 
     if secure.enabled:  # the largest weight any institution can send: its training rows, or 1
         max_weight = 1.0 if inst_dp.enabled else float(max(s["split_rows"]["train"] for s in stats.values()))
         grid = SecureAggregationGrid(grid, secure, max_weight)
+        grid.round = strategy.round_offset  # the protocol's round numbers go on after a resumed campaign's
         run.set_tags({run_schema.SECURE_AGGREGATION: (
             f"SecAgg+ (num_shares {secure.num_shares}, reconstruction_threshold {secure.reconstruction_threshold}, "
             f"clipping_range {secure.clipping_range:g}, max_weight {max_weight:g})")})
@@ -369,7 +370,7 @@ def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: 
         stop_reason = str(stop)
         log.warning("campaign stopped: %s", stop_reason)
     if isinstance(grid, SecureAggregationGrid):
-        for step, seconds in enumerate(grid.seconds, start=1):
+        for step, seconds in enumerate(grid.seconds, start=strategy.round_offset + 1):
             run.log_metrics({run_schema.SECURE_AGGREGATION_SECONDS: seconds}, step=step)
     return Training(strategy, grid, strategy.latest_arrays or initial, stop_reason)
 

@@ -141,20 +141,13 @@ def test_a_killed_campaign_resumes_and_spends_what_an_uninterrupted_one_would(tm
     assert bogus.returncode == 2 and "--resume needs a campaign id" in err
 
 
-def test_what_cannot_resume_yet_is_refused_in_one_line(tmp_path):
-    from fedrisk.errors import FedriskInputError
-    from fedrisk.launcher import check_resumable
-
-    check_resumable(load_config(None, {"privacy.institution_level.enabled": True}, work_dir=tmp_path))
-    with pytest.raises(FedriskInputError, match="cannot resume yet"):
-        check_resumable(load_config(None, {"secure_aggregation.enabled": True}, work_dir=tmp_path))
-
-
-@pytest.mark.parametrize("institution_level", [False, True])
-def test_a_campaign_that_died_mid_round_resumes_in_process(tmp_path, institution_level):
-    """The server dies while round 3 is out (one institution has trained it); resumed on the real
-    ClientApp, every institution's charges equal its plan, and institution-level DP counts all
-    four rounds, as an uninterrupted campaign's accountant would."""
+@pytest.mark.slow  # three campaigns, each killed and resumed (in process): the full suite runs them
+@pytest.mark.parametrize("mode", ["plain", "institution_level", "secure_aggregation"])
+def test_a_campaign_that_died_mid_round_resumes_in_process(tmp_path, mode):
+    """The server dies when round 3 goes out (one institution has its first message); resumed on
+    the real ClientApp, every institution's charges equal its plan, institution-level DP counts
+    all four rounds as an uninterrupted campaign's accountant would, and SecAgg+'s protocol goes
+    on from round 3."""
     from flwr.app import MessageType
     from local_grid import LocalGrid
 
@@ -166,19 +159,23 @@ def test_a_campaign_that_died_mid_round_resumes_in_process(tmp_path, institution
     from fedrisk.tracking import find_campaign_run
     from server.campaign import run_campaign
 
+    log = tmp_path / "audit.jsonl"
+
     class Dies(LocalGrid):
         def send_and_receive(self, messages, *, timeout=None):
             messages = list(messages)
-            if any(m.metadata.message_type == MessageType.TRAIN
-                   and int(m.content["config"].get("server-round", 0)) == 3 for m in messages):
-                super().send_and_receive(messages[:1], timeout=timeout)  # one node trains round 3, then the server dies
+            done = {e["details"].get("round") for _, e in audit.entries(log) if e["event"] == "round_completed"}
+            if 2 in done and any(m.metadata.message_type == MessageType.TRAIN for m in messages):
+                super().send_and_receive(messages[:1], timeout=timeout)  # round 3's first message, then it dies
                 raise KeyboardInterrupt
             return super().send_and_receive(messages, timeout=timeout)
 
+    institution_level = mode == "institution_level"
     config = load_config(None, {"institutions": 3, "data.synthetic.rows": 9000, "rounds": 4,
                                 "privacy.institution_level.enabled": institution_level,
+                                "secure_aggregation.enabled": mode == "secure_aggregation",
                                 "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-                                "audit.path": str(tmp_path / "audit.jsonl")}, work_dir=tmp_path)
+                                "audit.path": str(log)}, work_dir=tmp_path)
     campaign = "b" * 32
     with pytest.raises(KeyboardInterrupt):
         run_campaign(Dies.simulation(client_app, 3), config, campaign)
@@ -196,6 +193,9 @@ def test_a_campaign_that_died_mid_round_resumes_in_process(tmp_path, institution
         planned = [Release.from_dict(r) for r in ledger.plans[campaign]["releases"]]
         charged = [Release.from_dict(c) for c in ledger.charges if c["campaign"] == campaign]
         assert Counter(charged) == Counter(planned), name
+    if mode == "secure_aggregation":
+        history = MlflowClient(config.tracking.uri).get_metric_history(run.info.run_id, "secure_aggregation_seconds")
+        assert sorted(m.step for m in history) == [3, 4]  # numbered on; rounds 1-2's were logged by no one (it died)
     if institution_level:  # the server's accountant over all four rounds, not the two after the resume
         inst = config.privacy.institution_level
         z = institution_noise_multiplier(inst.target_epsilon, inst.delta, 4, inst.noise_multiplier)
