@@ -193,7 +193,9 @@ def _audit_verify(args: argparse.Namespace) -> int:
               "the log was cut short or rewritten whole, is not shown")
         return _witnesses(args.witness, path, None, check.entries)
     status = 0
-    uri = _tracking_uri(args)
+    from fedrisk.config import absolute_tracking_uri
+
+    uri = absolute_tracking_uri(args.tracking_uri, Path.cwd())  # a missing store is reported, not refused
     store = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
     anchors: dict[str, str] | None = None
     if store is not None and not store.is_file():
@@ -286,9 +288,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:
+    """The store a command reads; a SQLite file that is not there is refused (MLflow would
+    create an empty one in its place, and the command would then say the run does not exist)."""
     from fedrisk.config import absolute_tracking_uri
 
-    return absolute_tracking_uri(args.tracking_uri, Path.cwd())
+    uri = absolute_tracking_uri(args.tracking_uri, Path.cwd())
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise FedriskInputError(f"no MLflow store at {uri[len('sqlite:///'):]} (name it with --tracking-uri)")
+    return uri
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from fedrisk.drift import SCORE
+from fedrisk.report import png_base64
 from fedrisk.strict_json import nan_to_null
 from fedrisk.warning_levels import LEVELS, POOLED
 
@@ -134,7 +135,8 @@ def _html(report: dict[str, Any], images: dict[str, str]) -> str:
             f"<td>{html.escape('; '.join(w['reasons']))}</td></tr>"
         )
     model = report["model"]
-    pictures = "".join(f"<h2>{html.escape(title)}</h2><img src='{name}'>" for title, name in images.items())
+    pictures = "".join(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{png}'>"
+                       for title, png in images.items())  # inlined: the page renders inside MLflow's viewer
     return (
         "<html><head><meta charset='utf-8'><title>fedrisk drift report</title></head><body>"
         f"<h1>Drift report: {html.escape(model['name'])} version {model['version']}</h1>"
@@ -158,6 +160,6 @@ def write_report(report: dict[str, Any], folder: Path) -> list[Path]:
         if fig is None:
             continue
         fig.savefig(folder / name, dpi=90, bbox_inches="tight")
-        images[title] = name
+        images[title] = png_base64(fig)
     (folder / "report.html").write_text(_html(report, images))
     return sorted(folder.iterdir())

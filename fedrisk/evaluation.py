@@ -16,7 +16,7 @@ from fedrisk import run_schema
 from fedrisk.config import CampaignConfig
 from fedrisk.fairness import GroupHistograms, fairness_scores, group_edges, merge_group_histograms
 from fedrisk.fraud_metrics import EMPTY_FRAUD, FraudStats, fraud_summary
-from fedrisk.metrics import EvalStats, evaluation_summary, performance
+from fedrisk.metrics import EvalStats, calibration_bands, calibration_p, evaluation_summary, performance
 from fedrisk.run_schema import INTERVAL_KEYS
 
 
@@ -56,6 +56,10 @@ def split_metrics(parts: dict[str, SplitStatistics], split: str, config: Campaig
         return run_schema.scores_metrics(split, scores, **params)
     scores = evaluation_summary({n: p.overall for n, p in parts.items()}, ev.threshold, ev.max_fpr)
     metrics = run_schema.scores_metrics(split, scores, **params)
+    if parts:  # PD back-testing: does any score band default more often than predicted (Jeffreys, Bonferroni)
+        whole = pooled(parts).overall
+        metrics[run_schema.split_metric(split, "calibration_p")] = calibration_p(calibration_bands(
+            whole.hist_pos, whole.hist_neg, whole.score_sum_pos + whole.score_sum_neg, whole.edges))
     scopes = ([(None, pooled(parts))] if parts else []) + list(parts.items())
     for name, part in scopes:
         edges = group_edges(part.overall.edges, ev.threshold)

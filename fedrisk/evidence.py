@@ -24,6 +24,7 @@ from fedrisk.registry_check import unexplained_aliases
 from fedrisk.report import (
     approval_chart,
     calibration_chart,
+    calibration_rows,
     html_table,
     per_institution_rows,
     roc_ks_chart,
@@ -204,7 +205,7 @@ def _section(title: str, body: str) -> str:
 
 
 def _kv(mapping: dict[str, Any]) -> str:
-    rows = [{"item": k, "value": json.dumps(v) if isinstance(v, (dict, list)) else v} for k, v in mapping.items()]
+    rows = [{"item": k, "value": v} for k, v in mapping.items()]  # `html_table` spells each value out
     return html_table(rows)
 
 
@@ -241,7 +242,7 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
         calibration = (f"<img src='data:image/png;base64,{roc_ks_chart(stored.stats)}'>"
                        f"<img src='data:image/png;base64,{png}'>")
     parts.append(_section("7. Calibration (test, by score band)",
-                          calibration + html_table((evidence["calibration"] or {}).get("bands", []))))
+                          calibration + calibration_rows((evidence["calibration"] or {}).get("bands", []))))
     fairness = _kv(evidence["fairness"]) if evidence["fairness"] else "<p>no protected attribute measured</p>"
     if stored is not None and stored.groups:
         chart = approval_chart(stored.groups, stored.threshold, group_edges(stored.stats.edges, stored.threshold), stored.noise)

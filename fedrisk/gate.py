@@ -14,6 +14,7 @@ from typing import Any
 from scipy.stats import norm
 
 from fedrisk import run_schema
+from fedrisk.display import display
 from fedrisk.policy import PRIVACY_AUC_LOSS, Policy, Rule
 
 NO_REFERENCE = ("no reference run: train one with `fedrisk simulate --reference` or name one with "
@@ -63,7 +64,7 @@ class Verdict:
         return [
             f"{r.outcome.upper():5} {r.metric} {r.comparator} {r.threshold:g} ({r.scope}): "
             + (f"not in the run, fails as {r.severity}" if r.outcome == "missing"
-               else f"{'-' if r.value is None else f'{r.value:.4f}'}")
+               else display(r.value))
             + (f" [{r.interval[0]:.4f}, {r.interval[1]:.4f}]" if r.interval else "")
             + (f" at {r.where}" if r.where not in ("pooled", "") else "")
             + (f"; {r.note}" if r.note else "")

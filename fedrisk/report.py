@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fedrisk import run_schema
+from fedrisk.display import display
 from fedrisk.fairness import GroupHistograms, fairness_by_attribute, group_edges
 from fedrisk.gate import Verdict
 
@@ -24,7 +25,8 @@ from fedrisk.evaluation import smallest_group
 from fedrisk.metrics import EvalStats, bin_bounds, calibration_bands, operating_points
 
 
-def _png(fig: Figure) -> str:
+def png_base64(fig: Figure) -> str:
+    """A chart as base64 PNG, to inline in a page that must render on its own (MLflow's artifact viewer)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode()
@@ -45,7 +47,7 @@ def roc_ks_chart(stats: EvalStats) -> str:
     ks.vlines(edges[gap], 1 - tp[gap], 1 - fp[gap], colors="red", label=f"KS {abs(tp[gap] - fp[gap]):.3f}")
     ks.set(xlabel="predicted probability", ylabel="cumulative share", title="KS")
     ks.legend(fontsize=8)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def calibration_chart(stats: EvalStats) -> tuple[str, list[dict[str, float]]]:
@@ -56,7 +58,21 @@ def calibration_chart(stats: EvalStats) -> tuple[str, list[dict[str, float]]]:
     top = max([b["predicted"] for b in bands] + [b["observed"] for b in bands] + [0.05])
     ax.plot([0, top], [0, top], ls="--", c="grey", lw=0.8)
     ax.set(xlabel="predicted rate", ylabel="observed rate", title="Calibration by score band")
-    return _png(fig), bands
+    return png_base64(fig), bands
+
+
+def calibration_rows(bands: list[dict[str, float]], level: float = 0.01) -> str:
+    """The calibration table, the bands that default more often than predicted beyond chance
+    (Jeffreys p below `level` over the number of bands) marked in red: what `calibration_p` judges."""
+    if not bands:
+        return "<p>none</p>"
+    cut = level / len(bands)
+    head = "".join(f"<th>{k}</th>" for k in (*bands[0], "finding"))
+    body = "".join(
+        ("<tr style='background:#fde0dc'>" if b["jeffreys_p"] < cut else "<tr>")
+        + "".join(f"<td>{html.escape(display(v))}</td>" for v in b.values())
+        + f"<td>{'more defaults than predicted' if b['jeffreys_p'] < cut else '-'}</td></tr>" for b in bands)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def approval_chart(groups: GroupHistograms, threshold: float, edges: np.ndarray, noise: float = 0.0) -> str:
@@ -68,7 +84,7 @@ def approval_chart(groups: GroupHistograms, threshold: float, edges: np.ndarray,
         rates = fairness_by_attribute(groups[attribute], threshold, edges, minimum)["approval_rate"]
         ax.bar(list(rates), list(rates.values()))
         ax.set(title=f"approval rate by {attribute}", ylim=(0, 1))
-    return _png(fig)
+    return png_base64(fig)
 
 
 # The task's headline figures of each institution: label -> metric (None: its epsilon).
@@ -102,8 +118,7 @@ def html_table(rows: list[dict[str, Any]]) -> str:
         return "<p>none</p>"
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(f'{v:.4f}' if isinstance(v, float) else str(v))}</td>" for v in r.values()) + "</tr>"
-        for r in rows
+        "<tr>" + "".join(f"<td>{html.escape(display(v))}</td>" for v in r.values()) + "</tr>" for r in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -145,7 +160,7 @@ def render_report(
         parts += [f"<img src='data:image/png;base64,{roc_ks_chart(stats)}'>",
                   f"<img src='data:image/png;base64,{calibration_png}'>",
                   "<h3>Calibration (Jeffreys test: small p = more defaults than predicted)</h3>",
-                  html_table(bands)]
+                  calibration_rows(bands)]
         if stored.groups:
             chart = approval_chart(stored.groups, stored.threshold, group_edges(stats.edges, stored.threshold), stored.noise)
             parts.append(f"<h3>Approval (PD &lt; {stored.threshold:g}) by group</h3>")

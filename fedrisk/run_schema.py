@@ -143,7 +143,7 @@ def fairness_metric(metric: str, attribute: str, group: str | None = None) -> st
 TASK_METRIC_KEYS = {
     "credit": ("auc", "gini", "ks", "average_precision", "brier", "loss", "recall_at_fpr", "default_rate",
                "precision_at_threshold", "recall_at_threshold", "f1_at_threshold", "flag_rate_at_threshold",
-               "examples", "auc_gap", "auc_worst_institution"),
+               "examples", "auc_gap", "auc_worst_institution", "calibration_p"),
     "fraud": ("auc", "average_precision", "recall_at_fpr", "precision_top_k", "fraud_rate", "loss",
               "precision_at_budget", "recall_at_budget", "amount_recall_at_budget", "alerts_per_day",
               "operating_threshold", "examples", "average_precision_gap", "average_precision_worst_institution"),

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from conftest import write_policies
 from mlflow.tracking import MlflowClient
+from self_contained import self_contained_problems
 from sklearn.metrics import roc_auc_score
 
 from fedrisk.config import load_config
@@ -296,6 +297,7 @@ def test_gate_challenges_a_fair_model_and_blocks_a_biased_or_random_one(tmp_path
     files = _artifact_files(client, biased.run_id)
     assert {"gate/verdict.json", "gate/report.html", "evaluation/test_statistics.json"} <= set(files)
     report = Path(client.download_artifacts(biased.run_id, "gate/report.html", str(tmp_path))).read_text()
+    assert self_contained_problems(report) == []
     assert "Verdict: BLOCK" in report and "approval_rate_difference.sex" in report
 
     # On demand, from the command line: exit 0 for pass/warn, 3 for block, 2 for bad input.

@@ -9,7 +9,8 @@ from fedrisk.gate import apply_policy
 from fedrisk.policy import Policy, Rule, load_policy
 
 GOOD = {"test_auc": 0.80, "test_ks": 0.45, "test_approval_rate_difference.sex": 0.01,
-        "test_approval_rate_difference.age_band": 0.02, "test_auc.a": 0.79, "test_auc.b": 0.70}
+        "test_approval_rate_difference.age_band": 0.02, "test_auc.a": 0.79, "test_auc.b": 0.70,
+        "test_calibration_p": 0.5}
 
 
 def test_shipped_credit_policy_loads():

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from conftest import consortium_keys
 from mlflow.tracking import MlflowClient
+from self_contained import self_contained_problems
 
 from fedrisk import audit, run_schema
 from fedrisk.evidence import SECTIONS
@@ -193,6 +194,7 @@ def test_the_evidence_pack_has_every_section(consortium):
     made = _cli("report", run_id, "--out", "pack", cwd=folder, actor="victor")
     assert made.returncode == 0, made.stderr
     page = (folder / "pack" / "report.html").read_text()
+    assert self_contained_problems(page) == []
     pack = json.loads((folder / "pack" / "report.json").read_text())
     assert list(pack) == list(SECTIONS)
     for title in ("Model identification", "Intended use", "Data (aggregates", "Method and hyper-parameters",

@@ -244,3 +244,4 @@ def test_the_evaluation_grid_with_the_deciles_kept_never_exceeds_the_bins_the_po
     for fine_counts in (counts, None):
         grid = evaluation_grid(fine_counts, fine, bins, 0.2, noise, keep=deciles)
         assert len(grid) <= bins and 0.2 in grid and set(deciles) <= set(grid)
+
