@@ -351,14 +351,20 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+STORE_HELP = "the MLflow store (default: sqlite:///mlflow.db, in the current folder)"
+EXIT_CODES = ("exit codes: 0 done (a verdict of pass or warn included); 1 a check failed or could not be made "
+              "(audit verify); 2 bad input, one line naming institution, file and column; 3 blocked by the gate, or "
+              "refused by the four-eyes rules; 130 interrupted (Ctrl-C)")
+
+
 def _store_options(parser: argparse.ArgumentParser) -> None:
     """Where a decision about a run is read and recorded: its MLflow store and audit log."""
-    parser.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db", help=STORE_HELP)
     parser.add_argument("--audit-log", dest="audit_log", help="default: the log of the run's campaign")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedrisk", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fedrisk", description=__doc__, epilog=EXIT_CODES)
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run a campaign on Flower's simulation engine")
     sim.add_argument("config", nargs="?", help="campaign YAML (default: built-in credit campaign)")
@@ -366,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--institutions", type=int, help="institutions of the built-in generator")
     sim.add_argument("--epsilon", type=float, help="privacy.target_epsilon per institution")
     sim.add_argument("--seed", type=int)
-    sim.add_argument("--tracking-uri", dest="tracking_uri")
+    sim.add_argument("--tracking-uri", dest="tracking_uri", help="the MLflow store (default: the config's "
+                     "tracking.uri, sqlite:///mlflow.db in the current folder)")
     sim.add_argument("--no-dp", action="store_true", help="non-private baseline")
     sim.add_argument("--reference", action="store_true",
                      help="then train the campaign's non-private twin and judge the privacy rule against it "
@@ -393,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--config", help="monitoring YAML (default: built-in, as configs/monitor_credit.yaml)")
     mon.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a monitoring key, e.g. --set windows.synthetic.scenario=downturn")
-    mon.add_argument("--tracking-uri", dest="tracking_uri")
+    mon.add_argument("--tracking-uri", dest="tracking_uri", help="the MLflow store of the model (default: the "
+                     "monitoring config's tracking.uri, sqlite:///mlflow.db in the current folder)")
     mon.add_argument("--retrain", action="store_true",
                      help="when the retraining rule is met, run a campaign warm-started from the model")
     mon.add_argument("--rounds", type=int, help="rounds of that retraining campaign")
@@ -420,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "could not be checked")
     ver.add_argument("path", nargs="?", help="audit log (default: .fedrisk/audit.jsonl)")
     ver.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db",
-                     help="MLflow store whose runs hold copies of the log's head (catches a log cut short)")
+                     help="MLflow store whose runs hold copies of the log's head (catches a log cut short; "
+                          "default: sqlite:///mlflow.db, in the current folder)")
     ver.add_argument("--roster", help="the consortium's signed roster (default: $FEDRISK_ROSTER)")
     ver.add_argument("--ca", help="the CA's public key the roster must be signed with (default: $FEDRISK_ROSTER_CA)")
     ver.add_argument("--chain-only", dest="chain_only", action="store_true",
@@ -432,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = aud_sub.add_parser("privacy", help="attack a simulated campaign's run whose members are known: singleton "
                                             "bins, stored scores, loss-threshold membership inference")
     pa.add_argument("run_id")
-    pa.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    pa.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db", help=STORE_HELP)
     pa.add_argument("--out", help="JSON result (default: privacy-audit-<run>.json)")
     pa.set_defaults(func=_audit_privacy)
     rep = sub.add_parser("report", help="the validators' evidence pack of a campaign run (HTML and JSON)")
@@ -453,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--base-score", dest="base_score", type=float, default=600.0)
     exp.add_argument("--base-odds", dest="base_odds", type=float, default=50.0)
     exp.add_argument("--pdo", type=float, default=20.0)
-    exp.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    exp.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db", help=STORE_HELP)
     exp.set_defaults(func=_explain)
     from fedrisk import federation_cli, institution_cli, keys_cli, score_cli
 

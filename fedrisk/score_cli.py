@@ -31,7 +31,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--id", dest="id_column", help="a column of DATA naming each row in the output (default: its row "
                                                   "number, from 0)")
     p.add_argument("--out", default="scores.csv")
-    p.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db")
+    p.add_argument("--tracking-uri", dest="tracking_uri", default="sqlite:///mlflow.db",
+                   help="the MLflow store of the model (default: sqlite:///mlflow.db, in the current folder)")
     p.set_defaults(func=run)
 
 

@@ -176,6 +176,7 @@ class CampaignRun(TrackedRun):
         self.actor = config.audit.actor or audit.default_actor()
         tags = {
             run_schema.TRAINER: self.actor,
+            run_schema.MLFLOW_USER: self.actor,
             run_schema.CONFIG_SHA256: config_hash(config),
             run_schema.CODE_VERSION: audit.code_version(),
             run_schema.CAMPAIGN: campaign,

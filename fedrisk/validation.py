@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fedrisk import audit, run_schema
+from fedrisk.display import display
 from fedrisk.errors import FedriskInputError
 from fedrisk.fairness import GroupHistograms
 from fedrisk.gate import Verdict, apply_policy
@@ -74,9 +75,34 @@ def _version_of_run(client: MlflowClient, uri: str, name: str, model_uri: str, r
         pass  # the registered model does not exist yet
     mlflow.set_tracking_uri(uri)
     try:
-        return mlflow.register_model(model_uri, name).version
+        version = mlflow.register_model(model_uri, name).version
     except MlflowException as exc:
         raise FedriskInputError(f"cannot register {model_uri}: {str(exc).splitlines()[0]}") from None
+    if not client.get_registered_model(name).description:  # what a validator reads first in MLflow's UI
+        client.update_registered_model(name, REGISTRY_DESCRIPTION)
+    return version
+
+
+def run_description(verdict: Verdict, metrics: dict[str, float], gate_tags: dict[str, str]) -> str:
+    """The run's description in MLflow's UI (markdown): the verdict and why, the headline
+    figures, where the reports are."""
+    broken = [r for r in verdict.results if r.failed_as in ("block", "warn")]
+    lines = [f"**Gate verdict: {verdict.verdict.upper()}** (policy {verdict.policy}; "
+             f"model {gate_tags.get(run_schema.GATE_MODEL_VERSION, 'not registered')})", ""]
+    lines += [f"- {r.outcome.upper()} {r.metric} {r.comparator} {r.threshold:g}: {display(r.value)}" for r in broken]
+    figures = {"AUC": "test_auc", "KS": "test_ks", "AUPRC": "test_average_precision",
+               "epsilon (max over institutions)": run_schema.EPSILON_FINAL_MAX}
+    shown = [f"{label} {display(metrics[key])}" for label, key in figures.items() if key in metrics]
+    lines += ["", " · ".join(shown), "",
+              f"Reports: `{run_schema.GATE_REPORT_ARTIFACT}` (gate), `evidence/report.html` after `fedrisk report` "
+              "(evidence pack); the round-by-round chart: the Model metrics tab, `round_seconds`, `epsilon_max`."]
+    return "\n".join(lines)
+
+
+REGISTRY_DESCRIPTION = (
+    "Trained by fedrisk campaigns. A version that passes or warns at the validation gate becomes `challenger`; "
+    "`champion` moves only through `fedrisk promote` (two approvers whose signed approvals are in the audit log) "
+    "and `fedrisk rollback`. An alias set here by hand is flagged by `fedrisk audit verify`.")
 
 
 def _withdraw_alias(client: MlflowClient, name: str, version: str) -> None:
@@ -203,6 +229,7 @@ def validate_run(
         gate_tags[run_schema.GATE_ALIAS] = CHALLENGER if verdict.verdict != "block" else "none"
     for key, value in gate_tags.items():
         client.set_tag(run_id, key, value)
+    client.set_tag(run_id, run_schema.DESCRIPTION, run_description(verdict, metrics, gate_tags))
     judged = {}
     if model_uri:  # the files the verdict is about: a challenger's swapped later is flagged by `audit verify`
         from fedrisk.serving import model_digest

@@ -277,6 +277,11 @@ def test_the_gate_records_its_verdict_and_moves_the_alias(credit_run, tmp_path):
     config, outcome, _ = credit_run
     assert outcome.tags[run_schema.GATE_VERDICT] == "pass" and outcome.tags[run_schema.GATE_ALIAS] == "challenger"
     client = MlflowClient(config.tracking.uri)
+    # what a validator landing in MLflow's UI reads (issue 21): who, the verdict and why, the registry's rule
+    assert outcome.tags["mlflow.user"] == "tom"
+    note = outcome.tags["mlflow.note.content"]
+    assert note.startswith("**Gate verdict: PASS** (policy lenient; model fedrisk-credit/") and "AUC " in note
+    assert "fedrisk promote" in client.get_registered_model("fedrisk-credit").description
     assert client.get_model_version_by_alias("fedrisk-credit", "challenger").run_id == outcome.run_id
     strict = tmp_path / "strict.yaml"
     # no AUC passes, noised or not (a noised AUC on a small test split can reach 0.99)

@@ -29,7 +29,8 @@ def test_without_a_reference_the_privacy_rule_is_not_evaluated_and_warns():
     from fedrisk.gate import apply_policy
     from fedrisk.policy import load_policy
     metrics = {"test_auc": 0.80, "test_ks": 0.45, "test_approval_rate_difference.sex": 0.01,
-               "test_approval_rate_difference.age_band": 0.02, "test_auc.a": 0.79}
+               "test_approval_rate_difference.age_band": 0.02, "test_auc.a": 0.79,
+               "test_calibration_p": 0.5}
     verdict = apply_policy(load_policy(None), metrics, ["a"])
     rule = next(r for r in verdict.results if r.metric == "privacy_auc_loss")
     assert rule.outcome == "not evaluated" and rule.failed_as == "warn" and verdict.verdict == "warn"

@@ -37,3 +37,26 @@ def test_a_command_reading_a_store_that_is_not_there_creates_none(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     assert main(command) == 2
     assert "no MLflow store at" in capsys.readouterr().err and not (tmp_path / "mlflow.db").exists()
+
+
+def test_every_option_says_what_it_is_and_the_exit_codes_are_in_the_help():
+    """Found by a validator's review: `--tracking-uri` had no help and no stated default; exit code 3 was in no help."""
+    import argparse
+
+    from fedrisk.cli import build_parser
+
+    parser = build_parser()
+    assert "3 blocked by the gate" in parser.format_help()
+
+    def walk(p: argparse.ArgumentParser, path: str):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, f"{path} {name}")
+            elif action.dest == "tracking_uri":
+                yield path, action
+
+    found = list(walk(parser, "fedrisk"))
+    assert len(found) >= 8
+    for path, action in found:
+        assert action.help and "default" in action.help, path
