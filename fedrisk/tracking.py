@@ -226,7 +226,8 @@ class CampaignRun(TrackedRun):
                     # No signature: MLflow's schema check refuses int for float columns and
                     # echoes the rows it refused; the model checks its columns itself.
                     metadata={"input_columns": preprocessor.input_columns,
-                              "output": "probability of the positive class (default)"},
+                              "output": "probability of fraud" if self.config.task == "fraud"
+                              else "probability of default"},
                     pip_requirements=pip_requirements(),
                 )
             pyfunc_log.setLevel(level)

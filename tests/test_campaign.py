@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from conftest import write_policies
@@ -282,6 +283,8 @@ def test_the_gate_records_its_verdict_and_moves_the_alias(credit_run, tmp_path):
     note = outcome.tags["mlflow.note.content"]
     assert note.startswith("**Gate verdict: PASS** (policy lenient; model fedrisk-credit/") and "AUC " in note
     assert "fedrisk promote" in client.get_registered_model("fedrisk-credit").description
+    mlflow.set_tracking_uri(config.tracking.uri)
+    assert mlflow.models.get_model_info(outcome.tags[run_schema.MODEL_URI]).metadata["output"] == "probability of default"
     assert client.get_model_version_by_alias("fedrisk-credit", "challenger").run_id == outcome.run_id
     strict = tmp_path / "strict.yaml"
     # no AUC passes, noised or not (a noised AUC on a small test split can reach 0.99)

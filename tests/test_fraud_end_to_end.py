@@ -82,6 +82,7 @@ def test_fraud_campaign_end_to_end(tmp_path):
     for file in Path(client.download_artifacts(outcome.run_id, "", str(tmp_path / "all"))).rglob("*"):
         assert file.suffix not in {".csv", ".parquet"}, file
     _, preprocessor, _ = load_model_files(run.data.tags["fedrisk.model_uri"])
+    assert mlflow.models.get_model_info(run.data.tags["fedrisk.model_uri"]).metadata["output"] == "probability of fraud"
     assert preprocessor.categorical == [] and not {"customer_id", "terminal_id"} & set(preprocessor.numeric)
 
 
