@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,14 @@ from fedrisk.fairness import group_edges
 from fedrisk.monitor_config import MonitorConfig
 from fedrisk.registry_check import unexplained_aliases
 from fedrisk.report import (
+    anchor,
     approval_chart,
     calibration_chart,
     calibration_rows,
     html_table,
     per_institution_rows,
     roc_ks_chart,
+    summary_block,
 )
 from fedrisk.strict_json import nan_to_null
 from fedrisk.tracking import audit_event, read_artifact
@@ -201,7 +204,7 @@ def build_evidence(tracking_uri: str, run_id: str) -> dict[str, Any]:
 
 
 def _section(title: str, body: str) -> str:
-    return f"<h2>{html.escape(title)}</h2>{body}"
+    return f"<h2 id='{anchor(title)}'>{html.escape(title)}</h2>{body}"
 
 
 def _kv(mapping: dict[str, Any]) -> str:
@@ -270,6 +273,11 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
     trail = evidence["audit"]
     parts.append(_section("13. Audit", _kv({k: v for k, v in trail.items() if k != "events"})
                           + html_table(trail.get("events", []))))
+    run = client.get_run(run_id)  # the answer first: the verdict and what decided it, above the 13 sections
+    titles = re.findall(r"<h2 id='s-[^']+'>([^<]+)</h2>", "".join(parts))
+    gate = evidence["gate"]
+    parts.insert(2 if evidence["identification"]["override"] else 1, summary_block(gate["verdict"], gate["policy"], gate["rules"], dict(run.data.metrics),
+                                  dict(run.data.tags), "test", [html.unescape(t) for t in titles]))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
              "font-size:13px;margin-bottom:8px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>fedrisk evidence {html.escape(run_id)}</title>"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +61,60 @@ def calibration_chart(stats: EvalStats) -> tuple[str, list[dict[str, float]]]:
     ax.plot([0, top], [0, top], ls="--", c="grey", lw=0.8)
     ax.set(xlabel="predicted rate", ylabel="observed rate", title="Calibration by score band")
     return png_base64(fig), bands
+
+
+VERDICT_COLOURS = {"pass": "#1a7f37", "warn": "#b58100", "block": "#c62828"}
+MECHANISM = re.compile(r"^epsilon_([a-z_]+)\.")
+
+
+def anchor(title: str) -> str:
+    """The id of a report section, for the table of contents."""
+    return "s-" + re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def summary_block(verdict: str | None, policy: str | None, rules: list[dict[str, Any]], metrics: dict[str, float],
+                  tags: dict[str, str], split: str, sections: list[str]) -> str:
+    """What a validator needs first, on top of every report: the verdict and the rules that
+    decided it, the model and its alias, the date, the headline figures with their intervals, ε
+    at its δ per mechanism, the calibration's status, and where the rest is."""
+    def rule(r: dict[str, Any]) -> str:
+        return f"{r['metric']} {r['comparator']} {r['threshold']:g}: {display(r.get('value'))}"
+
+    def with_interval(name: str) -> str:
+        key = run_schema.split_metric(split, name)
+        if key not in metrics:
+            return "-"
+        low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+        return display(metrics[key]) + (f" [{display(low)}, {display(high)}]" if low is not None else "")
+
+    mechanisms: dict[str, float] = {}
+    for key, value in metrics.items():
+        found = MECHANISM.match(key)
+        if found and found.group(1) not in ("campaign", "final", "max"):
+            mechanisms[found.group(1)] = max(mechanisms.get(found.group(1), 0.0), value)
+    calibration = metrics.get(run_schema.split_metric(split, "calibration_p"))
+    rows = {
+        "model": f"{tags.get(run_schema.GATE_MODEL_VERSION, 'not registered')} (alias "
+                 f"{tags.get(run_schema.GATE_ALIAS, '-')})",
+        "report date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "broken rules": "; ".join(rule(r) for r in rules if r.get("outcome") in ("block", "warn", "missing")) or "none",
+        "unresolved rules": "; ".join(rule(r) for r in rules if r.get("outcome") in ("unresolved", "not evaluated"))
+                            or "none",
+        f"AUC ({split}, 95 % interval)": with_interval("auc"),
+        f"KS ({split})": with_interval("ks"),
+        "Gini": with_interval("gini"),
+        "privacy": tags.get(run_schema.EPSILON, "no DP"),
+        "epsilon per mechanism (max over institutions)": "; ".join(
+            f"{m}: {display(v)}" for m, v in sorted(mechanisms.items())) or "-",
+        "calibration": "-" if calibration is None else (
+            f"FAILS: a score band defaults more often than predicted (calibration_p {display(calibration)})"
+            if calibration < 0.01 else f"no band beyond chance (calibration_p {display(calibration)})"),
+    }
+    colour = VERDICT_COLOURS.get(verdict or "", "#555")
+    toc = "".join(f"<li><a href='#{anchor(t)}'>{html.escape(t)}</a></li>" for t in sections)
+    return (f"<div id='summary'><h2 style='color:{colour}'>Verdict: {html.escape((verdict or 'none').upper())} "
+            f"(policy {html.escape(policy or '-')})</h2>{html_table([{'item': k, 'value': v} for k, v in rows.items()])}"
+            f"<p>Contents:</p><ul>{toc}</ul></div>")
 
 
 def calibration_rows(bands: list[dict[str, float]], level: float = 0.01) -> str:
@@ -132,8 +188,7 @@ def render_report(
     stored: StoredStatistics | None,
     split: str = "test",
 ) -> str:
-    """HTML of the verdict, every rule, the plots and the per-institution figures."""
-    colour = {"pass": "#1a7f37", "warn": "#b58100", "block": "#c62828"}[verdict.verdict]
+    """HTML of the verdict, every rule, the plots and the per-institution figures, the summary on top."""
     rules = [
         {"outcome": r.outcome, "metric": r.metric, "scope": r.scope, "rule": f"{r.comparator} {r.threshold:g}",
          "value": "-" if r.value is None else r.value,
@@ -143,28 +198,28 @@ def render_report(
         for r in verdict.results
     ]
     per_institution = per_institution_rows(metrics, tags.get(run_schema.TASK, "credit"), institutions, split)
-    parts = [
-        f"<h1>Validation report</h1><p>run <code>{html.escape(run_id)}</code> &middot; policy "
-        f"<b>{html.escape(verdict.policy)}</b></p>",
-        f"<h2 style='color:{colour}'>Verdict: {verdict.verdict.upper()}</h2>",
-        f"<p>Privacy: {html.escape(tags.get(run_schema.EPSILON, 'no DP'))}</p>",
-        "<h3>Rules</h3>", html_table(rules),
-        f"<h3>Pooled {split} metrics</h3>",
-        html_table([{k: v for k, v in run_schema.of_split(metrics, split, institutions).items() if ":" not in k}]),
-        "<h3>Per institution</h3>", html_table(per_institution),
+    sections: list[tuple[str, str]] = [
+        ("Rules", html_table(rules)),
+        (f"Pooled {split} metrics", html_table([{k: v for k, v in run_schema.of_split(metrics, split, institutions)
+                                                 .items() if ":" not in k}])),
+        ("Per institution", html_table(per_institution)),
     ]
     if stored is not None and stored.stats.examples:  # the final model's test statistics
         stats = stored.stats
-        parts.append("<h3>Final model on the test rows</h3>")
         calibration_png, bands = calibration_chart(stats)
-        parts += [f"<img src='data:image/png;base64,{roc_ks_chart(stats)}'>",
-                  f"<img src='data:image/png;base64,{calibration_png}'>",
-                  "<h3>Calibration (Jeffreys test: small p = more defaults than predicted)</h3>",
-                  calibration_rows(bands)]
+        sections += [
+            ("Final model on the test rows", f"<img src='data:image/png;base64,{roc_ks_chart(stats)}'>"
+                                             f"<img src='data:image/png;base64,{calibration_png}'>"),
+            ("Calibration (Jeffreys test: small p = more defaults than predicted)", calibration_rows(bands)),
+        ]
         if stored.groups:
             chart = approval_chart(stored.groups, stored.threshold, group_edges(stats.edges, stored.threshold), stored.noise)
-            parts.append(f"<h3>Approval (PD &lt; {stored.threshold:g}) by group</h3>")
-            parts.append(f"<img src='data:image/png;base64,{chart}'>")
+            sections.append((f"Approval (PD < {stored.threshold:g}) by group",
+                             f"<img src='data:image/png;base64,{chart}'>"))
+    summary = summary_block(verdict.verdict, verdict.policy, verdict.to_dict()["results"], metrics, tags, split,
+                            [title for title, _ in sections])
+    parts = [f"<h1>Validation report</h1><p>run <code>{html.escape(run_id)}</code></p>", summary,
+             *(f"<h3 id='{anchor(title)}'>{html.escape(title)}</h3>{body}" for title, body in sections)]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
              "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}")
     return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(parts)}</body></html>"

@@ -199,10 +199,7 @@ def validate_run(
     completed = tags.get(run_schema.STATUS) == "completed"
     verdict = apply_policy(policy, metrics, institutions, reference_auc, completed)
 
-    report = render_report(run_id, verdict, metrics, tags, institutions, load_statistics(client, run_id),
-                           policy.split)
     client.log_dict(run_id, verdict.to_dict(), run_schema.VERDICT_ARTIFACT)
-    client.log_text(run_id, report, run_schema.GATE_REPORT_ARTIFACT)
     named = {r: f"{r.metric} ({r.outcome if r.outcome in ('missing', 'unresolved', 'not evaluated') else r.where})"
              for r in verdict.results}
     failed = [named[r] for r in verdict.results if r.failed_as == "block"]
@@ -230,6 +227,9 @@ def validate_run(
     for key, value in gate_tags.items():
         client.set_tag(run_id, key, value)
     client.set_tag(run_id, run_schema.DESCRIPTION, run_description(verdict, metrics, gate_tags))
+    report = render_report(run_id, verdict, metrics, {**tags, **gate_tags}, institutions,
+                           load_statistics(client, run_id), policy.split)  # with the version it registered
+    client.log_text(run_id, report, run_schema.GATE_REPORT_ARTIFACT)
     judged = {}
     if model_uri:  # the files the verdict is about: a challenger's swapped later is flagged by `audit verify`
         from fedrisk.serving import model_digest

@@ -13,11 +13,14 @@ class _Page(HTMLParser):
         self.heading: str | None = None  # the last h1-h3 whose section is still empty
         self.in_heading = False
         self.text = ""
+        self.level = 0
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         if tag in ("h1", "h2", "h3"):
+            if self.heading is not None and int(tag[1]) > self.level:
+                self.heading = None  # a section whose content is its subsections
             self._close()
-            self.in_heading, self.text = True, ""
+            self.in_heading, self.text, self.level = True, "", int(tag[1])
         elif tag == "img":
             src = dict(attrs).get("src") or ""
             if not src.startswith("data:image/"):

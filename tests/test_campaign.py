@@ -19,6 +19,7 @@ import pytest
 from conftest import write_policies
 from local_grid import LocalGrid
 from mlflow.tracking import MlflowClient
+from self_contained import self_contained_problems
 
 from clients.client_app import app as client_app
 from fedrisk import protocol, run_schema
@@ -331,3 +332,17 @@ def test_the_evidence_pack_has_every_section(credit_run, tmp_path):
     assert evidence["audit"]["verification"].startswith("chain intact")
     assert evidence["privacy"]["federation_epsilon"] <= 3.0
     assert "Evidence pack" in page.read_text() and ":" in head
+    # the answer on top (issue 21: the verdict sat ~4,700 px down): the summary before section 1,
+    # a table of contents whose every link lands on a section
+    html_page = page.read_text()
+    assert html_page.index("id='summary'") < html_page.index("1. Model identification")
+    summary = html_page[html_page.index("id='summary'"):html_page.index("</div>")]
+    for item in ("Verdict: PASS", "report date", "AUC (test, 95 % interval)", "epsilon per mechanism", "calibration",
+                 "fedrisk-credit/1 (alias challenger)"):
+        assert item in summary, item
+    links = re.findall(r"href='#(s-[^']+)'", summary)
+    assert len(links) == 13 and all(f"id='{link}'" in html_page for link in links)
+    assert self_contained_problems(html_page) == []
+    gate = Path(MlflowClient(config.tracking.uri).download_artifacts(outcome.run_id, "gate/report.html",
+                                                                     str(tmp_path))).read_text()
+    assert "fedrisk-credit/1 (alias challenger)" in gate and self_contained_problems(gate) == []

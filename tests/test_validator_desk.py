@@ -13,6 +13,8 @@ def test_the_report_check_catches_what_does_not_render_in_mlflow():
     assert self_contained_problems("<h2>Score PSI per window</h2><img src='psi_by_window.png'>") == [
         "image not inlined: src='psi_by_window.png'"]
     assert self_contained_problems("<h2>Performance</h2><h2>Next</h2><p>x</p>") == ["empty section: Performance"]
+    assert self_contained_problems("<h2>Method</h2><h3>training</h3><table></table>") == []  # content in subsections
+    assert self_contained_problems("<h2>A</h2><h3>b</h3>") == ["empty section: b"]
 
 
 def test_report_values_read_as_a_person_writes_them():
