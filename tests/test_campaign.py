@@ -253,6 +253,7 @@ def test_the_strategy_stops_when_too_few_institutions_train():
         strategy.aggregate_train(1, [])
 
 
+@pytest.mark.slow  # two in-process campaigns, one under SecAgg+: the full suite runs it
 def test_secure_aggregation_round_gives_the_weighted_average(tmp_path):
     """SecAgg+ stages through the real mods: the masked sum equals plain FedAvg's (without DP,
     which these institutions' policies allow, so that the two runs can be compared)."""

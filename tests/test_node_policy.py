@@ -48,6 +48,7 @@ def _config(tmp_path: Path, **extra):
                               "audit.path": str(tmp_path / "audit.jsonl"), **extra}, work_dir=tmp_path)
 
 
+@pytest.mark.slow  # a whole in-process campaign per refusal (~3.5 s each): the full suite runs them
 @pytest.mark.parametrize("case", list(CASES))
 def test_an_institution_refuses_what_its_policy_forbids_and_the_others_go_on(tmp_path, case):
     refuser, others, asked, rule = CASES[case]
