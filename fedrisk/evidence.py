@@ -276,8 +276,9 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
     run = client.get_run(run_id)  # the answer first: the verdict and what decided it, above the 13 sections
     titles = re.findall(r"<h2 id='s-[^']+'>([^<]+)</h2>", "".join(parts))
     gate = evidence["gate"]
-    parts.insert(2 if evidence["identification"]["override"] else 1, summary_block(gate["verdict"], gate["policy"], gate["rules"], dict(run.data.metrics),
-                                  dict(run.data.tags), "test", [html.unescape(t) for t in titles]))
+    summary = summary_block(gate["verdict"], gate["policy"], gate["rules"], dict(run.data.metrics),
+                            dict(run.data.tags), "test", [html.unescape(t) for t in titles])
+    parts.insert(2 if evidence["identification"]["override"] else 1, summary)  # below an override's notice
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"
              "font-size:13px;margin-bottom:8px}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>fedrisk evidence {html.escape(run_id)}</title>"
