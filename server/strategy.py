@@ -185,6 +185,7 @@ class CampaignMixin:
         metrics[run_schema.INSTITUTIONS_EXCLUDED] = float(len(self.excluded))
         metrics[run_schema.ROUND_SECONDS] = time.perf_counter() - self._round_start
         self.run.log_metrics(metrics, step=server_round)
+        self.run.flush()  # in MLflow before the audit log says the round completed: a kill never leaves MLflow behind
         self.run.audit("round_completed", {
             "round": server_round, "trained": sorted(protocol.institution_of(m) for m in trained),
             "epsilon_max": metrics.get(run_schema.EPSILON_MAX),
