@@ -62,6 +62,8 @@ class SyntheticData(StrictModel):
     institutions: int = Field(5, ge=1, le=1000)
     rows: int = Field(60_000, ge=100, description="credit: rows over all institutions")
     group_bias: float = Field(0.0, ge=0.0, le=5.0, description="credit only")
+    sizes: Literal["skewed", "equal"] = Field("skewed", description="credit: institutions' shares of the rows, "
+                                              "1/rank^1.1 (a national bank first) or equal (a scale test)")
     customers: int = Field(5000, ge=10, description="fraud: cardholders over all issuers")
     terminals: int = Field(10_000, ge=10, description="fraud: terminals shared by all issuers")
     days: int = Field(105, ge=7, le=3650, description="fraud: days of transactions")
@@ -261,6 +263,9 @@ class Tracking(StrictModel):
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "fedrisk-credit"
     model_name: str = Field("fedrisk-credit", description="registered model of passing runs")
+    institution_metrics_limit: int = Field(20, ge=0, description="consortia up to this size log each institution's "
+                                           "metrics as MLflow metrics; larger ones as one table artifact "
+                                           "(institution_metrics.json)")
 
 
 class Gate(StrictModel):
@@ -303,6 +308,9 @@ class CampaignConfig(StrictModel):
             if self.data.source == "files" and self.data.time_split is not None and self.data.time_split.end is None:
                 raise ValueError("data.transactions.consortium_features needs data.time_split.end: the calendar "
                                  "every issuer's shared table follows (or set consortium_features: false)")
+        if fraud and self.data.synthetic.sizes != "skewed":
+            raise ValueError("data.synthetic.sizes applies to the credit generator (issuers' sizes follow their "
+                             "cardholders)")
         scenario = self.data.synthetic.drift.scenario
         allowed = DRIFT_SCENARIOS[self.task]
         if scenario not in allowed:

@@ -33,7 +33,7 @@ from fedrisk.report import (
     summary_block,
 )
 from fedrisk.strict_json import nan_to_null
-from fedrisk.tracking import audit_event, read_artifact
+from fedrisk.tracking import audit_event, read_artifact, run_metrics
 from fedrisk.validation import audit_log_of, load_statistics
 
 SECTIONS = ("identification", "intended_use", "data", "method", "privacy", "performance", "calibration",
@@ -100,7 +100,7 @@ def _earlier_campaigns(client: MlflowClient, run: Any, institutions: list[str]) 
     earlier = client.search_runs([run.info.experiment_id], "tags.`fedrisk.privacy` = 'dp'", max_results=500)
     out = []
     for other in earlier:
-        shared = sorted(set(other.data.tags.get(run_schema.INSTITUTIONS, "").split(",")) & set(institutions))
+        shared = sorted(set(run_schema.institutions_of(other.data.tags)) & set(institutions))
         if other.info.run_id != run.info.run_id and other.info.start_time < run.info.start_time and shared:
             out.append({"run": other.info.run_id, "institutions": ", ".join(shared),
                         "epsilon_max_after": other.data.metrics.get("epsilon_final_max")})
@@ -139,11 +139,11 @@ def build_evidence(tracking_uri: str, run_id: str) -> dict[str, Any]:
         run = client.get_run(run_id)
     except MlflowException:
         raise FedriskInputError(f"MLflow run {run_id} not found at {tracking_uri}") from None
-    tags, metrics = run.data.tags, run.data.metrics
+    tags, metrics = run.data.tags, run_metrics(client, run)
     if run_schema.CAMPAIGN not in tags:
         raise FedriskInputError(f"MLflow run {run_id} is not a fedrisk campaign")
     task = tags.get(run_schema.TASK, "credit")
-    institutions = sorted(n for n in tags.get(run_schema.INSTITUTIONS, "").split(",") if n)
+    institutions = run_schema.institutions_of(tags)
     config = _artifact(client, run_id, run_schema.CONFIG_ARTIFACT) or {}
     summary = (_artifact(client, run_id, run_schema.DATA_SUMMARY_ARTIFACT) or {}).get("institutions", {})
     excluded = (_artifact(client, run_id, run_schema.EXCLUDED_ARTIFACT) or {}).get("excluded", {})
@@ -276,7 +276,7 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
     run = client.get_run(run_id)  # the answer first: the verdict and what decided it, above the 13 sections
     titles = re.findall(r"<h2 id='s-[^']+'>([^<]+)</h2>", "".join(parts))
     gate = evidence["gate"]
-    summary = summary_block(gate["verdict"], gate["policy"], gate["rules"], dict(run.data.metrics),
+    summary = summary_block(gate["verdict"], gate["policy"], gate["rules"], run_metrics(client, run),
                             dict(run.data.tags), "test", [html.unescape(t) for t in titles])
     parts.insert(2 if evidence["identification"]["override"] else 1, summary)  # below an override's notice
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse;"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +94,25 @@ def load_policy(home: Path, name: str) -> InstitutionPolicy:
         home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(DEFAULT_POLICY, file)
     try:
-        raw = load_yaml(file.read_text())
+        return _parsed_policy(file.read_text(), name, str(file))
     except (OSError, UnicodeDecodeError):
         raise FedriskInputError("institution policy is not readable YAML", institution=name, file=str(file)) from None
+
+
+@lru_cache(maxsize=4096)
+def _parsed_policy(text: str, name: str, file: str) -> InstitutionPolicy:
+    """A policy's text, parsed and checked once per process: the file is read on every message
+    (the institution may tighten it between two), the YAML parsed only when it changed."""
+    try:
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise FedriskInputError(yaml_reason(exc, "institution policy is not readable YAML"), institution=name,
-                                file=str(file)) from None
+                                file=file) from None
     try:
         return InstitutionPolicy.model_validate(raw or {})
     except ValidationError as err:
         raise FedriskInputError(format_validation_error(err, "institution policy"), institution=name,
-                                file=str(file)) from None
+                                file=file) from None
 
 
 LEDGER_POINTER = "ledger.where"

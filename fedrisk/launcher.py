@@ -26,7 +26,7 @@ from fedrisk.environment import quiet
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.privacy import institution_noise_multiplier
 from fedrisk.sources import institution_names
-from fedrisk.tracking import find_campaign_run
+from fedrisk.tracking import find_campaign_run, run_metrics
 
 if TYPE_CHECKING:
     from fedrisk.monitor_config import MonitorConfig
@@ -54,10 +54,10 @@ def preflight(config: CampaignConfig, campaign: str = "preflight") -> list[str]:
     on this machine): its policy, its data, whose population they are, and its budget. Nothing
     is reserved or released; the institutions check again when the campaign asks them."""
     from fedrisk import lineage
-    from fedrisk.budget import plan_campaign
+    from fedrisk.budget import check_campaign_fits
     from fedrisk.guard import check_delta
     from fedrisk.protocol import BOUNDS, implied_messages
-    from fedrisk.session import open_session
+    from fedrisk.session import close_sessions, open_session
     from fedrisk.splits import check_history, check_split
 
     names = institution_names(config.data)
@@ -88,11 +88,12 @@ def preflight(config: CampaignConfig, campaign: str = "preflight") -> list[str]:
         if config.privacy.enabled:
             rules = session.policy.privacy
             try:
-                plan_campaign(config, session.shape, ledger, campaign, rules.max_campaign_epsilon,
-                              rules.lifetime_epsilon)
+                check_campaign_fits(config, session.shape, ledger, campaign, rules.max_campaign_epsilon,
+                                    rules.lifetime_epsilon)
             except BudgetExhaustedError as err:
                 raise BudgetExhaustedError(f"{err.detail} (ledger {ledger.path})", institution=name,
                                            file=data.source) from None
+    close_sessions()  # the institutions' nodes load their own data; this process keeps none of it
     return names
 
 
@@ -212,12 +213,14 @@ def simulate_with_reference(config: CampaignConfig, *, verbose: bool = False) ->
 
 def campaign_outcome(config: CampaignConfig, campaign: str) -> Outcome | None:
     """A campaign's MLflow run as the CLI summarises it; None when it left no run."""
+    from mlflow.tracking import MlflowClient
+
     run = find_campaign_run(config.tracking.uri, config.tracking.experiment, campaign)
     if run is None:
         return None
     return Outcome(campaign=campaign, run_id=run.info.run_id, experiment_id=run.info.experiment_id,
-                   status=run.data.tags.get(run_schema.STATUS, "unknown"), metrics=dict(run.data.metrics),
-                   tags=dict(run.data.tags))
+                   status=run.data.tags.get(run_schema.STATUS, "unknown"),
+                   metrics=run_metrics(MlflowClient(config.tracking.uri), run), tags=dict(run.data.tags))
 
 
 def monitor(monitor_config: MonitorConfig, model: str | None, institutions: int, *, verbose: bool = False) -> Any:
@@ -247,6 +250,10 @@ def _run_engine(server_app: str, run_config: dict[str, str], num_supernodes: int
     from flwr.app import Context, RecordDict
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
+
+    from fedrisk import simulation_dispatch
+
+    simulation_dispatch.install()  # one scan a sweep, not one per institution
 
     backend: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

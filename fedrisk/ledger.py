@@ -135,10 +135,13 @@ class PrivacyLedger:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 self._reload()
+                before = json.dumps(self.state_dict(), indent=1)
                 yield
-                tmp = self.path.with_name(self.path.name + ".tmp")
-                tmp.write_text(json.dumps(self.state_dict(), indent=1))
-                os.replace(tmp, self.path)
+                after = json.dumps(self.state_dict(), indent=1)
+                if after != before or not self.path.exists():  # a charge settled twice, or nothing to void: no write
+                    tmp = self.path.with_name(self.path.name + ".tmp")
+                    tmp.write_text(after)
+                    os.replace(tmp, self.path)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -79,17 +79,35 @@ def record(home: Path, fingerprint: str, rows: list[int]) -> None:
         tmp.replace(file)
 
 
+_SIBLINGS: dict[Path, tuple[tuple[int, int, int], list[np.ndarray]]] = {}
+
+
+def _sketches(file: Path) -> list[np.ndarray]:
+    """The sketches a sibling home keeps, parsed once per version of its file (a simulation's node
+    process admits a thousand institutions, each checked against every other)."""
+    try:
+        info = file.stat()
+        stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if file not in _SIBLINGS or _SIBLINGS[file][0] != stamp:
+            entries = json.loads(file.read_text())
+            _SIBLINGS[file] = (stamp, [np.asarray(e.get("sketch", []), dtype=np.uint64) for e in entries.values()])
+    except (OSError, ValueError, TypeError, AttributeError, OverflowError):
+        return []
+    return _SIBLINGS[file][1]
+
+
 def check_population(home: Path, name: str, rows: list[int], source: str) -> None:
     """Refuse data whose rows are mostly another institution's (its home is a sibling of this one)."""
+    mine = np.asarray(rows, dtype=np.uint64)
     for other in sorted(home.parent.glob(f"*/{LINEAGE_FILE}")):
         if other.parent == home:
             continue
-        try:
-            entries = json.loads(other.read_text())
-        except (OSError, ValueError):
-            continue
-        for entry in entries.values():
-            shared = similarity(rows, entry.get("sketch", []))
+        for theirs in _sketches(other):
+            # the estimate counts rows of both among the union's smallest (at least the larger sketch):
+            # fewer common hashes than half the larger sketch cannot reach SAME_POPULATION
+            if len(theirs) == 0 or np.isin(theirs, mine).sum() < SAME_POPULATION * max(len(mine), len(theirs)):
+                continue
+            shared = similarity(rows, [int(h) for h in theirs])
             if shared >= SAME_POPULATION:
                 raise FedriskInputError(
                     f"about {shared:.0%} of these rows are institution {other.parent.name}'s, whose privacy ledger "

@@ -183,7 +183,7 @@ def audit_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
     """Every attack against one campaign run; its members are re-derived from its config."""
     from fedrisk.monitoring import training_config
     from fedrisk.serving import read_model
-    from fedrisk.tracking import read_artifact
+    from fedrisk.tracking import read_artifact, run_metrics
     from fedrisk.validation import load_statistics
 
     client = MlflowClient(tracking_uri)
@@ -197,7 +197,7 @@ def audit_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
     model = read_model(model_uri, tracking_uri)
     net = build_model(model["spec"], model["preprocessor"].width, 0)
     net.load_state_dict(model["state"])
-    institutions = [n for n in run.data.tags.get(run_schema.INSTITUTIONS, "").split(",") if n]
+    institutions = run_schema.institutions_of(run.data.tags)
     snapshot = json.loads(read_artifact(client, run_id, run_schema.LEDGER_ARTIFACT) or "{}")
     deltas = [i["delta"] for i in snapshot.get("institutions", {}).values() if "delta" in i]
     delta = min(deltas) if deltas else config.privacy.delta  # each institution states epsilon at its own delta
@@ -241,11 +241,12 @@ def audit_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
         model_folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=f"{tmp}/model",
                                                                 tracking_uri=tracking_uri))
         numbers.append(stored_numbers(model_folder))
-    numbers.append(np.asarray(list(run.data.metrics.values()), dtype=float))
+    metrics = run_metrics(client, run)
+    numbers.append(np.asarray(list(metrics.values()), dtype=float))
     attacks.append(stored_number_attack(np.concatenate(numbers), np.concatenate([train[0], test[0]])))
     members, others = _sample(train, MAX_MEMBERS, rng), _sample(test, MAX_MEMBERS, rng)
     attacks.append(loss_attack(_loss(*members), _loss(*others), delta))
-    accounted = {name: run.data.metrics.get(run_schema.at("epsilon_campaign", name)) for name in institutions}
+    accounted = {name: metrics.get(run_schema.at("epsilon_campaign", name)) for name in institutions}
     return {"run_id": run_id, "delta": delta, "dp": config.privacy.enabled, "accounted_epsilon": accounted,
             "attacks": [asdict(a) for a in attacks]}
 

@@ -14,7 +14,8 @@ reference, which also gives the evaluation grid), `evaluate` (validation and tes
 `query.importance`; a monitoring run sends `query.monitor` per window. Every reply but an
 error carries the institution's privacy summary.
 
-This module and the launcher are the only parts of the library that know Flower's types.
+This module and the launcher (with `simulation_dispatch`, which it installs) are the only parts of
+the library that know Flower's types.
 """
 
 from __future__ import annotations

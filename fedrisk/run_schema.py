@@ -34,7 +34,9 @@ DESCRIPTION = "mlflow.note.content"  # the run's description in MLflow's UI: the
 MLFLOW_USER = "mlflow.user"  # "Created by" in MLflow's UI: the campaign's trainer
 STOP_REASON = "fedrisk.stop_reason"
 ERROR = "fedrisk.error"
-INSTITUTIONS = "fedrisk.institutions"
+INSTITUTIONS = "fedrisk.institutions"  # comma-separated; continued in fedrisk.institutions.2, .3, ... (`institution_tags`)
+INSTITUTION_METRICS_ARTIFACT = "institution_metrics.json"  # beyond tracking.institution_metrics_limit
+TAG_LIMIT = 8000  # characters MLflow keeps of a tag's value (it truncates the rest)
 EXCLUDED = "fedrisk.excluded"
 MODEL_URI = "fedrisk.model_uri"
 MODEL_NAME = "fedrisk.model_name"
@@ -118,6 +120,26 @@ WINDOW_SECONDS = "window_seconds"
 SHARED_TABLE_NOISE = "shared_table_noise"  # noise sd per cell of the summed terminal table
 SHARED_TABLE_MEGABYTES = "shared_table_megabytes"  # one issuer's traffic for the table: up and down
 SHARED_TABLE_SECONDS = "shared_table_seconds"
+
+
+def institution_tags(names: list[str]) -> dict[str, str]:
+    """The institutions of a campaign as tags, split where MLflow would cut one (a thousand
+    institutions' names are longer than a tag)."""
+    chunks: list[list[str]] = [[]]
+    for name in sorted(names):
+        if chunks[-1] and len(",".join([*chunks[-1], name])) > TAG_LIMIT:
+            chunks.append([])
+        chunks[-1].append(name)
+    return {INSTITUTIONS if i == 0 else f"{INSTITUTIONS}.{i + 1}": ",".join(c) for i, c in enumerate(chunks)}
+
+
+def institutions_of(tags: dict[str, str]) -> list[str]:
+    """The institutions a run's tags name (`institution_tags`), sorted."""
+    names, part = [], 1
+    while (key := INSTITUTIONS if part == 1 else f"{INSTITUTIONS}.{part}") in tags:
+        names += [n for n in tags[key].split(",") if n]
+        part += 1
+    return sorted(names)
 
 
 def at(name: str, institution: str | None) -> str:

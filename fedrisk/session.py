@@ -3,7 +3,8 @@
 The campaign config is parsed once, the node's own settings (its file, its home) are applied
 once, the institution's policy is read before anything else (`guard`), the data are loaded and
 split once, and the preprocessed matrices are cached per shared preprocessing. A ClientApp
-process keeps the last few sessions, so a round costs no parsing and no reloading.
+process keeps its sessions (a simulation's actor serves many institutions) up to a number of
+rows, so a round costs no parsing and no reloading.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hmac
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from fedrisk.sources import institution_names
 from fedrisk.splits import Split, split_institution, table_calendar
 
 SIZE = Release("train", "size", SIZE_NOISE)  # the training rows' count, released once per data version
-MAX_SESSIONS = 8  # a campaign, and a monitoring run's windows
+MAX_CACHED_ROWS = 2_000_000  # rows a process keeps loaded across its sessions (~1 GB); least recently used go first
 
 
 @dataclass
@@ -267,9 +269,19 @@ class NodeSession:
 _SESSIONS: OrderedDict[str, NodeSession] = OrderedDict()
 
 
+@lru_cache(maxsize=64)
+def parsed_config(config_json: str) -> CampaignConfig:
+    """A campaign config parsed once per process (it is frozen): every message carries it."""
+    return config_from_json(config_json)
+
+
+def cached_rows() -> int:
+    return sum(len(s._data[0].frame) for s in _SESSIONS.values() if s._data is not None)
+
+
 def open_session(config_json: str, node_config: dict[str, Any], names: list[str] | None = None) -> NodeSession:
     """This node's session for a campaign config, from the cache or new."""
-    config = config_from_json(config_json)
+    config = parsed_config(config_json)
     key = hashlib.sha256(json.dumps([config_json, sorted(node_config.items()), names, str(homes_root()),
                                      _data_stamp(config, node_config)], default=str).encode()).hexdigest()
     if key in _SESSIONS:
@@ -279,10 +291,15 @@ def open_session(config_json: str, node_config: dict[str, Any], names: list[str]
     session = NodeSession(name, for_node(config, name, node_config), institution_home(name, node_config),
                           sketch_key_file=sketch_key_file(name, node_config) if config.consortium_features else None,
                           deployed="institution" in node_config)
-    _SESSIONS[key] = session
-    while len(_SESSIONS) > MAX_SESSIONS:
+    while len(_SESSIONS) > 1 and cached_rows() > MAX_CACHED_ROWS:
         _SESSIONS.popitem(last=False)
+    _SESSIONS[key] = session
     return session
+
+
+def close_sessions() -> None:
+    """Forget every session (a process that checked the institutions and will not serve them)."""
+    _SESSIONS.clear()
 
 
 def _data_stamp(config: CampaignConfig, node_config: dict[str, Any]) -> list[Any]:

@@ -270,9 +270,11 @@ def raw_frame(spec: DataSpec, name: str, names: list[str], seed: int) -> tuple[p
             "seed": seed,
             "group_bias": syn.group_bias,
             **_drift_params(spec),
+            **({"sizes": "equal"} if syn.sizes == "equal" else {}),  # skewed consortia keep their fingerprints
         }
         frame = credit.generate_institution(index, syn.institutions, syn.rows, seed, syn.group_bias,
-                                            syn.drift.scenario, syn.drift.severity, syn.drift.stream)
+                                            syn.drift.scenario, syn.drift.severity, syn.drift.stream,
+                                            equal_sizes=syn.sizes == "equal")
         fingerprint = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
         return frame, "built-in generator", fingerprint
     if spec.files is not None:

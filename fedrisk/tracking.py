@@ -7,6 +7,7 @@ the config, the privacy ledger snapshot and the model.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -68,9 +69,34 @@ class TrackedRun:
             self.client.update_run(run_id, status="RUNNING")
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self._pending: list[Any] = []
+        self._institutions: frozenset[str] = frozenset()  # whose metrics go to the table (`set_institutions`)
+        self._table: dict[str, dict[str, float]] = {}  # step -> per-institution metric -> value
+        self._table_changed = False
+
+    def set_institutions(self, names: list[str], metrics_limit: int) -> None:
+        """Tag the run with its institutions; beyond `metrics_limit` of them, each institution's
+        metrics (`name.<institution>`) go to one table artifact, not to MLflow's metrics: MLflow
+        stores and lists every metric key, and links each to the logged model one query at a time
+        (75 keys an institution, 75,000 at a thousand). Consortium-wide metrics stay metrics."""
+        self.set_tags(run_schema.institution_tags(names))
+        if len(names) > metrics_limit:
+            self._institutions = frozenset(names)
+            self._table = json.loads(read_artifact(self.client, self.run_id, run_schema.INSTITUTION_METRICS_ARTIFACT)
+                                     or "{}")  # a resumed campaign's earlier rounds
+
+    def _of_institution(self, key: str) -> bool:
+        """`key` names one institution's metric (`run_schema.at`: `name.<institution>`; names may hold dots)."""
+        parts = key.split(".")
+        return any(".".join(parts[i:]) in self._institutions for i in range(1, len(parts)))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Queued to MLflow's background logger, off the round's critical path; see flush."""
+        if self._institutions:
+            mine = {k: float(v) for k, v in metrics.items() if self._of_institution(k)}
+            if mine:
+                self._table.setdefault(str(step), {}).update(mine)
+                self._table_changed = True
+                metrics = {k: v for k, v in metrics.items() if k not in mine}
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(batch), 500):
@@ -83,6 +109,9 @@ class TrackedRun:
         for operation in self._pending:
             operation.wait()
         self._pending.clear()
+        if self._table_changed:
+            self.log_dict(self._table, run_schema.INSTITUTION_METRICS_ARTIFACT)
+            self._table_changed = False
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -232,6 +261,15 @@ class CampaignRun(TrackedRun):
                 )
             pyfunc_log.setLevel(level)
         return info.model_uri
+
+
+def run_metrics(client: MlflowClient, run: Any) -> dict[str, float]:
+    """A run's latest metrics, its institutions' table (`TrackedRun.set_institutions`) included."""
+    metrics = dict(run.data.metrics)
+    table = json.loads(read_artifact(client, run.info.run_id, run_schema.INSTITUTION_METRICS_ARTIFACT) or "{}")
+    for step in sorted(table, key=int):
+        metrics.update(table[step])
+    return metrics
 
 
 def read_artifact(client: MlflowClient, run_id: str, path: str) -> str | None:

@@ -26,7 +26,7 @@ from fedrisk.gate import Verdict, apply_policy
 from fedrisk.metrics import EvalStats
 from fedrisk.policy import load_policy, policy_sha256
 from fedrisk.report import render_report
-from fedrisk.tracking import audit_event, read_artifact
+from fedrisk.tracking import audit_event, read_artifact, run_metrics
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"  # moved only by `fedrisk promote` and `fedrisk rollback`
@@ -162,7 +162,7 @@ def _reference_auc(client: MlflowClient, reference_id: str, run: Any, institutio
     if tags.get(run_schema.TASK, "credit") != run.data.tags.get(run_schema.TASK, "credit"):
         raise FedriskInputError(f"{where} is a {tags.get(run_schema.TASK, 'credit')} run, not "
                                 f"{run.data.tags.get(run_schema.TASK, 'credit')}")
-    theirs = sorted(n for n in tags.get(run_schema.INSTITUTIONS, "").split(",") if n)
+    theirs = run_schema.institutions_of(tags)
     if theirs != institutions:
         raise FedriskInputError(f"{where} trained on institutions {','.join(theirs) or 'none'}, not "
                                 f"{','.join(institutions)}")
@@ -188,11 +188,11 @@ def validate_run(
         raise FedriskInputError(f"MLflow run {run_id} not found at {tracking_uri}") from None
     if run.info.lifecycle_stage == "deleted":
         raise FedriskInputError(f"MLflow run {run_id} is deleted")
-    tags, metrics = run.data.tags, run.data.metrics
+    tags, metrics = run.data.tags, run_metrics(client, run)
     log = audit_log_of(tags, audit_log)  # before any change: a verdict the log lacks must not stand
     policy = load_policy(policy_path or campaign_policy_path(run), tags.get(run_schema.TASK, "credit"))
     # Every institution that took part must be judged; one without metrics fails its rules.
-    institutions = sorted(n for n in tags.get(run_schema.INSTITUTIONS, "").split(",") if n)
+    institutions = run_schema.institutions_of(tags)
     reference_run = reference_run or policy.reference_run
     reference_auc = None if reference_run is None else _reference_auc(
         MlflowClient(reference_uri) if reference_uri else client, reference_run, run, institutions, policy.split)

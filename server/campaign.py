@@ -157,6 +157,10 @@ def schema_difference(mine: dict, theirs: dict) -> str:
 def _record_admission(admission: Admission, config: CampaignConfig, run: CampaignRun) -> None:
     for reason in sorted(admission.errors.values()):
         log.warning("excluded %s", reason)
+    deltas = [s["privacy"]["delta"] for s in admission.statistics.values() if s.get("privacy")]
+    run.set_institutions(list(admission.statistics), config.tracking.institution_metrics_limit)
+    if deltas:
+        run.set_tags({run_schema.DELTA: f"{max(deltas):g}"})
     for name, mine in sorted(admission.data.items()):
         card = mine["card"]
         run.audit("institution_data", {"institution": name, "fingerprint": mine["fingerprint"],
@@ -167,9 +171,6 @@ def _record_admission(admission: Admission, config: CampaignConfig, run: Campaig
                   "note": "computed from the institutions' DP-noised counts (rows are noised counts too)",
                   "institutions": {n: d["card"] for n, d in admission.data.items()}},
                  run_schema.DATA_QUALITY_ARTIFACT)
-    deltas = [s["privacy"]["delta"] for s in admission.statistics.values() if s.get("privacy")]
-    run.set_tags({run_schema.INSTITUTIONS: ",".join(sorted(admission.statistics)),
-                  **({run_schema.DELTA: f"{max(deltas):g}"} if deltas else {})})
     run.log_dict({"excluded": admission.errors}, run_schema.EXCLUDED_ARTIFACT)
 
 

@@ -158,3 +158,19 @@ def test_age_band_matches_age():
     assert (frame.loc[young, "age_band"] == "18-29").all()
     assert (frame.loc[old, "age_band"] == "50+").all()
     assert (frame.loc[~young & ~old, "age_band"] == "30-49").all()
+
+
+def test_equal_sizes_split_the_rows_evenly_and_keep_skewed_fingerprints():
+    """Equal sizes are other data (another fingerprint); the skewed default keeps the fingerprint
+    its institutions' ledgers already know (fedrisk 64a1fff's, for inst01 of three)."""
+    from fedrisk.config import load_config
+    from fedrisk.sources import raw_frame
+
+    assert credit.institution_sizes(1000, 1_000_000, 42, equal=True) == [1000] * 1000
+    assert len(credit.generate_institution(7, 1000, 1_000_000, equal_sizes=True)) == 1000
+    names = ["inst01", "inst02", "inst03"]
+    skewed = load_config(None, {"data.synthetic.institutions": 3})
+    equal = load_config(None, {"data.synthetic.institutions": 3, "data.synthetic.sizes": "equal"})
+    assert raw_frame(skewed.data, "inst01", names, 42)[2] == \
+        "dc88eaa55e97cdddbf3d5bc2721a42c5a1bc7e67eae532c4d9ba94da95fc9053"
+    assert raw_frame(equal.data, "inst01", names, 42)[2] != raw_frame(skewed.data, "inst01", names, 42)[2]

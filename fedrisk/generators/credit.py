@@ -8,6 +8,7 @@ logistic model of the raw features, so the best achievable AUC is the AUC of `tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -66,16 +67,19 @@ def institution_names(n: int) -> list[str]:
     return [f"inst{i + 1:0{width}d}" for i in range(n)]
 
 
-def institution_shares(n: int) -> np.ndarray:
-    """A large institution first, then smaller ones: shares proportional to 1/rank^1.1."""
-    weights = 1.0 / np.arange(1, n + 1) ** 1.1
+def institution_shares(n: int, equal: bool = False) -> np.ndarray:
+    """A large institution first, then smaller ones: shares proportional to 1/rank^1.1 (or equal:
+    a network of similar small lenders, as a scale test wants)."""
+    weights = np.ones(n) if equal else 1.0 / np.arange(1, n + 1) ** 1.1
     return weights / weights.sum()
 
 
-def consortium_profiles(n_institutions: int, seed: int) -> list[InstitutionProfile]:
-    """A large national bank first, then smaller regional lenders of decreasing size."""
+@lru_cache(maxsize=16)
+def consortium_profiles(n_institutions: int, seed: int, equal: bool = False) -> tuple[InstitutionProfile, ...]:
+    """A large national bank first, then smaller regional lenders of decreasing size. Cached: each
+    of a thousand institutions' nodes asks for its own."""
     rng = np.random.default_rng([seed, 10_007])
-    shares = institution_shares(n_institutions)
+    shares = institution_shares(n_institutions, equal)
     profiles = []
     for i, name in enumerate(institution_names(n_institutions)):
         national = i == 0
@@ -90,11 +94,11 @@ def consortium_profiles(n_institutions: int, seed: int) -> list[InstitutionProfi
                 mean_age=float(rng.uniform(36, 50)),
             )
         )
-    return profiles
+    return tuple(profiles)
 
 
-def institution_sizes(n_institutions: int, total_rows: int, seed: int) -> list[int]:
-    profiles = consortium_profiles(n_institutions, seed)
+def institution_sizes(n_institutions: int, total_rows: int, seed: int, equal: bool = False) -> list[int]:
+    profiles = consortium_profiles(n_institutions, seed, equal)
     sizes = [max(50, int(round(p.share * total_rows))) for p in profiles]
     return sizes
 
@@ -149,6 +153,7 @@ def generate_institution(
     drift: str = "none",
     severity: float = 0.0,
     stream: int = 0,
+    equal_sizes: bool = False,
 ) -> pd.DataFrame:
     """Rows of one institution, deterministic in its arguments.
 
@@ -164,8 +169,8 @@ def generate_institution(
         raise ValueError(f"institution index {index} outside 0..{n_institutions - 1}")
     if drift not in ("none", *DRIFT_SCENARIOS):
         raise ValueError(f"unknown credit drift scenario '{drift}' (known: {', '.join(DRIFT_SCENARIOS)})")
-    profile = consortium_profiles(n_institutions, seed)[index]
-    n = institution_sizes(n_institutions, total_rows, seed)[index]
+    profile = consortium_profiles(n_institutions, seed, equal_sizes)[index]
+    n = institution_sizes(n_institutions, total_rows, seed, equal_sizes)[index]
     rng = np.random.default_rng([seed, index, 20_011, *([stream] if stream else [])])
     risk = profile.risk_appetite
     shift = severity if drift == "population_shift" else 0.0
