@@ -165,10 +165,12 @@ def _dimensions(counts: dict[str, Any], positive_rate: tuple[float, float], as_o
 
     def worst(values: list[float]) -> float:
         """The largest count, less what the largest of so many noises adds by itself (about
-        sqrt(2 ln k) standard deviations of k): 2,000 complete columns are not one incomplete."""
+        sqrt(2 ln k) standard deviations of k): 2,000 complete columns are not one incomplete.
+        The card's `benefit` already covers the largest of all its counts' noises: it replaces
+        this correction, never adds to it."""
         if not values:
             return 0.0
-        return max(max(values) - (benefit + np.sqrt(2 * np.log(len(values)))) * noise, 0.0)
+        return max(max(values) - (benefit or np.sqrt(2 * np.log(len(values)))) * noise, 0.0)
 
     missing = fewer(sum(counts["missing"].values()), len(counts["missing"]))
     worst_missing = worst(list(counts["missing"].values()))

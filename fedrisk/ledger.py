@@ -76,6 +76,11 @@ def campaign_epsilon(releases: list[Release], delta: float, prior: tuple[np.ndar
     return epsilon_from_rdp(curve, delta - extra) if delta > extra else float("inf")
 
 
+@dataclass
+class Transaction:
+    changed: bool = True  # False: nothing to write
+
+
 class PrivacyLedger:
     """What one institution's customers have spent, across campaigns and monitoring runs."""
 
@@ -128,19 +133,20 @@ class PrivacyLedger:
                                     institution=self.institution, file=str(self.path)) from None
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Exclusive lock, fresh read, change, atomic write: concurrent campaigns add up."""
+    def transaction(self) -> Iterator[Transaction]:
+        """Exclusive lock, fresh read, change, atomic write: concurrent campaigns add up. The
+        body may say it changed nothing (`Transaction.changed`): every message of a campaign
+        opens a few, and writing the whole ledger is most of what they cost."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lock"), "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 self._reload()
-                before = json.dumps(self.state_dict(), indent=1)
-                yield
-                after = json.dumps(self.state_dict(), indent=1)
-                if after != before or not self.path.exists():  # a charge settled twice, or nothing to void: no write
+                txn = Transaction()
+                yield txn
+                if txn.changed or not self.path.exists():
                     tmp = self.path.with_name(self.path.name + ".tmp")
-                    tmp.write_text(after)
+                    tmp.write_text(json.dumps(self.state_dict(), indent=1))
                     os.replace(tmp, self.path)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -196,11 +202,12 @@ class PrivacyLedger:
         `exact`: a campaign without DP, which the institution's policy allowed: recorded as what
         it is (infinite epsilon, for life), never refused here.
         """
-        with self.transaction():
+        with self.transaction() as txn:
             if campaign in self.plans:
                 if [Release.from_dict(r) for r in self.plans[campaign]["releases"]] != releases:
                     raise FedriskInputError(f"campaign id {campaign} was already planned with other privacy settings; "
                                             "use a new campaign id", institution=self.institution)
+                txn.changed = False
                 return
             prior = self.lifetime()
             after = campaign_epsilon(releases, self.delta, prior)
@@ -235,17 +242,19 @@ class PrivacyLedger:
 
     def settle(self, key: str) -> None:
         """The releases charged under `key` are kept: they may leave, and their charges stand for good."""
-        with self.transaction():
+        with self.transaction() as txn:
+            txn.changed = False
             for charge in self.charges:
-                if charge.get("release_key") == key:
-                    charge.pop("pending", None)
+                if charge.get("release_key") == key and charge.pop("pending", None) is not None:
+                    txn.changed = True
 
     def void_pending(self, key: str) -> None:
         """Charges under `key` still pending belong to a computation that died before its release
         was kept, hence before it could leave: nobody saw that output, so computing it again
         spends the same charge (moved to `voided`, with the time)."""
-        with self.transaction():
+        with self.transaction() as txn:
             stale = [c for c in self.charges if c.get("release_key") == key and c.get("pending")]
+            txn.changed = bool(stale)
             if stale:
                 self.charges = [c for c in self.charges if not (c.get("release_key") == key and c.get("pending"))]
                 self.voided += [{**c, "voided": time.time()} for c in stale]

@@ -36,6 +36,7 @@ STOP_REASON = "fedrisk.stop_reason"
 ERROR = "fedrisk.error"
 INSTITUTIONS = "fedrisk.institutions"  # comma-separated; continued in fedrisk.institutions.2, .3, ... (`institution_tags`)
 INSTITUTION_METRICS_ARTIFACT = "institution_metrics.json"  # beyond tracking.institution_metrics_limit
+INSTITUTION_METRICS = "fedrisk.institution_metrics"  # "table": the run's per-institution metrics are in the artifact
 TAG_LIMIT = 8000  # characters MLflow keeps of a tag's value (it truncates the rest)
 EXCLUDED = "fedrisk.excluded"
 MODEL_URI = "fedrisk.model_uri"
@@ -131,6 +132,21 @@ def institution_tags(names: list[str]) -> dict[str, str]:
             chunks.append([])
         chunks[-1].append(name)
     return {INSTITUTIONS if i == 0 else f"{INSTITUTIONS}.{i + 1}": ",".join(c) for i, c in enumerate(chunks)}
+
+
+def institution_tag_parts(tags: dict[str, str]) -> list[str]:
+    """The keys of a run's institutions tag and its continuations, in order."""
+    keys, part = [], 1
+    while (key := INSTITUTIONS if part == 1 else f"{INSTITUTIONS}.{part}") in tags:
+        keys.append(key)
+        part += 1
+    return keys
+
+
+def institution_of_key(key: str, institutions: set[str] | frozenset[str]) -> str | None:
+    """The institution a metric key names (`at`: `name.<institution>`; names may hold dots)."""
+    parts = key.split(".")
+    return next((".".join(parts[i:]) for i in range(1, len(parts)) if ".".join(parts[i:]) in institutions), None)
 
 
 def institutions_of(tags: dict[str, str]) -> list[str]:

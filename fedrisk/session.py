@@ -46,6 +46,7 @@ from fedrisk.sources import institution_names
 from fedrisk.splits import Split, split_institution, table_calendar
 
 SIZE = Release("train", "size", SIZE_NOISE)  # the training rows' count, released once per data version
+MAX_SESSIONS_PER_INSTITUTION = 8  # a campaign, and a monitoring run's windows
 MAX_CACHED_ROWS = 2_000_000  # rows a process keeps loaded across its sessions (~1 GB); least recently used go first
 
 
@@ -293,6 +294,9 @@ def open_session(config_json: str, node_config: dict[str, Any], names: list[str]
                           deployed="institution" in node_config)
     while len(_SESSIONS) > 1 and cached_rows() > MAX_CACHED_ROWS:
         _SESSIONS.popitem(last=False)
+    mine = [k for k, s in _SESSIONS.items() if s.name == name and s.home == session.home]
+    for old in mine[: max(len(mine) - MAX_SESSIONS_PER_INSTITUTION + 1, 0)]:  # oldest first
+        del _SESSIONS[old]
     _SESSIONS[key] = session
     return session
 

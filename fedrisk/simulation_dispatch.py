@@ -23,6 +23,7 @@ from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkStat
 from flwr.supercore.date import now
 
 PATCHED_VERSIONS = ("1.41.0", "1.42.0")  # whose add_messages_to_queue and InMemoryLinkState this mirrors
+SWEEP_SECONDS = 0.02  # Flower waits 0.1 s between sweeps, which every message paid; a scan of 1,000 stored messages takes 1.5 ms
 
 
 def next_messages(state: LinkState, node_ids: Iterable[int]) -> list[Message]:
@@ -46,11 +47,11 @@ def next_messages(state: LinkState, node_ids: Iterable[int]) -> list[Message]:
 
 def add_messages_to_queue(state: LinkState, queue: Queue[Message], nodes_mapping: dict[int, int],
                           f_stop: threading.Event) -> None:
-    """Flower's loop, with one scan a sweep."""
+    """Flower's loop, with one scan a sweep and five sweeps for its one."""
     while not f_stop.is_set():
         for msg in next_messages(state, nodes_mapping.keys()):
             queue.put(msg)
-        f_stop.wait(0.1)
+        f_stop.wait(SWEEP_SECONDS)
 
 
 def install() -> bool:

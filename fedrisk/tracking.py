@@ -78,21 +78,21 @@ class TrackedRun:
         metrics (`name.<institution>`) go to one table artifact, not to MLflow's metrics: MLflow
         stores and lists every metric key, and links each to the logged model one query at a time
         (75 keys an institution, 75,000 at a thousand). Consortium-wide metrics stay metrics."""
-        self.set_tags(run_schema.institution_tags(names))
-        if len(names) > metrics_limit:
+        tags = run_schema.institution_tags(names)
+        before = self.client.get_run(self.run_id).data.tags  # a resumed campaign's: its parts, its table
+        for stale in set(run_schema.institution_tag_parts(before)) - set(tags):
+            self.client.delete_tag(self.run_id, stale)
+        if len(names) > metrics_limit or before.get(run_schema.INSTITUTION_METRICS) == "table":  # once begun, kept
+            tags[run_schema.INSTITUTION_METRICS] = "table"
             self._institutions = frozenset(names)
             self._table = json.loads(read_artifact(self.client, self.run_id, run_schema.INSTITUTION_METRICS_ARTIFACT)
-                                     or "{}")  # a resumed campaign's earlier rounds
-
-    def _of_institution(self, key: str) -> bool:
-        """`key` names one institution's metric (`run_schema.at`: `name.<institution>`; names may hold dots)."""
-        parts = key.split(".")
-        return any(".".join(parts[i:]) in self._institutions for i in range(1, len(parts)))
+                                     or "{}")
+        self.set_tags(tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Queued to MLflow's background logger, off the round's critical path; see flush."""
         if self._institutions:
-            mine = {k: float(v) for k, v in metrics.items() if self._of_institution(k)}
+            mine = {k: float(v) for k, v in metrics.items() if run_schema.institution_of_key(k, self._institutions)}
             if mine:
                 self._table.setdefault(str(step), {}).update(mine)
                 self._table_changed = True
@@ -264,12 +264,18 @@ class CampaignRun(TrackedRun):
 
 
 def run_metrics(client: MlflowClient, run: Any) -> dict[str, float]:
-    """A run's latest metrics, its institutions' table (`TrackedRun.set_institutions`) included."""
+    """A run's latest metrics, with its institutions' table (`TrackedRun.set_institutions`) when
+    the run routed them there: only metrics of the run's own institutions, never over a metric
+    MLflow holds (a table uploaded by hand changes nothing else)."""
     metrics = dict(run.data.metrics)
+    if run.data.tags.get(run_schema.INSTITUTION_METRICS) != "table":
+        return metrics
+    institutions = set(run_schema.institutions_of(run.data.tags))
     table = json.loads(read_artifact(client, run.info.run_id, run_schema.INSTITUTION_METRICS_ARTIFACT) or "{}")
+    merged: dict[str, float] = {}
     for step in sorted(table, key=int):
-        metrics.update(table[step])
-    return metrics
+        merged.update({k: float(v) for k, v in table[step].items() if run_schema.institution_of_key(k, institutions)})
+    return {**{k: v for k, v in merged.items() if k not in metrics}, **metrics}
 
 
 def read_artifact(client: MlflowClient, run_id: str, path: str) -> str | None:

@@ -36,7 +36,7 @@ from fedrisk.warning_levels import (
     retrain_due,
     window_metrics,
 )
-from server.messaging import query, wait_for_nodes
+from server.messaging import PromptGrid, query, wait_for_nodes
 
 log = logging.getLogger("fedrisk.server")
 app = ServerApp()
@@ -48,7 +48,7 @@ def main(grid: Grid, context: Context) -> None:
     NAME/VERSION; empty: the config's) and `request` (tags the run, so the caller finds it)."""
     monitor = MonitorConfig.model_validate_json(str(context.run_config["monitor-config"]))
     model = str(context.run_config.get("model", "") or "") or None
-    run_monitoring(grid, plan_monitoring(monitor, model, str(context.run_config.get("request", "") or "") or None))
+    run_monitoring(PromptGrid(grid), plan_monitoring(monitor, model, str(context.run_config.get("request", "") or "") or None))
 
 
 def _parts(replies: list[Message]) -> tuple[dict[str, tuple[dict[str, np.ndarray], EvalStats | None]], dict[str, str],

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrisk.config import from_run_config
 from server.campaign import run_campaign
+from server.messaging import PromptGrid
 
 app = ServerApp()
 
@@ -24,4 +25,4 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     config = from_run_config(dict(context.run_config))
     campaign = str(context.run_config.get("campaign-id", "") or "") or uuid.uuid4().hex
-    run_campaign(grid, config, campaign, str(context.run_config.get("resume-run", "") or "") or None)
+    run_campaign(PromptGrid(grid), config, campaign, str(context.run_config.get("resume-run", "") or "") or None)

@@ -20,7 +20,7 @@ from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.evidence import write_evidence
 from fedrisk.launcher import simulate
 from fedrisk.ledger import PrivacyLedger
-from fedrisk.tracking import read_artifact, run_metrics
+from fedrisk.tracking import TrackedRun, read_artifact, run_metrics
 
 
 def test_sessions_of_many_institutions_are_kept_across_rounds(monkeypatch):
@@ -148,3 +148,62 @@ def test_a_large_consortium_keeps_its_institutions_metrics_in_one_table(tmp_path
     assert rule["outcome"] != "missing" and rule["value"] == pytest.approx(min(test_auc.values()))
     page, _, _ = write_evidence(config.tracking.uri, outcome.run_id, tmp_path / "pack", "tom")
     assert f"{test_auc['inst03']:.4f}" in Path(page).read_text()
+
+
+def test_the_institution_table_changes_only_what_it_may(tmp_path):
+    """The table artifact is read only for a run that routed metrics to it, only for keys of the
+    run's institutions, and never over a metric MLflow holds: a table uploaded by hand to any
+    run does not change what the gate, the evidence pack or the privacy audit read."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = TrackedRun(uri, "e", {})
+    run.log_metrics({"test_auc": 0.61, run_schema.split_metric("test", "auc", "inst01"): 0.6}, step=1)
+    run.flush()
+    client = MlflowClient(uri)
+    forged = {"9": {"test_auc": 0.99, "test_auc.inst01": 0.99, "test_auc.inst09": 0.99, "epsilon.inst01": 0.01}}
+    client.log_dict(run.run_id, forged, run_schema.INSTITUTION_METRICS_ARTIFACT)
+    assert run_metrics(client, client.get_run(run.run_id)) == {"test_auc": 0.61, "test_auc.inst01": 0.6}
+    big = TrackedRun(uri, "e", {})
+    big.set_institutions(["inst01", "inst02"], metrics_limit=1)
+    big.log_metrics({"test_auc": 0.7, "test_auc.inst01": 0.65, "test_auc.inst02": 0.66}, step=2)
+    big.flush()
+    client.log_dict(big.run_id, {**json.loads(read_artifact(client, big.run_id, run_schema.INSTITUTION_METRICS_ARTIFACT)),
+                                 **forged}, run_schema.INSTITUTION_METRICS_ARTIFACT)
+    merged = run_metrics(client, client.get_run(big.run_id))
+    assert merged["test_auc"] == 0.7 and "test_auc.inst09" not in merged
+    assert merged["test_auc.inst02"] == 0.66
+
+
+def test_a_resumed_campaign_keeps_one_table_and_its_own_institutions(tmp_path):
+    """A resume admitting fewer institutions must not leave the first attempt's table values or
+    tag parts behind: the validator would judge institutions that did not take part."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = TrackedRun(uri, "e", {})
+    names = [f"institution-{i:04d}" for i in range(1000)]
+    first.set_institutions(names, metrics_limit=20)
+    first.log_metrics({run_schema.at("epsilon", names[0]): 1.0}, step=1)
+    first.flush()
+    again = TrackedRun(uri, "e", {}, run_id=first.run_id)
+    again.set_institutions(names[:800], metrics_limit=20)
+    assert run_schema.institutions_of(MlflowClient(uri).get_run(first.run_id).data.tags) == sorted(names[:800])
+    again.log_metrics({run_schema.at("epsilon", names[0]): 2.0}, step=2)
+    again.flush()
+    client = MlflowClient(uri)
+    assert run_metrics(client, client.get_run(first.run_id))[run_schema.at("epsilon", names[0])] == 2.0
+    small = TrackedRun(uri, "e", {}, run_id=first.run_id)
+    small.set_institutions(names[:5], metrics_limit=20)  # the table once begun stays the run's table
+    small.log_metrics({run_schema.at("epsilon", names[0]): 3.0}, step=3)
+    small.flush()
+    assert run_metrics(client, client.get_run(first.run_id))[run_schema.at("epsilon", names[0])] == 3.0
+
+
+def test_a_node_keeps_at_most_a_few_sessions_of_one_institution(monkeypatch):
+    """Many campaign configs for one institution (a coordinator varying a key that changes
+    nothing) keep at most MAX_SESSIONS_PER_INSTITUTION of its sessions, as the 8-session cache did."""
+    monkeypatch.setattr(sessions, "_SESSIONS", type(sessions._SESSIONS)())
+    for i in range(30):
+        config = config_to_json(load_config(None, {"data.synthetic.institutions": 3, "data.synthetic.rows": 3000,
+                                                   "tracking.experiment": f"x{i}"}))
+        sessions.open_session(config, {"partition-id": 0})
+        sessions.open_session(config, {"partition-id": 1})
+    names = [s.name for s in sessions._SESSIONS.values()]
+    assert names.count("inst01") == names.count("inst02") == sessions.MAX_SESSIONS_PER_INSTITUTION
