@@ -144,6 +144,9 @@ def resume(where: CampaignConfig, campaign: str, *, verbose: bool = False) -> tu
         raise FedriskInputError("--resume needs a campaign id: 32 hexadecimal characters, as the audit log and the "
                                 f"run's tag {run_schema.CAMPAIGN} show it")
     uri, experiment = where.tracking.uri, where.tracking.experiment
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():  # MLflow would create one
+        raise FedriskInputError(f"no MLflow store at {uri[len('sqlite:///'):]}: --resume goes on with a campaign of "
+                                "an existing store (name it with --tracking-uri)")
     with campaign_lock(where, campaign):
         for found in close_interrupted(where):
             log.warning(describe(found))

@@ -16,6 +16,7 @@ round the witnesses by no longer sending heads (or sending stale ones) before he
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,18 @@ def witness_path(where: str | Path) -> Path:
     if not path.is_file():
         raise FedriskInputError("no witness log here (an institution's home holds witness.jsonl once it has taken "
                                 "part in a campaign)", file=str(path))
+    if path.name != WITNESS_FILE and not _starts_with_entry(path):  # another file given by mistake, not a modified log
+        raise FedriskInputError("not a witness log: give an institution's home or its witness.jsonl", file=str(path))
     return path
+
+
+def _starts_with_entry(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = json.loads(handle.readline())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(first, dict) and {"seq", "event", "actor"} <= set(first)
 
 
 def check(log: str | Path, where: str | Path, roster: identity.Roster | None) -> WitnessCheck:

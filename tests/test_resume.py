@@ -302,3 +302,16 @@ def test_two_copies_of_a_request_at_once_get_one_release_and_one_charge(tmp_path
     assert first == second  # one release, sent twice
     ledger = _ledger(session)
     assert sum(c["mechanism"] == "dp_sgd" for c in ledger.charges) == 1 and ledger.voided == []
+
+
+def test_resume_in_a_folder_without_the_store_creates_nothing(tmp_path, monkeypatch):
+    """`fedrisk simulate --resume` run from the wrong folder names the store it did not find and
+    leaves no empty mlflow.db (nor a lock file) behind, as the read commands do."""
+    from fedrisk.errors import FedriskInputError
+    from fedrisk.launcher import resume
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, {}, work_dir=tmp_path)
+    with pytest.raises(FedriskInputError, match=r"no MLflow store at .*mlflow\.db.*--tracking-uri"):
+        resume(config, "0123456789abcdef0123456789abcdef")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

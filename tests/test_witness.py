@@ -238,3 +238,18 @@ def test_a_campaign_is_witnessed_and_a_rewrite_is_caught_from_the_command_line(k
     assert twice.returncode == 1 and "given twice" in twice.stdout
     missing = cli("audit", "verify", str(log), "--witness", str(tmp_path / "homes" / "institutions" / "inst09"))
     assert missing.returncode == 1 and "no witness log" in missing.stdout + missing.stderr
+
+
+def test_a_file_that_is_no_witness_log_is_named_as_such(tmp_path):
+    """`--witness` given the wrong file (a policy, a CSV) says so, instead of calling it a
+    modified log; a witness log copied under another name is still read (and judged) as one."""
+    wrong = tmp_path / "policy.yaml"
+    wrong.write_text("privacy:\n  lifetime_epsilon: 10\n")
+    with pytest.raises(FedriskInputError, match="not a witness log"):
+        witness.witness_path(wrong)
+    copy = tmp_path / "inst01-witness-backup.jsonl"
+    copy.write_text(json.dumps({"seq": 1, "event": witness.EVENT, "actor": "inst01"}) + "\n")
+    assert witness.witness_path(copy) == copy
+    modified = tmp_path / witness.WITNESS_FILE  # the real name: a broken line is a modified log, not a mistake
+    modified.write_text("not json\n")
+    assert witness.witness_path(modified) == modified
