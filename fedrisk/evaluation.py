@@ -8,9 +8,9 @@ All of them add up, so the server's pooled figures are those of the pooled rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import norm
 
 from fedrisk import run_schema
 from fedrisk.config import CampaignConfig
@@ -149,6 +149,6 @@ def intervals(consortium: SplitStatistics, config: CampaignConfig, level: float 
     values = _pooled_values(consortium.overall, consortium.groups, consortium.noise, config, INTERVAL_KEYS,
                             FAIRNESS_KEYS)
     spread = _spread(consortium, config, draws, True, INTERVAL_KEYS, FAIRNESS_KEYS)
-    z = float(norm.ppf(0.5 + level / 2))
+    z = NormalDist().inv_cdf(0.5 + level / 2)
     return {key: (float(np.clip(value - z * spread[key], 0.0, 1.0)), float(np.clip(value + z * spread[key], 0.0, 1.0)))
             for key, value in values.items() if np.isfinite(value) and np.isfinite(spread.get(key, np.nan))}

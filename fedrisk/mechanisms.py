@@ -15,10 +15,10 @@ The privacy cost of each release is its plan's (`fedrisk.budget`); these functio
 from __future__ import annotations
 
 import os
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 
 def secure_rng() -> np.random.Generator:
@@ -73,7 +73,7 @@ def quantiles_from_histogram(counts: np.ndarray, levels: list[float] | np.ndarra
 def partition_threshold(noise: float, delta: float, min_count: int) -> float:
     """The noised count a category value must reach to be released: one row's value clears it
     with probability at most `delta`, and no count below the policy's minimum leaves."""
-    return max(float(min_count), 1.0 + noise * float(norm.isf(delta))) if noise > 0 else float(min_count)
+    return max(float(min_count), 1.0 - noise * NormalDist().inv_cdf(delta)) if noise > 0 else float(min_count)
 
 
 def select_partitions(counts: dict[str, float], noise: float, threshold: float,
