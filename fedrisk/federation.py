@@ -46,9 +46,7 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     """The environment of every Flower process: its own FLWR_HOME, no telemetry, no update
     check, no runtime installs (the app's dependencies are installed with fedrisk)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # Flower starts its SuperExec
-    return {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home), "NO_COLOR": "1", "COLUMNS": "200", "PATH": path,
-            # a SuperNode's SuperExec looks for a message to run every 1 s by default: each exchange paid ~0.5 s
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.05")}
+    return {**os.environ, **QUIET_ENV, "FLWR_HOME": str(flwr_home), "NO_COLOR": "1", "COLUMNS": "200", "PATH": path}
 
 
 def superlink_command(ca: Path, certificate: Path, private_key: Path, *, host: str = "127.0.0.1",
@@ -75,7 +73,7 @@ def supernode_command(superlink: str, ca: Path | None, private_key: Path | None,
         node_config.append(f"home='{Path(home).resolve()}'")
     if sketch_key is not None:
         node_config.append(f"sketch-key='{Path(sketch_key).resolve()}'")
-    cmd = [sys.executable, "-m", "fedrisk.supernode_main", "--superlink", superlink]  # flower-supernode, prompter
+    cmd = [_tool("flower-supernode"), "--superlink", superlink]
     cmd += ["--root-certificates", str(ca)] if ca is not None else ["--insecure"]
     if private_key is not None:
         cmd += ["--auth-supernode-private-key", str(private_key)]

@@ -67,12 +67,10 @@ def test_the_library_never_imports_the_apps():
 
 
 def test_only_the_launcher_and_the_protocol_import_flower():
-    """(and the two entry points that shorten Flower's waits: the simulation engine's message
-    dispatch and the deployed SuperNode's loop)"""
+    """(and the simulation engine's message dispatch the launcher installs)"""
     for path in (ROOT / "fedrisk").rglob("*.py"):
         flower = {m for m in _runtime_imports(ast.parse(path.read_text())) if m.split(".")[0] == "flwr"}
-        if _module(path) not in ("fedrisk.launcher", "fedrisk.protocol", "fedrisk.simulation_dispatch",
-                                 "fedrisk.supernode_main"):
+        if _module(path) not in ("fedrisk.launcher", "fedrisk.protocol", "fedrisk.simulation_dispatch"):
             assert not flower, f"{path.name} imports {sorted(flower)}"
 
 

@@ -85,22 +85,3 @@ def test_installed_only_on_the_flower_it_mirrors(monkeypatch):
     assert simulation_dispatch.install()
     assert vce_api.add_messages_to_queue is simulation_dispatch.add_messages_to_queue
 
-
-def test_the_supernode_entry_caps_flowers_sleeps_only_on_the_flower_it_mirrors(monkeypatch):
-    """`fedrisk.supernode_main` (what `fedrisk federation supernode` runs) caps the SuperNode
-    loop's hard-coded 3 s and 0.5 s waits; other uses of `time` in that module are Flower's own."""
-    import time
-
-    from flwr.supernode import start_client_internal
-
-    from fedrisk import supernode_main
-
-    monkeypatch.setattr(start_client_internal, "time", time)
-    monkeypatch.setattr(flwr, "__version__", "9.9.9")
-    assert not supernode_main.install() and start_client_internal.time is time
-    monkeypatch.setattr(flwr, "__version__", "1.41.0")
-    assert supernode_main.install()
-    start = time.monotonic()
-    start_client_internal.time.sleep(3)
-    assert time.monotonic() - start < 1.0
-    assert abs(start_client_internal.time.time() - time.time()) < 1.0
