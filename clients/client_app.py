@@ -19,7 +19,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from clients.mods import institution_clipping_mod, secure_aggregation_mod, under_secure_aggregation
-from fedrisk import institution, protocol, witness
+from fedrisk import drill, institution, protocol, witness
 from fedrisk.errors import FedriskInputError
 from fedrisk.guard import check_histograms
 from fedrisk.session import NodeSession, open_session
@@ -36,6 +36,7 @@ def _handle(msg: Message, context: Context, message_type: str,
     try:
         request = protocol.read_request(msg)
         session = open_session(request.campaign_config, dict(context.node_config), request.institutions)
+        drill.refuse_deployed(session.config, session.name, session.deployed)
         for kind in protocol.implied_messages(message_type, session.config):
             session.guard(kind, monitoring)
         check_histograms(session.policy, request.grid, request.edges, session.name)

@@ -174,16 +174,55 @@ class ModelSpec(StrictModel):
     hidden: list[int] = Field([32], description="hidden layer widths of the MLP")
 
 
+ROBUST_RULES = ("fedtrimmedavg", "fedmedian", "krum", "multikrum", "bulyan")  # Flower's; need each update
+
+
+class Robust(StrictModel):
+    """Defences against a hostile institution, on the updates the server sees (docs/robustness.md)."""
+
+    cap_weights: bool = Field(True, description="an update weighs at most its institution's admitted training rows")
+    norm_bound: float | None = Field(
+        3.0, gt=1.0, description="clip each update to this multiple of the round's median update norm; null: off")
+    trim: float = Field(0.1, ge=0.0, lt=0.5, description="fedtrimmedavg: fraction cut from each tail of every weight")
+    byzantine: int = Field(1, ge=0, description="krum, multikrum, bulyan: hostile institutions the rule tolerates")
+    flag_norm: float = Field(
+        3.0, gt=1.0, description="flag an update longer than this multiple of the round's median (before bounding)")
+    flag_cosine: float = Field(
+        0.0, ge=-1.0, le=1.0, description="flag an update whose cosine with the median of the others' is below this "
+                                    "(and an outlier of the round)")
+    flag_rounds: int = Field(3, ge=0, description="exclude an institution flagged this many rounds in a row; 0: never")
+
+
+class Drill(StrictModel):
+    """A poisoning drill, in simulation only: one institution attacks the campaign so that the
+    consortium can measure its defences (the run is tagged `fedrisk.drill`)."""
+
+    institution: str
+    attack: Literal["scale", "sign_flip", "label_flip", "inflate_count", "nan", "group_relabel"]
+    factor: float = Field(10.0, gt=0.0, description="scale: update times this; inflate_count: example count times this")
+    group: str = Field("sex=F", description="group_relabel: ATTRIBUTE=VALUE, whose training rows are all labelled positive")
+
+    @model_validator(mode="after")
+    def _group(self) -> Drill:
+        if self.group.count("=") != 1 or not all(self.group.split("=")):
+            raise ValueError(f"drill.group '{self.group}' is not ATTRIBUTE=VALUE")
+        return self
+
+
 class Training(StrictModel):
     rounds: int = Field(8, ge=1, le=10_000)
     local_epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(256, ge=1)
     learning_rate: float = Field(0.5, gt=0.0)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    strategy: Literal["fedavg", "fedprox"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedtrimmedavg", "fedmedian", "krum", "multikrum", "bulyan"] = Field(
+        "fedavg", description="Flower's aggregation rule; the robust ones need each institution's update")
+    robust: Robust = Robust()
     proximal_mu: float = Field(0.1, ge=0.0)
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="institutions sampled per round")
     min_institutions: int = Field(2, ge=1)
+    round_timeout: float = Field(
+        3600.0, gt=0.0, description="seconds a round waits for replies; an institution still silent is dropped from it")
     positive_weight: float = Field(1.0, gt=0.0, description="loss weight of a positive row")
     focal_gamma: float = Field(0.0, ge=0.0, le=10.0, description="focal loss; 0: cross-entropy")
     initial_model: str | None = Field(
@@ -290,6 +329,26 @@ class CampaignConfig(StrictModel):
     gate: Gate = Gate()
     audit: Audit = Audit()
     secure_aggregation: SecureAggregation = SecureAggregation()
+    drill: Drill | None = Field(None, description="a poisoning drill (simulation only)")
+
+    @model_validator(mode="after")
+    def _robust(self) -> CampaignConfig:
+        tr, f = self.training, self.training.robust.byzantine
+        if self.secure_aggregation.enabled and tr.strategy in ROBUST_RULES:
+            raise ValueError(f"training.strategy {tr.strategy} needs each institution's update, which secure "
+                             "aggregation hides; use fedavg or fedprox with secure_aggregation")
+        if self.secure_aggregation.enabled and tr.robust != Robust():  # the defaults simply do not apply
+            raise ValueError("training.robust bounds and flags each institution's update, which secure aggregation "
+                             "hides; keep its defaults or drop secure_aggregation")
+        if self.privacy.institution_level.enabled and tr.strategy in ROBUST_RULES:
+            raise ValueError(f"privacy.institution_level calibrates its noise to the mean of clipped updates; "
+                             f"training.strategy {tr.strategy} is not a mean (use fedavg or fedprox)")
+        needed = {"krum": 2 * f + 3, "multikrum": 2 * f + 3, "bulyan": 4 * f + 3, "fedtrimmedavg": 3,
+                  "fedmedian": 3}.get(tr.strategy, 0)  # a median or trimmed mean of 2 is their mean
+        if tr.min_institutions < needed:
+            raise ValueError(f"training.strategy {tr.strategy}" + (f" with training.robust.byzantine {f}" if "krum" in
+                             tr.strategy or tr.strategy == "bulyan" else "") + f" needs training.min_institutions >= {needed}")
+        return self
 
     @model_validator(mode="after")
     def _task_data(self) -> CampaignConfig:
@@ -398,11 +457,15 @@ def _with_task_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
 def format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in first["loc"])
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    if first["type"] == "value_error":  # a rule across keys: its message names them
+        msg = msg.removeprefix("Value error, ")
+        if not key:
+            return f"{source}: {msg}{more}"
     return f"{source}: key '{key}': {msg}{more}"
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedrisk import data_quality
+from fedrisk import data_quality, drill
 from fedrisk.budget import (
     Shape,
     evaluation_release,
@@ -174,6 +174,8 @@ def train_round(session: NodeSession, preprocessor: str, state: dict[str, torch.
     config = session.config
     plan = session.plan(campaign)
     x, y = session.matrices(preprocessor, "train")
+    attack = drill.of(config, session.name)  # a simulated attacker trains on its lies
+    y = drill.labels(attack, y, session.split.train, session.name)
     tr, pv = config.training, config.privacy
     release = sgd_release(session.shape, plan.dp_sgd, plan.sample_rate, plan.steps_per_round)
     epsilon = _charge(session, campaign, release, server_round)
@@ -187,8 +189,9 @@ def train_round(session: NodeSession, preprocessor: str, state: dict[str, torch.
     if dp is not None and result.spend != [(plan.dp_sgd, plan.sample_rate, plan.steps_per_round)]:
         raise RuntimeError(f"DP-SGD ran {result.spend}, not the charged {release}")  # never, by construction
     rows = session.released_rows(campaign)  # the exact count never leaves: the noised one released at admission
-    weight = 1.0 if pv.institution_level.enabled else rows
-    return RoundResult(result.state, int(rows), weight, result.steps, result.seconds, epsilon,
+    weight = drill.weight(attack, 1.0 if pv.institution_level.enabled else rows)
+    return RoundResult(drill.update(attack, state, result.state), int(drill.weight(attack, rows)), weight,
+                       result.steps, result.seconds, epsilon,
                        session.ledger().delta, plan.dp_sgd, plan.sample_rate)
 
 

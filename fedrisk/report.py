@@ -169,6 +169,19 @@ def per_institution_rows(metrics: dict[str, float], task: str, institutions: lis
             for name in institutions]
 
 
+def aggregation_rows(tags: dict[str, str], excluded: dict[str, Any]) -> list[dict[str, str]]:
+    """How updates were combined, any poisoning drill, and every institution left out and why
+    (from the run's list of exclusions, one row each: not from a tag MLflow cuts)."""
+    rows = [{"what": "aggregation", "detail": tags.get(run_schema.ROBUST, "-")}]
+    if run_schema.DRILL in tags:
+        rows.append({"what": "poisoning drill (not a production campaign)", "detail": tags[run_schema.DRILL]})
+    for name, entry in sorted(excluded.items()):
+        entry = entry if isinstance(entry, dict) else {"reason": entry}
+        rows.append({"what": f"excluded ({entry.get('kind', '-')}, round {entry.get('round', '-')})",
+                     "detail": str(entry.get("reason", name))})
+    return rows
+
+
 def html_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>none</p>"
@@ -187,6 +200,7 @@ def render_report(
     institutions: list[str],
     stored: StoredStatistics | None,
     split: str = "test",
+    excluded: dict[str, Any] | None = None,
 ) -> str:
     """HTML of the verdict, every rule, the plots and the per-institution figures, the summary on top."""
     rules = [
@@ -200,6 +214,7 @@ def render_report(
     per_institution = per_institution_rows(metrics, tags.get(run_schema.TASK, "credit"), institutions, split)
     sections: list[tuple[str, str]] = [
         ("Rules", html_table(rules)),
+        ("Aggregation and exclusions", html_table(aggregation_rows(tags, excluded or {}))),
         (f"Pooled {split} metrics", html_table([{k: v for k, v in run_schema.of_split(metrics, split, institutions)
                                                  .items() if ":" not in k}])),
         ("Per institution", html_table(per_institution)),

@@ -46,6 +46,7 @@ from fedrisk.sources import institution_names
 from fedrisk.splits import Split, split_institution, table_calendar
 
 SIZE = Release("train", "size", SIZE_NOISE)  # the training rows' count, released once per data version
+DEPLOYED_KEYS = {"institution", "home", "data-path", "sketch-key"}  # set by an operator; Flower's simulation sets none
 MAX_SESSIONS_PER_INSTITUTION = 8  # a campaign, and a monitoring run's windows
 MAX_CACHED_ROWS = 2_000_000  # rows a process keeps loaded across its sessions (~1 GB); least recently used go first
 
@@ -291,7 +292,7 @@ def open_session(config_json: str, node_config: dict[str, Any], names: list[str]
     name = resolve_institution(config, node_config, names)
     session = NodeSession(name, for_node(config, name, node_config), institution_home(name, node_config),
                           sketch_key_file=sketch_key_file(name, node_config) if config.consortium_features else None,
-                          deployed="institution" in node_config)
+                          deployed=bool(DEPLOYED_KEYS & set(node_config)))
     while len(_SESSIONS) > 1 and cached_rows() > MAX_CACHED_ROWS:
         _SESSIONS.popitem(last=False)
     mine = [k for k, s in _SESSIONS.items() if s.name == name and s.home == session.home]

@@ -227,8 +227,9 @@ def validate_run(
     for key, value in gate_tags.items():
         client.set_tag(run_id, key, value)
     client.set_tag(run_id, run_schema.DESCRIPTION, run_description(verdict, metrics, gate_tags))
+    excluded = json.loads(read_artifact(client, run_id, run_schema.EXCLUDED_ARTIFACT) or "{}").get("excluded", {})
     report = render_report(run_id, verdict, metrics, {**tags, **gate_tags}, institutions,
-                           load_statistics(client, run_id), policy.split)  # with the version it registered
+                           load_statistics(client, run_id), policy.split, excluded)  # with the version it registered
     client.log_text(run_id, report, run_schema.GATE_REPORT_ARTIFACT)
     judged = {}
     if model_uri:  # the files the verdict is about: a challenger's swapped later is flagged by `audit verify`

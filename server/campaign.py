@@ -69,16 +69,11 @@ from fedrisk.splits import table_calendar
 from fedrisk.tracking import CampaignRun
 from fedrisk.validation import statistics_to_dict, validate_run
 from fedrisk.warning_levels import POOLED, auc_noise_sd, ranking_metrics
+from server import robust
 from server.institution_privacy import with_institution_dp
 from server.messaging import REPLY_TIMEOUT_SECONDS, query, wait_for_nodes
 from server.secure_aggregation import SecureAggregationFailed, SecureAggregationGrid
-from server.strategy import (
-    CampaignFedAvg,
-    CampaignFedProx,
-    CampaignMixin,
-    CampaignStopped,
-    split_parts,
-)
+from server.strategy import CampaignMixin, CampaignStopped, campaign_strategy, split_parts
 
 log = logging.getLogger("fedrisk.server")
 
@@ -340,20 +335,24 @@ def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: 
     stats = admission.statistics
     noise = (institution_noise_multiplier(inst_dp.target_epsilon, inst_dp.delta, tr.rounds, inst_dp.noise_multiplier)
              if inst_dp.enabled else None)  # a budget the rounds would overspend stops the campaign here
-    strategy_cls = CampaignFedProx if tr.strategy == "fedprox" else CampaignFedAvg
-    strategy = strategy_cls(
-        fraction_train=tr.fraction, min_train_nodes=tr.min_institutions, min_evaluate_nodes=tr.min_institutions,
-        min_available_nodes=tr.min_institutions, weighted_by_key=protocol.AGGREGATION_WEIGHT,
-        **({"proximal_mu": tr.proximal_mu} if tr.strategy == "fedprox" else {}),
-    )
+    strategy = campaign_strategy(
+        config, len(stats), fraction_train=tr.fraction, min_train_nodes=tr.min_institutions,
+        min_evaluate_nodes=tr.min_institutions, min_available_nodes=tr.min_institutions,
+        weighted_by_key=protocol.AGGREGATION_WEIGHT)
+    caps = {name: 1.0 if inst_dp.enabled else float(s["split_rows"]["train"]) for name, s in stats.items()}
     strategy.setup(names=admission.names, min_institutions=tr.min_institutions, seed=config.seed, run=run,
-                   on_round=on_round, config=config)
+                   on_round=on_round, config=config, weight_caps=caps)
     for name, reason in admission.errors.items():
         strategy.exclude(name, reason, 0, admission.kind(name))
     initial, rounds = start.initial, tr.rounds
     if resume is not None:
         strategy.restore(resume)
         initial, rounds = ArrayRecord(resume.state), tr.rounds - resume.server_round
+    if config.drill is not None and config.drill.institution not in admission.names.values():
+        raise FedriskInputError(f"drill.institution '{config.drill.institution}' is not an institution of this "
+                                f"campaign ({', '.join(sorted(admission.names.values())[:5])}, ...)")
+    run.set_tags({run_schema.ROBUST: robust.describe(config),
+                  **({run_schema.DRILL: robust.describe_drill(config.drill)} if config.drill else {})})
     runner = strategy if noise is None else with_institution_dp(strategy, inst_dp, noise, len(stats))
     if secure.enabled:  # the largest weight any institution can send: its training rows, or 1
         max_weight = 1.0 if inst_dp.enabled else float(max(s["split_rows"]["train"] for s in stats.values()))
@@ -365,7 +364,7 @@ def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: 
     stop_reason = ""
     try:
         if rounds > 0:
-            runner.start(grid=grid, initial_arrays=initial, num_rounds=rounds, timeout=REPLY_TIMEOUT_SECONDS,
+            runner.start(grid=grid, initial_arrays=initial, num_rounds=rounds, timeout=tr.round_timeout,
                          train_config=ConfigRecord(dict(request)), evaluate_config=ConfigRecord(dict(request)))
     except (CampaignStopped, SecureAggregationFailed) as stop:
         stop_reason = str(stop)
@@ -663,6 +662,8 @@ def _started(config: CampaignConfig, run: CampaignRun) -> dict[str, Any]:
                     "institution_level": config.privacy.institution_level.model_dump(mode="json")},
         "secure_aggregation": config.secure_aggregation.model_dump(mode="json"),
         "warm_start": config.training.initial_model,
+        "aggregation": robust.describe(config),
+        **({"drill": config.drill.model_dump(mode="json")} if config.drill else {}),
     }
 
 

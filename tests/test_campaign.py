@@ -237,7 +237,7 @@ def test_a_crashing_client_app_is_excluded_without_quoting_its_text(tmp_path, mo
 
 
 def test_the_strategy_stops_when_too_few_institutions_train():
-    from server.strategy import CampaignFedAvg
+    from server.strategy import campaign_strategy
 
     class Run:
         def audit(self, *a, **k):
@@ -246,7 +246,7 @@ def test_the_strategy_stops_when_too_few_institutions_train():
         def log_metrics(self, *a, **k):
             return None
 
-    strategy = CampaignFedAvg(min_train_nodes=2, min_available_nodes=2)
+    strategy = campaign_strategy(load_config(None), 2, min_train_nodes=2, min_available_nodes=2)
     strategy.setup(names={1: "a", 2: "b"}, min_institutions=2, seed=0, run=Run(), on_round=lambda *a: None,
                    config=load_config(None))
     with pytest.raises(CampaignStopped, match="0 institution"):

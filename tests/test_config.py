@@ -326,3 +326,16 @@ def test_the_shipped_policies_are_the_package_data():
     for task, packaged in DEFAULT_POLICIES.items():
         assert packaged.is_relative_to(root / "fedrisk")
         assert (root / "configs" / f"gate_{task}.yaml").read_text() == packaged.read_text()
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ({"data.synthetic.sizes": "equals"}, "key 'data.synthetic.sizes': Input should be 'skewed' or 'equal'"),
+    ({"task": "fraud", "data.synthetic.sizes": "equal"}, "built-in default config: data.synthetic.sizes applies to the credit"),
+    ({"tracking.institution_metrics_limit": -1},
+     "key 'tracking.institution_metrics_limit': Input should be greater than or equal to 0"),
+    ({"training.round_timeout": 0}, "key 'training.round_timeout': Input should be greater than 0"),
+])
+def test_bad_values_are_refused_naming_their_key(overrides, says):
+    with pytest.raises(FedriskInputError) as err:
+        load_config(None, overrides)
+    assert says in str(err.value) and "(top level)" not in str(err.value) and "Value error" not in str(err.value)

@@ -118,7 +118,8 @@ def test_a_killed_campaign_resumes_and_spends_what_an_uninterrupted_one_would(tm
     (interrupted,) = [e for e in events if e["event"] == "campaign_interrupted"]
     (resumed_entry,) = [e for e in events if e["event"] == "campaign_resumed"]
     after = resumed_entry["details"]["after_round"]
-    assert after >= 2 and interrupted["details"]["rounds_completed"] >= after
+    # a kill between a round's log entry and its checkpoint redoes that round (same releases, charged once)
+    assert after >= done - 1 and after >= 1 and interrupted["details"]["rounds_completed"] >= after
     assert {e["details"]["round"] for e in events if e["event"] == "round_completed"} == set(range(1, 7))
     (ended,) = [e for e in events if e["event"] == "campaign_ended"]
     assert ended["details"]["rounds_completed"] == 6 and ended["details"]["status"] == "completed"

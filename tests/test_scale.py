@@ -10,17 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_grid import LocalGrid
 from mlflow.tracking import MlflowClient
 
+from clients.client_app import app as client_app
 from fedrisk import lineage, run_schema
 from fedrisk import session as sessions
 from fedrisk.budget import Shape, check_campaign_fits, plan_campaign
 from fedrisk.config import config_to_json, load_config
 from fedrisk.errors import BudgetExhaustedError, FedriskInputError
 from fedrisk.evidence import write_evidence
-from fedrisk.launcher import simulate
+from fedrisk.launcher import campaign_outcome
 from fedrisk.ledger import PrivacyLedger
 from fedrisk.tracking import TrackedRun, read_artifact, run_metrics
+from server.campaign import run_campaign
 
 
 def test_sessions_of_many_institutions_are_kept_across_rounds(monkeypatch):
@@ -123,15 +126,16 @@ def test_a_thousand_institutions_fit_the_runs_tags_whole():
     assert run_schema.institutions_of({run_schema.INSTITUTIONS: "inst01,inst02"}) == ["inst01", "inst02"]  # older runs
 
 
-@pytest.mark.slow
 def test_a_large_consortium_keeps_its_institutions_metrics_in_one_table(tmp_path):
     """Beyond `tracking.institution_metrics_limit` institutions, each one's metrics go to one
     artifact table, not to thousands of MLflow metrics; the gate still judges every institution
-    from it, and the CLI's summary and the evidence pack read it."""
+    from it, and the CLI's summary and the evidence pack read it (the real ServerApp phases and
+    ClientApp through `LocalGrid`)."""
     config = load_config(None, {"data.synthetic.institutions": 3, "data.synthetic.rows": 9000, "training.rounds": 2,
                                 "tracking.institution_metrics_limit": 2,
                                 "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db"}, work_dir=tmp_path)
-    outcome = simulate(config)
+    run_campaign(LocalGrid.simulation(client_app, 3), config, "table")
+    outcome = campaign_outcome(config, "table")
     assert outcome.status == "completed"
     client = MlflowClient(config.tracking.uri)
     run = client.get_run(outcome.run_id)
