@@ -3,7 +3,8 @@
 Ten institutions of the built-in credit consortium (default campaign, DP on); one of them (the
 third largest, ~11 % of the rows, by default) runs a poisoning drill (`drill:` in the config):
 its update scaled x10 and x100, its sign flipped, trained on flipped labels, its example count
-inflated x10, its weights NaN, or its rows of sex F all labelled as defaults. Each scenario
+inflated x10, its weights NaN, or its rows of sex F all labelled as defaults; or three
+institutions each lose their reply in 30 % of the rounds (as after the round's timeout). Each scenario
 runs without any defence (FedAvg as claimed: no weight cap, no norm bound, no exclusion) and
 with each defence asked for (`default` = fedrisk's defaults); the same seeds for every cell.
 Reported: the final model's exact test AUC and approval-rate gap by sex (PD < threshold approves),
@@ -57,6 +58,7 @@ SCENARIOS: dict[str, dict] = {
     "count x10": {"attack": "inflate_count", "factor": 10.0},
     "NaN weights": {"attack": "nan"},
     "sex F relabelled": {"attack": "group_relabel", "group": "sex=F"},
+    "3 drop out": {"attack": "dropout", "institution": ["inst02", "inst05", "inst08"], "rate": 0.3},
 }
 DEFENCES: dict[str, dict] = {
     "none": {"training.robust.cap_weights": False, "training.robust.norm_bound": None,

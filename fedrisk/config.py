@@ -197,10 +197,15 @@ class Drill(StrictModel):
     """A poisoning drill, in simulation only: one institution attacks the campaign so that the
     consortium can measure its defences (the run is tagged `fedrisk.drill`)."""
 
-    institution: str
-    attack: Literal["scale", "sign_flip", "label_flip", "inflate_count", "nan", "group_relabel"]
+    institution: str | list[str] = Field(description="the attacker, or several (colluding, or dropping out)")
+    attack: Literal["scale", "sign_flip", "label_flip", "inflate_count", "nan", "group_relabel", "dropout"]
     factor: float = Field(10.0, gt=0.0, description="scale: update times this; inflate_count: example count times this")
     group: str = Field("sex=F", description="group_relabel: ATTRIBUTE=VALUE, whose training rows are all labelled positive")
+    rate: float = Field(0.3, gt=0.0, le=1.0, description="dropout: share of rounds whose reply each named institution loses")
+
+    @property
+    def institutions(self) -> list[str]:
+        return [self.institution] if isinstance(self.institution, str) else list(self.institution)
 
     @model_validator(mode="after")
     def _group(self) -> Drill:

@@ -3,10 +3,15 @@ measure what its defences (`training.strategy`, `training.robust`) hold against.
 
 The attacker's node trains as usual (the same ledger charge, the same DP-SGD) and then lies:
 on its labels before training (label_flip, group_relabel) or in its reply after it (scale,
-sign_flip, nan, inflate_count). A deployed node refuses any campaign carrying a drill.
+sign_flip, nan, inflate_count); or its replies are lost in some rounds (dropout: the server
+drops them on arrival, as if they had not come within the round's timeout: a node made to
+sleep instead would hold one of the simulation's few workers and stall the others). A
+deployed node refuses any campaign carrying a drill.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pandas as pd
@@ -18,7 +23,17 @@ from fedrisk.errors import FedriskInputError
 
 def of(config: CampaignConfig, name: str) -> Drill | None:
     """The drill this institution plays the attacker in, if any."""
-    return config.drill if config.drill is not None and config.drill.institution == name else None
+    return config.drill if config.drill is not None and name in config.drill.institutions else None
+
+
+def drops(drill: Drill | None, name: str, server_round: int, seed: int) -> bool:
+    """Whether this institution's reply is lost this round (a dropout drill: the server treats it
+    as never having come, as after `training.round_timeout`): a fixed draw per seed,
+    institution and round, `drill.rate` of the rounds on average."""
+    if drill is None or drill.attack != "dropout":
+        return False
+    digest = hashlib.sha256(f"{seed}/{name}/{server_round}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < drill.rate
 
 
 def refuse_deployed(config: CampaignConfig, name: str, deployed: bool) -> None:

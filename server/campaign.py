@@ -348,8 +348,9 @@ def train(grid: Grid, config: CampaignConfig, request: ConfigRecord, admission: 
     if resume is not None:
         strategy.restore(resume)
         initial, rounds = ArrayRecord(resume.state), tr.rounds - resume.server_round
-    if config.drill is not None and config.drill.institution not in admission.names.values():
-        raise FedriskInputError(f"drill.institution '{config.drill.institution}' is not an institution of this "
+    unknown = [n for n in (config.drill.institutions if config.drill else []) if n not in admission.names.values()]
+    if unknown:
+        raise FedriskInputError(f"drill.institution '{unknown[0]}' is not an institution of this "
                                 f"campaign ({', '.join(sorted(admission.names.values())[:5])}, ...)")
     run.set_tags({run_schema.ROBUST: robust.describe(config),
                   **({run_schema.DRILL: robust.describe_drill(config.drill)} if config.drill else {})})

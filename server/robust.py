@@ -153,5 +153,6 @@ def describe(config: CampaignConfig) -> str:
 def describe_drill(drill: Drill) -> str:
     """The run's `fedrisk.drill` tag."""
     detail = {"scale": f" x{drill.factor:g}", "inflate_count": f" x{drill.factor:g}",
-              "group_relabel": f" ({drill.group} labelled positive)"}.get(drill.attack, "")
-    return f"{drill.institution}: {drill.attack}{detail}"
+              "group_relabel": f" ({drill.group} labelled positive)",
+              "dropout": f" ({drill.rate:g} of the rounds each)"}.get(drill.attack, "")
+    return f"{', '.join(drill.institutions)}: {drill.attack}{detail}"

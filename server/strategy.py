@@ -38,7 +38,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
 
-from fedrisk import checkpoint, protocol, run_schema, witness
+from fedrisk import checkpoint, drill, protocol, run_schema, witness
 from fedrisk.config import CampaignConfig
 from fedrisk.evaluation import SplitStatistics, split_metrics
 from fedrisk.tracking import CampaignRun
@@ -126,7 +126,7 @@ class CampaignMixin:
     def usable_replies(self, replies: Iterable[Message], server_round: int) -> list[Message]:
         """Replies without error; an error excludes its institution from the campaign."""
         ok = []
-        for msg in replies:
+        for msg in self.lost_in_drill(server_round, list(replies)):
             name = self.names.get(msg.metadata.src_node_id)
             if name is None or name in self.excluded:  # not admitted to this campaign, or already out
                 continue
@@ -218,7 +218,7 @@ class CampaignMixin:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.round_offset
-        replies = list(replies)
+        replies = self.lost_in_drill(server_round, list(replies))
         dropped = self.note_dropouts(server_round, replies)
         ok = self.usable_replies(replies, server_round)
         self.log_validation(server_round - 1, ok)
@@ -269,6 +269,16 @@ class CampaignMixin:
             self.save_checkpoint(server_round, arrays)
         self.on_round(server_round, {**self.latest_validation, **metrics})
         return arrays, aggregated
+
+    def lost_in_drill(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """A dropout drill's lost training replies: dropped here, as if their round had timed out
+        first (before anything counts them: institution-level DP's fixed set then stops the campaign)."""
+        def lost(msg: Message) -> bool:
+            name = self.names.get(msg.metadata.src_node_id, "")
+            return (msg.metadata.message_type == MessageType.TRAIN
+                    and drill.drops(drill.of(self.config, name), name, server_round, self.config.seed))
+
+        return [m for m in replies if not lost(m)]
 
     def note_dropouts(self, server_round: int, replies: list[Message]) -> list[str]:
         """Institutions asked to train that did not answer within `training.round_timeout`: out of

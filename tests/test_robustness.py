@@ -444,3 +444,23 @@ def test_the_gate_report_lists_every_exclusion_however_long_another_reason_is():
     rows = aggregation_rows({run_schema.ROBUST: "fedavg"}, excluded)
     assert [r["what"] for r in rows] == ["aggregation", "excluded (input, round 0)", "excluded (robust, round 3)"]
     assert "inst02: update flagged" in rows[2]["detail"]
+
+
+def test_a_dropout_drill_loses_its_share_of_rounds_and_the_campaign_goes_on(tmp_path):
+    """Which rounds an institution's reply is lost is a fixed draw (rerunnable); the server sees
+    those rounds as the timeout would leave them: the institution sits the round out, rejoins."""
+    from fedrisk import drill
+
+    config = _config(tmp_path, rounds=4, **{"institutions": 4, "data.synthetic.rows": 12000,
+                                            "drill": {"institution": ["inst02", "inst04"], "attack": "dropout",
+                                                      "rate": 0.5}})
+    missed = [drill.drops(config.drill, "inst02", r, config.seed) for r in range(1, 2001)]
+    assert 0.47 < np.mean(missed) < 0.53  # binomial sd 0.011
+    assert not any(drill.drops(drill.of(config, "inst01"), "inst01", r, config.seed) for r in range(1, 50))
+    run_campaign(LocalGrid.simulation(client_app, 4), config, "drops")
+    outcome = campaign_outcome(config, "drops")
+    expected = {r: [n for n in ("inst02", "inst04") if drill.drops(config.drill, n, r, config.seed)] for r in range(1, 5)}
+    assert outcome.status == "completed" and outcome.tags[run_schema.DRILL] == "inst02, inst04: dropout (0.5 of the rounds each)"
+    assert [(e["round"], e["institutions"]) for e in _events(config, "institutions_dropped")] == [
+        (r, names) for r, names in expected.items() if names]
+    assert _history(config, outcome.run_id, run_schema.INSTITUTIONS_TRAINED) == [4.0 - len(expected[r]) for r in range(1, 5)]
