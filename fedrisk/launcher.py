@@ -65,6 +65,10 @@ def preflight(config: CampaignConfig, campaign: str = "preflight") -> list[str]:
         raise FedriskInputError(
             f"{len(names)} institution(s) configured, training.min_institutions is {config.training.min_institutions}")
     check_secure_aggregation(config, len(names))
+    unknown = [n for n in (config.drill.institutions if config.drill else []) if n not in names]
+    if unknown:  # before any institution is asked (and charged) anything
+        raise FedriskInputError(f"drill.institution '{unknown[0]}' is not an institution of this campaign "
+                                f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
     inst = config.privacy.institution_level
     if inst.enabled:  # the campaign's institution-level budget must pay for its rounds
         institution_noise_multiplier(inst.target_epsilon, inst.delta, config.training.rounds, inst.noise_multiplier)

@@ -238,6 +238,16 @@ def test_label_attacks_change_what_the_attacker_trains_on(tmp_path):
     assert max(cosines) < min(honest)
 
 
+def test_a_look_alike_drill_name_is_refused_before_any_budget_is_spent(tmp_path):
+    from fedrisk.guard import homes_root
+    from fedrisk.launcher import preflight
+
+    config = _config(tmp_path, **{"drill": {"institution": ["inst01", "INST02"], "attack": "sign_flip"}})
+    with pytest.raises(FedriskInputError, match="drill.institution 'INST02' is not an institution"):
+        preflight(config)
+    assert not list(homes_root().glob("*/ledger.json"))  # nothing charged, nothing reserved
+
+
 def test_a_drill_naming_no_institution_of_the_campaign_is_refused(tmp_path):
     config = _config(tmp_path, rounds=1, **{"drill": {"institution": "inst09", "attack": "sign_flip"}})
     with pytest.raises(FedriskInputError, match="drill.institution 'inst09' is not an institution"):
