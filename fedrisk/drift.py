@@ -123,15 +123,24 @@ def held_cells(reference: np.ndarray, current: np.ndarray, reference_noise: floa
     return (e > sigmas * reference_noise) | (a > sigmas * current_noise)
 
 
-def psi(reference: np.ndarray, current: np.ndarray) -> float:
-    """Population stability index of `current` counts against `reference` counts."""
-    e = np.asarray(reference, dtype=float)
-    a = np.asarray(current, dtype=float)
-    if e.sum() == 0 or a.sum() == 0:
+def psi(reference: np.ndarray, current: np.ndarray, reference_noise: float | np.ndarray = 0.0,
+        current_noise: float | np.ndarray = 0.0) -> float:
+    """Population stability index of `current` counts against `reference` counts.
+
+    A noised count is taken as at least its noise's standard deviation: below that it cannot be
+    told from an empty cell, and a cell noised down to near zero would otherwise weigh ln(a / e)
+    with e at the share floor (a stable institution's CSI of 0.57 on a cell of 116 rows noised
+    with sd 56 was seen; its 99th percentile under no drift fell from 0.51 to 0.18 with this).
+    """
+    e = np.maximum(np.asarray(reference, dtype=float), reference_noise)
+    a = np.maximum(np.asarray(current, dtype=float), current_noise)
+    if e.sum() <= 0 or a.sum() <= 0:
         return float("nan")
-    e = np.maximum(e / e.sum(), SHARE_FLOOR)
-    a = np.maximum(a / a.sum(), SHARE_FLOOR)
-    return float(np.sum((a - e) * np.log(a / e)))
+    return float(_psi_of_shares(np.maximum(e / e.sum(), SHARE_FLOOR), np.maximum(a / a.sum(), SHARE_FLOOR)))
+
+
+def _psi_of_shares(e: np.ndarray, a: np.ndarray) -> float | np.ndarray:
+    return np.sum((a - e) * np.log(a / e), axis=-1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -166,9 +175,10 @@ def noise_bound(reference: np.ndarray, current: np.ndarray, confidence: float = 
         # five times faster than drawing them), plus the release's noise
         g = sampling * np.sqrt(shares)
         counts = rows * shares + np.sqrt(rows) * (g - shares * g.sum(axis=1, keepdims=True))
-        counts += released * np.broadcast_to(np.asarray(noise, dtype=float), shares.shape)
+        sd = np.broadcast_to(np.asarray(noise, dtype=float), shares.shape)
+        counts = np.maximum(counts + released * sd, sd)  # as `psi` takes a noised count
         total = counts.sum(axis=1, keepdims=True)
         return np.maximum(counts / np.where(total > 0, total, 1.0), SHARE_FLOOR)
 
     ref, win = drawn(big_n, reference_noise, normals[0], normals[1]), drawn(n, current_noise, normals[2], normals[3])
-    return float(np.quantile(np.sum((win - ref) * np.log(win / ref), axis=1), confidence))
+    return float(np.quantile(_psi_of_shares(ref, win), confidence))

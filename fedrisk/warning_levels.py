@@ -143,7 +143,7 @@ def measure_scope(reference_counts: dict[str, Any], counts: dict[str, np.ndarray
         base_noise = np.broadcast_to(np.asarray(score_reference_noise if column == SCORE and score_reference_noise
                                                 is not None else reference_noise, dtype=float), base.shape)
         held = held_cells(base, mine, base_noise, noise)
-        result.psi[column] = psi(base[held], mine[held])
+        result.psi[column] = psi(base[held], mine[held], base_noise[held], noise)
         result.bound[column] = noise_bound(base[held], mine[held], levels.noise_confidence, base_noise[held], noise)
     rule = levels.performance
     if stats is not None and np.sum(stats.hist_pos) and np.sum(stats.hist_neg):

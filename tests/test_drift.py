@@ -126,10 +126,30 @@ def test_dp_noise_on_the_counts_widens_the_bound_as_much_as_it_moves_psi():
     exceed, noiseless = [], []
     for _ in range(400):
         window = rng.multinomial(2_000, probabilities) + rng.normal(0, 40, 10)
-        exceed.append(psi(reference, window) > noise_bound(reference, window, 0.99, 40.0, 40.0))
+        exceed.append(psi(reference, window, 40.0, 40.0) > noise_bound(reference, window, 0.99, 40.0, 40.0))
         noiseless.append(psi(reference, window) > noise_bound(reference, window, 0.99))
     assert np.mean(exceed) <= 0.03
     assert np.mean(noiseless) > 0.2  # the sampling bound alone would raise false alarms
+
+
+def test_a_small_cell_noised_to_nothing_does_not_make_a_stable_institution_drift():
+    """Seen in CI: a small institution's reference cell of ~116 rows, released with noise sd 56,
+    came back near zero, and at the share floor its CSI on stable windows read 0.33-0.57 (red).
+    A noised count counts as at least its noise's sd, in the PSI and in its bound alike."""
+    true = np.array([358, 556, 548, 447, 292, 116], dtype=float)
+    noised_down = true - [0, 0, 0, 0, 0, 130]  # -14: a 2.3 sd draw
+    window = true / true.sum() * 1012
+    assert psi(noised_down, window) > 0.3  # the share floor's reading
+    assert psi(noised_down, window, 56.25, 30.0) < 0.05
+    rng = np.random.default_rng(3)
+    values, exceed = [], []
+    for _ in range(300):
+        reference = true + rng.normal(0, 56.25, 6)
+        stable = rng.multinomial(1012, true / true.sum()) + rng.normal(0, 30.0, 6)
+        values.append(psi(reference, stable, 56.25, 30.0))
+        exceed.append(values[-1] > noise_bound(reference, stable, 0.99, 56.25, 30.0, draws=5000))
+    assert np.quantile(values, 0.99) < 0.25  # below red (0.51 at the share floor alone)
+    assert np.mean(exceed) <= 0.03  # and the bound still covers ~99 %
 
 
 def test_psi_of_stable_windows_stays_within_the_sampling_noise_bound():

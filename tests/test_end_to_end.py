@@ -305,13 +305,14 @@ def test_gate_challenges_a_fair_model_and_blocks_a_biased_or_random_one(tmp_path
     assert ok.returncode == 0, ok.stderr
     blocked = _cli("validate", biased.run_id, "--tracking-uri", uri, cwd=tmp_path)
     assert blocked.returncode == 3 and "BLOCK approval_rate_difference.sex" in blocked.stdout
-    # a fair model's measured gap: up to 0.037 seen (true gap plus noise sd ~0.008), so the
-    # warning sits 3 noise sd above that
+    # a fair model's measured gap: up to 0.037 seen, and its 95 % interval reaches 0.035 above it
+    # (sampling and DP noise, sd ~0.018; an upper end of 0.069 was seen): a rule is met only when
+    # the whole interval is, so the warning sits at 0.12, 0.05 (near 3 sd) beyond the highest end seen
     sex_only = tmp_path / "sex_only.yaml"
     sex_only.write_text(
         "name: sex-only\nrules:\n"
-        "  - {metric: approval_rate_difference.sex, comparator: '<=', threshold: 0.08, severity: block}\n"
-        "  - {metric: approval_rate_difference.sex, comparator: '<=', threshold: 0.06, severity: warn}\n"
+        "  - {metric: approval_rate_difference.sex, comparator: '<=', threshold: 0.15, severity: block}\n"
+        "  - {metric: approval_rate_difference.sex, comparator: '<=', threshold: 0.12, severity: warn}\n"
         "  - {metric: auc, comparator: '>=', threshold: 0.7, severity: block}\n"
     )
     clean = _cli("validate", fair.run_id, "--tracking-uri", uri, "--policy", str(sex_only), cwd=tmp_path)

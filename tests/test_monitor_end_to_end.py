@@ -104,8 +104,9 @@ def test_population_shift_goes_green_yellow_orange_red_in_mlflow(trained):
     page = Path(client.download_artifacts(run.info.run_id, "drift/report.html", str(folder))).read_text()
     assert self_contained_problems(page) == [] and page.count("<img src='data:image/png") == 4  # renders in MLflow
     report = json.loads(Path(client.download_artifacts(run.info.run_id, "drift/report.json", str(folder))).read_text())
-    # the pooled scope of the stable windows; a small institution's own CSI has been seen just
-    # above its bound on a stable window (inst03 loan_amount 0.33 vs 0.30, not yet explained)
+    # the pooled scope of the stable windows (the overall level above covers the institutions':
+    # a small institution's reference cell noised to near zero once made its CSI 0.33-0.57 on
+    # stable windows; a noised count now counts as at least its noise sd, tests/test_drift.py)
     assert [w["scopes"]["pooled"]["level"] for w in report["windows"]][:2] == ["green", "green"]
     assert not report["retrain"]["triggered"]
 
