@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from fedrisk import run_schema
+from fedrisk import model_names, run_schema
 from fedrisk.cli_output import BLOCKED_EXIT_CODE, print_outcome, set_values
 from fedrisk.config import load_config
 from fedrisk.environment import quiet
@@ -58,6 +58,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
+    from fedrisk.drift_report import window_rows
     from fedrisk.launcher import monitor, simulate
     from fedrisk.monitor_config import load_monitor_config
     from fedrisk.monitoring import plan_monitoring, retrain_config
@@ -72,27 +73,17 @@ def _monitor(args: argparse.Namespace) -> int:
     plan = plan_monitoring(load_monitor_config(args.config, overrides), args.model)
     if args.retrain:  # a bad retraining campaign fails now, not after the last window
         retrain_config(plan, 0, args.rounds)
-    print(f"fedrisk: monitoring {plan.model.name} version {plan.model.version} ({plan.training.task}) over "
+    print(f"fedrisk: monitoring {plan.model.name}/{plan.model.version} ({plan.training.task}) over "
           f"{len(plan.windows)} windows of {len(plan.institutions)} institutions", file=sys.stderr)
     run = monitor(plan.monitor, f"{plan.model.name}/{plan.model.version}", len(plan.institutions),
                   verbose=args.verbose)
     client_report = _download_report(plan.monitor.tracking.uri, run.info.run_id)
     metric = plan.monitor.levels.performance.metric
-    relative = plan.monitor.levels.performance.mode == "relative"
     print(f"{'window':<12} {'rows':>8} {'score PSI':>9} {'max CSI (input)':<28} {metric + ' (change)':<20} level   why")
-    for window in client_report["windows"]:
-        pooled = window["scopes"]["pooled"]
-        csi = {c: v for c, v in pooled["psi"].items() if c != "score" and v is not None}
-        top = max(csi, key=csi.get) if csi else None
-        perf = pooled["performance"].get(metric)
-        drop = pooled["drops"].get(metric)
-        change = "" if drop is None else f" ({-drop:+.1%})" if relative else f" ({-drop:+.4f})"
-        perf_text = "no labels (2 classes)" if perf is None else f"{perf:.4f}{change}"
-        csi_text = f"{csi[top]:.3f} ({top})" if top and csi[top] is not None else "-"
-        score_psi = "-" if pooled["psi"]["score"] is None else f"{pooled['psi']['score']:.3f}"
-        print(f"{window['label']:<12} {pooled['rows']:>8} {score_psi:>9} {csi_text:<28} "
-              f"{perf_text:<20} {window['level']:<7} {'; '.join(window['reasons'][:2])}")
-        for reason in window["missing"].values():
+    for row in window_rows(client_report):
+        print(f"{row['window']:<12} {row['rows']:>8} {row['score PSI']:>9} {row['max CSI (input)']:<28} "
+              f"{row[metric + ' (change)']:<20} {row['level']:<7} {'; '.join(row['why'][:2])}")
+        for reason in row["not measured"]:
             print(f"{'':<12} not measured: {reason}")
     print(client_report["retrain"]["summary"])
     print(f"MLflow run   {run.info.run_id} (experiment '{plan.monitor.tracking.experiment}'), "
@@ -135,11 +126,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from fedrisk.promotion import APPROVERS_NEEDED, approve
+    from fedrisk.model_names import parse_model
+    from fedrisk.promotion import APPROVERS_NEEDED, approve, registered_version
 
     if args.justification and not args.override:
         raise FedriskInputError("--justification goes with --override (a blocked version)")
-    decision = approve(_tracking_uri(args), args.model, args.version, args.approver, override=args.override,
+    named = parse_model(args.model)
+    uri = _tracking_uri(args)
+    version = named.version or registered_version(uri, named)
+    decision = approve(uri, named.name, version, args.approver, override=args.override,
                        justification=args.justification, audit_log=args.audit_log)
     where = f"{decision.model}/{decision.version}"
     if not decision.promoted:
@@ -157,7 +152,7 @@ def _rollback(args: argparse.Namespace) -> int:
     from fedrisk.audit import default_actor
     from fedrisk.promotion import rollback
 
-    decision = rollback(_tracking_uri(args), args.model, args.actor or default_actor(), reason=args.reason,
+    decision = rollback(_tracking_uri(args), args.model, args.approver or default_actor(), reason=args.reason,
                         audit_log=args.audit_log)
     print(f"{decision.model}/{decision.version} is champion again; {decision.model}/{decision.previous} archived")
     print(f"audit head   {decision.audit_head}")
@@ -318,13 +313,14 @@ def _explain(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from fedrisk.config import absolute_tracking_uri
+    from fedrisk.model_names import model_uri
     from fedrisk.scorecard import build_scorecard
     from fedrisk.serving import load_model_files
     from fedrisk.sources import read_table
 
     mlflow.set_tracking_uri(absolute_tracking_uri(args.tracking_uri, Path.cwd()))
     try:
-        state, preprocessor, spec = load_model_files(args.model)
+        state, preprocessor, spec = load_model_files(model_uri(args.model))
     except Exception as exc:  # MLflow raises several types for an unknown model
         raise FedriskInputError(f"cannot load model {args.model}: {str(exc).splitlines()[0]}") from None
     if spec.kind != "logistic":
@@ -396,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_options(val)
     val.set_defaults(func=_validate)
     mon = sub.add_parser("monitor", help="watch a registered model's new data windows for drift")
-    mon.add_argument("model", nargs="?", help="NAME@ALIAS or NAME/VERSION, e.g. fedrisk-credit@challenger")
+    mon.add_argument("model", nargs="?", help=f"{model_names.HELP}; required unless the --config file sets model:")
     mon.add_argument("--config", help="monitoring YAML (default: built-in, as configs/monitor_credit.yaml)")
     mon.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a monitoring key, e.g. --set windows.synthetic.scenario=downturn")
@@ -408,8 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("-v", "--verbose", action="store_true", help="show Flower and Ray logs")
     mon.set_defaults(func=_monitor)
     pro = sub.add_parser("promote", help="approve a registered model version; two approvers make it champion")
-    pro.add_argument("model", help="registered model name, e.g. fedrisk-credit")
-    pro.add_argument("version")
+    pro.add_argument("model", help=f"{model_names.HELP}; an alias is read once, and the approval names its version")
     pro.add_argument("--approver", required=True, help="your name; not the campaign's trainer")
     pro.add_argument("--override", action="store_true", help="approve a version the gate blocked")
     pro.add_argument("--justification", help="why a blocked version should serve (with --override)")
@@ -417,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     pro.set_defaults(func=_promote)
     rol = sub.add_parser("rollback", help="give the champion alias back to the previous champion")
     rol.add_argument("model", help="registered model name")
-    rol.add_argument("--actor", help="who rolls back (default: $FEDRISK_ACTOR or the OS user)")
+    rol.add_argument("--approver", help="who decides the rollback (default: $FEDRISK_ACTOR or the OS user)")
     rol.add_argument("--reason")
     _store_options(rol)
     rol.set_defaults(func=_rollback)
@@ -455,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--out", default=None, help="write the proposed spec here (YAML); default: print it")
     ins.set_defaults(func=_inspect)
     exp = sub.add_parser("explain", help="points scorecard and reason codes of a logistic model")
-    exp.add_argument("model", help="MLflow model URI, e.g. models:/fedrisk-credit@challenger")
+    exp.add_argument("model", help=f"{model_names.HELP}, or any MLflow model URI")
     exp.add_argument("csv", help="applicants (raw feature columns)")
     exp.add_argument("--out", default="reason_codes.csv")
     exp.add_argument("--top", type=int, default=3)

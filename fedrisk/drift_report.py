@@ -37,7 +37,12 @@ def psi_chart(report: dict[str, Any]) -> Figure:
     top = float(np.nanmax([*values, 0.3]))
     for name in institutions:
         series = np.array([w["scopes"].get(name, {}).get("psi", {}).get(SCORE, np.nan) for w in windows], dtype=float)
-        ax.plot(labels, series, color="grey", lw=0.8, alpha=0.6)
+        raised = [w["scopes"][name]["level"] for w in windows if name in w["scopes"]]
+        worst = max(raised, key=LEVELS.index, default="green")
+        if LEVELS.index(worst) >= LEVELS.index("orange"):  # named: the reader looks for who raised it
+            ax.plot(labels, series, lw=1.2, marker=".", label=f"{name} (reached {worst})")
+        else:
+            ax.plot(labels, series, color="grey", lw=0.8, alpha=0.6)
         top = float(np.nanmax([top, *series]))
     ax.plot(labels, values, color="black", lw=2, label="pooled")
     ax.scatter(labels, values, s=80, zorder=3,
@@ -65,7 +70,9 @@ def csi_chart(report: dict[str, Any]) -> Figure:
     ax.set_yticks(range(len(columns)), columns)
     for i in range(len(columns)):
         for j in range(len(windows)):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8)
+            dark = matrix[i, j] > 0.6 * image.norm.vmax  # YlOrRd's upper range: white reads, black does not
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label="PSI / CSI (pooled)")
     ax.set_title("Stability of the score and of each input")
     fig.tight_layout()
@@ -123,26 +130,57 @@ def performance_chart(report: dict[str, Any]) -> Figure | None:
     return fig
 
 
-def _html(report: dict[str, Any], images: dict[str, str]) -> str:
+def window_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per window, the pooled scope's measures as the console prints them and the page shows them."""
+    rule = report["levels"]["performance"]
+    metric = rule["metric"]
     rows = []
-    for w in report["windows"]:
-        pooled = w["scopes"][POOLED]
-        perf = pooled["performance"].get(report["levels"]["performance"]["metric"])
-        rows.append(
-            f"<tr><td>{html.escape(w['label'])}</td><td>{pooled['rows']}</td><td>{pooled['psi'][SCORE]:.3f}</td>"
-            f"<td>{'' if perf is None else f'{perf:.4f}'}</td>"
-            f"<td style='background:{COLOURS[w['level']]};color:white'>{w['level']}</td>"
-            f"<td>{html.escape('; '.join(w['reasons']))}</td></tr>"
-        )
+    for window in report["windows"]:
+        pooled = window["scopes"][POOLED]
+        csi = {c: v for c, v in pooled["psi"].items() if c != SCORE and v is not None}
+        top = max(csi, key=csi.get) if csi else None
+        perf, drop = pooled["performance"].get(metric), pooled["drops"].get(metric)
+        change = "" if drop is None else f" ({-drop:+.1%})" if rule["mode"] == "relative" else f" ({-drop:+.4f})"
+        rows.append({"window": window["label"], "rows": pooled["rows"],
+                     "score PSI": "-" if pooled["psi"][SCORE] is None else f"{pooled['psi'][SCORE]:.3f}",
+                     "max CSI (input)": f"{csi[top]:.3f} ({top})" if top else "-",
+                     f"{metric} (change)": "no labels (2 classes)" if perf is None else f"{perf:.4f}{change}",
+                     "level": window["level"], "why": window["reasons"],
+                     "not measured": list(window["missing"].values())})
+    return rows
+
+
+def _level_cell(level: str, text: str = "") -> str:
+    ink = "black" if level == "yellow" else "white"
+    return f"<td style='background:{COLOURS[level]};color:{ink}'>{html.escape(text or level)}</td>"
+
+
+def _html(report: dict[str, Any], images: dict[str, str]) -> str:
+    rows = window_rows(report)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0] if k != "not measured") if rows else ""
+    body = "".join(
+        "<tr>" + "".join(_level_cell(v) if k == "level" else f"<td>{html.escape(str(v) if k != 'why' else '; '.join(v))}</td>"
+                         for k, v in row.items() if k != "not measured") + "</tr>"
+        + "".join(f"<tr><td></td><td colspan='6'>not measured: {html.escape(m)}</td></tr>" for m in row["not measured"])
+        for row in rows)
+    # every scope's level per window, with its first reason: the institution that raised a level is named
+    windows = report["windows"]
+    scopes = [POOLED, *sorted({s for w in windows for s in w["scopes"] if s != POOLED})]
+    levels = "".join(
+        f"<tr><td>{html.escape(scope)}</td>" + "".join(
+            _level_cell(w["scopes"][scope]["level"], "; ".join([w["scopes"][scope]["level"], *w["scopes"][scope]["reasons"][:1]]))
+            if scope in w["scopes"] else "<td>-</td>" for w in windows) + "</tr>"
+        for scope in scopes)
     model = report["model"]
     pictures = "".join(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{png}'>"
                        for title, png in images.items())  # inlined: the page renders inside MLflow's viewer
     return (
         "<html><head><meta charset='utf-8'><title>fedrisk drift report</title></head><body>"
-        f"<h1>Drift report: {html.escape(model['name'])} version {model['version']}</h1>"
+        f"<h1>Drift report: {html.escape(model['name'])}/{model['version']}</h1>"
         f"<p>{html.escape(report['retrain']['summary'])}</p>"
-        "<table border='1' cellpadding='4'><tr><th>window</th><th>rows</th><th>score PSI</th>"
-        f"<th>{report['levels']['performance']['metric']}</th><th>level</th><th>why</th></tr>{''.join(rows)}</table>"
+        f"<h2>Windows (pooled)</h2><table border='1' cellpadding='4'><tr>{head}</tr>{body}</table>"
+        "<h2>Level of each scope</h2><table border='1' cellpadding='4'><tr><th>scope</th>"
+        + "".join(f"<th>{html.escape(w['label'])}</th>" for w in windows) + f"</tr>{levels}</table>"
         f"{pictures}</body></html>"
     )
 

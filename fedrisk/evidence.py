@@ -27,6 +27,7 @@ from fedrisk.report import (
     approval_chart,
     calibration_chart,
     calibration_rows,
+    group_rows,
     html_table,
     per_institution_rows,
     roc_ks_chart,
@@ -242,14 +243,16 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
     calibration = ""
     if stored is not None and stored.stats.examples:
         png, _ = calibration_chart(stored.stats)
-        calibration = (f"<img src='data:image/png;base64,{roc_ks_chart(stored.stats)}'>"
+        calibration = (f"<img src='data:image/png;base64,{roc_ks_chart(stored.stats, ident['task'])}'>"
                        f"<img src='data:image/png;base64,{png}'>")
     parts.append(_section("7. Calibration (test, by score band)",
                           calibration + calibration_rows((evidence["calibration"] or {}).get("bands", []))))
     fairness = _kv(evidence["fairness"]) if evidence["fairness"] else "<p>no protected attribute measured</p>"
     if stored is not None and stored.groups:
-        chart = approval_chart(stored.groups, stored.threshold, group_edges(stored.stats.edges, stored.threshold), stored.noise)
-        fairness += f"<img src='data:image/png;base64,{chart}'>"
+        edges = group_edges(stored.stats.edges, stored.threshold)
+        chart = approval_chart(stored.groups, stored.threshold, edges, stored.noise)
+        fairness += (f"<img src='data:image/png;base64,{chart}'>"
+                     + html_table(group_rows(stored.groups, stored.threshold, edges, stored.noise)))
     parts.append(_section("8. Fairness (test)", fairness))
     cards = evidence["data_quality"].get("institutions", {})
     dq_rows = [{"institution": n, "score": c["score"], "passed": c["passed"],

@@ -113,6 +113,8 @@ def fairness_by_attribute(groups: dict[str, tuple[np.ndarray, np.ndarray]], thre
         "equal_opportunity_difference": gap(good_rates),
         "equalized_odds_difference": max(gap(good_rates), gap(bad_rates)),
         "auc": aucs,
+        "approved_repaid": good_rates,  # fairlearn's true-positive rate (y_true = 1 - default)
+        "approved_defaulted": bad_rates,  # its false-positive rate
     }
 
 

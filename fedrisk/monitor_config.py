@@ -120,7 +120,7 @@ class MonitorTracking(StrictModel):
 
 
 class MonitorConfig(StrictModel):
-    model: str | None = Field(None, description="registered model: NAME@ALIAS, NAME/VERSION or models:/...")
+    model: str | None = Field(None, description="registered model version: NAME@ALIAS or NAME/VERSION")
     windows: Windows = Windows()
     levels: Levels = Levels()
     retrain: Retrain = Retrain()

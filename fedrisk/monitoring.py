@@ -7,7 +7,6 @@ institutions, which load them when the monitoring round asks.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,10 @@ from fedrisk.config import (
     format_validation_error,
 )
 from fedrisk.errors import FedriskInputError
+from fedrisk.model_names import parse_model
 from fedrisk.monitor_config import MonitorConfig
 from fedrisk.serving import read_model
 from fedrisk.sources import institution_names
-
-MODEL_PATTERN = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))$")
 
 
 @dataclass(frozen=True)
@@ -60,11 +58,8 @@ class MonitorPlan:
 
 def resolve_model(uri: str, spec: str) -> ModelRef:
     """NAME@ALIAS, NAME/VERSION (with or without models:/) to its registered version."""
-    found = MODEL_PATTERN.match(spec.strip())
-    if not found:
-        raise FedriskInputError(f"model '{spec}': give a registered model as NAME@ALIAS or NAME/VERSION "
-                                "(e.g. fedrisk-credit@challenger)")
-    name, alias, version = found["name"], found["alias"], found["version"]
+    named = parse_model(spec)
+    name, alias, version = named.name, named.alias, named.version
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise FedriskInputError(f"no MLflow store at {uri}: run a campaign first, or give --tracking-uri")
     try:

@@ -70,7 +70,15 @@ def _version(client: MlflowClient, name: str, version: str) -> Any:
     try:
         return client.get_model_version(name, str(version))
     except MlflowException:
-        raise FedriskInputError(f"model {name} version {version} not found in the registry") from None
+        raise FedriskInputError(f"model {name}/{version} not found in the registry") from None
+
+
+def registered_version(tracking_uri: str, named: Any) -> str:
+    """The version an alias (`model_names.ModelName`) points at now: what an approval then names."""
+    try:
+        return str(MlflowClient(tracking_uri).get_model_version_by_alias(named.name, named.alias).version)
+    except MlflowException:
+        raise FedriskInputError(f"model {named} not found in the registry") from None
 
 
 def champion_version(client: MlflowClient, name: str) -> str | None:

@@ -34,7 +34,15 @@ def png_base64(fig: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def roc_ks_chart(stats: EvalStats) -> str:
+POSITIVES = {"credit": "defaults", "fraud": "frauds"}
+
+
+def roc_ks_chart(stats: EvalStats, task: str) -> str:
+    return png_base64(roc_ks_figure(stats, task))
+
+
+def roc_ks_figure(stats: EvalStats, task: str) -> Figure:
+    """ROC and KS of the final model; the positives named as the task names them."""
     tp, fp = operating_points(stats.hist_pos, stats.hist_neg)
     tp, fp = tp / max(tp[0], 1.0), fp / max(fp[0], 1.0)
     fig = Figure(figsize=(9, 3.6))
@@ -43,13 +51,13 @@ def roc_ks_chart(stats: EvalStats) -> str:
     roc.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     roc.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC")
     edges = np.append(bin_bounds(stats.edges)[0], 1.0)
-    ks.plot(edges, 1 - tp, label="positives (defaults, frauds)")
-    ks.plot(edges, 1 - fp, label="negatives")
+    ks.plot(edges, 1 - tp, label=POSITIVES[task])
+    ks.plot(edges, 1 - fp, label=f"no {POSITIVES[task][:-1]}")
     gap = np.argmax(np.abs(tp - fp))
     ks.vlines(edges[gap], 1 - tp[gap], 1 - fp[gap], colors="red", label=f"KS {abs(tp[gap] - fp[gap]):.3f}")
     ks.set(xlabel="predicted probability", ylabel="cumulative share", title="KS")
     ks.legend(fontsize=8)
-    return png_base64(fig)
+    return fig
 
 
 def calibration_chart(stats: EvalStats) -> tuple[str, list[dict[str, float]]]:
@@ -143,6 +151,35 @@ def approval_chart(groups: GroupHistograms, threshold: float, edges: np.ndarray,
     return png_base64(fig)
 
 
+def group_rows(groups: GroupHistograms, threshold: float, edges: np.ndarray, noise: float = 0.0) -> list[dict[str, Any]]:
+    """Each protected group's size, approval rate, TPR and FPR (approval among those who repaid and
+    who defaulted) and AUC: the rates the fairness gaps are differences of."""
+    minimum = smallest_group(noise, len(edges) + 1)
+    rows = []
+    for attribute, by_group in sorted(groups.items()):
+        found = fairness_by_attribute(by_group, threshold, edges, minimum)
+        rows += [{"attribute": attribute, "group": group, "rows": round(size),
+                  "approval rate": found["approval_rate"][group], "TPR (approved | repaid)": found["approved_repaid"][group],
+                  "FPR (approved | defaulted)": found["approved_defaulted"][group], "AUC": found["auc"][group]}
+                 for group, size in found["groups"].items()]
+    return rows
+
+
+def importance_rows(metrics: dict[str, float]) -> list[dict[str, Any]]:
+    """AUC lost with each input blanked (`evaluation.importance`), largest first."""
+    prefix = run_schema.importance_metric("")
+    found = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    return [{"input": k, "AUC lost when blanked": v} for k, v in sorted(found.items(), key=lambda kv: -kv[1])]
+
+
+def champion_rows(metrics: dict[str, float], institutions: list[str], champion: dict[str, float],
+                  champion_institutions: list[str], split: str) -> list[dict[str, Any]]:
+    """The pooled figures both runs logged, side by side with the change: what promotion would trade."""
+    mine, theirs = run_schema.of_split(metrics, split, institutions), run_schema.of_split(champion, split, champion_institutions)
+    keys = [k for k in mine if k in theirs and not k.endswith(run_schema.INTERVAL_SUFFIXES) and ":" not in k]
+    return [{"metric": k, "this run": mine[k], "champion": theirs[k], "change": mine[k] - theirs[k]} for k in keys]
+
+
 # The task's headline figures of each institution: label -> metric (None: its epsilon).
 PER_INSTITUTION: dict[str, dict[str, str | None]] = {
     "credit": {"AUC": "auc", "KS": "ks", "default rate": "default_rate",
@@ -201,6 +238,7 @@ def render_report(
     stored: StoredStatistics | None,
     split: str = "test",
     excluded: dict[str, Any] | None = None,
+    champion: tuple[str, dict[str, float], list[str]] | None = None,
 ) -> str:
     """HTML of the verdict, every rule, the plots and the per-institution figures, the summary on top."""
     rules = [
@@ -219,18 +257,25 @@ def render_report(
                                                  .items() if ":" not in k}])),
         ("Per institution", html_table(per_institution)),
     ]
+    if champion is not None:  # (its name/version, metrics, institutions)
+        sections.append((f"Against the champion {champion[0]}",
+                         html_table(champion_rows(metrics, institutions, champion[1], champion[2], split))))
+    if importance := importance_rows(metrics):
+        sections.append(("Feature importance (validation)", html_table(importance)))
     if stored is not None and stored.stats.examples:  # the final model's test statistics
         stats = stored.stats
         calibration_png, bands = calibration_chart(stats)
+        roc_ks_png = roc_ks_chart(stats, tags.get(run_schema.TASK, "credit"))
         sections += [
-            ("Final model on the test rows", f"<img src='data:image/png;base64,{roc_ks_chart(stats)}'>"
+            ("Final model on the test rows", f"<img src='data:image/png;base64,{roc_ks_png}'>"
                                              f"<img src='data:image/png;base64,{calibration_png}'>"),
             ("Calibration (Jeffreys test: small p = more defaults than predicted)", calibration_rows(bands)),
         ]
         if stored.groups:
             chart = approval_chart(stored.groups, stored.threshold, group_edges(stats.edges, stored.threshold), stored.noise)
+            rows = group_rows(stored.groups, stored.threshold, group_edges(stats.edges, stored.threshold), stored.noise)
             sections.append((f"Approval (PD < {stored.threshold:g}) by group",
-                             f"<img src='data:image/png;base64,{chart}'>"))
+                             f"<img src='data:image/png;base64,{chart}'>{html_table(rows)}"))
     summary = summary_block(verdict.verdict, verdict.policy, verdict.to_dict()["results"], metrics, tags, split,
                             [title for title, _ in sections])
     parts = [f"<h1>Validation report</h1><p>run <code>{html.escape(run_id)}</code></p>", summary,

@@ -1,4 +1,4 @@
-"""`fedrisk score MODEL_URI DATA [--history FILE] --out scores.csv`: raw rows in, probabilities out.
+"""`fedrisk score MODEL DATA [--history FILE] --out scores.csv`: raw rows in, probabilities out.
 
 One path for both tasks (`fedrisk.scoring`): credit applicants score alone; card transactions
 get their look-back features from the issuer's own history first. The output holds the row
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fedrisk import model_names
 from fedrisk.columns import canonical_name
 from fedrisk.errors import FedriskInputError
 
@@ -20,7 +21,7 @@ from fedrisk.errors import FedriskInputError
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("score", help="score raw rows with a logged model: credit applicants, or card transactions "
                                      "with their history")
-    p.add_argument("model", help="MLflow model URI, e.g. models:/fedrisk-fraud@challenger")
+    p.add_argument("model", help=f"{model_names.HELP}, an MLflow model URI, or a model folder")
     p.add_argument("data", help="CSV or Parquet of raw rows (fraud: raw transactions)")
     p.add_argument("--history", help="fraud: the issuer's earlier transactions, with their labels, for the look-back "
                                      "features (default: DATA's first days are the history of the rest)")
@@ -37,8 +38,11 @@ def add_parser(sub: Any) -> None:
 
 
 def load(model_uri: str, tracking_uri: str) -> dict[str, Any]:
-    """A logged fedrisk model by URI; an unknown one is one line."""
+    """A logged fedrisk model by name, URI or folder; an unknown one is one line."""
     from fedrisk.serving import read_model
+
+    if not Path(model_uri).exists() and model_names.is_named(model_uri):  # else a URI or a folder, as given
+        model_uri = model_names.model_uri(model_uri)
 
     store = Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
     if store is not None and not store.is_file():

@@ -105,6 +105,18 @@ REGISTRY_DESCRIPTION = (
     "and `fedrisk rollback`. An alias set here by hand is flagged by `fedrisk audit verify`.")
 
 
+def _champion(client: MlflowClient, name: str, run_id: str) -> tuple[str, dict[str, float], list[str]] | None:
+    """The current champion's figures, to set beside the run's (none when it is this run's version)."""
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+        if not mv.run_id or mv.run_id == run_id:
+            return None
+        run = client.get_run(mv.run_id)
+    except MlflowException:
+        return None
+    return f"{name}/{mv.version}", run_metrics(client, run), run_schema.institutions_of(run.data.tags)
+
+
 def _withdraw_alias(client: MlflowClient, name: str, version: str) -> None:
     """A version judged blocked loses the challenger alias if it held it."""
     try:
@@ -229,7 +241,8 @@ def validate_run(
     client.set_tag(run_id, run_schema.DESCRIPTION, run_description(verdict, metrics, gate_tags))
     excluded = json.loads(read_artifact(client, run_id, run_schema.EXCLUDED_ARTIFACT) or "{}").get("excluded", {})
     report = render_report(run_id, verdict, metrics, {**tags, **gate_tags}, institutions,
-                           load_statistics(client, run_id), policy.split, excluded)  # with the version it registered
+                           load_statistics(client, run_id), policy.split, excluded,  # with the version it registered
+                           _champion(client, name, run_id) if model_uri else None)
     client.log_text(run_id, report, run_schema.GATE_REPORT_ARTIFACT)
     judged = {}
     if model_uri:  # the files the verdict is about: a challenger's swapped later is flagged by `audit verify`

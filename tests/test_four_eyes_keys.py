@@ -141,3 +141,17 @@ def test_files_swapped_between_two_approvals_are_refused(version):
     assert _champion(uri) is None
     client.log_text(run_id, "weights as judged", "model/weights.pt")  # put back: what alice approved
     assert approve(uri, MODEL, "1", "bob", audit_log=log).promoted
+
+
+def test_promote_names_the_version_an_alias_points_at(version, capsys):
+    """`fedrisk promote NAME@ALIAS`: the alias is read once and the approval names its version."""
+    from fedrisk.cli import main
+
+    uri, log, _ = version
+    MlflowClient(uri).set_registered_model_alias(MODEL, "challenger", "1")
+    assert main(["promote", f"{MODEL}@challenger", "--approver", "alice", "--tracking-uri", uri, "--audit-log", log]) == 0
+    assert "approval 1 of 2 recorded for m/1 by alice" in capsys.readouterr().out
+    assert main(["promote", f"{MODEL}@nobody", "--approver", "bob", "--tracking-uri", uri, "--audit-log", log]) == 2
+    assert "model m@nobody not found in the registry" in capsys.readouterr().err
+    assert main(["promote", f"{MODEL}/7", "--approver", "bob", "--tracking-uri", uri, "--audit-log", log]) == 2
+    assert _champion(uri) is None

@@ -136,35 +136,39 @@ def test_four_eyes_promotion_rollback_and_override(consortium):
     assert client.get_model_version(MODEL, "2").tags["fedrisk.gate.verdict"] == "block"
     # the trainer cannot approve, under any spelling; one approver is not enough; nor the same one twice
     for spelling in ("tom", "ＴＯＭ", "to\u200bm", "tоm", "t o m"):  # full-width, zero-width, Cyrillic o, spaced
-        refused = _cli("promote", MODEL, "1", "--approver", spelling, cwd=folder, actor="tom")
+        refused = _cli("promote", f"{MODEL}/1", "--approver", spelling, cwd=folder, actor="tom")
         assert refused.returncode == 3 and "trained this model" in refused.stderr, spelling
-    one = _cli("promote", MODEL, "1", "--approver", "alice", cwd=folder, actor="alice")
+    one = _cli("promote", f"{MODEL}/1", "--approver", "alice", cwd=folder, actor="alice")
     assert one.returncode == 0 and "approval 1 of 2" in one.stdout
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(MODEL, "champion")
-    again = _cli("promote", MODEL, "1", "--approver", "Alice\u200b", cwd=folder, actor="alice")
+    again = _cli("promote", f"{MODEL}/1", "--approver", "Alice\u200b", cwd=folder, actor="alice")
     assert again.returncode == 3 and "already approved" in again.stderr
     # approvals are read from the audit log: one forged into the registry's tag does not count
     client.set_model_version_tag(MODEL, "1", "fedrisk.approvals", json.dumps([{"approver": "ghost"}] * 3))
-    assert "approval 1 of 2" not in _cli("promote", MODEL, "1", "--approver", "bob", cwd=folder).stdout
+    assert "approval 1 of 2" not in _cli("promote", f"{MODEL}/1", "--approver", "bob", cwd=folder).stdout
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
     assert json.loads(client.get_model_version(MODEL, "1").tags["fedrisk.approved_by"])[1]["approver"] == "bob"
 
     # version 2 was blocked: plain approvals are refused, a verdict from a lenient policy does not count
-    plain = _cli("promote", MODEL, "2", "--approver", "alice", cwd=folder)
+    plain = _cli("promote", f"{MODEL}/2", "--approver", "alice", cwd=folder)
     assert plain.returncode == 3 and "blocked by the gate" in plain.stderr
     lenient = folder / "lenient.yaml"
     lenient.write_text(yaml.safe_dump({"name": "lenient", "rules": [
         {"metric": "auc", "comparator": ">=", "threshold": 0.5, "severity": "block"}]}))
     assert _cli("validate", _run_id(second), "--policy", str(lenient), cwd=folder).returncode == 0
-    shopped = _cli("promote", MODEL, "2", "--approver", "alice", cwd=folder)
+    # the validator sees the candidate beside the champion it would replace (issue 21)
+    (folder / "page").mkdir(exist_ok=True)
+    page = Path(client.download_artifacts(_run_id(second), "gate/report.html", str(folder / "page"))).read_text()
+    assert "Against the champion fedrisk-credit/1" in page and "<td>auc</td>" in page
+    shopped = _cli("promote", f"{MODEL}/2", "--approver", "alice", cwd=folder)
     assert shopped.returncode == 3 and "not from its campaign's policy 'strict'" in shopped.stderr
     assert _cli("validate", _run_id(second), cwd=folder).returncode == 3  # its own policy again: blocked
-    terse = _cli("promote", MODEL, "2", "--approver", "alice", "--override", "--justification", "ok", cwd=folder)
+    terse = _cli("promote", f"{MODEL}/2", "--approver", "alice", "--override", "--justification", "ok", cwd=folder)
     assert terse.returncode == 3 and "justification" in terse.stderr
     why = "Bridge model while the strict policy is recalibrated; see ticket RISK-142."
     for approver in ("alice", "carol"):
-        done = _cli("promote", MODEL, "2", "--approver", approver, "--override", "--justification", why, cwd=folder)
+        done = _cli("promote", f"{MODEL}/2", "--approver", approver, "--override", "--justification", why, cwd=folder)
         assert done.returncode == 0, done.stderr
     assert "OVERRIDE" in done.stdout and "previous     fedrisk-credit/1 archived" in done.stdout
     version = client.get_model_version(MODEL, "2")

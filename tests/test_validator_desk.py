@@ -30,7 +30,7 @@ def test_report_values_read_as_a_person_writes_them():
     assert "1.00e-06" in page and "4,217" in page and ">no<" in page and "False" not in page
 
 
-@pytest.mark.parametrize("command", [["report", "0" * 32], ["validate", "0" * 32], ["promote", "m", "1", "--approver", "a"],
+@pytest.mark.parametrize("command", [["report", "0" * 32], ["validate", "0" * 32], ["promote", "m/1", "--approver", "a"],
                                      ["rollback", "m", "--reason", "x"], ["audit", "privacy", "0" * 32]])
 def test_a_command_reading_a_store_that_is_not_there_creates_none(tmp_path, monkeypatch, capsys, command):
     """Found by a validator's review (issue 21): `fedrisk report` without a store left an empty ./mlflow.db."""
@@ -62,3 +62,50 @@ def test_every_option_says_what_it_is_and_the_exit_codes_are_in_the_help():
     assert len(found) >= 8
     for path, action in found:
         assert action.help and "default" in action.help, path
+
+
+def test_one_way_to_name_a_model_version_on_every_command():
+    """Found by a validator's review: `NAME@ALIAS`, `models:/NAME@ALIAS` and `NAME 1` on different
+    commands; promotion took `--approver`, rollback `--actor`."""
+    import argparse
+
+    from fedrisk.cli import build_parser
+    from fedrisk.errors import FedriskInputError
+    from fedrisk.model_names import model_uri, parse_model
+
+    assert str(parse_model("fedrisk-credit@challenger")) == "fedrisk-credit@challenger"
+    twelve = parse_model("fedrisk-credit/12")
+    assert twelve.version == "12" and twelve.uri == "models:/fedrisk-credit/12"
+    assert str(parse_model("models:/fedrisk-credit@champion")) == "fedrisk-credit@champion"  # as MLflow prints it
+    for bad in ("fedrisk-credit", "fedrisk-credit 1", "fedrisk-credit/one", "a@b@c", "fedrisk-credit/1/2", ""):
+        with pytest.raises(FedriskInputError, match="NAME@ALIAS or NAME/VERSION"):
+            parse_model(bad)
+    assert model_uri("models:/m-0123abcd") == "models:/m-0123abcd" and model_uri("runs:/abc/model") == "runs:/abc/model"
+    assert model_uri("fedrisk-fraud/3") == "models:/fedrisk-fraud/3"
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in ("promote", "monitor", "score", "explain"):
+        model = next(a for a in subcommands[command]._actions if a.dest == "model")
+        assert "NAME@ALIAS or NAME/VERSION" in model.help, command
+        assert model.nargs is None or "required unless" in model.help, command  # monitor: or its config's model
+    flags = {command: {o for a in subcommands[command]._actions for o in a.option_strings}
+             for command in ("promote", "rollback")}
+    assert "--approver" in flags["promote"] and "--approver" in flags["rollback"] and "--actor" not in flags["rollback"]
+    assert parser.parse_args(["promote", "fedrisk-credit/2", "--approver", "a"]).model == "fedrisk-credit/2"
+    with pytest.raises(SystemExit):  # the old two-word form is refused, not misread
+        parser.parse_args(["promote", "fedrisk-credit", "2", "--approver", "a"])
+
+
+def test_the_ks_legend_names_the_task_s_positives():
+    """Found by a validator's review: the credit KS plot's legend read "positives (defaults, frauds)"."""
+    import numpy as np
+
+    from fedrisk.metrics import EvalStats
+    from fedrisk.report import roc_ks_figure
+
+    rng = np.random.default_rng(0)
+    stats = EvalStats.from_scores(rng.integers(0, 2, 500).astype(float), rng.random(500), np.linspace(0, 1, 11)[1:-1])
+    for task, labels in (("credit", ["defaults", "no default"]), ("fraud", ["frauds", "no fraud"])):
+        legend = [t.get_text() for t in roc_ks_figure(stats, task).axes[1].get_legend().get_texts()]
+        assert legend[:2] == labels and legend[2].startswith("KS ")
