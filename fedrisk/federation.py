@@ -82,15 +82,16 @@ def supernode_command(superlink: str, ca: Path | None, private_key: Path | None,
 
 
 def tracking_server_command(store: Path, *, host: str = "127.0.0.1", port: int = 5000,
-                            backend_store_uri: str | None = None) -> list[str]:
+                            backend_store_uri: str | None = None, basic_auth: bool = False) -> list[str]:
     """MLflow's tracking server, serving artifacts itself (validators browse it): runs and the model
     registry in `backend_store_uri` (a consortium's PostgreSQL, `postgresql://...`), else in a
-    SQLite file in `store`, the one-machine default."""
+    SQLite file in `store`, the one-machine default. With `basic_auth`, MLflow's authentication
+    (`fedrisk.registry_guard`; the environment from its `prepare`)."""
     store = Path(store).resolve()
     backend = backend_store_uri or f"sqlite:///{store / 'mlflow.db'}"
-    return [_tool("mlflow"), "server", "--backend-store-uri", backend,
-            "--artifacts-destination", str(store / "artifacts"), "--host", host, "--port", str(port),
-            "--workers", "1"]
+    return [_tool("mlflow"), "server", *(["--app-name", "basic-auth"] if basic_auth else []),
+            "--backend-store-uri", backend, "--artifacts-destination", str(store / "artifacts"),
+            "--host", host, "--port", str(port), "--workers", "1"]
 
 
 def write_connection(flwr_home: Path, address: str, ca: Path) -> Path:

@@ -118,8 +118,17 @@ def _tracking_server(args: argparse.Namespace) -> int:
     from fedrisk.federation import flower_env, tracking_server_command
 
     cmd = tracking_server_command(Path(args.store), host=args.host, port=args.port,
-                                  backend_store_uri=args.backend_store_uri)
-    return _exec(cmd, flower_env(Path(args.flwr_home).resolve()), args.dry_run)
+                                  backend_store_uri=args.backend_store_uri, basic_auth=args.basic_auth)
+    env = flower_env(Path(args.flwr_home).resolve())
+    if args.basic_auth and not args.dry_run:
+        from fedrisk import registry_guard
+
+        auth = Path(args.store).resolve() / "auth"
+        env.update(registry_guard.prepare(auth))
+        print(f"sign-in      {auth}/{{{','.join(registry_guard.IDENTITIES)}}}.env (MLFLOW_TRACKING_USERNAME and "
+              f"_PASSWORD; the ServerApp and fedrisk promote run as {registry_guard.SERVICE}, everyone else reads)",
+              file=sys.stderr)
+    return _exec(cmd, env, args.dry_run)
 
 
 def _outcome(config: Any, campaign: str, status: str) -> int:
@@ -154,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _trial(args: argparse.Namespace) -> int:
+    from fedrisk import registry_guard
     from fedrisk.cli_output import set_values
     from fedrisk.config import load_config
     from fedrisk.launcher import preflight
@@ -172,6 +182,9 @@ def _trial(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with start_federation(folder, names, data_paths=data) as federation:
         print(f"fedrisk: federation up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        os.environ.update(registry_guard.identity(federation.auth, registry_guard.VALIDATOR))  # this CLI only reads
+        print(f"fedrisk: MLflow on {federation.tracking_uri} signs in; as a validator: "
+              f"{federation.auth / registry_guard.VALIDATOR}.env", file=sys.stderr)
         campaign, status, seconds = run_campaign(federation, Path(args.config) if args.config else None, overrides)
         print(f"fedrisk: campaign {status} in {seconds:.1f} s", file=sys.stderr)
         config = load_config(args.config, {**overrides, "tracking.uri": federation.tracking_uri})
@@ -244,6 +257,10 @@ def add_parser(sub: Any) -> None:
                         "postgresql://USER@HOST:5432/mlflow (default: SQLite in --store)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--basic-auth", dest="basic_auth", action="store_true",
+                   help="MLflow's authentication: everyone signed in reads, only the fedrisk-registry identity (the "
+                        "ServerApp, fedrisk promote) writes, so no one moves an alias by hand; identities made once "
+                        "in STORE/auth (default: off)")
     p.add_argument("--dry-run", action="store_true", help="print the command only")
     common(p)
     p.set_defaults(func=_tracking_server)

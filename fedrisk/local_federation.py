@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedrisk import registry_guard
 from fedrisk.certificates import make_node_key, make_server_certificates
 from fedrisk.consortium_features import load_key
 from fedrisk.errors import FedriskInputError
@@ -41,6 +42,7 @@ class LocalFederation:
     superlink: str            # host:port of the SuperLink
     tracking_uri: str | None  # the MLflow server's, when started
     node_ids: dict[str, str]  # institution -> Flower node id
+    auth: Path | None = None  # the MLflow server's identities (`fedrisk.registry_guard`), when started
 
     def __enter__(self) -> LocalFederation:
         return self
@@ -82,18 +84,21 @@ def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tra
     env = flower_env(flwr_home)
     certs = make_server_certificates(root / "certs")
     log.info(f"certificates in {root / 'certs'} (CA, SuperLink certificate for localhost)")
-    tracking_uri = None
-    if tracking:
+    tracking_uri, auth, service = None, None, {}
+    if tracking:  # behind MLflow's authentication: only the ServerApp's identity writes
         port = free_port()
+        auth = root / "mlflow" / "auth"
         mlflow_server = processes.start("mlflow", tracking_server_command(root / "mlflow", port=port,
-                                                                          backend_store_uri=backend_store_uri),
-                                        env, root)
+                                                                          backend_store_uri=backend_store_uri,
+                                                                          basic_auth=True),
+                                        {**env, **registry_guard.prepare(auth)}, root)
         tracking_uri = f"http://127.0.0.1:{port}"
+        service = registry_guard.identity(auth, registry_guard.SERVICE)  # the ServerApp inherits it
     port = free_port()
     superlink = f"127.0.0.1:{port}"
     link = processes.start("superlink", superlink_command(certs.ca_certificate, certs.certificate,
                                                           certs.private_key, port=port,
-                                                          database=root / "superlink.db"), env, root)
+                                                          database=root / "superlink.db"), {**env, **service}, root)
     wait_for_https(f"https://{superlink}/health", certs.ca_certificate, link)
     log.info(f"SuperLink on {superlink} (TLS, SuperNode authentication)")
     write_connection(flwr_home, superlink, certs.ca_certificate)
@@ -119,9 +124,9 @@ def _start(root: Path, institutions: list[str], data_paths: dict[str, Path], tra
         time.sleep(0.5)
     if tracking_uri:
         wait_for_https(f"{tracking_uri}/health", None, mlflow_server)
-        log.info(f"MLflow tracking server on {tracking_uri} (store {root / 'mlflow'})")
+        log.info(f"MLflow tracking server on {tracking_uri} (store {root / 'mlflow'}; sign-in: {auth}/*.env)")
     log.info(f"{len(institutions)} SuperNodes online")
-    return LocalFederation(root, processes, flwr_home, certs.ca_certificate, superlink, tracking_uri, node_ids)
+    return LocalFederation(root, processes, flwr_home, certs.ca_certificate, superlink, tracking_uri, node_ids, auth)
 
 
 def _last_line(text: str) -> str:

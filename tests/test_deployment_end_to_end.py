@@ -1,6 +1,7 @@
 """A real deployment on loopback: a TLS SuperLink admitting only registered keys, three
 authenticated SuperNodes each reading its own file, an MLflow tracking server whose runs and
-model registry live in PostgreSQL (a consortium's registry is never a SQLite file), SecAgg+.
+model registry live in PostgreSQL (a consortium's registry is never a SQLite file) and that
+signs everyone in (only the ServerApp's identity writes: a validator cannot move an alias), SecAgg+.
 Refusals of an unregistered and a plaintext node; a fourth institution whose own policy
 refuses the campaign (it sits out, the others go on); every process stopped at the end."""
 
@@ -10,12 +11,13 @@ import json
 import re
 import time
 
+import mlflow
 import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 from postgres_cluster import postgres_cluster
 
-from fedrisk import audit
+from fedrisk import audit, registry_guard
 from fedrisk.certificates import make_node_key
 from fedrisk.cli import main
 from fedrisk.federation import alive, flower_env, nodes, supernode_command
@@ -41,7 +43,7 @@ def _refused(federation, name: str, cmd: list[str], timeout: float = 90.0) -> tu
     return proc.returncode, log
 
 
-def test_tls_federation_with_authenticated_nodes_and_secure_aggregation(tmp_path, capsys):
+def test_tls_federation_with_authenticated_nodes_and_secure_aggregation(tmp_path, capsys, monkeypatch):
     files = {}
     for index, name in enumerate([*NAMES, REFUSER]):  # each institution's own file, on "its" machine
         files[name] = tmp_path / "banks" / name / f"{name}.csv"
@@ -62,6 +64,8 @@ def test_tls_federation_with_authenticated_nodes_and_secure_aggregation(tmp_path
                               or "Connection reset by peer" in log), log[-2000:]
         assert sorted(n["status"] for n in nodes(fed.flwr_home)) == ["online"] * 4
 
+        for key, value in registry_guard.identity(fed.auth, registry_guard.VALIDATOR).items():
+            monkeypatch.setenv(key, value)  # this process reads MLflow as a validator; the ServerApp writes
         # the operator's command; the campaign's config names the institutions, and each node
         # reads the file its own operator gave it (these paths exist nowhere)
         settings = {"data.source": "files", "training.rounds": 2, "secure_aggregation.enabled": True,
@@ -83,6 +87,12 @@ def test_tls_federation_with_authenticated_nodes_and_secure_aggregation(tmp_path
         assert tags["fedrisk.gate.verdict"] in {"pass", "warn", "block"}
         name, version = tags["fedrisk.gate.model_version"].split("/")
         assert client.get_model_version(name, version).run_id == run.info.run_id
+        # the registry answers to its service identity only: a validator's alias change is refused
+        with pytest.raises(mlflow.exceptions.MlflowException, match="Permission denied"):
+            client.set_registered_model_alias(name, "champion", version)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        with pytest.raises(mlflow.exceptions.MlflowException):  # and nobody reads without signing in
+            MlflowClient(fed.tracking_uri).get_model_version(name, version)
         with psycopg.connect(registry) as db, db.cursor() as cursor:  # the registry is PostgreSQL's
             cursor.execute("select run_id from model_versions where name = %s and version = %s", (name, int(version)))
             assert cursor.fetchone() == (run.info.run_id,)
