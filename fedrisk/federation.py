@@ -86,10 +86,10 @@ def tracking_server_command(store: Path, *, host: str = "127.0.0.1", port: int =
     """MLflow's tracking server, serving artifacts itself (validators browse it): runs and the model
     registry in `backend_store_uri` (a consortium's PostgreSQL, `postgresql://...`), else in a
     SQLite file in `store`, the one-machine default. With `basic_auth`, MLflow's authentication
-    (`fedrisk.registry_guard`; the environment from its `prepare`)."""
+    (`fedrisk.registry_guard`; the environment from its `prepare`; the app `fedrisk.registry_app`)."""
     store = Path(store).resolve()
     backend = backend_store_uri or f"sqlite:///{store / 'mlflow.db'}"
-    return [_tool("mlflow"), "server", *(["--app-name", "basic-auth"] if basic_auth else []),
+    return [_tool("mlflow"), "server", *(["--app-name", "fedrisk-basic-auth"] if basic_auth else []),
             "--backend-store-uri", backend, "--artifacts-destination", str(store / "artifacts"),
             "--host", host, "--port", str(port), "--workers", "1"]
 

@@ -198,7 +198,8 @@ def _trial(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 pass
     print(f"fedrisk: federation stopped; its files are in {folder}; browse the runs with "
-          f"fedrisk federation tracking-server --store {folder / 'mlflow'}", file=sys.stderr)
+          f"fedrisk federation tracking-server --basic-auth --store {folder / 'mlflow'} (sign in as in "
+          f"{folder / 'mlflow' / 'auth'}/validator.env)", file=sys.stderr)
     return code
 
 

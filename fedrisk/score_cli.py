@@ -41,8 +41,7 @@ def load(model_uri: str, tracking_uri: str) -> dict[str, Any]:
     """A logged fedrisk model by name, URI or folder; an unknown one is one line."""
     from fedrisk.serving import read_model
 
-    if not Path(model_uri).exists() and model_names.is_named(model_uri):  # else a URI or a folder, as given
-        model_uri = model_names.model_uri(model_uri)
+    model_uri = model_names.model_uri(model_uri)
 
     store = Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
     if store is not None and not store.is_file():

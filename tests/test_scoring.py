@@ -246,7 +246,7 @@ def test_bad_credit_inputs_are_one_line_exit_2(credit, tmp_path, capsys, case):
 def test_unknown_model_is_one_line_exit_2(tmp_path, capsys):
     data = _write(pd.DataFrame({"a": [1]}), tmp_path / "d.csv")
     code, _, err = _score([str(tmp_path / "no-such-model"), data], capsys)
-    assert "cannot load model" in _one_line_error(code, err)
+    assert "no model folder there" in _one_line_error(code, err)
     code, _, err = _score(["models:/fedrisk-credit@champion", data, "--tracking-uri",
                            f"sqlite:///{tmp_path}/none.db"], capsys)
     assert "no MLflow store" in _one_line_error(code, err)

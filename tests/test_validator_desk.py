@@ -82,6 +82,11 @@ def test_one_way_to_name_a_model_version_on_every_command():
             parse_model(bad)
     assert model_uri("models:/m-0123abcd") == "models:/m-0123abcd" and model_uri("runs:/abc/model") == "runs:/abc/model"
     assert model_uri("fedrisk-fraud/3") == "models:/fedrisk-fraud/3"
+    # found by an adversarial review: non-ASCII digits and zero-width characters read as names
+    for bad in ("fedrisk-credit/\u0663", "fedrisk\u200b-credit/1", "fedrisk-credit@champ\u200bion"):
+        with pytest.raises(FedriskInputError, match="NAME@ALIAS or NAME/VERSION"):
+            parse_model(bad)
+    assert str(parse_model("fedrisk-credit/007")) == "fedrisk-credit/7"
 
     parser = build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
@@ -95,6 +100,22 @@ def test_one_way_to_name_a_model_version_on_every_command():
     assert parser.parse_args(["promote", "fedrisk-credit/2", "--approver", "a"]).model == "fedrisk-credit/2"
     with pytest.raises(SystemExit):  # the old two-word form is refused, not misread
         parser.parse_args(["promote", "fedrisk-credit", "2", "--approver", "a"])
+
+
+def test_a_name_is_a_name_and_a_folder_is_a_folder_on_score_and_explain(tmp_path, monkeypatch):
+    """Found by an adversarial review: `score` read a folder called fedrisk-credit/2 instead of the
+    registry's version, `explain` read folder out/3 as model out version 3 and refused ./model."""
+    from fedrisk.errors import FedriskInputError
+    from fedrisk.model_names import model_uri
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fedrisk-credit" / "2").mkdir(parents=True)
+    (tmp_path / "model").mkdir()
+    assert model_uri("fedrisk-credit/2") == "models:/fedrisk-credit/2"  # the registry's, folder or not
+    assert model_uri("./fedrisk-credit/2") == "./fedrisk-credit/2" and model_uri("./model") == "./model"
+    assert model_uri(str(tmp_path / "model")) == str(tmp_path / "model")
+    with pytest.raises(FedriskInputError, match="no model folder there, and not NAME@ALIAS or NAME/VERSION"):
+        model_uri("./not-there")
 
 
 def test_the_ks_legend_names_the_task_s_positives():
