@@ -174,6 +174,12 @@ def build_evidence(tracking_uri: str, run_id: str) -> dict[str, Any]:
         "data": {"institutions": {name: {**summary.get(name, {}),
                                          "quality_score": quality.get("institutions", {}).get(name, {}).get("score")}
                                   for name in sorted(set(summary) | set(quality.get("institutions", {})))},
+                 # an institution's validation and test rows are not released as counts; the
+                 # pooled evaluation's (noised) examples say how many rows the figures rest on
+                 "evaluated": {"validation rows (pooled, noised)": metrics.get(run_schema.split_metric(run_schema.VALIDATION,
+                                                                                                       "examples")),
+                               "test rows (pooled, noised)": metrics.get(run_schema.split_metric(run_schema.TEST,
+                                                                                                 "examples"))},
                  "excluded": excluded},
         "method": {k: config.get(k) for k in ("model", "training", "privacy", "evaluation")},
         "privacy": {**{k: ledger.get(k) for k in ("accountant", "delta", "target_epsilon", "federation_epsilon")},
@@ -222,14 +228,14 @@ def render_evidence(evidence: dict[str, Any], client: MlflowClient, run_id: str)
     parts.append(_section("1. Model identification", _kv(ident)))
     parts.append(_section("2. Intended use", _kv(evidence["intended_use"])))
     data = evidence["data"]
-    rows = [{"institution": n, "train rows": d.get("rows", {}).get("train"),
-             "validation rows": d.get("rows", {}).get("validation"),
-             "test rows": d.get("rows", {}).get("test"), "imputed values": sum((d.get("imputed") or {}).values()),
+    rows = [{"institution": n, "train rows (released)": d.get("rows", {}).get("train"),
+             "imputed values": sum((d.get("imputed") or {}).values()),
              "data fingerprint": (d.get("fingerprint") or "-")[:16], "quality score": d.get("quality_score")}
             for n, d in data["institutions"].items()]
     excluded = [{"institution": n, "kind": e.get("kind", "-") if isinstance(e, dict) else "-",
                  "reason": e.get("reason") if isinstance(e, dict) else e} for n, e in data["excluded"].items()]
-    parts.append(_section("3. Data (aggregates per institution)", html_table(rows) + "<h3>Excluded</h3>" + html_table(excluded)))
+    parts.append(_section("3. Data (aggregates per institution)", html_table(rows) + _kv(data.get("evaluated") or {})
+                          + "<h3>Excluded</h3>" + html_table(excluded)))
     parts.append(_section("4. Method and hyper-parameters",
                           "".join(f"<h3>{k}</h3>{_kv(v or {})}" for k, v in evidence["method"].items())))
     privacy = evidence["privacy"]

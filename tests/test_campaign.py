@@ -344,6 +344,10 @@ def test_the_evidence_pack_has_every_section(credit_run, tmp_path):
     links = re.findall(r"href='#(s-[^']+)'", summary)
     assert len(links) == 13 and all(f"id='{link}'" in html_page for link in links)
     assert self_contained_problems(html_page) == []
+    # only train rows are released per institution: no column of '-' for the others, and the
+    # pooled evaluation's noised row counts instead (found in a screenshot of the pack)
+    assert "validation rows (pooled, noised)" in html_page and "<th>validation rows</th>" not in html_page
+    assert evidence["data"]["evaluated"]["test rows (pooled, noised)"] == pytest.approx(outcome.metrics["test_examples"])
     gate = Path(MlflowClient(config.tracking.uri).download_artifacts(outcome.run_id, "gate/report.html",
                                                                      str(tmp_path))).read_text()
     assert "fedrisk-credit/1 (alias challenger)" in gate and self_contained_problems(gate) == []
