@@ -319,8 +319,9 @@ def _explain(args: argparse.Namespace) -> int:
     from fedrisk.sources import read_table
 
     mlflow.set_tracking_uri(absolute_tracking_uri(args.tracking_uri, Path.cwd()))
+    uri = model_uri(args.model)  # a bad name is its own one line, not a failed load
     try:
-        state, preprocessor, spec = load_model_files(model_uri(args.model))
+        state, preprocessor, spec = load_model_files(uri)
     except Exception as exc:  # MLflow raises several types for an unknown model
         raise FedriskInputError(f"cannot load model {args.model}: {str(exc).splitlines()[0]}") from None
     if spec.kind != "logistic":

@@ -19,6 +19,8 @@ import os
 import secrets
 from pathlib import Path
 
+from fedrisk.errors import FedriskInputError
+
 ADMIN = "admin"
 SERVICE = "fedrisk-registry"  # the gate and `fedrisk promote`
 VALIDATOR = "validator"  # reads everything, changes nothing it did not create
@@ -37,6 +39,9 @@ def prepare(folder: Path) -> dict[str, str]:
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
     folder = Path(folder).resolve()
+    for above in (folder, *folder.parents):
+        if above.exists() and not above.is_dir():
+            raise FedriskInputError("not a folder: the MLflow store's auth folder goes inside it", file=str(above))
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
     config = folder / "basic_auth.ini"
@@ -64,5 +69,9 @@ def prepare(folder: Path) -> dict[str, str]:
 
 def identity(folder: Path, name: str) -> dict[str, str]:
     """The environment that makes MLflow's client act as `name` (one of `IDENTITIES`)."""
-    lines = (Path(folder) / f"{name}.env").read_text().splitlines()
+    path = Path(folder) / f"{name}.env"
+    if not path.is_file():
+        raise FedriskInputError(f"no sign-in for {name}: the auth folder lacks it (made once, at the server's "
+                                "first start; restore it from a backup or make a new auth folder)", file=str(path))
+    lines = path.read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if "=" in line)

@@ -130,3 +130,26 @@ def test_the_ks_legend_names_the_task_s_positives():
     for task, labels in (("credit", ["defaults", "no default"]), ("fraud", ["frauds", "no fraud"])):
         legend = [t.get_text() for t in roc_ks_figure(stats, task).axes[1].get_legend().get_texts()]
         assert legend[:2] == labels and legend[2].startswith("KS ")
+
+
+def test_unhappy_paths_of_model_names_and_the_registry_guard_are_one_line(tmp_path, monkeypatch, capsys):
+    """Tried by hand: `explain fedrisk-credit` said "cannot load model ...: model ...: name ..."
+    twice over; `tracking-server --basic-auth --store FILE` ended in a NotADirectoryError traceback."""
+    from fedrisk import registry_guard
+    from fedrisk.cli import main
+    from fedrisk.errors import FedriskInputError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    assert main(["explain", "fedrisk-credit", "a.csv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("model 'fedrisk-credit'") == 1 and "cannot load" not in err and len(err.splitlines()) == 1
+    (tmp_path / "store").write_text("not a folder")
+    with pytest.raises(FedriskInputError, match="not a folder"):
+        registry_guard.prepare(tmp_path / "store" / "auth")
+    assert main(["federation", "tracking-server", "--basic-auth", "--store", "store"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    registry_guard.prepare(tmp_path / "auth")
+    (tmp_path / "auth" / "validator.env").unlink()
+    with pytest.raises(FedriskInputError, match="validator.env"):
+        registry_guard.identity(tmp_path / "auth", "validator")
